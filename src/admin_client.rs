@@ -1,0 +1,56 @@
+//! The CLI's side of the admin API: when a service for the same config is running, every
+//! operational subcommand asks it instead of opening the database (redb allows one process).
+//! Besides `outbound/`, the only user of ureq.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+
+use crate::config::Config;
+
+/// Asks the running service; `Ok(None)` when nothing listens on `admin_listen`.
+pub fn get_json(config: &Config, path: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{}{}", loopback(config), path);
+    let resp = agent
+        .get(&url)
+        .header("Authorization", &format!("Bearer {}", config.admin_token))
+        .call();
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(ureq::Error::ConnectionFailed) => return Ok(None),
+        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Ok(None)
+        }
+        Err(e) => return Err(anyhow!("admin API at {url}: {e}")),
+    };
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("admin API at {url}: reading the answer"))?;
+    match status {
+        200 => serde_json::from_str(&body)
+            .map(Some)
+            .with_context(|| format!("admin API at {url}: answer is not JSON")),
+        401 => Err(anyhow!(
+            "admin API at {url} refused the admin_token from {}: is another instance with a different config listening there?",
+            config.origin
+        )),
+        s => Err(anyhow!("admin API at {url} answered {s}: {}", body.trim())),
+    }
+}
+
+/// Where to reach `admin_listen` from this machine (an unspecified address means loopback).
+fn loopback(config: &Config) -> String {
+    let mut a = config.admin_listen;
+    if a.ip().is_unspecified() {
+        a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    a.to_string()
+}

@@ -1,0 +1,179 @@
+//! Wiring only: open storage, bind the listeners, make the channels, spawn the named
+//! threads, and shut them down in order (stop accepting, drain the writer, let the
+//! processor catch up, sync, join every thread).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::http::{self, admin::AdminCtx, public::PublicCtx, Listener};
+use crate::pipeline::processor;
+use crate::pipeline::writer::{self, Health, Rejections};
+use crate::storage::{self, Storage};
+
+/// How long accepted sockets may sit idle in a read or write.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Jobs waiting for the writer before HTTP workers block (backpressure).
+const QUEUE: usize = 8192;
+
+pub struct Options {
+    pub faults: storage::Faults,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            faults: storage::Faults::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A started service.
+pub struct Running {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub storage: Arc<Storage>,
+    stop: Arc<AtomicBool>,
+    http: Vec<JoinHandle<()>>,
+    writer: JoinHandle<()>,
+    responder: JoinHandle<()>,
+    processor: JoinHandle<()>,
+}
+
+pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    let storage = Storage::open(
+        &config.data_dir,
+        &storage::Options {
+            cache_size_mb: config.cache_size_mb,
+            faults: opts.faults,
+        },
+    )?;
+    let public = Listener::bind(config.listen, IO_TIMEOUT)
+        .with_context(|| format!("listen = {}: cannot listen there", config.listen))?;
+    let admin = Listener::bind(config.admin_listen, IO_TIMEOUT).with_context(|| {
+        format!(
+            "admin_listen = {}: cannot listen there",
+            config.admin_listen
+        )
+    })?;
+
+    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(QUEUE);
+    let (committed_tx, committed_rx) = crossbeam_channel::bounded(1);
+    let (answers_tx, answers_rx) = crossbeam_channel::bounded(64);
+    let rejections = Arc::new(Rejections::new(&config.store_ids()));
+    let health = Arc::new(Health::default());
+    health.writable.store(true, Ordering::Relaxed);
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let writer = {
+        let (storage, rejections, health, clock) = (
+            storage.clone(),
+            rejections.clone(),
+            health.clone(),
+            opts.clock.clone(),
+        );
+        std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || {
+                let now = || clock.now();
+                writer::run(
+                    storage,
+                    jobs_rx,
+                    rejections,
+                    health,
+                    committed_tx,
+                    answers_tx,
+                    now,
+                )
+            })?
+    };
+    let responder = std::thread::Builder::new()
+        .name("responder".into())
+        .spawn(move || writer::respond(answers_rx))?;
+    let processor = {
+        let storage = storage.clone();
+        std::thread::Builder::new()
+            .name("processor".into())
+            .spawn(move || processor::run(storage, committed_rx))?
+    };
+
+    let public_ctx = Arc::new(PublicCtx {
+        config: config.clone(),
+        jobs: jobs_tx,
+        rejections,
+        clock: opts.clock.clone(),
+    });
+    let admin_ctx = Arc::new(AdminCtx {
+        config: config.clone(),
+        storage: storage.clone(),
+        health,
+        started: Instant::now(),
+    });
+    let mut threads = http::spawn_workers(
+        "http",
+        &public,
+        config.http_workers,
+        Arc::new(move |rq| http::public::handle(&public_ctx, rq)),
+        &stop,
+    )?;
+    threads.extend(http::spawn_workers(
+        "admin",
+        &admin,
+        2,
+        Arc::new(move |rq| http::admin::handle(&admin_ctx, rq)),
+        &stop,
+    )?);
+    threads.push(http::spawn_kicker(&public, &stop)?);
+    threads.push(http::spawn_kicker(&admin, &stop)?);
+    Ok(Running {
+        public_addr: public.local_addr(),
+        admin_addr: admin.local_addr(),
+        storage,
+        stop,
+        http: threads,
+        writer,
+        responder,
+        processor,
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets the writer commit and answer what it holds, lets the
+    /// processor catch up, makes it durable, and joins every thread.
+    pub fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut panicked = Vec::new();
+        for t in self.http {
+            let name = t.thread().name().unwrap_or("http").to_string();
+            if t.join().is_err() {
+                panicked.push(name);
+            }
+        }
+        // The HTTP handlers held the only job senders: the writer drains and returns, and
+        // dropping its wake-up sender lets the processor finish.
+        if self.writer.join().is_err() {
+            panicked.push("writer".into());
+        }
+        if self.responder.join().is_err() {
+            panicked.push("responder".into());
+        }
+        if self.processor.join().is_err() {
+            panicked.push("processor".into());
+        }
+        self.storage.sync().context("final sync")?;
+        if panicked.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!("threads panicked: {}", panicked.join(", ")))
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The command line: clap definitions and one function per subcommand. Every subcommand
+//! takes `--config PATH` (the file `serve` uses); those about one store's data take
+//! `--store ID`; each works whether or not the service is running.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::{self, Config, Origin};
+use crate::storage::{self, Storage};
+
+#[derive(Parser)]
+#[command(
+    name = "upsell-appliance",
+    version,
+    about = "Post-purchase upsell and follow-up for small online stores, in one process"
+)]
+pub struct Cli {
+    /// Configuration file [default: /etc/upsell-appliance/config.toml if it exists, else the built-in demo]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: webhooks on `listen`, admin API on `admin_listen`
+    Serve,
+    /// Write a commented configuration with a fresh admin token (never overwrites)
+    Init,
+    /// Validate the configuration and say what it would do
+    CheckConfig {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Webhook, order and customer figures per store
+    Status {
+        /// Only this store
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve => serve(load(&cli.config)?),
+        Command::Init => init(cli.config),
+        Command::CheckConfig { json } => check_config(&load(&cli.config)?, json),
+        Command::Status { store, json } => status(&load(&cli.config)?, store.as_deref(), json),
+    }
+}
+
+fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(config::load(path.as_deref())?)
+}
+
+fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let demo = config.origin == Origin::Demo;
+    let summary = config.clone();
+    let running = crate::app::start(config, crate::app::Options::default())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "upsell-appliance {} serving ({})",
+        env!("CARGO_PKG_VERSION"),
+        summary.origin
+    )?;
+    writeln!(out, "listening on {} (webhooks)", running.public_addr)?;
+    writeln!(
+        out,
+        "admin on {} (status: http://{}/api/status)",
+        running.admin_addr, running.admin_addr
+    )?;
+    for s in &summary.stores {
+        writeln!(
+            out,
+            "store {}: POST {}/webhooks/{}",
+            s.id, summary.public_url, s.id
+        )?;
+    }
+    if demo {
+        let s = &summary.stores[0];
+        writeln!(out, "demo admin token: {}", summary.admin_token)?;
+        writeln!(
+            out,
+            "demo store {:?} webhook secret: {}",
+            s.id, s.webhook_secrets[0]
+        )?;
+        writeln!(out, "post a signed test order: see README \"Try it\"")?;
+    }
+    writeln!(out, "ready: Ctrl-C or SIGTERM stops it cleanly")?;
+    out.flush()?;
+    drop(out);
+    wait_for_stop_signal()?;
+    eprintln!("stopping: draining the writer and joining threads");
+    running.shutdown()?;
+    eprintln!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
+    signals.forever().next();
+    Ok(())
+}
+
+fn init(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let path = path.unwrap_or_else(|| PathBuf::from(config::SYSTEM_CONFIG));
+    if path.exists() {
+        bail!(
+            "{} already exists; init never overwrites a config (edit it, or pass another --config)",
+            path.display()
+        );
+    }
+    config::write_private(&path, &config::template())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "wrote {} (mode 0600) with a fresh admin_token",
+        path.display()
+    );
+    println!(
+        "next: put your Shopify app's client secret in stores[0].webhook_secrets, set public_url,"
+    );
+    println!(
+        "then: upsell-appliance check-config --config {}",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    if as_json {
+        let stores: Vec<_> = config
+            .stores
+            .iter()
+            .map(|s| {
+                json!({"id": s.id, "platform": s.platform.as_str(), "domain": s.domain,
+                "webhook_url": format!("{}/webhooks/{}", config.public_url, s.id),
+                "secrets": s.webhook_secrets.len(), "currency": s.currency.as_str(),
+                "timezone": s.timezone.name()})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"ok": true, "origin": config.origin.to_string(),
+            "listen": config.listen, "admin_listen": config.admin_listen,
+            "public_url": config.public_url, "data_dir": config.data_dir, "stores": stores})
+        );
+    } else {
+        println!("config {} is valid", config.origin);
+        println!(
+            "  listen {}  admin_listen {}  data_dir {}",
+            config.listen,
+            config.admin_listen,
+            config.data_dir.display()
+        );
+        for s in &config.stores {
+            println!(
+                "  store {} ({}, {}): webhooks at {}/webhooks/{} ({} secret{})",
+                s.id,
+                s.platform.as_str(),
+                s.domain,
+                config.public_url,
+                s.id,
+                s.webhook_secrets.len(),
+                if s.webhook_secrets.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Gets a JSON document from the running service, or computes it from the database file
+/// when no service is running. `local` must give the same shape the admin API does.
+fn via_service_or_file(
+    config: &Config,
+    api_path: &str,
+    local: impl FnOnce(&Storage) -> anyhow::Result<serde_json::Value>,
+) -> anyhow::Result<(serde_json::Value, String)> {
+    let asked = crate::admin_client::get_json(config, api_path);
+    match asked {
+        Ok(Some(v)) => {
+            return Ok((
+                v,
+                format!("from the running service at {}", config.admin_listen),
+            ))
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: {e:#}; reading the database file instead"),
+    }
+    if !Storage::exists(&config.data_dir) {
+        bail!(
+            "no database in {} yet and no service answering on {}: start `upsell-appliance serve` first",
+            config.data_dir.display(),
+            config.admin_listen
+        );
+    }
+    let storage = Storage::open(
+        &config.data_dir,
+        &storage::Options {
+            cache_size_mb: config.cache_size_mb,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| match e {
+        storage::Error::Locked(p) => anyhow!(
+            "{} is open by a running service, but its admin API on {} did not answer; is admin_listen in {} the one that service uses?",
+            p.display(),
+            config.admin_listen,
+            config.origin
+        ),
+        e => e.into(),
+    })?;
+    Ok((
+        local(&storage)?,
+        format!("from the database in {}", config.data_dir.display()),
+    ))
+}
+
+fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result<ExitCode> {
+    if let Some(id) = store {
+        config.pick_store(Some(id))?;
+    }
+    let (mut v, source) = via_service_or_file(config, "/api/status", |s| {
+        Ok(crate::http::admin::status_json(config, s, None)?)
+    })?;
+    if let (Some(id), Some(stores)) = (store, v.get_mut("stores").and_then(|s| s.as_array_mut())) {
+        stores.retain(|s| s["id"] == id);
+    }
+    if as_json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let parsed: Vec<storage::StoreStatus> = serde_json::from_value(v["stores"].clone())
+        .context("status: unexpected shape of stores")?;
+    for s in parsed {
+        let w = &s.webhooks;
+        println!("store {}", s.id);
+        println!(
+            "  webhooks: {} accepted, {} duplicate, {} rejected, {} quarantined, {} ignored",
+            w.accepted, w.duplicate, w.rejected, w.quarantined, w.ignored
+        );
+        println!(
+            "  orders: {}  customers: {}  last webhook: {}",
+            s.orders,
+            s.customers,
+            s.last_webhook_at.as_deref().unwrap_or("never")
+        );
+    }
+    println!(
+        "events: {} stored, {} processed ({source})",
+        v["events"]["stored"], v["events"]["processed"]
+    );
+    Ok(ExitCode::SUCCESS)
+}

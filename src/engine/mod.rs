@@ -1,0 +1,11 @@
+//! The product's pure core: the normalized commerce model and the decisions made on it.
+//!
+//! Nothing in here does I/O, reads a clock, spawns a thread or knows redb, tiny_http or
+//! ureq: time is a parameter and every input is a value. Most tests live here.
+
+pub mod history;
+pub mod model;
+pub mod money;
+
+pub use model::*;
+pub use money::{Currency, MoneyError};

@@ -1,0 +1,207 @@
+//! The normalized commerce model every platform adapter produces and every decision reads.
+//!
+//! Platform-neutral: ids are the platform's own, as strings; money is integer minor units
+//! in the order's currency; times are UTC milliseconds. Personal data (email, phone) is
+//! carried here as the platforms send it; storage keeps it only in customer records and
+//! raw payloads.
+
+use serde::{Deserialize, Serialize};
+
+use super::money::Currency;
+
+/// A UTC instant in milliseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn to_rfc3339(self) -> String {
+        match chrono::DateTime::from_timestamp_millis(self.0) {
+            Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            None => format!("@{}ms", self.0),
+        }
+    }
+}
+
+/// Which platform a store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Platform {
+    Shopify,
+    WooCommerce,
+    BigCommerce,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Shopify => "shopify",
+            Platform::WooCommerce => "woocommerce",
+            Platform::BigCommerce => "bigcommerce",
+        }
+    }
+}
+
+/// What a customer said about marketing on one channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Consent {
+    /// The platform did not say.
+    #[default]
+    Unknown,
+    Subscribed,
+    /// Never asked or never agreed.
+    NotSubscribed,
+    /// Explicitly withdrew: never message on this channel.
+    Unsubscribed,
+}
+
+/// The customer as one order names them. `None` on the order for a guest checkout.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CustomerRef {
+    pub platform_id: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub tags: Vec<String>,
+    pub email_consent: Consent,
+    pub sms_consent: Consent,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineItem {
+    pub id: String,
+    /// `None` for custom line items that are not catalog products.
+    pub product_id: Option<String>,
+    pub variant_id: Option<String>,
+    pub sku: Option<String>,
+    pub quantity: u32,
+    /// Price of one unit, in minor units of the order's currency.
+    pub unit_price: i64,
+    pub title: String,
+    pub variant_title: Option<String>,
+    pub vendor: Option<String>,
+    pub gift_card: bool,
+    pub requires_shipping: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Region {
+    pub country: Option<String>,
+    pub province: Option<String>,
+    pub zip: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: String,
+    /// The human name ("#1001").
+    pub name: String,
+    pub created_at: Timestamp,
+    /// When this version of the order was made; later versions replace earlier ones.
+    pub updated_at: Timestamp,
+    pub currency: Currency,
+    pub total: i64,
+    pub subtotal: i64,
+    pub financial_status: Option<String>,
+    pub cancelled_at: Option<Timestamp>,
+    /// Order-level contact, which a guest checkout has even without a customer.
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub customer: Option<CustomerRef>,
+    pub lines: Vec<LineItem>,
+    pub tags: Vec<String>,
+    pub discount_codes: Vec<String>,
+    pub shipping: Option<Region>,
+    pub billing: Option<Region>,
+}
+
+impl Order {
+    /// The email to know this customer by: the customer's, else the order's.
+    pub fn contact_email(&self) -> Option<&str> {
+        self.customer
+            .as_ref()
+            .and_then(|c| c.email.as_deref())
+            .or(self.email.as_deref())
+            .filter(|e| !e.trim().is_empty())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderTopic {
+    Created,
+    Paid,
+    Updated,
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refund {
+    pub id: String,
+    pub order_id: String,
+    pub created_at: Timestamp,
+    pub currency: Option<Currency>,
+    /// Money returned, in minor units.
+    pub amount: i64,
+    /// (line item id, quantity) pairs refunded.
+    pub lines: Vec<(String, u32)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fulfillment {
+    pub id: String,
+    pub order_id: String,
+    pub status: String,
+    pub shipment_status: Option<String>,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryStatus {
+    Shipped,
+    InTransit,
+    Delayed,
+    Delivered,
+    Failed,
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryEvent {
+    pub order_id: String,
+    pub fulfillment_id: Option<String>,
+    pub status: DeliveryStatus,
+    pub at: Timestamp,
+    pub estimated_at: Option<Timestamp>,
+}
+
+/// One normalized fact from a platform.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    Order {
+        topic: OrderTopic,
+        order: Box<Order>,
+    },
+    Refund(Refund),
+    Fulfillment(Fulfillment),
+    Delivery(DeliveryEvent),
+}
+
+impl Event {
+    pub fn order_id(&self) -> &str {
+        match self {
+            Event::Order { order, .. } => &order.id,
+            Event::Refund(r) => &r.order_id,
+            Event::Fulfillment(f) => &f.order_id,
+            Event::Delivery(d) => &d.order_id,
+        }
+    }
+}
+
+/// How an event reached us: orders that arrive by import update history but never plan
+/// or send touches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Source {
+    Webhook,
+    Import,
+}

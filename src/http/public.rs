@@ -1,0 +1,140 @@
+//! The public listener: platform webhooks (`POST /webhooks/{store}`) and `/healthz`.
+//! Customer data never leaves through here.
+//!
+//! A webhook is verified and parsed on the worker, then handed to the writer with a reply
+//! closure; the worker goes straight back to its next request, and the platform gets its
+//! 2xx only once the delivery is durable.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use tiny_http::{Method, Request};
+
+use super::{header, headers_of, read_body, respond, text, BodyError};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::engine::{Platform, Source};
+use crate::ingest::{self, Parsed};
+use crate::pipeline::writer::{Job, Outcome, Rejections, Reply};
+use crate::storage::records::{EventHead, EventRecord, ParsedRecord};
+
+pub struct PublicCtx {
+    pub config: Arc<Config>,
+    pub jobs: Sender<Job>,
+    pub rejections: Arc<Rejections>,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub fn handle(ctx: &PublicCtx, rq: Request) {
+    let path = rq.url().split('?').next().unwrap_or("").to_string();
+    let method = rq.method().clone();
+    if let Some(store) = path.strip_prefix("/webhooks/") {
+        if method == Method::Post {
+            webhook(ctx, rq, store.trim_end_matches('/'));
+        } else {
+            respond(
+                rq,
+                text(405, "webhooks are POSTed\n").with_header(header("Allow", "POST")),
+            );
+        }
+        return;
+    }
+    match (&method, path.as_str()) {
+        (Method::Get | Method::Head, "/healthz") => healthz(ctx, rq),
+        _ => respond(rq, text(404, "not found\n")),
+    }
+}
+
+fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
+    let Some(store) = ctx.config.store(store_id) else {
+        respond(
+            rq,
+            text(404, &format!("no store {store_id:?} is configured here\n")),
+        );
+        return;
+    };
+    let body = match read_body(&mut rq, ctx.config.max_body_bytes) {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            let msg = format!(
+                "body is larger than max_body_kb = {}\n",
+                ctx.config.max_body_bytes / 1024
+            );
+            respond(
+                rq,
+                text(413, &msg).with_header(header("Connection", "close")),
+            );
+            return;
+        }
+        Err(BodyError::Io(e)) => {
+            respond(rq, text(400, &format!("could not read the body: {e}\n")));
+            return;
+        }
+    };
+    let headers = headers_of(&rq);
+    let received = match store.platform {
+        Platform::Shopify => ingest::shopify::receive(headers, body, &store.webhook_secrets),
+        other => {
+            let msg = format!(
+                "{} webhooks are not supported by this build yet\n",
+                other.as_str()
+            );
+            respond(rq, text(501, &msg));
+            return;
+        }
+    };
+    let inbound = match received {
+        Ok(i) => i,
+        Err(e) => {
+            ctx.rejections.add(&store.id);
+            respond(rq, text(401, &format!("{e}\n")));
+            return;
+        }
+    };
+    let record = EventRecord {
+        head: EventHead {
+            store: store.id.clone(),
+            platform: store.platform,
+            source: Source::Webhook,
+            received_at: ctx.clock.now(),
+            topic: inbound.topic,
+            dedupe_key: inbound.dedupe_key,
+            headers: inbound.headers.0,
+            parsed: match inbound.parsed {
+                Parsed::Event(e) => ParsedRecord::Event(e),
+                Parsed::Ignored => ParsedRecord::Ignored,
+                Parsed::Unparseable(why) => ParsedRecord::Unparseable(why),
+            },
+        },
+        body: inbound.body,
+    };
+    let reply: Reply = Box::new(move |outcome: Outcome| match outcome {
+        Ok(_) => respond(rq, tiny_http::Response::empty(200)),
+        Err(e) => respond(rq, unavailable(&e.to_string())),
+    });
+    send(ctx, Job::Deliver(Box::new(record), reply));
+}
+
+fn healthz(ctx: &PublicCtx, rq: Request) {
+    let reply: Reply = Box::new(move |outcome: Outcome| match outcome {
+        Ok(_) => respond(rq, text(200, "ok\n")),
+        Err(e) => respond(rq, unavailable(&e.to_string())),
+    });
+    send(ctx, Job::Probe(reply));
+}
+
+/// Hands a job to the writer; if it has stopped, the job's own reply says so.
+fn send(ctx: &PublicCtx, job: Job) {
+    if let Err(crossbeam_channel::SendError(job)) = ctx.jobs.send(job) {
+        let failed = Err(crate::pipeline::writer::CommitFailed(
+            "the service is shutting down".into(),
+        ));
+        match job {
+            Job::Deliver(_, reply) | Job::Probe(reply) => reply(failed),
+        }
+    }
+}
+
+fn unavailable(why: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    text(503, &format!("{why}; try again later\n")).with_header(header("Retry-After", "5"))
+}

@@ -1,0 +1,57 @@
+//! Platform adapters: request bytes and headers in, verified and normalized events out.
+//!
+//! Pure apart from the HMAC: no storage, no sockets, no clock (the receive time is a
+//! parameter). Never imports tiny_http or redb.
+
+pub mod shopify;
+mod wire;
+
+use crate::engine::Event;
+
+/// Request headers as received, names lower-cased.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(String, String)>);
+
+impl Headers {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a verified delivery turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Event(Event),
+    /// A verified topic we store but do not act on.
+    Ignored,
+    /// Signed correctly but we cannot read it: kept in quarantine, answered 2xx so the
+    /// platform does not retry and finally drop the subscription.
+    Unparseable(String),
+}
+
+/// A verified delivery, ready for the durable commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inbound {
+    pub topic: String,
+    /// The platform's delivery identity: the same delivery retried has the same key.
+    pub dedupe_key: String,
+    /// The platform's own headers worth keeping with the raw body.
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub parsed: Parsed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("missing {0} header: the request is not signed")]
+    MissingSignature(&'static str),
+    #[error("{0} header is not valid base64")]
+    MalformedSignature(&'static str),
+    #[error("signature does not match any configured webhook secret")]
+    BadSignature,
+    #[error("missing {0} header")]
+    MissingHeader(&'static str),
+}

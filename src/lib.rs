@@ -1,0 +1,13 @@
+//! upsell-appliance: post-purchase upsell and follow-up for small online stores, in one
+//! process. See README `## Architecture` for the code map and the invariants.
+
+pub mod admin_client;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod ingest;
+pub mod pipeline;
+pub mod storage;

@@ -1,0 +1,9 @@
+//! The two threads between the HTTP workers and the database: the writer, which makes
+//! deliveries durable in group commits before anyone is answered, and the processor,
+//! which applies committed events to order and customer history in commit order.
+//!
+//! Knows storage and the engine; never imports tiny_http (replies are closures the HTTP
+//! side hands over) or ureq.
+
+pub mod processor;
+pub mod writer;

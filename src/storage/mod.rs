@@ -1,0 +1,517 @@
+//! Durable state in one redb file. The only module that imports redb or the byte codec.
+//!
+//! Methods are named for what the appliance means (`commit_deliveries`, `status`), not for
+//! tables. The writer thread is the only appender of events; the processor is the only
+//! writer of order and customer records.
+
+mod backend;
+mod codec;
+pub mod records;
+mod tables;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+pub use backend::Faults;
+use records::{EventHead, EventRecord};
+use tables::*;
+
+use crate::engine::history::{Customer, CustomerId, OrderState};
+use crate::engine::Timestamp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database {0} is in use by another process (is `upsell-appliance serve` running with this data_dir?)")]
+    Locked(PathBuf),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Redb(Box<redb::Error>),
+    #[error("stored record: {0}")]
+    Codec(String),
+    #[error("database {path} has schema version {found}, this build understands {expected}; upgrade upsell-appliance")]
+    Schema {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Error {
+                Error::Redb(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// How to open the database.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub cache_size_mb: usize,
+    /// Test and benchmark hooks: slow syncs, failing writes.
+    pub faults: Faults,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            cache_size_mb: 16,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// One delivery to store, as the writer hands it over.
+pub type NewEvent = EventRecord;
+
+/// What the commit did with one delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committed {
+    Stored(u64),
+    Duplicate(u64),
+}
+
+/// Per-store figures for `/api/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreStatus {
+    pub id: String,
+    pub webhooks: WebhookCounts,
+    pub orders: i64,
+    pub customers: i64,
+    pub last_webhook_at: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WebhookCounts {
+    pub accepted: i64,
+    pub duplicate: i64,
+    pub rejected: i64,
+    pub quarantined: i64,
+    pub ignored: i64,
+}
+
+pub const C_ACCEPTED: &str = "webhooks.accepted";
+pub const C_DUPLICATE: &str = "webhooks.duplicate";
+pub const C_REJECTED: &str = "webhooks.rejected";
+pub const C_QUARANTINED: &str = "webhooks.quarantined";
+pub const C_IGNORED: &str = "webhooks.ignored";
+const C_LAST_WEBHOOK: &str = "webhooks.last_at_ms";
+const C_ORDERS: &str = "orders";
+const C_CUSTOMERS: &str = "customers";
+const C_NEXT_CUSTOMER: &str = "customers.next_id";
+
+pub struct Storage {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Storage {
+    pub const FILE_NAME: &'static str = "upsell.redb";
+
+    /// Opens (or creates) the database in `data_dir`.
+    pub fn open(data_dir: &Path, opts: &Options) -> Result<Arc<Storage>, Error> {
+        std::fs::create_dir_all(data_dir).map_err(|source| Error::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(Self::FILE_NAME);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| Error::DataDir {
+                path: path.clone(),
+                source,
+            })?;
+        let backend = backend::Backend::new(file, opts.faults.clone())?;
+        let db = redb::Builder::new()
+            .set_cache_size(opts.cache_size_mb.max(1) * 1024 * 1024)
+            .create_with_backend(backend)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked(path.clone()),
+                e => e.into(),
+            })?;
+        let storage = Storage { db, path };
+        storage.init_schema()?;
+        Ok(Arc::new(storage))
+    }
+
+    /// Whether a database file exists in `data_dir` (without creating one).
+    pub fn exists(data_dir: &Path) -> bool {
+        data_dir.join(Self::FILE_NAME).exists()
+    }
+
+    fn init_schema(&self) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|v| read_u32(v.value()));
+            match found {
+                None => {
+                    meta.insert("schema_version", &SCHEMA_VERSION.to_le_bytes()[..])?;
+                }
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(found) => {
+                    return Err(Error::Schema {
+                        path: self.path.clone(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    })
+                }
+            }
+            tx.open_table(EVENTS)?;
+            tx.open_table(DEDUPE)?;
+            tx.open_table(ORDERS)?;
+            tx.open_table(CUSTOMERS)?;
+            tx.open_table(CUSTOMER_LOOKUP)?;
+            tx.open_table(COUNTERS)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores a batch of deliveries in one durable transaction: new ones get the next
+    /// sequence numbers, repeats are counted as duplicates and stored once. `extra` adds
+    /// counter deltas (rejected deliveries) to the same commit.
+    pub fn commit_deliveries(
+        &self,
+        events: &[NewEvent],
+        extra: &[(String, &'static str, i64)],
+        now: Timestamp,
+    ) -> Result<Vec<Committed>, Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        let mut out = Vec::with_capacity(events.len());
+        {
+            let mut ev = tx.open_table(EVENTS)?;
+            let mut dedupe = tx.open_table(DEDUPE)?;
+            let mut counters = tx.open_table(COUNTERS)?;
+            let mut next = ev.last()?.map_or(1, |(k, _)| k.value() + 1);
+            for e in events {
+                let h = &e.head;
+                let key = (h.store.as_str(), h.dedupe_key.as_str());
+                let seen = dedupe.get(key)?.map(|v| v.value());
+                let counter = if let Some(seq) = seen {
+                    out.push(Committed::Duplicate(seq));
+                    C_DUPLICATE
+                } else {
+                    ev.insert(next, e.encode()?.as_slice())?;
+                    dedupe.insert(key, next)?;
+                    out.push(Committed::Stored(next));
+                    next += 1;
+                    match h.parsed {
+                        records::ParsedRecord::Event(_) => C_ACCEPTED,
+                        records::ParsedRecord::Ignored => C_IGNORED,
+                        records::ParsedRecord::Unparseable(_) => C_QUARANTINED,
+                    }
+                };
+                add(&mut counters, &h.store, counter, 1)?;
+                counters.insert((h.store.as_str(), C_LAST_WEBHOOK), now.0)?;
+            }
+            for (store, name, delta) in extra {
+                add(&mut counters, store, name, *delta)?;
+            }
+            // Every commit writes, so an otherwise empty one still proves the disk.
+            tx.open_table(META)?
+                .insert("last_commit_ms", &now.0.to_le_bytes()[..])?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The highest committed event sequence number (0 when there are none).
+    pub fn last_seq(&self) -> Result<u64, Error> {
+        let tx = self.db.begin_read()?;
+        let ev = tx.open_table(EVENTS)?;
+        let last = ev.last()?.map_or(0, |(k, _)| k.value());
+        Ok(last)
+    }
+
+    /// Events with sequence numbers after `after`, in commit order, at most `limit`.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, EventRecord)>, Error> {
+        let tx = self.db.begin_read()?;
+        let ev = tx.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for item in ev.range(after.saturating_add(1)..)? {
+            let (k, v) = item?;
+            out.push((k.value(), EventRecord::decode(v.value())?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Like [`Storage::events_after`], without the raw bodies.
+    pub fn event_heads_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EventHead)>, Error> {
+        let tx = self.db.begin_read()?;
+        let ev = tx.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for item in ev.range(after.saturating_add(1)..)? {
+            let (k, v) = item?;
+            out.push((k.value(), EventRecord::decode_head(v.value())?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored event for a delivery key, if any.
+    pub fn event_by_key(
+        &self,
+        store: &str,
+        key: &str,
+    ) -> Result<Option<(u64, EventRecord)>, Error> {
+        let tx = self.db.begin_read()?;
+        let dedupe = tx.open_table(DEDUPE)?;
+        let Some(seq) = dedupe.get((store, key))?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let ev = tx.open_table(EVENTS)?;
+        let rec = ev
+            .get(seq)?
+            .map(|v| EventRecord::decode(v.value()))
+            .transpose()?;
+        Ok(rec.map(|r| (seq, r)))
+    }
+
+    /// Number of stored events (deliveries, not counting duplicates).
+    pub fn event_count(&self) -> Result<u64, Error> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(EVENTS)?.len()?)
+    }
+
+    /// The sequence number the processor has applied up to.
+    pub fn processed_seq(&self) -> Result<u64, Error> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        Ok(meta
+            .get("processed_seq")?
+            .map_or(0, |v| read_u64(v.value())))
+    }
+
+    /// Runs `f` in one write transaction of the processor's. Not synced by itself: the
+    /// next durable commit carries it, and a crash before that only means the same events
+    /// are applied again, which changes nothing.
+    pub fn process<R>(
+        &self,
+        f: impl FnOnce(&mut ProcessTx<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::None)?;
+        let r = {
+            let mut p = ProcessTx {
+                meta: tx.open_table(META)?,
+                orders: tx.open_table(ORDERS)?,
+                customers: tx.open_table(CUSTOMERS)?,
+                lookup: tx.open_table(CUSTOMER_LOOKUP)?,
+                counters: tx.open_table(COUNTERS)?,
+            };
+            f(&mut p)?
+        };
+        tx.commit()?;
+        Ok(r)
+    }
+
+    /// Makes every earlier commit durable (used at shutdown after processor commits).
+    pub fn sync(&self) -> Result<(), Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Figures for the given stores, in the given order.
+    pub fn status(&self, stores: &[&str]) -> Result<Vec<StoreStatus>, Error> {
+        let tx = self.db.begin_read()?;
+        let c = tx.open_table(COUNTERS)?;
+        let get = |s: &str, n: &str| -> Result<i64, Error> {
+            Ok(c.get((s, n))?.map_or(0, |v| v.value()))
+        };
+        let mut out = Vec::new();
+        for &s in stores {
+            let last = c
+                .get((s, C_LAST_WEBHOOK))?
+                .map(|v| Timestamp(v.value()).to_rfc3339());
+            out.push(StoreStatus {
+                id: s.to_string(),
+                webhooks: WebhookCounts {
+                    accepted: get(s, C_ACCEPTED)?,
+                    duplicate: get(s, C_DUPLICATE)?,
+                    rejected: get(s, C_REJECTED)?,
+                    quarantined: get(s, C_QUARANTINED)?,
+                    ignored: get(s, C_IGNORED)?,
+                },
+                orders: get(s, C_ORDERS)?,
+                customers: get(s, C_CUSTOMERS)?,
+                last_webhook_at: last,
+            });
+        }
+        Ok(out)
+    }
+
+    /// An order's state as the processor left it.
+    pub fn order(&self, store: &str, order_id: &str) -> Result<Option<OrderState>, Error> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ORDERS)?;
+        t.get((store, order_id))?
+            .map(|v| records::decode_order(v.value()))
+            .transpose()
+    }
+
+    /// The customer an email or platform customer id resolves to.
+    pub fn customer_by(&self, store: &str, lookup: &Lookup) -> Result<Option<Customer>, Error> {
+        let tx = self.db.begin_read()?;
+        let l = tx.open_table(CUSTOMER_LOOKUP)?;
+        let Some(id) = l.get((store, lookup.key().as_str()))?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let c = tx.open_table(CUSTOMERS)?;
+        c.get((store, id))?
+            .map(|v| records::decode_customer(v.value()))
+            .transpose()
+    }
+}
+
+/// How a customer is found: by normalized email or by the platform's customer id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Email(String),
+    PlatformId(String),
+}
+
+impl Lookup {
+    fn key(&self) -> String {
+        match self {
+            Lookup::Email(e) => format!("email:{e}"),
+            Lookup::PlatformId(i) => format!("id:{i}"),
+        }
+    }
+}
+
+/// The processor's view of one write transaction.
+pub struct ProcessTx<'t> {
+    meta: redb::Table<'t, &'static str, &'static [u8]>,
+    orders: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    customers: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    lookup: redb::Table<'t, (&'static str, &'static str), u64>,
+    counters: redb::Table<'t, (&'static str, &'static str), i64>,
+}
+
+impl ProcessTx<'_> {
+    pub fn set_processed(&mut self, seq: u64) -> Result<(), Error> {
+        self.meta.insert("processed_seq", &seq.to_le_bytes()[..])?;
+        Ok(())
+    }
+
+    pub fn order(&self, store: &str, id: &str) -> Result<Option<OrderState>, Error> {
+        self.orders
+            .get((store, id))?
+            .map(|v| records::decode_order(v.value()))
+            .transpose()
+    }
+
+    pub fn put_order(&mut self, store: &str, id: &str, o: &OrderState) -> Result<(), Error> {
+        let is_new = self
+            .orders
+            .insert((store, id), records::encode_order(o)?.as_slice())?
+            .is_none();
+        if is_new {
+            add(&mut self.counters, store, C_ORDERS, 1)?;
+        }
+        Ok(())
+    }
+
+    pub fn find_customer(&self, store: &str, lookup: &Lookup) -> Result<Option<CustomerId>, Error> {
+        Ok(self
+            .lookup
+            .get((store, lookup.key().as_str()))?
+            .map(|v| v.value()))
+    }
+
+    pub fn customer(&self, store: &str, id: CustomerId) -> Result<Option<Customer>, Error> {
+        self.customers
+            .get((store, id))?
+            .map(|v| records::decode_customer(v.value()))
+            .transpose()
+    }
+
+    /// Allocates the next opaque customer id for a store.
+    pub fn new_customer(&mut self, store: &str) -> Result<Customer, Error> {
+        let id = self
+            .counters
+            .get((store, C_NEXT_CUSTOMER))?
+            .map_or(1, |v| v.value())
+            .max(1);
+        self.counters.insert((store, C_NEXT_CUSTOMER), id + 1)?;
+        Ok(Customer::new(id as u64))
+    }
+
+    pub fn put_customer(&mut self, store: &str, c: &Customer) -> Result<(), Error> {
+        let is_new = self
+            .customers
+            .insert((store, c.id), records::encode_customer(c)?.as_slice())?
+            .is_none();
+        if is_new {
+            add(&mut self.counters, store, C_CUSTOMERS, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Points a lookup at a customer (the lookup's first owner keeps it).
+    pub fn link_customer(
+        &mut self,
+        store: &str,
+        lookup: &Lookup,
+        id: CustomerId,
+    ) -> Result<(), Error> {
+        let key = lookup.key();
+        if self.lookup.get((store, key.as_str()))?.is_none() {
+            self.lookup.insert((store, key.as_str()), id)?;
+        }
+        Ok(())
+    }
+}
+
+fn add(
+    t: &mut redb::Table<'_, (&'static str, &'static str), i64>,
+    store: &str,
+    name: &str,
+    delta: i64,
+) -> Result<(), Error> {
+    let cur = t.get((store, name))?.map_or(0, |v| v.value());
+    t.insert((store, name), cur + delta)?;
+    Ok(())
+}
+
+fn read_u32(b: &[u8]) -> u32 {
+    b.try_into().map(u32::from_le_bytes).unwrap_or(0)
+}
+
+fn read_u64(b: &[u8]) -> u64 {
+    b.try_into().map(u64::from_le_bytes).unwrap_or(0)
+}

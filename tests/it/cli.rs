@@ -1,0 +1,343 @@
+//! The command line as an operator uses it: a subprocess of the real binary.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use upsell_appliance::ingest::shopify;
+
+use crate::fixtures::*;
+use crate::support::*;
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_upsell-appliance"))
+}
+
+fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = bin().args(args).current_dir(cwd).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `serve` as a subprocess and waits for its "listening on" line.
+pub fn spawn_serve(args: &[&str], cwd: &Path) -> (Child, Vec<String>) {
+    let mut child = bin()
+        .arg("serve")
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(stdout);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "serve exited early: {lines:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let ready = line.starts_with("ready");
+        lines.push(line.trim_end().to_string());
+        if ready {
+            break;
+        }
+    }
+    (child, lines)
+}
+
+fn write_config(dir: &Path, text: &str) -> String {
+    let p = dir.join("config.toml");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn check_config_fails(text: &str, expect: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_config(tmp.path(), text);
+    let (code, _, err) = run(&["check-config", "--config", &path], tmp.path());
+    assert_ne!(code, 0, "accepted: {text}");
+    assert!(err.contains(expect), "expected {expect:?} in {err:?}");
+    // `serve` refuses the same config before binding anything.
+    let (code, _, err) = run(&["serve", "--config", &path], tmp.path());
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(expect),
+        "serve: expected {expect:?} in {err:?}"
+    );
+}
+
+#[test]
+fn malformed_config_names_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = config_text(tmp.path(), "127.0.0.1:0", "127.0.0.1:0");
+    check_config_fails(
+        &good.replace(
+            "listen = \"127.0.0.1:0\"\nadmin",
+            "listen = \"localhost\"\nadmin",
+        ),
+        "listen = \"localhost\" is not an address",
+    );
+    check_config_fails(
+        &good.replace("max_body_kb", "max_body_kbb"),
+        "unknown field `max_body_kbb`",
+    );
+    check_config_fails(
+        &good.replace("America/Toronto", "Mars/Olympus"),
+        "stores[0].timezone = \"Mars/Olympus\"",
+    );
+    check_config_fails(
+        &good.replace("platform = \"shopify\"", "platform = \"magento\""),
+        "stores[0].platform = \"magento\"",
+    );
+    check_config_fails(
+        &good.replace(&format!("[\"{SECRET}\", \"{OLD_SECRET}\"]"), "[]"),
+        "stores[0].webhook_secrets is empty",
+    );
+    check_config_fails(
+        &good.replace("admin_token = ", "admin_token = \"short\"\n#"),
+        "admin_token is too short",
+    );
+    check_config_fails(
+        &good.replace("max_body_kb = 256", "max_body_kb = 0"),
+        "max_body_kb = 0 is out of range",
+    );
+    check_config_fails(
+        &good.replace("listen = ", "listen = [\n"),
+        "TOML parse error",
+    );
+    check_config_fails(
+        &good.replace("id = \"main\"", "id = \"Main Store\""),
+        "stores[0].id = \"Main Store\"",
+    );
+    check_config_fails(
+        "listen = \"127.0.0.1:0\"\nadmin_token = \"0123456789abcdef0123\"\n",
+        "no [[stores]] configured",
+    );
+    let (code, _, err) = run(
+        &["check-config", "--config", "/nonexistent/x.toml"],
+        tmp.path(),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("upsell-appliance init --config /nonexistent/x.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_file_is_merged_over_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = config_text(tmp.path(), "127.0.0.1:0", "127.0.0.1:0")
+        .replace(
+            &format!("[\"{SECRET}\", \"{OLD_SECRET}\"]"),
+            "[\"REPLACE_ME later\"]",
+        )
+        .replace(
+            "max_body_kb = 256",
+            "max_body_kb = 256\nsecrets_file = \"secrets.toml\"",
+        );
+    let path = write_config(tmp.path(), &text);
+    std::fs::write(
+        tmp.path().join("secrets.toml"),
+        "[[stores]]\nid = \"main\"\nwebhook_secrets = [\"from-the-secrets-file-123\"]\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check-config", "--json", "--config", &path], tmp.path());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stores"][0]["secrets"], 1);
+    std::fs::write(
+        tmp.path().join("secrets.toml"),
+        "[[stores]]\nid = \"other\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["check-config", "--config", &path], tmp.path());
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("store \"other\" is not in the config"),
+        "{err}"
+    );
+}
+
+#[test]
+fn init_writes_a_config_once_and_it_asks_for_the_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("etc/config.toml");
+    let p = path.display().to_string();
+    let (code, out, err) = run(&["init", "--config", &p], tmp.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("fresh admin_token"), "{out}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("{ADMIN_TOKEN}"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (code, _, err) = run(&["init", "--config", &p], tmp.path());
+    assert_ne!(code, 0);
+    assert!(err.contains("never overwrites"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    let (code, _, err) = run(&["check-config", "--config", &p], tmp.path());
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("stores[0].webhook_secrets[0] still holds the placeholder"),
+        "{err}"
+    );
+    // Replacing the placeholder is all it takes.
+    std::fs::write(
+        &path,
+        text.replace(
+            "REPLACE_ME with the Shopify app's client secret",
+            "shpss_real",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check-config", "--config", &p], tmp.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("webhooks at https://upsell.example.com/webhooks/main"),
+        "{out}"
+    );
+}
+
+#[test]
+fn status_works_with_and_without_the_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let path = write_config(
+        tmp.path(),
+        &config_text(&tmp.path().join("data"), &listen, &admin),
+    );
+    // Nothing yet: a clear message, not a crash.
+    let (code, _, err) = run(&["status", "--config", &path], tmp.path());
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("start `upsell-appliance serve` first"),
+        "{err}"
+    );
+
+    let (mut child, _) = spawn_serve(&["--config", &path], tmp.path());
+    let body = order_json(&OrderSpec::three_lines(31));
+    let sig = shopify::sign(&body, SECRET);
+    let resp = agent()
+        .post(&format!("http://{listen}/webhooks/{STORE}"))
+        .header("X-Shopify-Topic", "orders/paid")
+        .header("X-Shopify-Hmac-Sha256", &sig)
+        .header("X-Shopify-Event-Id", "cli-1")
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let live = loop {
+        let (code, out, err) = run(
+            &["status", "--json", "--store", STORE, "--config", &path],
+            tmp.path(),
+        );
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if v["stores"][0]["orders"] == 1 || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(live["stores"][0]["webhooks"]["accepted"], 1);
+    assert_eq!(live["stores"][0]["orders"], 1);
+    assert!(
+        live["uptime_seconds"].is_number(),
+        "answered by the service: {live}"
+    );
+    let (code, out, _) = run(&["status", "--config", &path], tmp.path());
+    assert_eq!(code, 0);
+    assert!(out.contains("from the running service"), "{out}");
+    let (code, _, err) = run(
+        &["status", "--store", "nope", "--config", &path],
+        tmp.path(),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("no store with id \"nope\""), "{err}");
+
+    // SIGTERM: a clean stop with exit 0.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // The same figures straight from the file.
+    let (code, out, err) = run(&["status", "--json", "--config", &path], tmp.path());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stores"], live["stores"]);
+    assert!(v.get("uptime_seconds").is_none());
+}
+
+#[test]
+fn demo_default_serves_a_signed_test_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Without --config a machine's real /etc config wins over the demo: nothing to test.
+    if Path::new(upsell_appliance::config::SYSTEM_CONFIG).exists() {
+        eprintln!(
+            "{} exists; the demo default is not reachable here",
+            upsell_appliance::config::SYSTEM_CONFIG
+        );
+        return;
+    }
+    let (mut child, lines) = spawn_serve(&[], tmp.path());
+    let secret_line = lines
+        .iter()
+        .find(|l| l.contains("webhook secret:"))
+        .expect("secret printed");
+    let secret = secret_line.rsplit(' ').next().unwrap().to_string();
+    assert!(
+        lines.iter().any(|l| l.starts_with("demo admin token: ")),
+        "{lines:?}"
+    );
+    let body = order_json(&OrderSpec::three_lines(41));
+    let resp = agent()
+        .post("http://127.0.0.1:8080/webhooks/demo")
+        .header("X-Shopify-Topic", "orders/paid")
+        .header("X-Shopify-Hmac-Sha256", &shopify::sign(&body, &secret))
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // CLI commands without --config find the same demo (token kept in ./upsell-data).
+    let (code, out, err) = run(&["status", "--json"], tmp.path());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stores"][0]["webhooks"]["accepted"], 1);
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    // A second start reuses the generated secrets.
+    let (mut child, lines2) = spawn_serve(&[], tmp.path());
+    assert!(lines2.contains(secret_line), "{lines2:?}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -1,0 +1,9 @@
+//! The one integration-test binary: the real service over HTTP, the CLI as a subprocess,
+#![recursion_limit = "512"]
+//! and the crash test.
+
+mod cli;
+mod crash;
+mod fixtures;
+mod support;
+mod webhooks;

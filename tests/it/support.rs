@@ -1,0 +1,179 @@
+//! Test harness: the real service started in-process on 127.0.0.1:0 with a temporary data
+//! dir, a plain HTTP client, and Shopify signing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use upsell_appliance::app::{self, Options, Running};
+use upsell_appliance::config::{self, Config, Origin};
+use upsell_appliance::ingest::shopify;
+use upsell_appliance::storage::Faults;
+
+pub const SECRET: &str = "shpss_test_secret_0123456789abcdef";
+pub const OLD_SECRET: &str = "shpss_old_secret_0123456789abcdef";
+pub const TOKEN: &str = "admin-token-0123456789abcdef0123";
+pub const STORE: &str = "main";
+
+/// A config for tests: ports chosen by the OS, the given data dir, one Shopify store.
+pub fn config_text(data_dir: &Path, listen: &str, admin_listen: &str) -> String {
+    format!(
+        r#"
+listen = "{listen}"
+admin_listen = "{admin_listen}"
+public_url = "https://upsell.example.com"
+data_dir = "{}"
+admin_token = "{TOKEN}"
+max_body_kb = 256
+
+[[stores]]
+id = "{STORE}"
+platform = "shopify"
+domain = "test-store.myshopify.com"
+webhook_secrets = ["{SECRET}", "{OLD_SECRET}"]
+currency = "USD"
+timezone = "America/Toronto"
+"#,
+        data_dir.display()
+    )
+}
+
+pub fn test_config(data_dir: &Path) -> Config {
+    config::parse(
+        &config_text(data_dir, "127.0.0.1:0", "127.0.0.1:0"),
+        Path::new("/"),
+        Origin::Demo,
+    )
+    .expect("test config is valid")
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(20)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub data_dir: PathBuf,
+    pub agent: ureq::Agent,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = TestServer::start_in(tmp.path(), Faults::default());
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub fn start_in(data_dir: &Path, faults: Faults) -> TestServer {
+        let running = app::start(
+            test_config(data_dir),
+            Options {
+                faults,
+                clock: Arc::new(upsell_appliance::clock::SystemClock),
+            },
+        )
+        .expect("service starts");
+        TestServer {
+            running: Some(running),
+            data_dir: data_dir.to_path_buf(),
+            agent: agent(),
+            _tmp: None,
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running().public_addr, path)
+    }
+
+    /// Posts a Shopify webhook signed with the current secret.
+    pub fn webhook(&self, topic: &str, event_id: &str, body: &[u8]) -> u16 {
+        let sig = shopify::sign(body, SECRET);
+        self.post(
+            &format!("/webhooks/{STORE}"),
+            &[
+                ("X-Shopify-Topic", topic),
+                ("X-Shopify-Hmac-Sha256", &sig),
+                ("X-Shopify-Event-Id", event_id),
+                ("X-Shopify-Webhook-Id", &format!("wh-{event_id}")),
+                ("X-Shopify-Shop-Domain", "test-store.myshopify.com"),
+                ("X-Shopify-API-Version", "2026-10"),
+            ],
+            body,
+        )
+        .0
+    }
+
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+        let mut rq = self.agent.post(&self.url(path));
+        for (k, v) in headers {
+            rq = rq.header(*k, *v);
+        }
+        let mut resp = rq.send(body).expect("request completes");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut resp = self
+            .agent
+            .get(&self.url(path))
+            .call()
+            .expect("request completes");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    /// `GET /api/status` on the admin listener.
+    pub fn status(&self) -> serde_json::Value {
+        let url = format!("http://{}/api/status", self.running().admin_addr);
+        let mut resp = self
+            .agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    pub fn store_status(&self) -> serde_json::Value {
+        self.status()["stores"][0].clone()
+    }
+
+    /// Waits until the processor has applied every stored event.
+    pub fn wait_processed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.status();
+            if s["events"]["stored"] == s["events"]["processed"] {
+                return;
+            }
+            assert!(Instant::now() < deadline, "processor did not catch up: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().expect("clean shutdown");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            let _ = r.shutdown();
+        }
+    }
+}
