@@ -17,6 +17,7 @@ use crate::engine::{Platform, Source};
 use crate::ingest::{self, Parsed};
 use crate::pipeline::writer::{Job, Outcome, Rejections, Reply};
 use crate::storage::records::{EventHead, EventRecord, ParsedRecord};
+use crate::storage::NewEvent;
 
 pub struct PublicCtx {
     pub config: Arc<Config>,
@@ -108,11 +109,18 @@ fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
         },
         body: inbound.body,
     };
+    let event = match NewEvent::encode(&record) {
+        Ok(e) => e,
+        Err(e) => {
+            respond(rq, text(500, &format!("cannot encode the delivery: {e}\n")));
+            return;
+        }
+    };
     let reply: Reply = Box::new(move |outcome: Outcome| match outcome {
         Ok(_) => respond(rq, tiny_http::Response::empty(200)),
         Err(e) => respond(rq, unavailable(&e.to_string())),
     });
-    send(ctx, Job::Deliver(Box::new(record), reply));
+    send(ctx, Job::Deliver(event, reply));
 }
 
 fn healthz(ctx: &PublicCtx, rq: Request) {

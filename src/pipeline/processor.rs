@@ -2,6 +2,10 @@
 //! own transactions, after the webhook was answered. Idempotent: the cursor moves in the
 //! same transaction as the effects, and applying an event twice changes nothing.
 //!
+//! A batch is computed from a read snapshot and written in one short transaction, so the
+//! database's single write lock, which the writer needs for every group commit, is held
+//! only to copy bytes.
+//!
 //! Later issues hang affinity updates and touch planning here; never on the path before
 //! the 2xx.
 
@@ -10,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::engine::history::{self, normalize_email, Applied, Customer};
+use std::collections::HashMap;
+
+use crate::engine::history::{self, normalize_email, Applied, Customer, CustomerId, OrderState};
 use crate::engine::{Event, Order};
 use crate::storage::records::{EventHead, ParsedRecord};
-use crate::storage::{Error, Lookup, ProcessTx, Storage};
+use crate::storage::{Changes, Error, Lookup, Snapshot, Storage};
 
 /// Events applied per transaction.
 const CHUNK: usize = 512;
@@ -45,47 +51,129 @@ pub fn run(storage: Arc<Storage>, wake: Receiver<u64>) {
 pub fn catch_up(storage: &Storage) -> Result<usize, Error> {
     let mut total = 0;
     loop {
-        let from = storage.processed_seq()?;
+        let snap = storage.snapshot()?;
+        let from = snap.processed_seq()?;
         let events = storage.event_heads_after(from, CHUNK)?;
         let Some(&(last, _)) = events.last() else {
             return Ok(total);
         };
-        storage.process(|tx| {
-            for (_, head) in &events {
-                apply(tx, head)?;
-            }
-            tx.set_processed(last)
-        })?;
+        let mut batch = Batch::new(&snap);
+        for (_, head) in &events {
+            batch.apply(head)?;
+        }
+        storage.apply_changes(&batch.into_changes(last)?)?;
         total += events.len();
+        if events.len() < CHUNK {
+            return Ok(total);
+        }
     }
 }
 
-fn apply(tx: &mut ProcessTx<'_>, head: &EventHead) -> Result<(), Error> {
-    let ParsedRecord::Event(event) = &head.parsed else {
-        return Ok(());
-    };
-    let store = head.store.as_str();
-    let order_id = event.order_id();
-    let mut state = tx.order(store, order_id)?.unwrap_or_default();
-    let mut customer = match (state.customer, event) {
-        (Some(id), _) => tx.customer(store, id)?,
-        (None, Event::Order { order, .. }) => resolve(tx, store, order)?,
-        (None, _) => None,
-    };
-    if history::apply(&mut state, customer.as_mut(), event, head.source) == Applied::Unchanged {
-        return Ok(());
-    }
-    if let Some(c) = &customer {
-        state.customer = Some(c.id);
-        tx.put_customer(store, c)?;
-        // Only this order's identifiers can be new: link those.
-        if let Event::Order { order, .. } = event {
-            for lookup in lookups(order) {
-                tx.link_customer(store, &lookup, c.id)?;
-            }
+/// One batch of events applied in memory on top of a snapshot: each order and customer
+/// is read once and written once, and the write transaction only copies bytes.
+struct Batch<'s> {
+    snap: &'s Snapshot,
+    orders: HashMap<(String, String), OrderState>,
+    customers: HashMap<(String, CustomerId), Customer>,
+    links: HashMap<(String, Lookup), CustomerId>,
+    next_ids: HashMap<String, CustomerId>,
+}
+
+impl<'s> Batch<'s> {
+    fn new(snap: &'s Snapshot) -> Batch<'s> {
+        Batch {
+            snap,
+            orders: HashMap::new(),
+            customers: HashMap::new(),
+            links: HashMap::new(),
+            next_ids: HashMap::new(),
         }
     }
-    tx.put_order(store, order_id, &state)
+
+    fn apply(&mut self, head: &EventHead) -> Result<(), Error> {
+        let ParsedRecord::Event(event) = &head.parsed else {
+            return Ok(());
+        };
+        let store = head.store.as_str();
+        let key = (store.to_string(), event.order_id().to_string());
+        let mut state = match self.orders.get(&key) {
+            Some(s) => s.clone(),
+            None => self.snap.order(store, &key.1)?.unwrap_or_default(),
+        };
+        let mut customer = match (state.customer, event) {
+            (Some(id), _) => self.customer(store, id)?,
+            (None, Event::Order { order, .. }) => self.resolve(store, order)?,
+            (None, _) => None,
+        };
+        if history::apply(&mut state, customer.as_mut(), event, head.source) == Applied::Unchanged {
+            return Ok(());
+        }
+        if let Some(c) = customer {
+            state.customer = Some(c.id);
+            // Only this order's identifiers can be new: link those (first owner keeps one).
+            if let Event::Order { order, .. } = event {
+                for lookup in lookups(order) {
+                    if self.find(store, &lookup)?.is_none() {
+                        self.links.insert((store.to_string(), lookup), c.id);
+                    }
+                }
+            }
+            self.customers.insert((store.to_string(), c.id), c);
+        }
+        self.orders.insert(key, state);
+        Ok(())
+    }
+
+    fn customer(&self, store: &str, id: CustomerId) -> Result<Option<Customer>, Error> {
+        match self.customers.get(&(store.to_string(), id)) {
+            Some(c) => Ok(Some(c.clone())),
+            None => self.snap.customer(store, id),
+        }
+    }
+
+    fn find(&self, store: &str, lookup: &Lookup) -> Result<Option<CustomerId>, Error> {
+        match self.links.get(&(store.to_string(), lookup.clone())) {
+            Some(id) => Ok(Some(*id)),
+            None => self.snap.find_customer(store, lookup),
+        }
+    }
+
+    /// Finds the order's customer by platform id, else by email, else makes a new one.
+    /// An order with neither has no customer.
+    fn resolve(&mut self, store: &str, order: &Order) -> Result<Option<Customer>, Error> {
+        let lookups = lookups(order);
+        for lookup in &lookups {
+            if let Some(id) = self.find(store, lookup)? {
+                return self.customer(store, id);
+            }
+        }
+        if lookups.is_empty() {
+            return Ok(None);
+        }
+        let id = match self.next_ids.get(store) {
+            Some(id) => *id,
+            None => self.snap.next_customer_id(store)?,
+        };
+        self.next_ids.insert(store.to_string(), id + 1);
+        Ok(Some(Customer::new(id)))
+    }
+
+    fn into_changes(self, processed: u64) -> Result<Changes, Error> {
+        let mut changes = Changes::new(processed);
+        for ((store, id), state) in &self.orders {
+            changes.put_order(store, id, state)?;
+        }
+        for ((store, _), c) in &self.customers {
+            changes.put_customer(store, c)?;
+        }
+        for ((store, lookup), id) in &self.links {
+            changes.link(store, lookup, *id);
+        }
+        for (store, next) in &self.next_ids {
+            changes.set_next_customer_id(store, *next);
+        }
+        Ok(changes)
+    }
 }
 
 /// The identifiers an order names its customer by, strongest first.
@@ -97,19 +185,4 @@ fn lookups(order: &Order) -> Vec<Lookup> {
         .into_iter()
         .chain(email.map(Lookup::Email))
         .collect()
-}
-
-/// Finds the order's customer by platform id, else by email, else makes a new one. An
-/// order with neither has no customer.
-fn resolve(tx: &mut ProcessTx<'_>, store: &str, order: &Order) -> Result<Option<Customer>, Error> {
-    let lookups = lookups(order);
-    for lookup in &lookups {
-        if let Some(id) = tx.find_customer(store, lookup)? {
-            return tx.customer(store, id);
-        }
-    }
-    if lookups.is_empty() {
-        return Ok(None);
-    }
-    tx.new_customer(store).map(Some)
 }

@@ -10,8 +10,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::engine::Timestamp;
-use crate::storage::records::EventRecord;
-use crate::storage::{Committed, Storage, C_REJECTED};
+use crate::storage::{Committed, NewEvent, Storage, C_REJECTED};
 
 /// The most deliveries one transaction takes.
 pub const MAX_BATCH: usize = 1024;
@@ -38,7 +37,7 @@ pub fn respond(answers: Receiver<Answers>) {
 
 pub enum Job {
     /// Store one verified delivery, then reply.
-    Deliver(Box<EventRecord>, Reply),
+    Deliver(NewEvent, Reply),
     /// Prove the disk takes a durable commit, then reply (`/healthz`).
     Probe(Reply),
 }
@@ -152,7 +151,7 @@ fn commit(
     for job in batch.drain(..) {
         match job {
             Job::Deliver(ev, reply) => {
-                events.push(*ev);
+                events.push(ev);
                 replies.push(reply);
             }
             Job::Probe(reply) => probes.push(reply),

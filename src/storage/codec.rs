@@ -43,6 +43,7 @@ pub fn encode_with_tail<T: Serialize>(
     head: &T,
     tail: &[u8],
 ) -> Result<Vec<u8>, Error> {
+    let tail = lz4_flex::block::compress_prepend_size(tail);
     let head = bincode::serde::encode_to_vec(head, config())
         .map_err(|e| Error::Codec(format!("encode: {e}")))?;
     let len = u32::try_from(head.len()).map_err(|_| Error::Codec("header too large".into()))?;
@@ -50,11 +51,23 @@ pub fn encode_with_tail<T: Serialize>(
     out.push(version);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&head);
-    out.extend_from_slice(tail);
+    out.extend_from_slice(&tail);
     Ok(out)
 }
 
-pub fn decode_with_tail<'b, T: DeserializeOwned>(
+pub fn decode_with_tail<T: DeserializeOwned>(
+    what: &str,
+    version: u8,
+    bytes: &[u8],
+) -> Result<(T, Vec<u8>), Error> {
+    let (head, tail) = decode_head::<T>(what, version, bytes)?;
+    let tail = lz4_flex::block::decompress_size_prepended(tail)
+        .map_err(|e| Error::Codec(format!("{what}: compressed body: {e}")))?;
+    Ok((head, tail))
+}
+
+/// Decodes only the header of a record written by [`encode_with_tail`].
+pub fn decode_head<'b, T: DeserializeOwned>(
     what: &str,
     version: u8,
     bytes: &'b [u8],

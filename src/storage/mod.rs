@@ -78,8 +78,30 @@ impl Default for Options {
     }
 }
 
-/// One delivery to store, as the writer hands it over.
-pub type NewEvent = EventRecord;
+/// One delivery ready to store. The HTTP worker encodes it, so the writer's transaction,
+/// which holds the database's one write lock, only copies bytes.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    store: String,
+    dedupe_key: String,
+    counter: &'static str,
+    bytes: Vec<u8>,
+}
+
+impl NewEvent {
+    pub fn encode(rec: &EventRecord) -> Result<NewEvent, Error> {
+        Ok(NewEvent {
+            store: rec.head.store.clone(),
+            dedupe_key: rec.head.dedupe_key.clone(),
+            counter: match rec.head.parsed {
+                records::ParsedRecord::Event(_) => C_ACCEPTED,
+                records::ParsedRecord::Ignored => C_IGNORED,
+                records::ParsedRecord::Unparseable(_) => C_QUARANTINED,
+            },
+            bytes: rec.encode()?,
+        })
+    }
+}
 
 /// What the commit did with one delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,25 +229,20 @@ impl Storage {
             let mut counters = tx.open_table(COUNTERS)?;
             let mut next = ev.last()?.map_or(1, |(k, _)| k.value() + 1);
             for e in events {
-                let h = &e.head;
-                let key = (h.store.as_str(), h.dedupe_key.as_str());
+                let key = (e.store.as_str(), e.dedupe_key.as_str());
                 let seen = dedupe.get(key)?.map(|v| v.value());
                 let counter = if let Some(seq) = seen {
                     out.push(Committed::Duplicate(seq));
                     C_DUPLICATE
                 } else {
-                    ev.insert(next, e.encode()?.as_slice())?;
+                    ev.insert(next, e.bytes.as_slice())?;
                     dedupe.insert(key, next)?;
                     out.push(Committed::Stored(next));
                     next += 1;
-                    match h.parsed {
-                        records::ParsedRecord::Event(_) => C_ACCEPTED,
-                        records::ParsedRecord::Ignored => C_IGNORED,
-                        records::ParsedRecord::Unparseable(_) => C_QUARANTINED,
-                    }
+                    e.counter
                 };
-                add(&mut counters, &h.store, counter, 1)?;
-                counters.insert((h.store.as_str(), C_LAST_WEBHOOK), now.0)?;
+                add(&mut counters, &e.store, counter, 1)?;
+                counters.insert((e.store.as_str(), C_LAST_WEBHOOK), now.0)?;
             }
             for (store, name, delta) in extra {
                 add(&mut counters, store, name, *delta)?;
@@ -314,27 +331,58 @@ impl Storage {
             .map_or(0, |v| read_u64(v.value())))
     }
 
-    /// Runs `f` in one write transaction of the processor's. Not synced by itself: the
-    /// next durable commit carries it, and a crash before that only means the same events
-    /// are applied again, which changes nothing.
-    pub fn process<R>(
-        &self,
-        f: impl FnOnce(&mut ProcessTx<'_>) -> Result<R, Error>,
-    ) -> Result<R, Error> {
+    /// A consistent read-only view for the processor to compute its next batch from,
+    /// without holding the write lock.
+    pub fn snapshot(&self) -> Result<Snapshot, Error> {
+        let tx = self.db.begin_read()?;
+        Ok(Snapshot {
+            meta: tx.open_table(META)?,
+            orders: tx.open_table(ORDERS)?,
+            customers: tx.open_table(CUSTOMERS)?,
+            lookup: tx.open_table(CUSTOMER_LOOKUP)?,
+            counters: tx.open_table(COUNTERS)?,
+        })
+    }
+
+    /// Writes a processor batch in one short transaction. Not synced by itself: the next
+    /// durable commit carries it, and a crash before that only means the same events are
+    /// applied again, which changes nothing. Only the processor writes these tables, so
+    /// what it read from its snapshot is still current.
+    pub fn apply_changes(&self, changes: &Changes) -> Result<(), Error> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::None)?;
-        let r = {
-            let mut p = ProcessTx {
-                meta: tx.open_table(META)?,
-                orders: tx.open_table(ORDERS)?,
-                customers: tx.open_table(CUSTOMERS)?,
-                lookup: tx.open_table(CUSTOMER_LOOKUP)?,
-                counters: tx.open_table(COUNTERS)?,
-            };
-            f(&mut p)?
-        };
+        {
+            let mut orders = tx.open_table(ORDERS)?;
+            let mut customers = tx.open_table(CUSTOMERS)?;
+            let mut lookup = tx.open_table(CUSTOMER_LOOKUP)?;
+            let mut counters = tx.open_table(COUNTERS)?;
+            for (store, id, bytes) in &changes.orders {
+                if orders
+                    .insert((store.as_str(), id.as_str()), bytes.as_slice())?
+                    .is_none()
+                {
+                    add(&mut counters, store, C_ORDERS, 1)?;
+                }
+            }
+            for (store, id, bytes) in &changes.customers {
+                if customers
+                    .insert((store.as_str(), *id), bytes.as_slice())?
+                    .is_none()
+                {
+                    add(&mut counters, store, C_CUSTOMERS, 1)?;
+                }
+            }
+            for (store, key, id) in &changes.links {
+                lookup.insert((store.as_str(), key.as_str()), *id)?;
+            }
+            for (store, next) in &changes.next_customer {
+                counters.insert((store.as_str(), C_NEXT_CUSTOMER), *next as i64)?;
+            }
+            tx.open_table(META)?
+                .insert("processed_seq", &changes.processed.to_le_bytes()[..])?;
+        }
         tx.commit()?;
-        Ok(r)
+        Ok(())
     }
 
     /// Makes every earlier commit durable (used at shutdown after processor commits).
@@ -398,7 +446,7 @@ impl Storage {
 }
 
 /// How a customer is found: by normalized email or by the platform's customer id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Lookup {
     Email(String),
     PlatformId(String),
@@ -413,19 +461,21 @@ impl Lookup {
     }
 }
 
-/// The processor's view of one write transaction.
-pub struct ProcessTx<'t> {
-    meta: redb::Table<'t, &'static str, &'static [u8]>,
-    orders: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
-    customers: redb::Table<'t, (&'static str, u64), &'static [u8]>,
-    lookup: redb::Table<'t, (&'static str, &'static str), u64>,
-    counters: redb::Table<'t, (&'static str, &'static str), i64>,
+/// The processor's read-only view (see [`Storage::snapshot`]).
+pub struct Snapshot {
+    meta: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    orders: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    customers: redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    lookup: redb::ReadOnlyTable<(&'static str, &'static str), u64>,
+    counters: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
 }
 
-impl ProcessTx<'_> {
-    pub fn set_processed(&mut self, seq: u64) -> Result<(), Error> {
-        self.meta.insert("processed_seq", &seq.to_le_bytes()[..])?;
-        Ok(())
+impl Snapshot {
+    pub fn processed_seq(&self) -> Result<u64, Error> {
+        Ok(self
+            .meta
+            .get("processed_seq")?
+            .map_or(0, |v| read_u64(v.value())))
     }
 
     pub fn order(&self, store: &str, id: &str) -> Result<Option<OrderState>, Error> {
@@ -435,15 +485,11 @@ impl ProcessTx<'_> {
             .transpose()
     }
 
-    pub fn put_order(&mut self, store: &str, id: &str, o: &OrderState) -> Result<(), Error> {
-        let is_new = self
-            .orders
-            .insert((store, id), records::encode_order(o)?.as_slice())?
-            .is_none();
-        if is_new {
-            add(&mut self.counters, store, C_ORDERS, 1)?;
-        }
-        Ok(())
+    pub fn customer(&self, store: &str, id: CustomerId) -> Result<Option<Customer>, Error> {
+        self.customers
+            .get((store, id))?
+            .map(|v| records::decode_customer(v.value()))
+            .transpose()
     }
 
     pub fn find_customer(&self, store: &str, lookup: &Lookup) -> Result<Option<CustomerId>, Error> {
@@ -453,47 +499,53 @@ impl ProcessTx<'_> {
             .map(|v| v.value()))
     }
 
-    pub fn customer(&self, store: &str, id: CustomerId) -> Result<Option<Customer>, Error> {
-        self.customers
-            .get((store, id))?
-            .map(|v| records::decode_customer(v.value()))
-            .transpose()
-    }
-
-    /// Allocates the next opaque customer id for a store.
-    pub fn new_customer(&mut self, store: &str) -> Result<Customer, Error> {
-        let id = self
+    /// The next unused opaque customer id of a store.
+    pub fn next_customer_id(&self, store: &str) -> Result<CustomerId, Error> {
+        let next = self
             .counters
             .get((store, C_NEXT_CUSTOMER))?
-            .map_or(1, |v| v.value())
-            .max(1);
-        self.counters.insert((store, C_NEXT_CUSTOMER), id + 1)?;
-        Ok(Customer::new(id as u64))
+            .map_or(1, |v| v.value());
+        Ok(next.max(1) as CustomerId)
+    }
+}
+
+/// One processor batch's effects, encoded before the write transaction begins.
+#[derive(Default)]
+pub struct Changes {
+    orders: Vec<(String, String, Vec<u8>)>,
+    customers: Vec<(String, CustomerId, Vec<u8>)>,
+    links: Vec<(String, String, CustomerId)>,
+    next_customer: Vec<(String, CustomerId)>,
+    processed: u64,
+}
+
+impl Changes {
+    pub fn new(processed: u64) -> Changes {
+        Changes {
+            processed,
+            ..Changes::default()
+        }
+    }
+
+    pub fn put_order(&mut self, store: &str, id: &str, o: &OrderState) -> Result<(), Error> {
+        self.orders
+            .push((store.into(), id.into(), records::encode_order(o)?));
+        Ok(())
     }
 
     pub fn put_customer(&mut self, store: &str, c: &Customer) -> Result<(), Error> {
-        let is_new = self
-            .customers
-            .insert((store, c.id), records::encode_customer(c)?.as_slice())?
-            .is_none();
-        if is_new {
-            add(&mut self.counters, store, C_CUSTOMERS, 1)?;
-        }
+        self.customers
+            .push((store.into(), c.id, records::encode_customer(c)?));
         Ok(())
     }
 
-    /// Points a lookup at a customer (the lookup's first owner keeps it).
-    pub fn link_customer(
-        &mut self,
-        store: &str,
-        lookup: &Lookup,
-        id: CustomerId,
-    ) -> Result<(), Error> {
-        let key = lookup.key();
-        if self.lookup.get((store, key.as_str()))?.is_none() {
-            self.lookup.insert((store, key.as_str()), id)?;
-        }
-        Ok(())
+    /// Points a lookup at a customer; the caller checks it has no owner yet.
+    pub fn link(&mut self, store: &str, lookup: &Lookup, id: CustomerId) {
+        self.links.push((store.into(), lookup.key(), id));
+    }
+
+    pub fn set_next_customer_id(&mut self, store: &str, next: CustomerId) {
+        self.next_customer.push((store.into(), next));
     }
 }
 
