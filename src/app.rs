@@ -22,6 +22,26 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Jobs waiting for the writer before HTTP workers block (backpressure).
 const QUEUE: usize = 8192;
 
+/// The writer is the one serial step every webhook waits for; under load it competes for
+/// the CPU with one tiny_http thread per connection and the parallel stages. Raising its
+/// priority took durable acks/s from ~5,400 to ~6,500 in the ingest benchmark. Needs root
+/// or CAP_SYS_NICE (systemd: `AmbientCapabilities=CAP_SYS_NICE`); without it the writer
+/// runs at the default priority. (Lowering the processor instead let it fall behind and
+/// grow memory: measured, rejected.)
+const WRITER_NICE: i32 = -10;
+
+/// Changes the calling thread's nice value by `delta`; a refusal is reported, not fatal.
+fn renice(thread: &str, delta: i32) {
+    let tid = rustix::thread::gettid();
+    let result = rustix::process::getpriority_process(Some(tid))
+        .and_then(|now| rustix::process::setpriority_process(Some(tid), now + delta));
+    if let Err(e) = result {
+        eprintln!(
+            "{thread}: running at the default priority ({e}); giving the process CAP_SYS_NICE lets it take more webhooks per second"
+        );
+    }
+}
+
 pub struct Options {
     pub faults: storage::Faults,
     pub clock: Arc<dyn Clock>,
@@ -85,6 +105,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
             .name("writer".into())
             .spawn(move || {
                 let now = || clock.now();
+                renice("writer", WRITER_NICE);
                 writer::run(
                     storage,
                     jobs_rx,

@@ -160,10 +160,8 @@ pub fn spawn_kicker(
         .name("http-kick".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                drop(std::net::TcpStream::connect_timeout(
-                    &addr,
-                    Duration::from_secs(1),
-                ));
+                let kick = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+                drop(kick);
                 std::thread::sleep(KICK);
             }
         })
