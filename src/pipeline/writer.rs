@@ -105,14 +105,7 @@ pub fn run(
         match jobs.recv_timeout(Duration::from_secs(1)) {
             Ok(job) => batch.push(job),
             Err(RecvTimeoutError::Timeout) => {
-                // Idle: flush rejection counts that are waiting for a commit.
-                let extra = rejections.take();
-                if !extra.is_empty() {
-                    if let Err(e) = storage.commit_deliveries(&[], &extra, now()) {
-                        eprintln!("writer: {e}");
-                        rejections.give_back(extra);
-                    }
-                }
+                flush_rejections(&storage, &rejections, now());
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -133,6 +126,18 @@ pub fn run(
         );
         if let Err(crossbeam_channel::SendError(answered)) = answers.send(answered) {
             respond_now(answered);
+        }
+    }
+    flush_rejections(&storage, &rejections, now());
+}
+
+/// Commits rejection counts that are waiting for a commit (when idle, and at the end).
+fn flush_rejections(storage: &Storage, rejections: &Rejections, now: Timestamp) {
+    let extra = rejections.take();
+    if !extra.is_empty() {
+        if let Err(e) = storage.commit_deliveries(&[], &extra, now) {
+            eprintln!("writer: {e}");
+            rejections.give_back(extra);
         }
     }
 }

@@ -265,17 +265,7 @@ impl Storage {
 
     /// Events with sequence numbers after `after`, in commit order, at most `limit`.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, EventRecord)>, Error> {
-        let tx = self.db.begin_read()?;
-        let ev = tx.open_table(EVENTS)?;
-        let mut out = Vec::new();
-        for item in ev.range(after.saturating_add(1)..)? {
-            let (k, v) = item?;
-            out.push((k.value(), EventRecord::decode(v.value())?));
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        self.scan_events(after, limit, EventRecord::decode)
     }
 
     /// Like [`Storage::events_after`], without the raw bodies.
@@ -284,12 +274,21 @@ impl Storage {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, EventHead)>, Error> {
+        self.scan_events(after, limit, EventRecord::decode_head)
+    }
+
+    fn scan_events<T>(
+        &self,
+        after: u64,
+        limit: usize,
+        decode: fn(&[u8]) -> Result<T, Error>,
+    ) -> Result<Vec<(u64, T)>, Error> {
         let tx = self.db.begin_read()?;
         let ev = tx.open_table(EVENTS)?;
         let mut out = Vec::new();
         for item in ev.range(after.saturating_add(1)..)? {
             let (k, v) = item?;
-            out.push((k.value(), EventRecord::decode_head(v.value())?));
+            out.push((k.value(), decode(v.value())?));
             if out.len() >= limit {
                 break;
             }

@@ -89,45 +89,49 @@ fn check_config_fails(text: &str, expect: &str) {
 fn malformed_config_names_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let good = config_text(tmp.path(), "127.0.0.1:0", "127.0.0.1:0");
-    check_config_fails(
-        &good.replace(
+    let secrets = format!("[\"{SECRET}\", \"{OLD_SECRET}\"]");
+    let cases: &[(&str, &str, &str)] = &[
+        (
             "listen = \"127.0.0.1:0\"\nadmin",
             "listen = \"localhost\"\nadmin",
+            "listen = \"localhost\" is not an address",
         ),
-        "listen = \"localhost\" is not an address",
-    );
-    check_config_fails(
-        &good.replace("max_body_kb", "max_body_kbb"),
-        "unknown field `max_body_kbb`",
-    );
-    check_config_fails(
-        &good.replace("America/Toronto", "Mars/Olympus"),
-        "stores[0].timezone = \"Mars/Olympus\"",
-    );
-    check_config_fails(
-        &good.replace("platform = \"shopify\"", "platform = \"magento\""),
-        "stores[0].platform = \"magento\"",
-    );
-    check_config_fails(
-        &good.replace(&format!("[\"{SECRET}\", \"{OLD_SECRET}\"]"), "[]"),
-        "stores[0].webhook_secrets is empty",
-    );
-    check_config_fails(
-        &good.replace("admin_token = ", "admin_token = \"short\"\n#"),
-        "admin_token is too short",
-    );
-    check_config_fails(
-        &good.replace("max_body_kb = 256", "max_body_kb = 0"),
-        "max_body_kb = 0 is out of range",
-    );
-    check_config_fails(
-        &good.replace("listen = ", "listen = [\n"),
-        "TOML parse error",
-    );
-    check_config_fails(
-        &good.replace("id = \"main\"", "id = \"Main Store\""),
-        "stores[0].id = \"Main Store\"",
-    );
+        (
+            "max_body_kb",
+            "max_body_kbb",
+            "unknown field `max_body_kbb`",
+        ),
+        (
+            "America/Toronto",
+            "Mars/Olympus",
+            "stores[0].timezone = \"Mars/Olympus\"",
+        ),
+        (
+            "platform = \"shopify\"",
+            "platform = \"magento\"",
+            "stores[0].platform = \"magento\"",
+        ),
+        (&secrets, "[]", "stores[0].webhook_secrets is empty"),
+        (
+            "admin_token = ",
+            "admin_token = \"short\"\n#",
+            "admin_token is too short",
+        ),
+        (
+            "max_body_kb = 256",
+            "max_body_kb = 0",
+            "max_body_kb = 0 is out of range",
+        ),
+        ("listen = ", "listen = [\n", "TOML parse error"),
+        (
+            "id = \"main\"",
+            "id = \"Main Store\"",
+            "stores[0].id = \"Main Store\"",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        check_config_fails(&good.replace(from, to), expect);
+    }
     check_config_fails(
         "listen = \"127.0.0.1:0\"\nadmin_token = \"0123456789abcdef0123\"\n",
         "no [[stores]] configured",
@@ -277,6 +281,15 @@ fn status_works_with_and_without_the_service() {
     assert_ne!(code, 0);
     assert!(err.contains("no store with id \"nope\""), "{err}");
 
+    // A bad signature right before the stop is still counted.
+    let resp = agent()
+        .post(&format!("http://{listen}/webhooks/{STORE}"))
+        .header("X-Shopify-Topic", "orders/paid")
+        .header("X-Shopify-Hmac-Sha256", "AAAA")
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+
     // SIGTERM: a clean stop with exit 0.
     let pid = child.id().to_string();
     assert!(Command::new("kill")
@@ -290,7 +303,9 @@ fn status_works_with_and_without_the_service() {
     // The same figures straight from the file.
     let (code, out, err) = run(&["status", "--json", "--config", &path], tmp.path());
     assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stores"][0]["webhooks"]["rejected"], 1);
+    v["stores"][0]["webhooks"]["rejected"] = 0.into();
     assert_eq!(v["stores"], live["stores"]);
     assert!(v.get("uptime_seconds").is_none());
 }
