@@ -168,7 +168,9 @@ fn load_phase(
         .collect();
     start.wait();
     let t0 = Instant::now();
+    let cpu0 = cpu_seconds(child.id());
     std::thread::sleep(run);
+    let cpu = cpu_seconds(child.id()) - cpu0;
     stop.store(true, Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
     let mut lat: Vec<u32> = Vec::new();
@@ -183,6 +185,11 @@ fn load_phase(
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    println!(
+        "{name}: server CPU {:.0} µs per acknowledged delivery ({:.2} cores busy)",
+        cpu * 1e6 / lat.len().max(1) as f64,
+        cpu / elapsed
+    );
     let db = tmp.path().join("data").join("upsell.redb");
     if let Ok(meta) = std::fs::metadata(&db) {
         println!(
@@ -353,6 +360,24 @@ fn spawn_child(args: &[&str], dir: &Path) -> (Child, String) {
         .expect("child address")
         .to_string();
     (child, addr)
+}
+
+/// User + system CPU time of a process so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0 // USER_HZ is 100 on Linux
 }
 
 fn peak_rss_mb(pid: u32) -> f64 {
