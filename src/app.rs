@@ -153,8 +153,8 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         Arc::new(move |rq| http::admin::handle(&admin_ctx, rq)),
         &stop,
     )?);
-    threads.push(http::spawn_kicker(&public, &stop)?);
-    threads.push(http::spawn_kicker(&admin, &stop)?);
+    threads.push(http::spawn_kicker(&public, http::KICK_PUBLIC, &stop)?);
+    threads.push(http::spawn_kicker(&admin, http::KICK_ADMIN, &stop)?);
     Ok(Running {
         public_addr: public.local_addr(),
         admin_addr: admin.local_addr(),

@@ -26,8 +26,11 @@ use crate::ingest::Headers;
 
 /// How often idle workers look at the stop flag.
 const POLL: Duration = Duration::from_millis(200);
-/// How often the listener is kicked (see [`spawn_kicker`]).
-const KICK: Duration = Duration::from_millis(50);
+/// How often the public listener is kicked (see [`spawn_kicker`]); the admin listener,
+/// where a stranded connection only delays an operator, needs it only to keep `accept()`
+/// from idling into its timeout.
+pub const KICK_PUBLIC: Duration = Duration::from_millis(50);
+pub const KICK_ADMIN: Duration = Duration::from_secs(1);
 
 pub type Handler = Arc<dyn Fn(Request) + Send + Sync>;
 
@@ -146,6 +149,7 @@ fn worker(listener: &Arc<Listener>, handler: &Handler, stop: &Arc<AtomicBool>) {
 ///   loop; kicks keep it from ever idling that long (a restart remains the fallback).
 pub fn spawn_kicker(
     listener: &Arc<Listener>,
+    every: Duration,
     stop: &Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     let mut addr = listener.local_addr();
@@ -162,7 +166,7 @@ pub fn spawn_kicker(
             while !stop.load(Ordering::Relaxed) {
                 let kick = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
                 drop(kick);
-                std::thread::sleep(KICK);
+                std::thread::sleep(every);
             }
         })
 }
