@@ -45,6 +45,8 @@ fn renice(thread: &str, delta: i32) {
 pub struct Options {
     pub faults: storage::Faults,
     pub clock: Arc<dyn Clock>,
+    /// Socket read/write timeout of accepted connections.
+    pub io_timeout: Duration,
 }
 
 impl Default for Options {
@@ -52,6 +54,7 @@ impl Default for Options {
         Options {
             faults: storage::Faults::default(),
             clock: Arc::new(SystemClock),
+            io_timeout: IO_TIMEOUT,
         }
     }
 }
@@ -77,9 +80,9 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
             faults: opts.faults,
         },
     )?;
-    let public = Listener::bind(config.listen, IO_TIMEOUT)
+    let public = Listener::bind(config.listen, opts.io_timeout)
         .with_context(|| format!("listen = {}: cannot listen there", config.listen))?;
-    let admin = Listener::bind(config.admin_listen, IO_TIMEOUT).with_context(|| {
+    let admin = Listener::bind(config.admin_listen, opts.io_timeout).with_context(|| {
         format!(
             "admin_listen = {}: cannot listen there",
             config.admin_listen

@@ -71,14 +71,18 @@ impl TestServer {
     }
 
     pub fn start_in(data_dir: &Path, faults: Faults) -> TestServer {
-        let running = app::start(
-            test_config(data_dir),
+        TestServer::start_with(
+            data_dir,
             Options {
                 faults,
                 clock: Arc::new(upsell_appliance::clock::SystemClock),
+                io_timeout: app::IO_TIMEOUT,
             },
         )
-        .expect("service starts");
+    }
+
+    pub fn start_with(data_dir: &Path, options: Options) -> TestServer {
+        let running = app::start(test_config(data_dir), options).expect("service starts");
         TestServer {
             running: Some(running),
             data_dir: data_dir.to_path_buf(),

@@ -450,3 +450,35 @@ fn second_process_cannot_open_the_database() {
         "{err}"
     );
 }
+
+#[test]
+fn still_answers_after_idling_past_the_socket_timeout() {
+    // An idle accept() times out like a read does (SO_RCVTIMEO on the listener), which
+    // would end tiny_http's accept loop for good without the kicker and the restart.
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(
+        tmp.path(),
+        upsell_appliance::app::Options {
+            io_timeout: std::time::Duration::from_millis(300),
+            ..Default::default()
+        },
+    );
+    assert_eq!(s.get("/healthz").0, 200);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let body = order_json(&OrderSpec::three_lines(3));
+    assert_eq!(s.webhook("orders/paid", "after-idle", &body), 200);
+    // A client that connects and says nothing is hung up on after the timeout.
+    use std::io::Read;
+    let mut idle = std::net::TcpStream::connect(s.running().public_addr).unwrap();
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the server to close the idle connection");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
