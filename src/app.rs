@@ -94,7 +94,6 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
     let (answers_tx, answers_rx) = crossbeam_channel::bounded(64);
     let rejections = Arc::new(Rejections::new(&config.store_ids()));
     let health = Arc::new(Health::default());
-    health.writable.store(true, Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
 
     let writer = {

@@ -16,7 +16,7 @@ use crate::storage::{Committed, NewEvent, Storage, C_REJECTED};
 pub const MAX_BATCH: usize = 1024;
 
 /// How a job ended, as its reply sees it.
-pub type Outcome = Result<Committed, CommitFailed>;
+pub type Outcome = Result<(), CommitFailed>;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("could not commit to the database: {0}")]
@@ -152,23 +152,22 @@ fn commit(
 ) -> Answers {
     let mut events = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
-    let mut probes = Vec::new();
     for job in batch.drain(..) {
         match job {
             Job::Deliver(ev, reply) => {
                 events.push(ev);
                 replies.push(reply);
             }
-            Job::Probe(reply) => probes.push(reply),
+            Job::Probe(reply) => replies.push(reply),
         }
     }
     let extra = rejections.take();
     let result = storage.commit_deliveries(&events, &extra, now);
     drop(events);
-    match result {
-        Ok(outcomes) => {
+    let outcome = match result {
+        Ok(committed_now) => {
             health.writable.store(true, Ordering::Relaxed);
-            let last_stored = outcomes.iter().rev().find_map(|c| match c {
+            let last_stored = committed_now.iter().rev().find_map(|c| match c {
                 Committed::Stored(s) => Some(*s),
                 Committed::Duplicate(_) => None,
             });
@@ -176,25 +175,17 @@ fn commit(
                 // A full channel already holds a wake-up; the processor reads up to the end.
                 let _ = committed.try_send(last);
             }
-            let probed = probes.into_iter().map(|p| (p, Ok(Committed::Duplicate(0))));
-            replies
-                .into_iter()
-                .zip(outcomes.into_iter().map(Ok))
-                .chain(probed)
-                .collect()
+            Ok(())
         }
         Err(e) => {
             health.writable.store(false, Ordering::Relaxed);
             rejections.give_back(extra);
             let failed = CommitFailed(e.to_string());
             eprintln!("writer: {failed}; answering 503 so platforms retry");
-            replies
-                .into_iter()
-                .chain(probes)
-                .map(|r| (r, Err(failed.clone())))
-                .collect()
+            Err(failed)
         }
-    }
+    };
+    replies.into_iter().map(|r| (r, outcome.clone())).collect()
 }
 
 fn respond_now(batch: Answers) {
