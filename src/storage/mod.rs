@@ -85,11 +85,13 @@ pub struct NewEvent {
     store: String,
     dedupe_key: String,
     counter: &'static str,
-    bytes: Vec<u8>,
+    head: Vec<u8>,
+    body: Vec<u8>,
 }
 
 impl NewEvent {
     pub fn encode(rec: &EventRecord) -> Result<NewEvent, Error> {
+        let (head, body) = rec.encode()?;
         Ok(NewEvent {
             store: rec.head.store.clone(),
             dedupe_key: rec.head.dedupe_key.clone(),
@@ -98,7 +100,8 @@ impl NewEvent {
                 records::ParsedRecord::Ignored => C_IGNORED,
                 records::ParsedRecord::Unparseable(_) => C_QUARANTINED,
             },
-            bytes: rec.encode()?,
+            head,
+            body,
         })
     }
 }
@@ -201,6 +204,7 @@ impl Storage {
                 }
             }
             tx.open_table(EVENTS)?;
+            tx.open_table(BODIES)?;
             tx.open_table(DEDUPE)?;
             tx.open_table(ORDERS)?;
             tx.open_table(CUSTOMERS)?;
@@ -225,6 +229,7 @@ impl Storage {
         let mut out = Vec::with_capacity(events.len());
         {
             let mut ev = tx.open_table(EVENTS)?;
+            let mut bodies = tx.open_table(BODIES)?;
             let mut dedupe = tx.open_table(DEDUPE)?;
             let mut counters = tx.open_table(COUNTERS)?;
             let mut next = ev.last()?.map_or(1, |(k, _)| k.value() + 1);
@@ -235,7 +240,8 @@ impl Storage {
                     out.push(Committed::Duplicate(seq));
                     C_DUPLICATE
                 } else {
-                    ev.insert(next, e.bytes.as_slice())?;
+                    ev.insert(next, e.head.as_slice())?;
+                    bodies.insert(next, e.body.as_slice())?;
                     dedupe.insert(key, next)?;
                     out.push(Committed::Stored(next));
                     next += 1;
@@ -265,7 +271,12 @@ impl Storage {
 
     /// Events with sequence numbers after `after`, in commit order, at most `limit`.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, EventRecord)>, Error> {
-        self.scan_events(after, limit, EventRecord::decode)
+        let tx = self.db.begin_read()?;
+        let bodies = tx.open_table(BODIES)?;
+        self.scan_events(after, limit, |seq, head| {
+            let body = bodies.get(seq)?.ok_or_else(|| missing_body(seq))?;
+            EventRecord::decode(head, body.value())
+        })
     }
 
     /// Like [`Storage::events_after`], without the raw bodies.
@@ -274,21 +285,21 @@ impl Storage {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, EventHead)>, Error> {
-        self.scan_events(after, limit, EventRecord::decode_head)
+        self.scan_events(after, limit, |_, head| EventRecord::decode_head(head))
     }
 
     fn scan_events<T>(
         &self,
         after: u64,
         limit: usize,
-        decode: fn(&[u8]) -> Result<T, Error>,
+        mut decode: impl FnMut(u64, &[u8]) -> Result<T, Error>,
     ) -> Result<Vec<(u64, T)>, Error> {
         let tx = self.db.begin_read()?;
         let ev = tx.open_table(EVENTS)?;
         let mut out = Vec::new();
         for item in ev.range(after.saturating_add(1)..)? {
             let (k, v) = item?;
-            out.push((k.value(), decode(v.value())?));
+            out.push((k.value(), decode(k.value(), v.value())?));
             if out.len() >= limit {
                 break;
             }
@@ -307,12 +318,14 @@ impl Storage {
         let Some(seq) = dedupe.get((store, key))?.map(|v| v.value()) else {
             return Ok(None);
         };
-        let ev = tx.open_table(EVENTS)?;
-        let rec = ev
-            .get(seq)?
-            .map(|v| EventRecord::decode(v.value()))
-            .transpose()?;
-        Ok(rec.map(|r| (seq, r)))
+        let (ev, bodies) = (tx.open_table(EVENTS)?, tx.open_table(BODIES)?);
+        let (Some(head), Some(body)) = (ev.get(seq)?, bodies.get(seq)?) else {
+            return Err(missing_body(seq));
+        };
+        Ok(Some((
+            seq,
+            EventRecord::decode(head.value(), body.value())?,
+        )))
     }
 
     /// Number of stored events (deliveries, not counting duplicates).
@@ -557,6 +570,12 @@ fn add(
     let cur = t.get((store, name))?.map_or(0, |v| v.value());
     t.insert((store, name), cur + delta)?;
     Ok(())
+}
+
+fn missing_body(seq: u64) -> Error {
+    Error::Codec(format!(
+        "event {seq}: its head or body is missing from the database"
+    ))
 }
 
 fn read_u32(b: &[u8]) -> u32 {

@@ -5,9 +5,11 @@ use redb::TableDefinition;
 
 /// "schema_version" -> u32 LE; "processed_seq" -> u64 LE.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Commit sequence number -> event record (raw delivery + normalized form). Append-only;
-/// only the writer thread appends.
+/// Commit sequence number -> event head (who sent it, headers, the normalized form).
+/// Append-only; only the writer thread appends.
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Commit sequence number -> the raw request body, compressed. Written with its head.
+pub const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 /// (store, delivery key) -> sequence number of the event it was stored as.
 pub const DEDUPE: TableDefinition<(&str, &str), u64> = TableDefinition::new("dedupe");
 /// (store, order id) -> order state record.
