@@ -162,6 +162,14 @@ fn apply_order(
     }
     state.order = Some(order.clone());
     state.source.get_or_insert(source);
+    let new_refunds: Vec<(String, i64)> = order
+        .refunds
+        .iter()
+        .filter(|(id, _)| !state.refunds.iter().any(|(seen, _)| seen == id))
+        .cloned()
+        .collect();
+    let new_refunded: i64 = new_refunds.iter().map(|(_, a)| a).sum();
+    state.refunds.extend(new_refunds);
     let Some(c) = customer else {
         return if first {
             Applied::NewOrder
@@ -200,9 +208,13 @@ fn apply_order(
         (Some(o), None) => {
             c.order_count = c.order_count.saturating_sub(1);
             c.spent -= o.total;
-            c.refunded -= state.refunds.iter().map(|(_, a)| a).sum::<i64>();
+            // Refunds new in this version were never added.
+            c.refunded -= state.refunds.iter().map(|(_, a)| a).sum::<i64>() - new_refunded;
         }
-        (Some(o), Some(n)) => c.spent += n.total - o.total,
+        (Some(o), Some(n)) => {
+            c.spent += n.total - o.total;
+            c.refunded += new_refunded;
+        }
         (None, None) => {}
     }
     state.counted = now;
@@ -263,6 +275,7 @@ mod tests {
                 discount_codes: vec![],
                 shipping: None,
                 billing: None,
+                refunds: vec![],
             }),
         }
     }
@@ -322,6 +335,26 @@ mod tests {
     fn a_refund_before_its_order_counts_once_the_order_does() {
         assert_eq!(
             check(&[refund("r", 700), order("1", 5000, 2_000)]),
+            (vec![Changed, NewOrder], (1, 5000, 700))
+        );
+    }
+
+    #[test]
+    fn refunds_listed_in_an_order_count_once_whichever_way_they_come() {
+        let mut with_refund = order("1", 5000, 3_000);
+        if let Event::Order { order, .. } = &mut with_refund {
+            order.refunds = vec![("r".into(), 700)];
+        }
+        assert_eq!(
+            check(&[
+                order("1", 5000, 2_000),
+                with_refund.clone(),
+                refund("r", 700)
+            ]),
+            (vec![NewOrder, Changed, Unchanged], (1, 5000, 700))
+        );
+        assert_eq!(
+            check(&[refund("r", 700), with_refund]),
             (vec![Changed, NewOrder], (1, 5000, 700))
         );
     }

@@ -114,6 +114,9 @@ pub struct Order {
     pub discount_codes: Vec<String>,
     pub shipping: Option<Region>,
     pub billing: Option<Region>,
+    /// Refunds the order payload itself lists, as (refund id, amount in minor units):
+    /// WooCommerce sends refunds only this way, inside `order.updated`.
+    pub refunds: Vec<(String, i64)>,
 }
 
 impl Order {

@@ -14,7 +14,7 @@ use super::{header, headers_of, read_body, respond, text, BodyError};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Platform, Source};
-use crate::ingest::{self, Parsed};
+use crate::ingest::{self, woocommerce, Parsed};
 use crate::pipeline::writer::{Job, Outcome, Rejections, Reply};
 use crate::storage::records::{EventHead, EventRecord, ParsedRecord};
 use crate::storage::NewEvent;
@@ -73,8 +73,15 @@ fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
         }
     };
     let headers = headers_of(&rq);
+    let secrets = &store.webhook_secrets;
     let received = match store.platform {
-        Platform::Shopify => ingest::shopify::receive(headers, body, &store.webhook_secrets),
+        Platform::Shopify => ingest::shopify::receive(headers, body, secrets).map(Some),
+        Platform::WooCommerce => {
+            ingest::woocommerce::receive(headers, body, secrets).map(|r| match r {
+                woocommerce::Received::Ping => None,
+                woocommerce::Received::Delivery(inbound) => Some(inbound),
+            })
+        }
         other => {
             let msg = format!(
                 "{} webhooks are not supported by this build yet\n",
@@ -85,7 +92,12 @@ fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
         }
     };
     let inbound = match received {
-        Ok(i) => i,
+        Ok(Some(i)) => i,
+        // WooCommerce's creation ping: exactly 200, nothing stored.
+        Ok(None) => {
+            respond(rq, tiny_http::Response::empty(200));
+            return;
+        }
         Err(e) => {
             ctx.rejections.add(&store.id);
             respond(rq, text(401, &format!("{e}\n")));

@@ -5,6 +5,7 @@
 
 pub mod shopify;
 mod wire;
+pub mod woocommerce;
 
 use crate::engine::Event;
 

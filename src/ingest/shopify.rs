@@ -277,6 +277,8 @@ fn parse_order(body: &[u8]) -> Result<Order, String> {
             .collect(),
         shipping: region(w.shipping_address),
         billing: region(w.billing_address),
+        // Shopify reports refunds as refunds/create deliveries (same ids).
+        refunds: vec![],
     })
 }
 

@@ -80,6 +80,16 @@ pub fn parse_time(field: &str, s: &str) -> Result<crate::engine::Timestamp, Stri
         .map_err(|e| format!("{field}: {s:?} is not an RFC 3339 time ({e})"))
 }
 
+/// Parses a GMT time without an offset ("2026-11-21T15:00:00", WooCommerce's `*_gmt`
+/// fields); an RFC 3339 time with an offset is accepted too.
+pub fn parse_gmt(field: &str, s: &str) -> Result<crate::engine::Timestamp, String> {
+    let t = s.trim();
+    if let Ok(naive) = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S") {
+        return Ok(crate::engine::Timestamp(naive.and_utc().timestamp_millis()));
+    }
+    parse_time(field, t)
+}
+
 /// Splits a comma-separated tag string, trimming and dropping empties.
 pub fn split_tags(s: Option<&str>) -> Vec<String> {
     s.unwrap_or("")

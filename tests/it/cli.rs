@@ -301,7 +301,10 @@ fn status_works_with_and_without_the_service() {
     assert!(status.success(), "{status:?}");
 
     // The same figures straight from the file.
-    let (code, out, err) = run(&["status", "--json", "--config", &path], tmp.path());
+    let (code, out, err) = run(
+        &["status", "--json", "--store", STORE, "--config", &path],
+        tmp.path(),
+    );
     assert_eq!(code, 0, "{err}");
     let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["stores"][0]["webhooks"]["rejected"], 1);

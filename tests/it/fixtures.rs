@@ -273,3 +273,44 @@ pub fn delivered_json(order_id: u64) -> Vec<u8> {
     }))
     .unwrap()
 }
+
+/// A WooCommerce REST v3 order as its webhooks send it; `refunds` are (id, amount) pairs.
+pub fn woo_order_json(id: u64, status: &str, modified: &str, refunds: &[(u64, &str)]) -> Vec<u8> {
+    let refunds: Vec<Value> = refunds
+        .iter()
+        .map(|(rid, amount)| json!({"id": rid, "reason": "damaged", "total": format!("-{amount}")}))
+        .collect();
+    serde_json::to_vec(&json!({
+        "id": id, "parent_id": 0, "number": id.to_string(), "order_key": "wc_order_5a1b2c3d",
+        "created_via": "checkout", "version": "9.4.1", "status": status, "currency": "EUR",
+        "date_created": "2026-11-21T16:00:00", "date_created_gmt": "2026-11-21T15:00:00",
+        "date_modified": modified, "date_modified_gmt": modified,
+        "discount_total": "0.00", "discount_tax": "0.00", "shipping_total": "4.90", "shipping_tax": "0.93",
+        "cart_tax": "8.36", "total": "57.19", "total_tax": "9.29", "prices_include_tax": false,
+        "customer_id": 12, "customer_ip_address": "198.51.100.4",
+        "customer_user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/132.0", "customer_note": "",
+        "billing": {"first_name": "Anna", "last_name": "Schmidt", "company": "", "address_1": "Hauptstr. 5",
+            "address_2": "", "city": "Berlin", "state": "BE", "postcode": "10115", "country": "DE",
+            "email": "Anna.Schmidt@example.de", "phone": "+49301234567"},
+        "shipping": {"first_name": "Anna", "last_name": "Schmidt", "company": "", "address_1": "Hauptstr. 5",
+            "address_2": "", "city": "Berlin", "state": "BE", "postcode": "10115", "country": "DE", "phone": ""},
+        "payment_method": "stripe", "payment_method_title": "Credit card", "transaction_id": "pi_3Q1x",
+        "date_paid_gmt": "2026-11-21T15:00:05", "date_completed_gmt": null, "cart_hash": "8e2f1c",
+        "meta_data": [{"id": 901, "key": "_stripe_customer_id", "value": "cus_R1"}],
+        "line_items": [
+            {"id": 315, "name": "Ceramic Dripper", "product_id": 93, "variation_id": 0, "quantity": 1,
+             "tax_class": "", "subtotal": "29.90", "subtotal_tax": "5.68", "total": "29.90", "total_tax": "5.68",
+             "taxes": [{"id": 1, "total": "5.68", "subtotal": "5.68"}], "meta_data": [], "sku": "DRIP-01", "price": 29.9,
+             "image": {"id": "94", "src": "https://shop.example.com/wp-content/uploads/dripper.jpg"}, "parent_name": null},
+            {"id": 316, "name": "Filter Papers - 100", "product_id": 22, "variation_id": 23, "quantity": 2,
+             "tax_class": "", "subtotal": "11.00", "subtotal_tax": "2.09", "total": "11.00", "total_tax": "2.09",
+             "taxes": [{"id": 1, "total": "2.09", "subtotal": "2.09"}], "meta_data": [{"id": 1, "key": "pa_size", "value": "100"}],
+             "sku": "FILT-100", "price": 5.5, "image": {"id": "24", "src": ""}, "parent_name": "Filter Papers"}
+        ],
+        "tax_lines": [{"id": 317, "rate_code": "DE-MWST-1", "rate_id": 1, "label": "MwSt.", "compound": false, "tax_total": "8.36", "shipping_tax_total": "0.93"}],
+        "shipping_lines": [{"id": 318, "method_title": "DHL", "method_id": "flat_rate", "total": "4.90", "total_tax": "0.93"}],
+        "fee_lines": [], "coupon_lines": [], "refunds": refunds,
+        "currency_symbol": "€"
+    }))
+    .unwrap()
+}

@@ -7,3 +7,4 @@ mod crash;
 mod fixtures;
 mod support;
 mod webhooks;
+mod woocommerce;

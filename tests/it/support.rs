@@ -14,6 +14,8 @@ pub const SECRET: &str = "shpss_test_secret_0123456789abcdef";
 pub const OLD_SECRET: &str = "shpss_old_secret_0123456789abcdef";
 pub const TOKEN: &str = "admin-token-0123456789abcdef0123";
 pub const STORE: &str = "main";
+pub const WOO_STORE: &str = "woo";
+pub const WOO_SECRET: &str = "woo_webhook_secret_0123456789";
 
 /// A config for tests: ports chosen by the OS, the given data dir, one Shopify store.
 pub fn config_text(data_dir: &Path, listen: &str, admin_listen: &str) -> String {
@@ -33,6 +35,14 @@ domain = "test-store.myshopify.com"
 webhook_secrets = ["{SECRET}", "{OLD_SECRET}"]
 currency = "USD"
 timezone = "America/Toronto"
+
+[[stores]]
+id = "{WOO_STORE}"
+platform = "woocommerce"
+domain = "shop.example.com"
+webhook_secrets = ["{WOO_SECRET}"]
+currency = "EUR"
+timezone = "Europe/Berlin"
 "#,
         data_dir.display()
     )
@@ -117,6 +127,27 @@ impl TestServer {
         .0
     }
 
+    /// Posts a WooCommerce webhook signed with the store's secret.
+    pub fn woo_webhook(&self, topic: &str, delivery: Option<&str>, body: &[u8]) -> u16 {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WOO_SECRET.as_bytes()).unwrap();
+        mac.update(body);
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let mut headers = vec![
+            ("X-WC-Webhook-Source", "https://shop.example.com/"),
+            ("X-WC-Webhook-Topic", topic),
+            ("X-WC-Webhook-Resource", "order"),
+            ("X-WC-Webhook-Signature", sig.as_str()),
+            ("X-WC-Webhook-ID", "3"),
+        ];
+        if let Some(d) = delivery {
+            headers.push(("X-WC-Webhook-Delivery-ID", d));
+        }
+        self.post(&format!("/webhooks/{WOO_STORE}"), &headers, body)
+            .0
+    }
+
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
         let mut rq = self.agent.post(&self.url(path));
         for (k, v) in headers {
@@ -152,6 +183,10 @@ impl TestServer {
 
     pub fn store_status(&self) -> serde_json::Value {
         self.status()["stores"][0].clone()
+    }
+
+    pub fn woo_status(&self) -> serde_json::Value {
+        self.status()["stores"][1].clone()
     }
 
     /// Waits until the processor has applied every stored event.
