@@ -74,6 +74,8 @@ pub fn catch_up(storage: &Storage) -> Result<usize, Error> {
 struct Batch<'s> {
     snap: &'s Snapshot,
     orders: HashMap<(String, String), OrderState>,
+    /// Orders whose content was already known before this batch.
+    known_before: std::collections::HashSet<(String, String)>,
     customers: HashMap<(String, CustomerId), Customer>,
     links: HashMap<(String, Lookup), CustomerId>,
     next_ids: HashMap<String, CustomerId>,
@@ -84,6 +86,7 @@ impl<'s> Batch<'s> {
         Batch {
             snap,
             orders: HashMap::new(),
+            known_before: Default::default(),
             customers: HashMap::new(),
             links: HashMap::new(),
             next_ids: HashMap::new(),
@@ -98,7 +101,13 @@ impl<'s> Batch<'s> {
         let key = (store.to_string(), event.order_id().to_string());
         let mut state = match self.orders.get(&key) {
             Some(s) => s.clone(),
-            None => self.snap.order(store, &key.1)?.unwrap_or_default(),
+            None => {
+                let loaded = self.snap.order(store, &key.1)?.unwrap_or_default();
+                if loaded.order.is_some() {
+                    self.known_before.insert(key.clone());
+                }
+                loaded
+            }
         };
         let mut customer = match (state.customer, event) {
             (Some(id), _) => self.customer(store, id)?,
@@ -160,8 +169,9 @@ impl<'s> Batch<'s> {
 
     fn into_changes(self, processed: u64) -> Result<Changes, Error> {
         let mut changes = Changes::new(processed);
-        for ((store, id), state) in &self.orders {
-            changes.put_order(store, id, state)?;
+        for (key, state) in &self.orders {
+            let newly_known = state.order.is_some() && !self.known_before.contains(key);
+            changes.put_order(&key.0, &key.1, state, newly_known)?;
         }
         for ((store, _), c) in &self.customers {
             changes.put_customer(store, c)?;

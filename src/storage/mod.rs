@@ -368,11 +368,9 @@ impl Storage {
             let mut customers = tx.open_table(CUSTOMERS)?;
             let mut lookup = tx.open_table(CUSTOMER_LOOKUP)?;
             let mut counters = tx.open_table(COUNTERS)?;
-            for (store, id, bytes) in &changes.orders {
-                if orders
-                    .insert((store.as_str(), id.as_str()), bytes.as_slice())?
-                    .is_none()
-                {
+            for (store, id, bytes, newly_known) in &changes.orders {
+                orders.insert((store.as_str(), id.as_str()), bytes.as_slice())?;
+                if *newly_known {
                     add(&mut counters, store, C_ORDERS, 1)?;
                 }
             }
@@ -524,7 +522,7 @@ impl Snapshot {
 /// One processor batch's effects, encoded before the write transaction begins.
 #[derive(Default)]
 pub struct Changes {
-    orders: Vec<(String, String, Vec<u8>)>,
+    orders: Vec<(String, String, Vec<u8>, bool)>,
     customers: Vec<(String, CustomerId, Vec<u8>)>,
     links: Vec<(String, String, CustomerId)>,
     next_customer: Vec<(String, CustomerId)>,
@@ -539,9 +537,21 @@ impl Changes {
         }
     }
 
-    pub fn put_order(&mut self, store: &str, id: &str, o: &OrderState) -> Result<(), Error> {
-        self.orders
-            .push((store.into(), id.into(), records::encode_order(o)?));
+    /// `newly_known`: this batch saw the order itself for the first time (a refund or a
+    /// notice can come first), which is when the store's order count goes up.
+    pub fn put_order(
+        &mut self,
+        store: &str,
+        id: &str,
+        o: &OrderState,
+        newly_known: bool,
+    ) -> Result<(), Error> {
+        self.orders.push((
+            store.into(),
+            id.into(),
+            records::encode_order(o)?,
+            newly_known,
+        ));
         Ok(())
     }
 

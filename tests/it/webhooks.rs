@@ -346,6 +346,7 @@ fn refunds_and_deliveries_update_history_in_any_order() {
     stale.lines.pop();
     assert_eq!(s.webhook("orders/updated", "o0", &order_json(&stale)), 200);
     s.wait_processed();
+    assert_eq!(s.store_status()["orders"], 1);
     let storage = &s.running().storage;
     let o = storage.order(STORE, "500").unwrap().unwrap();
     assert_eq!(
