@@ -54,6 +54,9 @@ pub struct StoreConfig {
     pub platform: Platform,
     pub domain: String,
     pub webhook_secrets: Vec<String>,
+    /// BigCommerce only: the custom header the webhook subscription sends, whose value must
+    /// be one of `webhook_secrets` (BigCommerce documents no signature).
+    pub webhook_secret_header: String,
     pub currency: Currency,
     pub timezone: chrono_tz::Tz,
 }
@@ -134,6 +137,7 @@ struct RawStore {
     webhook_secrets: Vec<String>,
     currency: Option<String>,
     timezone: Option<String>,
+    webhook_secret_header: Option<String>,
 }
 
 /// Loads the configuration the way every subcommand does.
@@ -374,11 +378,31 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
                 key("timezone")
             )
         })?;
+        let webhook_secret_header = match (platform, s.webhook_secret_header) {
+            (Platform::BigCommerce, h) => {
+                let h = h.unwrap_or_else(|| "X-Webhook-Secret".into());
+                if h.is_empty() || !h.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
+                    return Err(format!(
+                        "{} = {h:?} is not a header name such as \"X-Webhook-Secret\"",
+                        key("webhook_secret_header")
+                    ));
+                }
+                h.to_ascii_lowercase()
+            }
+            (_, Some(_)) => {
+                return Err(format!(
+                "{} is only for bigcommerce stores (Shopify and WooCommerce sign their webhooks)",
+                key("webhook_secret_header")
+            ))
+            }
+            (_, None) => String::new(),
+        };
         stores.push(StoreConfig {
             id,
             platform,
             domain,
             webhook_secrets: s.webhook_secrets,
+            webhook_secret_header,
             currency,
             timezone,
         });

@@ -29,6 +29,9 @@ pub struct OrderState {
     pub shipped_at: Option<Timestamp>,
     pub delivered_at: Option<Timestamp>,
     pub delivery_estimate: Option<Timestamp>,
+    /// When a platform last said the order changed without sending it: the order must be
+    /// fetched (the platform-API issue does that and clears this).
+    pub fetch_requested: Option<Timestamp>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +116,13 @@ pub fn apply(
                 None => state.fulfillments.push(f.clone()),
             }
             state.shipped_at = Some(state.shipped_at.map_or(f.at, |s| s.min(f.at)));
+            Applied::Changed
+        }
+        Event::Notice(n) => {
+            if state.fetch_requested.is_some_and(|t| t >= n.at) {
+                return Applied::Unchanged;
+            }
+            state.fetch_requested = Some(n.at);
             Applied::Changed
         }
         Event::Delivery(d) => {

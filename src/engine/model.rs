@@ -178,6 +178,16 @@ pub struct DeliveryEvent {
     pub estimated_at: Option<Timestamp>,
 }
 
+/// A platform said an order changed but sent no content (BigCommerce's thin payloads):
+/// the order must be fetched through the platform's API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderNotice {
+    pub order_id: String,
+    /// The platform's name for what happened (`store/order/created`).
+    pub scope: String,
+    pub at: Timestamp,
+}
+
 /// One normalized fact from a platform.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -188,6 +198,7 @@ pub enum Event {
     Refund(Refund),
     Fulfillment(Fulfillment),
     Delivery(DeliveryEvent),
+    Notice(OrderNotice),
 }
 
 impl Event {
@@ -197,6 +208,7 @@ impl Event {
             Event::Refund(r) => &r.order_id,
             Event::Fulfillment(f) => &f.order_id,
             Event::Delivery(d) => &d.order_id,
+            Event::Notice(n) => &n.order_id,
         }
     }
 }

@@ -82,13 +82,9 @@ fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
                 woocommerce::Received::Delivery(inbound) => Some(inbound),
             })
         }
-        other => {
-            let msg = format!(
-                "{} webhooks are not supported by this build yet\n",
-                other.as_str()
-            );
-            respond(rq, text(501, &msg));
-            return;
+        Platform::BigCommerce => {
+            let header = &store.webhook_secret_header;
+            ingest::bigcommerce::receive(headers, body, header, secrets).map(Some)
         }
     };
     let inbound = match received {

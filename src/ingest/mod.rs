@@ -3,6 +3,7 @@
 //! Pure apart from the HMAC: no storage, no sockets, no clock (the receive time is a
 //! parameter). Never imports tiny_http or redb.
 
+pub mod bigcommerce;
 pub mod shopify;
 mod wire;
 pub mod woocommerce;

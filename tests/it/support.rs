@@ -16,6 +16,8 @@ pub const TOKEN: &str = "admin-token-0123456789abcdef0123";
 pub const STORE: &str = "main";
 pub const WOO_STORE: &str = "woo";
 pub const WOO_SECRET: &str = "woo_webhook_secret_0123456789";
+pub const BC_STORE: &str = "bc";
+pub const BC_SECRET: &str = "bc_shared_secret_0123456789";
 
 /// A config for tests: ports chosen by the OS, the given data dir, one Shopify store.
 pub fn config_text(data_dir: &Path, listen: &str, admin_listen: &str) -> String {
@@ -43,6 +45,13 @@ domain = "shop.example.com"
 webhook_secrets = ["{WOO_SECRET}"]
 currency = "EUR"
 timezone = "Europe/Berlin"
+
+[[stores]]
+id = "{BC_STORE}"
+platform = "bigcommerce"
+domain = "store-abc123.mybigcommerce.com"
+webhook_secrets = ["{BC_SECRET}"]
+webhook_secret_header = "X-Upsell-Secret"
 "#,
         data_dir.display()
     )
