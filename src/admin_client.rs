@@ -10,6 +10,15 @@ use crate::config::Config;
 
 /// Asks the running service; `Ok(None)` when nothing listens on `admin_listen`.
 pub fn get_json(config: &Config, path: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    call_json(config, "GET", path)
+}
+
+/// Like [`get_json`] with any method (`POST` for actions).
+pub fn call_json(
+    config: &Config,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(2)))
         .timeout_global(Some(Duration::from_secs(30)))
@@ -17,10 +26,12 @@ pub fn get_json(config: &Config, path: &str) -> anyhow::Result<Option<serde_json
         .build()
         .into();
     let url = format!("http://{}{}", loopback(config), path);
-    let resp = agent
-        .get(&url)
-        .header("Authorization", &format!("Bearer {}", config.admin_token))
-        .call();
+    let auth = format!("Bearer {}", config.admin_token);
+    let resp = if method == "POST" {
+        agent.post(&url).header("Authorization", &auth).send_empty()
+    } else {
+        agent.get(&url).header("Authorization", &auth).call()
+    };
     let mut resp = match resp {
         Ok(r) => r,
         Err(ureq::Error::ConnectionFailed) => return Ok(None),

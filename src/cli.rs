@@ -38,9 +38,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Signed deliveries this build could not parse: list, show, replay after an upgrade
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
     /// Webhook, order and customer figures per store
     Status {
         /// Only this store
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// List quarantined deliveries, oldest first
+    List {
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one stored delivery: headers, the parse error, the raw body
+    Show {
+        /// The delivery's sequence number (from `list`)
+        seq: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run this build's parsers on the quarantined deliveries again; the ones that parse
+    /// now are processed like new deliveries
+    Replay {
         #[arg(long, value_name = "ID")]
         store: Option<String>,
         #[arg(long)]
@@ -55,6 +86,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Init => init(cli.config),
         Command::CheckConfig { json } => check_config(&load(&cli.config)?, json),
         Command::Status { store, json } => status(&load(&cli.config)?, store.as_deref(), json),
+        Command::Quarantine { action } => quarantine(&load(&cli.config)?, action),
     }
 }
 
@@ -188,10 +220,11 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
 /// when no service is running. `local` must give the same shape the admin API does.
 fn via_service_or_file(
     config: &Config,
+    method: &str,
     api_path: &str,
     local: impl FnOnce(&Storage) -> anyhow::Result<serde_json::Value>,
 ) -> anyhow::Result<(serde_json::Value, String)> {
-    let asked = crate::admin_client::get_json(config, api_path);
+    let asked = crate::admin_client::call_json(config, method, api_path);
     match asked {
         Ok(Some(v)) => {
             return Ok((
@@ -235,7 +268,7 @@ fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result
     if let Some(id) = store {
         config.pick_store(Some(id))?;
     }
-    let (mut v, source) = via_service_or_file(config, "/api/status", |s| {
+    let (mut v, source) = via_service_or_file(config, "GET", "/api/status", |s| {
         Ok(crate::http::admin::status_json(config, s, None)?)
     })?;
     if let (Some(id), Some(stores)) = (store, v.get_mut("stores").and_then(|s| s.as_array_mut())) {
@@ -265,5 +298,84 @@ fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result
         "events: {} stored, {} processed ({source})",
         v["events"]["stored"], v["events"]["processed"]
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quarantine(config: &Config, action: QuarantineAction) -> anyhow::Result<ExitCode> {
+    use crate::http::admin;
+    let store_query = |store: &Option<String>| -> anyhow::Result<String> {
+        match store {
+            Some(id) => Ok(format!("?store={}", config.pick_store(Some(id))?.id)),
+            None => Ok(String::new()),
+        }
+    };
+    match action {
+        QuarantineAction::List { store, json } => {
+            let path = format!("/api/quarantine{}", store_query(&store)?);
+            let (v, source) = via_service_or_file(config, "GET", &path, |s| {
+                Ok(admin::quarantine_list(s, store.as_deref())?)
+            })?;
+            if json {
+                println!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let items = v["quarantined"].as_array().cloned().unwrap_or_default();
+            for i in &items {
+                println!(
+                    "{}  {}  {}  {}  {}",
+                    i["seq"],
+                    i["store"].as_str().unwrap_or(""),
+                    i["received_at"].as_str().unwrap_or(""),
+                    i["topic"].as_str().unwrap_or(""),
+                    i["reason"].as_str().unwrap_or("")
+                );
+            }
+            println!("{} quarantined ({source})", items.len());
+        }
+        QuarantineAction::Show { seq, json } => {
+            let path = format!("/api/quarantine/{seq}");
+            let (v, _) = via_service_or_file(config, "GET", &path, |s| {
+                admin::quarantine_show(s, seq)?.ok_or_else(|| {
+                    anyhow!("no stored delivery {seq}; `quarantine list` shows the numbers")
+                })
+            })?;
+            if json {
+                println!("{v}");
+            } else {
+                println!(
+                    "delivery {seq}: store {}, topic {}, received {}",
+                    v["store"], v["topic"], v["received_at"]
+                );
+                if let Some(r) = v["reason"].as_str() {
+                    println!("parse error: {r}");
+                }
+                for h in v["headers"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}: {}",
+                        h[0].as_str().unwrap_or(""),
+                        h[1].as_str().unwrap_or("")
+                    );
+                }
+                println!();
+                println!("{}", v["body"].as_str().unwrap_or(""));
+            }
+        }
+        QuarantineAction::Replay { store, json } => {
+            let path = format!("/api/quarantine/replay{}", store_query(&store)?);
+            let (v, source) = via_service_or_file(config, "POST", &path, |s| {
+                Ok(admin::quarantine_replay(s, store.as_deref())?)
+            })?;
+            if json {
+                println!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let items = v["replayed"].as_array().cloned().unwrap_or_default();
+            let released = items.iter().filter(|i| !i["new_seq"].is_null()).count();
+            for i in &items {
+                println!("{}: {}", i["seq"], i["result"].as_str().unwrap_or(""));
+            }
+            println!("{released} of {} released ({source})", items.len());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,9 +14,9 @@ use super::{header, headers_of, read_body, respond, text, BodyError};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Platform, Source};
-use crate::ingest::{self, woocommerce, Parsed};
+use crate::ingest::{self, woocommerce};
 use crate::pipeline::writer::{Job, Outcome, Rejections, Reply};
-use crate::storage::records::{EventHead, EventRecord, ParsedRecord};
+use crate::storage::records::{EventHead, EventRecord};
 use crate::storage::NewEvent;
 
 pub struct PublicCtx {
@@ -109,11 +109,7 @@ fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
             topic: inbound.topic,
             dedupe_key: inbound.dedupe_key,
             headers: inbound.headers.0,
-            parsed: match inbound.parsed {
-                Parsed::Event(e) => ParsedRecord::Event(e),
-                Parsed::Ignored => ParsedRecord::Ignored,
-                Parsed::Unparseable(why) => ParsedRecord::Unparseable(why),
-            },
+            parsed: crate::pipeline::record_of(inbound.parsed),
         },
         body: inbound.body,
     };

@@ -68,6 +68,14 @@ pub fn receive(
     })
 }
 
+/// Normalizes a stored body (the secret header was checked when it arrived).
+pub fn normalize_body(body: &[u8]) -> Parsed {
+    match serde_json::from_slice::<Wire>(body) {
+        Ok(w) => normalize(&w),
+        Err(e) => Parsed::Unparseable(format!("BigCommerce webhook JSON: {e}")),
+    }
+}
+
 #[derive(Deserialize)]
 struct Wire {
     scope: String,

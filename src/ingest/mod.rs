@@ -57,3 +57,13 @@ pub enum VerifyError {
     #[error("missing {0} header")]
     MissingHeader(&'static str),
 }
+
+/// Runs this build's parser again on a stored body (quarantine replay after an upgrade).
+pub fn reparse(platform: crate::engine::Platform, topic: &str, body: &[u8]) -> Parsed {
+    use crate::engine::Platform;
+    match platform {
+        Platform::Shopify => shopify::normalize(topic, body),
+        Platform::WooCommerce => woocommerce::normalize(topic, body),
+        Platform::BigCommerce => bigcommerce::normalize_body(body),
+    }
+}

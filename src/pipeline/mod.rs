@@ -7,3 +7,15 @@
 
 pub mod processor;
 pub mod writer;
+
+use crate::ingest::Parsed;
+use crate::storage::records::ParsedRecord;
+
+/// What a parse result is stored as.
+pub fn record_of(parsed: Parsed) -> ParsedRecord {
+    match parsed {
+        Parsed::Event(e) => ParsedRecord::Event(e),
+        Parsed::Ignored => ParsedRecord::Ignored,
+        Parsed::Unparseable(why) => ParsedRecord::Unparseable(why),
+    }
+}

@@ -205,6 +205,7 @@ impl Storage {
             }
             tx.open_table(EVENTS)?;
             tx.open_table(BODIES)?;
+            tx.open_table(QUARANTINE)?;
             tx.open_table(DEDUPE)?;
             tx.open_table(ORDERS)?;
             tx.open_table(CUSTOMERS)?;
@@ -230,6 +231,7 @@ impl Storage {
         {
             let mut ev = tx.open_table(EVENTS)?;
             let mut bodies = tx.open_table(BODIES)?;
+            let mut quarantine = tx.open_table(QUARANTINE)?;
             let mut dedupe = tx.open_table(DEDUPE)?;
             let mut counters = tx.open_table(COUNTERS)?;
             let mut next = ev.last()?.map_or(1, |(k, _)| k.value() + 1);
@@ -242,6 +244,9 @@ impl Storage {
                 } else {
                     ev.insert(next, e.head.as_slice())?;
                     bodies.insert(next, e.body.as_slice())?;
+                    if e.counter == C_QUARANTINED {
+                        quarantine.insert(next, e.store.as_str())?;
+                    }
                     dedupe.insert(key, next)?;
                     out.push(Committed::Stored(next));
                     next += 1;
@@ -326,6 +331,106 @@ impl Storage {
             seq,
             EventRecord::decode(head.value(), body.value())?,
         )))
+    }
+
+    /// Quarantined events, oldest first, optionally of one store.
+    pub fn quarantined(&self, store: Option<&str>) -> Result<Vec<(u64, EventHead)>, Error> {
+        let tx = self.db.begin_read()?;
+        let (q, ev) = (tx.open_table(QUARANTINE)?, tx.open_table(EVENTS)?);
+        let mut out = Vec::new();
+        for item in q.iter()? {
+            let (seq, s) = item?;
+            if store.is_some_and(|want| want != s.value()) {
+                continue;
+            }
+            let seq = seq.value();
+            let head = ev.get(seq)?.ok_or_else(|| missing_body(seq))?;
+            out.push((seq, EventRecord::decode_head(head.value())?));
+        }
+        Ok(out)
+    }
+
+    /// One stored event, head and body.
+    pub fn event(&self, seq: u64) -> Result<Option<EventRecord>, Error> {
+        let tx = self.db.begin_read()?;
+        let (ev, bodies) = (tx.open_table(EVENTS)?, tx.open_table(BODIES)?);
+        let Some(head) = ev.get(seq)? else {
+            return Ok(None);
+        };
+        let body = bodies.get(seq)?.ok_or_else(|| missing_body(seq))?;
+        EventRecord::decode(head.value(), body.value()).map(Some)
+    }
+
+    /// Runs `reparse` on every quarantined event (of one store, or all) in one durable
+    /// transaction. One that now parses moves to the end of the event log under a new
+    /// sequence number (so the processor applies it in turn) and leaves quarantine; one
+    /// that still fails keeps its place with the new reason. Returns (old seq, new seq if
+    /// released, what the parser said now).
+    pub fn replay_quarantined(
+        &self,
+        store: Option<&str>,
+        reparse: impl Fn(&EventHead, &[u8]) -> records::ParsedRecord,
+    ) -> Result<Vec<(u64, Option<u64>, records::ParsedRecord)>, Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        let mut out = Vec::new();
+        {
+            let mut q = tx.open_table(QUARANTINE)?;
+            let mut ev = tx.open_table(EVENTS)?;
+            let mut bodies = tx.open_table(BODIES)?;
+            let mut dedupe = tx.open_table(DEDUPE)?;
+            let mut counters = tx.open_table(COUNTERS)?;
+            let mut seqs = Vec::new();
+            for item in q.iter()? {
+                let (seq, s) = item?;
+                if store.is_none_or(|want| want == s.value()) {
+                    seqs.push(seq.value());
+                }
+            }
+            let mut next = ev.last()?.map_or(1, |(k, _)| k.value() + 1);
+            for seq in seqs {
+                let head = ev
+                    .get(seq)?
+                    .ok_or_else(|| missing_body(seq))?
+                    .value()
+                    .to_vec();
+                let body = bodies
+                    .get(seq)?
+                    .ok_or_else(|| missing_body(seq))?
+                    .value()
+                    .to_vec();
+                let mut rec = EventRecord::decode(&head, &body)?;
+                let parsed = reparse(&rec.head, &rec.body);
+                rec.head.parsed = parsed.clone();
+                let (head_bytes, body_bytes) = rec.encode()?;
+                let h = &rec.head;
+                let released = match parsed {
+                    records::ParsedRecord::Unparseable(_) => {
+                        ev.insert(seq, head_bytes.as_slice())?;
+                        None
+                    }
+                    ref p => {
+                        ev.remove(seq)?;
+                        bodies.remove(seq)?;
+                        q.remove(seq)?;
+                        ev.insert(next, head_bytes.as_slice())?;
+                        bodies.insert(next, body_bytes.as_slice())?;
+                        dedupe.insert((h.store.as_str(), h.dedupe_key.as_str()), next)?;
+                        add(&mut counters, &h.store, C_QUARANTINED, -1)?;
+                        let c = match p {
+                            records::ParsedRecord::Event(_) => C_ACCEPTED,
+                            _ => C_IGNORED,
+                        };
+                        add(&mut counters, &h.store, c, 1)?;
+                        next += 1;
+                        Some(next - 1)
+                    }
+                };
+                out.push((seq, released, parsed));
+            }
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Number of stored events (deliveries, not counting duplicates).

@@ -10,6 +10,9 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// Commit sequence number -> the raw request body, compressed. Written with its head.
 pub const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+/// Sequence number of a quarantined event (signed, but this build could not parse it) ->
+/// its store.
+pub const QUARANTINE: TableDefinition<u64, &str> = TableDefinition::new("quarantine");
 /// (store, delivery key) -> sequence number of the event it was stored as.
 pub const DEDUPE: TableDefinition<(&str, &str), u64> = TableDefinition::new("dedupe");
 /// (store, order id) -> order state record.

@@ -24,7 +24,7 @@ fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
     )
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

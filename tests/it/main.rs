@@ -6,6 +6,7 @@ mod bigcommerce;
 mod cli;
 mod crash;
 mod fixtures;
+mod quarantine;
 mod support;
 mod webhooks;
 mod woocommerce;
