@@ -85,11 +85,7 @@ fn authorized(ctx: &AdminCtx, rq: &Request) -> bool {
     else {
         return false;
     };
-    constant_time_eq(given.trim().as_bytes(), ctx.config.admin_token.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::ingest::constant_time_eq(given.trim().as_bytes(), ctx.config.admin_token.as_bytes())
 }
 
 /// The body of `GET /api/status`, shared with the CLI when it opens the database itself.

@@ -19,10 +19,10 @@ pub fn verify(headers: &Headers, header: &str, secrets: &[String]) -> Result<(),
         .ok_or(VerifyError::MissingSignature("webhook secret"))?
         .trim()
         .as_bytes();
-    let eq = |a: &[u8], b: &[u8]| {
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    };
-    if secrets.iter().any(|s| eq(given, s.as_bytes())) {
+    if secrets
+        .iter()
+        .any(|s| super::constant_time_eq(given, s.as_bytes()))
+    {
         Ok(())
     } else {
         Err(VerifyError::BadSignature)
