@@ -15,6 +15,16 @@ use crate::engine::Event;
 pub struct Headers(pub Vec<(String, String)>);
 
 impl Headers {
+    /// Headers from (name, value) pairs, names lower-cased as received ones are.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Headers {
+        Headers(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+        )
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()

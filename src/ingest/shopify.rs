@@ -197,12 +197,8 @@ fn region(a: Option<WireAddress>) -> Option<Region> {
 
 fn parse_order(body: &[u8]) -> Result<Order, String> {
     let w: WireOrder = serde_json::from_slice(body).map_err(|e| format!("order JSON: {e}"))?;
-    let currency = Currency::parse(&w.currency).map_err(|e| format!("currency: {e}"))?;
-    let money = |field: &str, d: &Decimal| {
-        currency
-            .parse_minor(&d.0)
-            .map_err(|e| format!("{field}: {e}"))
-    };
+    let currency = super::wire::currency(&w.currency)?;
+    let money = |field: &str, d: &Decimal| super::wire::minor(currency, field, d);
     let created_at = parse_time("created_at", &w.created_at)?;
     let updated_at = match w.updated_at.as_deref().or(w.processed_at.as_deref()) {
         Some(t) => parse_time("updated_at", t)?,
@@ -410,12 +406,7 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> Headers {
-        Headers(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Headers::from_pairs(pairs)
     }
 
     #[test]

@@ -64,6 +64,18 @@ impl<'de> Deserialize<'de> for Decimal {
     }
 }
 
+/// The order's currency, or why not.
+pub fn currency(code: &str) -> Result<crate::engine::Currency, String> {
+    crate::engine::Currency::parse(code).map_err(|e| format!("currency: {e}"))
+}
+
+/// A decimal amount in minor units of `currency`; errors name the field.
+pub fn minor(currency: crate::engine::Currency, field: &str, d: &Decimal) -> Result<i64, String> {
+    currency
+        .parse_minor(&d.0)
+        .map_err(|e| format!("{field}: {e}"))
+}
+
 /// `null` or missing becomes the type's default (an empty list, say).
 pub fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where

@@ -175,12 +175,8 @@ fn region(a: &Option<WireAddress>) -> Option<Region> {
 
 fn parse_order(body: &[u8], deleted: bool) -> Result<Order, String> {
     let w: WireOrder = serde_json::from_slice(body).map_err(|e| format!("order JSON: {e}"))?;
-    let currency = Currency::parse(&w.currency).map_err(|e| format!("currency: {e}"))?;
-    let money = |field: &str, d: &Decimal| {
-        currency
-            .parse_minor(&d.0)
-            .map_err(|e| format!("{field}: {e}"))
-    };
+    let currency = super::wire::currency(&w.currency)?;
+    let money = |field: &str, d: &Decimal| super::wire::minor(currency, field, d);
     let created_at = parse_gmt("date_created_gmt", &w.date_created_gmt)?;
     let updated_at = match &w.date_modified_gmt {
         Some(t) => parse_gmt("date_modified_gmt", t)?,
