@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::http::{self, admin::AdminCtx, public::PublicCtx, Listener};
+use crate::http::{self, admin::AdminCtx, public::PublicCtx, Listener, Workers};
 use crate::pipeline::processor;
 use crate::pipeline::writer::{self, Health, Rejections};
 use crate::storage::{self, Storage};
@@ -42,6 +42,21 @@ fn renice(thread: &str, delta: i32) {
     }
 }
 
+/// Raises the open-file soft limit to the hard limit and returns the limit now in force.
+/// Every open connection is a file descriptor (and a tiny_http thread), and systemd starts
+/// services with a soft limit of 1,024, which a burst of slow clients would exhaust.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            eprintln!("cannot raise the open-file limit to {:?}: {e}", lim.maximum);
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
 pub struct Options {
     pub faults: storage::Faults,
     pub clock: Arc<dyn Clock>,
@@ -65,7 +80,11 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub storage: Arc<Storage>,
     stop: Arc<AtomicBool>,
-    http: Vec<JoinHandle<()>>,
+    listeners: [Arc<Listener>; 2],
+    workers: [Arc<Workers>; 2],
+    upkeep: Vec<JoinHandle<()>>,
+    /// Dropping it tells the writer to commit what is queued and end.
+    writer_stop: crossbeam_channel::Sender<()>,
     writer: JoinHandle<()>,
     responder: JoinHandle<()>,
     processor: JoinHandle<()>,
@@ -73,6 +92,7 @@ pub struct Running {
 
 pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
     let config = Arc::new(config);
+    raise_open_file_limit();
     let storage = Storage::open(
         &config.data_dir,
         &storage::Options {
@@ -92,6 +112,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(QUEUE);
     let (committed_tx, committed_rx) = crossbeam_channel::bounded(1);
     let (answers_tx, answers_rx) = crossbeam_channel::bounded(64);
+    let (writer_stop, writer_stop_rx) = crossbeam_channel::bounded(0);
     let rejections = Arc::new(Rejections::new(&config.store_ids()));
     let health = Arc::new(Health::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -111,6 +132,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
                 writer::run(
                     storage,
                     jobs_rx,
+                    writer_stop_rx,
                     rejections,
                     health,
                     committed_tx,
@@ -140,49 +162,75 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         storage: storage.clone(),
         health,
         started: Instant::now(),
+        clock: opts.clock.clone(),
     });
-    let mut threads = http::spawn_workers(
-        "http",
-        &public,
-        config.http_workers,
-        Arc::new(move |rq| http::public::handle(&public_ctx, rq)),
-        &stop,
-    )?;
-    threads.extend(http::spawn_workers(
-        "admin",
-        &admin,
-        2,
-        Arc::new(move |rq| http::admin::handle(&admin_ctx, rq)),
-        &stop,
-    )?);
-    threads.push(http::spawn_kicker(&public, http::KICK_PUBLIC, &stop)?);
-    threads.push(http::spawn_kicker(&admin, http::KICK_ADMIN, &stop)?);
+    let workers = [
+        Workers::start(
+            "http",
+            &public,
+            config.http_workers,
+            http::MAX_WORKERS,
+            Arc::new(move |rq| http::public::handle(&public_ctx, rq)),
+            &stop,
+        )?,
+        Workers::start(
+            "admin",
+            &admin,
+            2,
+            16,
+            Arc::new(move |rq| http::admin::handle(&admin_ctx, rq)),
+            &stop,
+        )?,
+    ];
+    let upkeep = vec![
+        http::spawn_upkeep(&public, &workers[0], http::UPKEEP_PUBLIC, &stop)?,
+        http::spawn_upkeep(&admin, &workers[1], http::UPKEEP_ADMIN, &stop)?,
+    ];
     Ok(Running {
         public_addr: public.local_addr(),
         admin_addr: admin.local_addr(),
         storage,
         stop,
-        http: threads,
+        listeners: [public, admin],
+        workers,
+        upkeep,
+        writer_stop,
         writer,
         responder,
         processor,
     })
 }
 
+/// How long a stop waits for HTTP workers to answer the requests that had arrived.
+const HTTP_GRACE: Duration = Duration::from_secs(8);
+
 impl Running {
-    /// Stops accepting, lets the writer commit and answer what it holds, lets the
-    /// processor catch up, makes it durable, and joins every thread.
+    /// Stops accepting, answers the requests that had arrived (for a bounded time), lets
+    /// the writer commit and answer what it holds, lets the processor catch up for a
+    /// bounded time, makes it durable, and joins every thread. A worker still busy after
+    /// [`HTTP_GRACE`] (a client trickling its body) is left behind, unanswered.
     pub fn shutdown(self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
+        for l in &self.listeners {
+            l.close();
+        }
         let mut panicked = Vec::new();
-        for t in self.http {
-            let name = t.thread().name().unwrap_or("http").to_string();
+        for t in self.upkeep {
             if t.join().is_err() {
-                panicked.push(name);
+                panicked.push("upkeep".to_string());
             }
         }
-        // The HTTP handlers held the only job senders: the writer drains and returns, and
-        // dropping its wake-up sender lets the processor finish.
+        let deadline = Instant::now() + HTTP_GRACE;
+        for w in &self.workers {
+            let (failed, busy) = w.join(deadline);
+            panicked.extend(failed);
+            for name in busy {
+                eprintln!(
+                    "{name}: still busy with a request after {HTTP_GRACE:?}; leaving it unanswered"
+                );
+            }
+        }
+        drop(self.writer_stop);
         if self.writer.join().is_err() {
             panicked.push("writer".into());
         }

@@ -13,21 +13,32 @@ use std::time::Instant;
 use serde_json::json;
 use tiny_http::{Method, Request};
 
-use super::{header, headers_of, json, respond, text};
+use super::{header, headers_of, json, page, respond, text};
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::engine::{Platform, Timestamp};
 use crate::pipeline::writer::Health;
 use crate::storage::records::{EventHead, ParsedRecord};
-use crate::storage::Storage;
+use crate::storage::{Storage, StoreStatus};
 
 pub struct AdminCtx {
     pub config: Arc<Config>,
     pub storage: Arc<Storage>,
     pub health: Arc<Health>,
     pub started: Instant,
+    pub clock: Arc<dyn Clock>,
 }
 
 pub fn handle(ctx: &AdminCtx, rq: Request) {
-    if !authorized(ctx, &rq) {
+    // The status page signs in with a form and a cookie, so a browser can open it.
+    match (rq.method(), rq.url()) {
+        (Method::Get | Method::Head, "/") => return page::status(ctx, rq),
+        (Method::Get, "/admin.css") => return page::css(rq),
+        (Method::Post, "/login") => return page::login(ctx, rq),
+        (Method::Post, "/logout") => return page::logout(rq),
+        _ => {}
+    }
+    if !bearer_ok(ctx, &rq) {
         let resp = text(401, "missing or wrong admin token: send Authorization: Bearer <admin_token from the config>\n")
             .with_header(header("WWW-Authenticate", "Bearer"));
         respond(rq, resp);
@@ -77,7 +88,8 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
     }
 }
 
-fn authorized(ctx: &AdminCtx, rq: &Request) -> bool {
+/// Whether the request carries `Authorization: Bearer <admin_token>`.
+pub fn bearer_ok(ctx: &AdminCtx, rq: &Request) -> bool {
     let headers = headers_of(rq);
     let Some(given) = headers
         .get("authorization")
@@ -89,27 +101,156 @@ fn authorized(ctx: &AdminCtx, rq: &Request) -> bool {
 }
 
 /// The body of `GET /api/status`, shared with the CLI when it opens the database itself.
+/// `writable` is the writer's health (unknown without the service).
 pub fn status_json(
     config: &Config,
     storage: &Storage,
     writable: Option<bool>,
+    now: Timestamp,
 ) -> Result<serde_json::Value, crate::storage::Error> {
     let ids: Vec<&str> = config.stores.iter().map(|s| s.id.as_str()).collect();
     let stores = storage.status(&ids)?;
+    let (stored, processed) = (storage.last_seq()?, storage.processed_seq()?);
+    let notices = notices(
+        config,
+        &stores,
+        stored.saturating_sub(processed),
+        writable,
+        now,
+    );
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "stores": stores,
         "events": {
-            "stored": storage.last_seq()?,
-            "processed": storage.processed_seq()?,
+            "stored": stored,
+            "processed": processed,
         },
         "storage_writable": writable,
+        "notices": notices,
     }))
+}
+
+/// Something the operator should know or do, in plain words.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Notice {
+    /// `"bad"` (webhooks are being lost or refused now), `"warn"` (look into it soon) or
+    /// `"info"`.
+    pub level: String,
+    pub text: String,
+}
+
+/// Events waiting for the processor beyond which the status says so.
+const BEHIND: u64 = 10_000;
+/// A store quiet for longer than this may have lost its webhook subscription.
+const QUIET_MS: i64 = 3 * 86_400_000;
+/// Signature refusals are reported for this long after the last one.
+const REJECTED_MS: i64 = 86_400_000;
+
+/// What needs the operator's attention, worst first; empty when all is well.
+pub fn notices(
+    config: &Config,
+    stores: &[StoreStatus],
+    behind: u64,
+    writable: Option<bool>,
+    now: Timestamp,
+) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let mut say = |level: &str, text: String| {
+        out.push(Notice {
+            level: level.to_string(),
+            text,
+        })
+    };
+    if writable == Some(false) {
+        say("bad", format!(
+            "The database refused the last write (is the disk full?), so webhooks are answered 503 and the platforms retry them for now. Free space on the disk holding {}, then restart the service (systemctl restart upsell-appliance).",
+            config.data_dir.display()
+        ));
+    }
+    if behind > BEHIND {
+        say("warn", format!(
+            "{behind} received events wait to be processed. If the number does not shrink from one look to the next, read the log (journalctl -u upsell-appliance)."
+        ));
+    }
+    for (cfg, st) in config.stores.iter().zip(stores) {
+        let id = &cfg.id;
+        let platform = platform_name(cfg.platform);
+        match st.last_webhook_at.as_deref().and_then(millis_of) {
+            None => say("warn", format!(
+                "Store {id}: no webhook has arrived yet. In the {platform} admin, subscribe {}/webhooks/{id} to the order topics (README, \"Connect a store\").",
+                config.public_url
+            )),
+            Some(at) if now.0 - at > QUIET_MS => say("warn", format!(
+                "Store {id}: the last webhook arrived {}. If the store has had orders since, {}",
+                ago(now, at),
+                match cfg.platform {
+                    Platform::Shopify => "Shopify may have deleted the subscription (it does after 8 failed retries over 4 hours); check it under Settings > Notifications > Webhooks or in the app.",
+                    Platform::WooCommerce => "WooCommerce may have disabled the webhook (it does after 5 failed deliveries in a row); check its status under Settings > Advanced > Webhooks.",
+                    Platform::BigCommerce => "BigCommerce may have deactivated the webhook (it does after about 48 hours of failed retries); check it through the Webhooks API.",
+                }
+            )),
+            Some(_) => {}
+        }
+        if st.in_quarantine > 0 {
+            say("warn", format!(
+                "Store {id}: signed deliveries that could not be parsed wait in quarantine ({}). `upsell-appliance quarantine list --store {id}` shows them; after an upgrade, `upsell-appliance quarantine replay --store {id}` parses them again.",
+                st.in_quarantine
+            ));
+        }
+        if let Some(at) = st.last_rejected_at.as_deref().and_then(millis_of) {
+            if now.0 - at <= REJECTED_MS {
+                say("warn", format!(
+                    "Store {id}: deliveries are being refused for a missing or wrong signature ({} in all, the last {}). If they come from your store, webhook_secrets does not hold the secret it signs with: {}.",
+                    st.webhooks.rejected,
+                    ago(now, at),
+                    match cfg.platform {
+                        Platform::Shopify => "the app's client secret".to_string(),
+                        Platform::WooCommerce => "the webhook's secret under Settings > Advanced > Webhooks".to_string(),
+                        Platform::BigCommerce => format!("the value of the {} header given when the webhook was created", cfg.webhook_secret_header),
+                    }
+                ));
+            }
+        }
+    }
+    if config.origin == crate::config::Origin::Demo {
+        say("info", format!(
+            "This is the built-in demo configuration (data in {}): nothing here is a real store. `upsell-appliance init` writes a real configuration.",
+            config.data_dir.display()
+        ));
+    }
+    out
+}
+
+pub fn platform_name(p: Platform) -> &'static str {
+    match p {
+        Platform::Shopify => "Shopify",
+        Platform::WooCommerce => "WooCommerce",
+        Platform::BigCommerce => "BigCommerce",
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time from the status.
+pub fn millis_of(rfc3339: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// "just now", "5 minutes ago", "3 hours ago", "2 days ago".
+pub fn ago(now: Timestamp, at_ms: i64) -> String {
+    let secs = (now.0 - at_ms).max(0) / 1000;
+    let (n, unit) = match secs {
+        0..=59 => return "just now".to_string(),
+        60..=3599 => (secs / 60, "minute"),
+        3600..=86_399 => (secs / 3600, "hour"),
+        _ => (secs / 86_400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
 }
 
 fn status(ctx: &AdminCtx, rq: Request) {
     let writable = ctx.health.writable.load(Ordering::Relaxed);
-    match status_json(&ctx.config, &ctx.storage, Some(writable)) {
+    match status_json(&ctx.config, &ctx.storage, Some(writable), ctx.clock.now()) {
         Ok(mut v) => {
             v["uptime_seconds"] = json!(ctx.started.elapsed().as_secs());
             respond(rq, json(200, &v))

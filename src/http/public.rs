@@ -67,6 +67,14 @@ fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
             );
             return;
         }
+        Err(BodyError::Stalled) => {
+            let msg = "the rest of the body stopped arriving (nothing for the socket timeout); send the request again\n";
+            respond(
+                rq,
+                text(408, msg).with_header(header("Connection", "close")),
+            );
+            return;
+        }
         Err(BodyError::Io(e)) => {
             respond(rq, text(400, &format!("could not read the body: {e}\n")));
             return;

@@ -28,11 +28,15 @@ const CHUNK: usize = 512;
 /// commit, which would halve the writer's commit rate.
 const SPACING: Duration = Duration::from_millis(50);
 
-/// Runs until the wake-up channel closes, then catches up once more and returns.
+/// How long the processor may keep catching up once the service is stopping; what is
+/// left is applied at the next start (the events are durable in the log).
+const FINAL_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// Runs until the wake-up channel closes, then catches up for a bounded time and returns.
 pub fn run(storage: Arc<Storage>, wake: Receiver<u64>) {
     loop {
         let started = Instant::now();
-        if let Err(e) = catch_up(&storage) {
+        if let Err(e) = catch_up(&storage, None) {
             eprintln!("processor: {e}; retrying in 1 s");
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -42,13 +46,14 @@ pub fn run(storage: Arc<Storage>, wake: Receiver<u64>) {
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    if let Err(e) = catch_up(&storage) {
+    if let Err(e) = catch_up(&storage, Some(Instant::now() + FINAL_CATCH_UP)) {
         eprintln!("processor: {e}; the remaining events are applied at the next start");
     }
 }
 
-/// Applies every committed event not yet applied. Returns how many were read.
-pub fn catch_up(storage: &Storage) -> Result<usize, Error> {
+/// Applies every committed event not yet applied, or as many as fit before `until`.
+/// Returns how many were applied.
+pub fn catch_up(storage: &Storage, until: Option<Instant>) -> Result<usize, Error> {
     let mut total = 0;
     loop {
         let snap = storage.snapshot()?;
@@ -63,7 +68,7 @@ pub fn catch_up(storage: &Storage) -> Result<usize, Error> {
         }
         storage.apply_changes(&batch.into_changes(last)?)?;
         total += events.len();
-        if events.len() < CHUNK {
+        if events.len() < CHUNK || until.is_some_and(|t| Instant::now() >= t) {
             return Ok(total);
         }
     }

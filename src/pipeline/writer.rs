@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::engine::Timestamp;
 use crate::storage::{Committed, NewEvent, Storage, C_REJECTED};
@@ -89,10 +89,14 @@ pub struct Health {
     pub writable: AtomicBool,
 }
 
-/// Runs the writer until every sender is dropped and the queue is drained.
+/// Runs the writer until every sender is dropped, or `stop` fires (or is dropped), and
+/// then commits what is queued. A job sent after that fails to send, and its sender
+/// answers 503: only HTTP workers the shutdown gave up on can still be sending.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     storage: Arc<Storage>,
     jobs: Receiver<Job>,
+    stop: Receiver<()>,
     rejections: Arc<Rejections>,
     health: Arc<Health>,
     committed: Sender<u64>,
@@ -101,20 +105,29 @@ pub fn run(
 ) {
     health.writable.store(true, Ordering::Relaxed);
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut stopping = false;
     loop {
-        match jobs.recv_timeout(Duration::from_secs(1)) {
-            Ok(job) => batch.push(job),
-            Err(RecvTimeoutError::Timeout) => {
-                flush_rejections(&storage, &rejections, now());
-                continue;
+        if !stopping {
+            crossbeam_channel::select! {
+                recv(jobs) -> job => match job {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                },
+                recv(stop) -> _ => stopping = true,
+                default(Duration::from_secs(1)) => {
+                    flush_rejections(&storage, &rejections, now());
+                    continue;
+                }
             }
-            Err(RecvTimeoutError::Disconnected) => break,
         }
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            break; // stopping, and nothing is queued
         }
         let answered = commit(
             &storage,

@@ -121,6 +121,12 @@ pub struct StoreStatus {
     pub orders: i64,
     pub customers: i64,
     pub last_webhook_at: Option<String>,
+    /// When a delivery was last refused for its signature (within a second or so: the
+    /// count is written with the next commit).
+    pub last_rejected_at: Option<String>,
+    /// Deliveries in quarantine now (the `quarantined` counter also counts those since
+    /// replayed).
+    pub in_quarantine: i64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -138,6 +144,7 @@ pub const C_REJECTED: &str = "webhooks.rejected";
 pub const C_QUARANTINED: &str = "webhooks.quarantined";
 pub const C_IGNORED: &str = "webhooks.ignored";
 const C_LAST_WEBHOOK: &str = "webhooks.last_at_ms";
+const C_LAST_REJECTED: &str = "webhooks.last_rejected_at_ms";
 const C_ORDERS: &str = "orders";
 const C_CUSTOMERS: &str = "customers";
 const C_NEXT_CUSTOMER: &str = "customers.next_id";
@@ -257,6 +264,9 @@ impl Storage {
             }
             for (store, name, delta) in extra {
                 add(&mut counters, store, name, *delta)?;
+                if *name == C_REJECTED && *delta > 0 {
+                    counters.insert((store.as_str(), C_LAST_REJECTED), now.0)?;
+                }
             }
             // Every commit writes, so an otherwise empty one still proves the disk.
             tx.open_table(META)?
@@ -515,11 +525,17 @@ impl Storage {
         let get = |s: &str, n: &str| -> Result<i64, Error> {
             Ok(c.get((s, n))?.map_or(0, |v| v.value()))
         };
+        let mut in_quarantine = std::collections::HashMap::<String, i64>::new();
+        for item in tx.open_table(QUARANTINE)?.iter()? {
+            *in_quarantine
+                .entry(item?.1.value().to_string())
+                .or_default() += 1;
+        }
         let mut out = Vec::new();
         for &s in stores {
-            let last = c
-                .get((s, C_LAST_WEBHOOK))?
-                .map(|v| Timestamp(v.value()).to_rfc3339());
+            let time = |n: &str| -> Result<Option<String>, Error> {
+                Ok(c.get((s, n))?.map(|v| Timestamp(v.value()).to_rfc3339()))
+            };
             out.push(StoreStatus {
                 id: s.to_string(),
                 webhooks: WebhookCounts {
@@ -531,7 +547,9 @@ impl Storage {
                 },
                 orders: get(s, C_ORDERS)?,
                 customers: get(s, C_CUSTOMERS)?,
-                last_webhook_at: last,
+                last_webhook_at: time(C_LAST_WEBHOOK)?,
+                last_rejected_at: time(C_LAST_REJECTED)?,
+                in_quarantine: in_quarantine.get(s).copied().unwrap_or(0),
             });
         }
         Ok(out)

@@ -309,6 +309,8 @@ fn status_works_with_and_without_the_service() {
     let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["stores"][0]["webhooks"]["rejected"], 1);
     v["stores"][0]["webhooks"]["rejected"] = 0.into();
+    assert!(v["stores"][0]["last_rejected_at"].is_string());
+    v["stores"][0]["last_rejected_at"] = serde_json::Value::Null;
     assert_eq!(v["stores"], live["stores"]);
     assert!(v.get("uptime_seconds").is_none());
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use upsell_appliance::ingest::shopify;
 use upsell_appliance::storage::{Options, Storage};
@@ -17,10 +17,15 @@ use crate::fixtures::*;
 use crate::support::*;
 
 /// Starts `serve` and returns it with its webhook address.
-fn start(config: &str, cwd: &Path) -> (std::process::Child, String) {
-    let mut child = bin()
-        .args(["serve", "--config", config])
-        .current_dir(cwd)
+pub fn start(config: &str, cwd: &Path) -> (std::process::Child, String) {
+    let mut cmd = bin();
+    cmd.args(["serve", "--config", config]).current_dir(cwd);
+    start_cmd(cmd)
+}
+
+/// Runs a command that ends up as `serve` and waits until it is ready.
+pub fn start_cmd(mut cmd: std::process::Command) -> (std::process::Child, String) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -55,56 +60,124 @@ impl Rng {
     }
 }
 
-#[test]
-fn kill_9_at_random_moments_loses_nothing_acknowledged() {
+/// Clients posting signed orders as fast as the server takes them, to whichever server
+/// is up; they remember every delivery that got a 200.
+struct Load {
+    addr: Arc<Mutex<Option<String>>>,
+    acked: Arc<Mutex<HashSet<String>>>,
+    stop: Arc<AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl Load {
+    fn start(clients: u64) -> Load {
+        let addr: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let acked: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|t| {
+                let (addr, acked, stop) = (addr.clone(), acked.clone(), stop.clone());
+                std::thread::spawn(move || client(t, &addr, &acked, &stop))
+            })
+            .collect();
+        Load {
+            addr,
+            acked,
+            stop,
+            clients,
+        }
+    }
+
+    fn target(&self, addr: Option<String>) {
+        *self.addr.lock().unwrap() = addr;
+    }
+
+    fn acked(&self) -> HashSet<String> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Stops the clients; returns how many requests they made.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.clients.into_iter().map(|c| c.join().unwrap()).sum()
+    }
+}
+
+fn client(
+    t: u64,
+    addr: &Mutex<Option<String>>,
+    acked: &Mutex<HashSet<String>>,
+    stop: &AtomicBool,
+) -> u64 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut n = 0u64;
+    let mut attempts = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let id = t * 1_000_000 + n;
+        let event = format!("crash-{id}");
+        let body = order_json(&OrderSpec::by_customer(id + 1));
+        let Some(a) = addr.lock().unwrap().clone() else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        attempts += 1;
+        let resp = agent
+            .post(&format!("http://{a}/webhooks/{STORE}"))
+            .header("X-Shopify-Topic", "orders/paid")
+            .header("X-Shopify-Hmac-Sha256", &shopify::sign(&body, SECRET))
+            .header("X-Shopify-Event-Id", &event)
+            .send(&body[..]);
+        match resp {
+            Ok(r) if r.status().as_u16() == 200 => {
+                acked.lock().unwrap().insert(event);
+                n += 1;
+            }
+            // No answer or not 2xx: the platform retries the same delivery.
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    attempts
+}
+
+/// Opens the database as the next start would and checks every acknowledged delivery.
+fn assert_all_stored(data: &Path, acked: &HashSet<String>, round: usize) {
+    let storage = Storage::open(data, &Options::default()).unwrap();
+    for key in acked {
+        assert!(
+            storage
+                .event_by_key(STORE, &format!("event:{key}"))
+                .unwrap()
+                .is_some(),
+            "round {round}: acknowledged delivery {key} is missing"
+        );
+    }
+}
+
+pub fn sigterm(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub fn temp_config() -> (tempfile::TempDir, std::path::PathBuf, String) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let config = tmp.path().join("config.toml");
     std::fs::write(&config, config_text(&data, "127.0.0.1:0", "127.0.0.1:0")).unwrap();
     let config = config.display().to_string();
+    (tmp, data, config)
+}
 
-    let addr: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    let acked: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4u64)
-        .map(|t| {
-            let (addr, acked, stop) = (addr.clone(), acked.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(5)))
-                    .http_status_as_error(false)
-                    .build()
-                    .into();
-                let mut n = 0u64;
-                let mut attempts = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let id = t * 1_000_000 + n;
-                    let event = format!("crash-{id}");
-                    let body = order_json(&OrderSpec::by_customer(id + 1));
-                    let Some(a) = addr.lock().unwrap().clone() else {
-                        std::thread::sleep(Duration::from_millis(5));
-                        continue;
-                    };
-                    attempts += 1;
-                    let resp = agent
-                        .post(&format!("http://{a}/webhooks/{STORE}"))
-                        .header("X-Shopify-Topic", "orders/paid")
-                        .header("X-Shopify-Hmac-Sha256", &shopify::sign(&body, SECRET))
-                        .header("X-Shopify-Event-Id", &event)
-                        .send(&body[..]);
-                    match resp {
-                        Ok(r) if r.status().as_u16() == 200 => {
-                            acked.lock().unwrap().insert(event);
-                            n += 1;
-                        }
-                        // No answer or not 2xx: the platform retries the same delivery.
-                        _ => std::thread::sleep(Duration::from_millis(2)),
-                    }
-                }
-                attempts
-            })
-        })
-        .collect();
+#[test]
+fn kill_9_at_random_moments_loses_nothing_acknowledged() {
+    let (tmp, data, config) = temp_config();
+    let load = Load::start(4);
 
     let seed = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -114,40 +187,25 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     eprintln!("crash test seed {seed}");
     for round in 0..20 {
         let (mut child, a) = start(&config, tmp.path());
-        *addr.lock().unwrap() = Some(a);
+        load.target(Some(a));
         std::thread::sleep(Duration::from_millis(50 + rng.next(300)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        *addr.lock().unwrap() = None;
-        let so_far = acked.lock().unwrap().len();
-        eprintln!("round {round}: {so_far} acknowledged so far");
-
-        // Check after every restart: open the file as the next start would.
-        let storage = Storage::open(&data, &Options::default()).unwrap();
-        for key in acked.lock().unwrap().iter() {
-            assert!(
-                storage
-                    .event_by_key(STORE, &format!("event:{key}"))
-                    .unwrap()
-                    .is_some(),
-                "round {round}: acknowledged delivery {key} is missing"
-            );
-        }
+        load.target(None);
+        let acked = load.acked();
+        eprintln!("round {round}: {} acknowledged so far", acked.len());
+        assert_all_stored(&data, &acked, round);
     }
-    stop.store(true, Ordering::Relaxed);
-    let attempts: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let acked = load.acked();
+    let attempts = load.finish();
 
     // A last clean run lets the processor apply everything.
     let (mut child, _) = start(&config, tmp.path());
     std::thread::sleep(Duration::from_millis(500));
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(child.wait().unwrap().success());
 
     let storage = Storage::open(&data, &Options::default()).unwrap();
-    let acked = acked.lock().unwrap();
     assert!(
         acked.len() > 20,
         "too few deliveries to mean anything: {}",
@@ -178,4 +236,41 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         events.len(),
         attempts
     );
+}
+
+/// SIGTERM while clients post as fast as they can: the service stops within 15 s with
+/// exit status 0, and every delivery it answered 200 is there at the next start.
+#[test]
+fn sigterm_under_load_stops_in_time_and_keeps_everything_acknowledged() {
+    let (tmp, data, config) = temp_config();
+    let load = Load::start(8);
+    let mut slowest = Duration::ZERO;
+    for round in 0..5 {
+        let (mut child, a) = start(&config, tmp.path());
+        load.target(Some(a));
+        std::thread::sleep(Duration::from_millis(400 + 150 * round as u64));
+        let before = load.acked().len();
+        let asked = Instant::now();
+        sigterm(&child);
+        let status = child.wait().unwrap();
+        let took = asked.elapsed();
+        load.target(None);
+        slowest = slowest.max(took);
+        assert!(status.success(), "round {round}: exit status {status}");
+        assert!(
+            took < Duration::from_secs(15),
+            "round {round}: took {took:?}"
+        );
+        let acked = load.acked();
+        eprintln!(
+            "round {round}: stopped in {took:?}; {} acknowledged, {} of them while stopping",
+            acked.len(),
+            acked.len() - before
+        );
+        assert_all_stored(&data, &acked, round);
+    }
+    let acked = load.acked();
+    load.finish();
+    assert!(acked.len() > 50, "too little load: {}", acked.len());
+    eprintln!("slowest stop under load: {slowest:?}");
 }

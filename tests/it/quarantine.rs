@@ -11,7 +11,7 @@ use crate::fixtures::*;
 use crate::support::*;
 
 /// An orders/paid body that this build cannot read: total_price is an object.
-fn unreadable() -> Vec<u8> {
+pub fn unreadable() -> Vec<u8> {
     let good = String::from_utf8(order_json(&OrderSpec::three_lines(900))).unwrap();
     let bad = good.replacen(
         "\"total_price\":\"115.00\"",

@@ -1,0 +1,322 @@
+//! The status page on `admin_listen`: `GET /` for a browser. It signs in with a form that
+//! sets a cookie (or takes the bearer header), and shows per store what `/api/status`
+//! says, with the notices that need the operator on top. HTML and CSS come from
+//! `assets/admin/`; no scripts, nothing external (the Content-Security-Policy says so).
+//!
+//! The cookie holds an HMAC of the admin token, not the token, so a copied cookie opens
+//! this page but not the API, which takes only the bearer header (and so needs no
+//! cross-site request protection).
+
+use std::io::Cursor;
+
+use hmac::Mac as _;
+use tiny_http::{Request, Response};
+
+use super::admin::{self, ago, millis_of, platform_name, AdminCtx, Notice};
+use super::{header, headers_of, read_body, respond};
+use crate::storage::StoreStatus;
+
+const PAGE: &str = include_str!("../../assets/admin/page.html");
+const LOGIN: &str = include_str!("../../assets/admin/login.html");
+const CSS: &str = include_str!("../../assets/admin/admin.css");
+
+const COOKIE: &str = "upsell_admin";
+/// How often the page reloads itself.
+const REFRESH_SECONDS: u32 = 30;
+/// Sign-in stays valid this long in the browser.
+const COOKIE_MAX_AGE: u32 = 7 * 86_400;
+
+type Page = Response<Cursor<Vec<u8>>>;
+
+/// `GET /`: the page, or the sign-in form.
+pub fn status(ctx: &AdminCtx, rq: Request) {
+    if !signed_in(ctx, &rq) {
+        return respond(rq, login_page(401, None));
+    }
+    let writable = ctx
+        .health
+        .writable
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let now = ctx.clock.now();
+    let v = match admin::status_json(&ctx.config, &ctx.storage, Some(writable), now) {
+        Ok(v) => v,
+        Err(e) => {
+            let main = format!(
+                "<ul class=\"notices\"><li class=\"bad\">The database could not be read: {}</li></ul>",
+                esc(&e.to_string())
+            );
+            return respond(rq, html(500, &fill_page("Status", "", &main, true)));
+        }
+    };
+    let stores: Vec<StoreStatus> = serde_json::from_value(v["stores"].clone()).unwrap_or_default();
+    let notices: Vec<Notice> = serde_json::from_value(v["notices"].clone()).unwrap_or_default();
+
+    let mut main = String::new();
+    if notices.iter().any(|n| n.level != "info") {
+        main.push_str("<ul class=\"notices\">");
+    } else {
+        main.push_str("<p class=\"allgood\">All is well: webhooks are being received and stored.</p><ul class=\"notices\">");
+    }
+    for n in &notices {
+        main.push_str(&format!(
+            "<li class=\"{}\">{}</li>",
+            esc(&n.level),
+            code_spans(&esc(&n.text))
+        ));
+    }
+    main.push_str("</ul>");
+    for (cfg, st) in ctx.config.stores.iter().zip(&stores) {
+        let w = &st.webhooks;
+        let last = match st.last_webhook_at.as_deref() {
+            Some(t) => format!(
+                "{}<small>{}</small>",
+                millis_of(t).map_or_else(|| t.to_string(), |ms| ago(now, ms)),
+                esc(t)
+            ),
+            None => "never".to_string(),
+        };
+        let figures = [
+            ("Last webhook", last),
+            ("Accepted", w.accepted.to_string()),
+            ("Duplicates", w.duplicate.to_string()),
+            ("Refused (signature)", w.rejected.to_string()),
+            ("In quarantine", st.in_quarantine.to_string()),
+            ("Other topics", w.ignored.to_string()),
+            ("Orders", st.orders.to_string()),
+            ("Customers", st.customers.to_string()),
+        ];
+        main.push_str(&format!(
+            "<section class=\"store\"><h2>{} <span class=\"platform\">{} &middot; {}</span></h2><dl class=\"figures\">",
+            esc(&cfg.id),
+            platform_name(cfg.platform),
+            esc(&cfg.domain)
+        ));
+        for (name, value) in figures {
+            main.push_str(&format!("<div><dt>{name}</dt><dd>{value}</dd></div>"));
+        }
+        main.push_str("</dl></section>");
+    }
+    let meta = format!(
+        "version {} &middot; up {} &middot; {} events stored, {} processed &middot; database {}",
+        env!("CARGO_PKG_VERSION"),
+        uptime(ctx.started.elapsed().as_secs()),
+        v["events"]["stored"],
+        v["events"]["processed"],
+        if writable {
+            "writable"
+        } else {
+            "refusing writes"
+        }
+    );
+    respond(rq, html(200, &fill_page("Status", &meta, &main, true)));
+}
+
+/// `POST /login` with the form's `token`.
+pub fn login(ctx: &AdminCtx, mut rq: Request) {
+    let token = read_body(&mut rq, 4096)
+        .ok()
+        .and_then(|body| form_value(&body, "token"))
+        .unwrap_or_default();
+    if !crate::ingest::constant_time_eq(token.trim().as_bytes(), ctx.config.admin_token.as_bytes())
+    {
+        // Slows down guessing (the token is at least 16 random characters anyway).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let why = "That is not this service's admin_token. Copy it again from the config file.";
+        return respond(rq, login_page(401, Some(why)));
+    }
+    let cookie = format!(
+        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_MAX_AGE}",
+        session_value(&ctx.config.admin_token)
+    );
+    let resp = html(303, "<a href=\"/\">Continue</a>")
+        .with_header(header("Location", "/"))
+        .with_header(header("Set-Cookie", &cookie));
+    respond(rq, resp);
+}
+
+/// `POST /logout`: forgets the cookie.
+pub fn logout(rq: Request) {
+    let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let resp = html(303, "<a href=\"/\">Continue</a>")
+        .with_header(header("Location", "/"))
+        .with_header(header("Set-Cookie", &cookie));
+    respond(rq, resp);
+}
+
+/// `GET /admin.css` (no secrets in it, so no sign-in).
+pub fn css(rq: Request) {
+    let resp = Response::from_data(CSS.as_bytes().to_vec())
+        .with_header(header("Content-Type", "text/css; charset=utf-8"))
+        .with_header(header("Cache-Control", "max-age=3600"));
+    respond(rq, resp);
+}
+
+fn signed_in(ctx: &AdminCtx, rq: &Request) -> bool {
+    if admin::bearer_ok(ctx, rq) {
+        return true;
+    }
+    let want = session_value(&ctx.config.admin_token);
+    let headers = headers_of(rq);
+    let cookies = headers.get("cookie").unwrap_or("");
+    cookies.split(';').any(|c| {
+        c.trim()
+            .strip_prefix(COOKIE)
+            .and_then(|v| v.strip_prefix('='))
+            .is_some_and(|v| crate::ingest::constant_time_eq(v.as_bytes(), want.as_bytes()))
+    })
+}
+
+/// The cookie value: an HMAC of a fixed label under the admin token (changing the token
+/// signs every browser out).
+fn session_value(token: &str) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes())
+        .expect("HMAC takes any key length");
+    mac.update(b"upsell-appliance status page session v1");
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn login_page(status: u16, error: Option<&str>) -> Page {
+    let error = error.map_or(String::new(), |e| {
+        format!("<p class=\"error\">{}</p>", esc(e))
+    });
+    let main = LOGIN.replace("{{error}}", &error);
+    html(status, &fill_page("Sign in", "", &main, false))
+}
+
+fn fill_page(title: &str, meta: &str, main: &str, signed_in: bool) -> String {
+    let refresh = if signed_in {
+        format!("<meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">")
+    } else {
+        String::new()
+    };
+    let logout = if signed_in {
+        "<form method=\"post\" action=\"/logout\"><button type=\"submit\">Sign out</button></form>"
+    } else {
+        ""
+    };
+    PAGE.replace("{{refresh}}", &refresh)
+        .replace("{{title}}", &format!("{title} · upsell-appliance"))
+        .replace("{{meta}}", meta)
+        .replace("{{logout}}", logout)
+        .replace("{{main}}", main)
+}
+
+fn html(status: u16, body: &str) -> Page {
+    Response::from_data(body.as_bytes().to_vec())
+        .with_status_code(status)
+        .with_header(header("Content-Type", "text/html; charset=utf-8"))
+        .with_header(header(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ))
+        .with_header(header("X-Content-Type-Options", "nosniff"))
+        .with_header(header("Referrer-Policy", "no-referrer"))
+        .with_header(header("Cache-Control", "no-store"))
+}
+
+/// Escapes text for HTML content and attribute values.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Turns `command` spans of an escaped notice into `<code>`.
+fn code_spans(escaped: &str) -> String {
+    let mut out = String::with_capacity(escaped.len());
+    for (i, part) in escaped.split('`').enumerate() {
+        if i % 2 == 1 {
+            out.push_str("<code>");
+            out.push_str(part);
+            out.push_str("</code>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    if escaped.matches('`').count() % 2 == 1 {
+        return escaped.to_string(); // unbalanced: leave it as it is
+    }
+    out
+}
+
+fn uptime(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs} s"),
+        60..=3599 => format!("{} min", secs / 60),
+        3600..=86_399 => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+        _ => format!("{} days", secs / 86_400),
+    }
+}
+
+/// One field of an `application/x-www-form-urlencoded` body.
+fn form_value(body: &[u8], key: &str) -> Option<String> {
+    let body = std::str::from_utf8(body).ok()?;
+    body.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (percent_decode(k)? == key).then(|| percent_decode(v))?
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_values_are_decoded() {
+        assert_eq!(
+            form_value(b"a=1&token=ab%2Bc+d%21", "token").as_deref(),
+            Some("ab+c d!")
+        );
+        assert_eq!(form_value(b"token=%zz", "token"), None);
+        assert_eq!(form_value(b"other=1", "token"), None);
+    }
+
+    #[test]
+    fn commands_in_notices_become_code() {
+        assert_eq!(
+            code_spans("run `a b` or `c`."),
+            "run <code>a b</code> or <code>c</code>."
+        );
+        assert_eq!(code_spans("one ` only"), "one ` only");
+    }
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}
