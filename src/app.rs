@@ -145,10 +145,10 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         .name("responder".into())
         .spawn(move || writer::respond(answers_rx))?;
     let processor = {
-        let storage = storage.clone();
+        let (storage, stop) = (storage.clone(), stop.clone());
         std::thread::Builder::new()
             .name("processor".into())
-            .spawn(move || processor::run(storage, committed_rx))?
+            .spawn(move || processor::run(storage, committed_rx, stop))?
     };
 
     let public_ctx = Arc::new(PublicCtx {

@@ -175,7 +175,29 @@ pub fn notices(
     for (cfg, st) in config.stores.iter().zip(stores) {
         let id = &cfg.id;
         let platform = platform_name(cfg.platform);
-        match st.last_webhook_at.as_deref().and_then(millis_of) {
+        let last_rejected = st
+            .last_rejected_at
+            .as_deref()
+            .and_then(millis_of)
+            .filter(|at| now.0 - at <= REJECTED_MS);
+        let last_accepted = st.last_webhook_at.as_deref().and_then(millis_of);
+        if let Some(at) = last_rejected {
+            // Deliveries that fail their signature say more than silence: subscribing
+            // again would only add a second subscription signed with the same secret.
+            say(if last_accepted.is_none() { "bad" } else { "warn" }, format!(
+                "Store {id}: deliveries are being refused for a missing or wrong signature ({} in all, the last {}{}). If they come from your store, webhook_secrets does not hold the secret it signs with: {}.",
+                st.webhooks.rejected,
+                ago(now, at),
+                if last_accepted.is_none() { "; none has been accepted yet" } else { "" },
+                match cfg.platform {
+                    Platform::Shopify => "the app's client secret".to_string(),
+                    Platform::WooCommerce => "the webhook's secret under Settings > Advanced > Webhooks".to_string(),
+                    Platform::BigCommerce => format!("the value of the {} header given when the webhook was created", cfg.webhook_secret_header),
+                }
+            ));
+        }
+        match last_accepted {
+            _ if last_rejected.is_some() => {}
             None => say("warn", format!(
                 "Store {id}: no webhook has arrived yet. In the {platform} admin, subscribe {}/webhooks/{id} to the order topics (README, \"Connect a store\").",
                 config.public_url
@@ -197,20 +219,6 @@ pub fn notices(
                 st.in_quarantine
             ));
         }
-        if let Some(at) = st.last_rejected_at.as_deref().and_then(millis_of) {
-            if now.0 - at <= REJECTED_MS {
-                say("warn", format!(
-                    "Store {id}: deliveries are being refused for a missing or wrong signature ({} in all, the last {}). If they come from your store, webhook_secrets does not hold the secret it signs with: {}.",
-                    st.webhooks.rejected,
-                    ago(now, at),
-                    match cfg.platform {
-                        Platform::Shopify => "the app's client secret".to_string(),
-                        Platform::WooCommerce => "the webhook's secret under Settings > Advanced > Webhooks".to_string(),
-                        Platform::BigCommerce => format!("the value of the {} header given when the webhook was created", cfg.webhook_secret_header),
-                    }
-                ));
-            }
-        }
     }
     if config.origin == crate::config::Origin::Demo {
         say("info", format!(
@@ -218,6 +226,11 @@ pub fn notices(
             config.data_dir.display()
         ));
     }
+    out.sort_by_key(|n| match n.level.as_str() {
+        "bad" => 0,
+        "warn" => 1,
+        _ => 2,
+    });
     out
 }
 

@@ -15,7 +15,7 @@ pub mod public;
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -118,7 +118,7 @@ impl Listener {
 
 /// The most workers one listener runs (see [`Workers`]).
 pub const MAX_WORKERS: usize = 1024;
-/// How long an added worker waits idle before it ends.
+/// Added workers end once the pool has not needed to grow for this long.
 const EXTRA_IDLE: Duration = Duration::from_secs(10);
 
 /// The threads answering one listener's requests. A worker is busy for as long as its
@@ -126,8 +126,9 @@ const EXTRA_IDLE: Duration = Duration::from_secs(10);
 /// busy until the socket timeout; so a fixed pool would let a handful of such clients
 /// stop every webhook. There are always `base` workers; [`Workers::grow_if_stuck`],
 /// called every few tens of milliseconds, doubles them (up to `max`) when none is idle
-/// and they finished fewer requests than there are workers since the last call; added
-/// workers end after [`EXTRA_IDLE`] without a request. (Starting a worker whenever the
+/// and they finished fewer requests than there are workers since the last call; once the
+/// pool has not grown for [`EXTRA_IDLE`], added workers end when idle. A handler that
+/// panics costs its request (tiny_http answers 500), not the worker. (Starting a worker whenever the
 /// last idle one takes a request also works, but under ordinary full load it keeps
 /// dozens of extra threads contending for the CPU: 30% fewer acks/s in the benchmark.)
 pub struct Workers {
@@ -135,7 +136,11 @@ pub struct Workers {
     listener: Arc<Listener>,
     handler: Handler,
     stop: Arc<AtomicBool>,
+    base: usize,
     max: usize,
+    born: Instant,
+    /// Milliseconds after `born` of the last growth.
+    grown_at_ms: AtomicU64,
     idle: AtomicUsize,
     total: AtomicUsize,
     spawned: AtomicUsize,
@@ -159,7 +164,10 @@ impl Workers {
             listener: listener.clone(),
             handler,
             stop: stop.clone(),
+            base,
             max: max.max(base),
+            born: Instant::now(),
+            grown_at_ms: AtomicU64::new(0),
             idle: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
             spawned: AtomicUsize::new(0),
@@ -182,6 +190,8 @@ impl Workers {
         if self.idle.load(Ordering::Acquire) > 0 || since >= total {
             return;
         }
+        self.grown_at_ms
+            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
         for _ in 0..total.max(1) {
             if let Err(e) = self.add(true) {
                 eprintln!("{}: cannot start another worker: {e}", self.name);
@@ -224,20 +234,38 @@ impl Workers {
         }
     }
 
+    /// Whether an added worker should end: the pool has not needed to grow for a while.
+    /// (Judged for the pool, not per worker: tiny_http hands requests to any waiting
+    /// worker, so under steady light traffic every extra one would keep getting some.)
+    fn surplus(&self, extra: bool) -> bool {
+        let since = (self.born.elapsed().as_millis() as u64)
+            .saturating_sub(self.grown_at_ms.load(Ordering::Relaxed));
+        extra && since >= EXTRA_IDLE.as_millis() as u64
+    }
+
     fn work(self: Arc<Self>, extra: bool) {
         let listener = &self.listener;
-        let mut idle_since = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let server = listener.server();
             match server.recv_timeout(POLL) {
                 Ok(Some(rq)) => {
                     self.idle.fetch_sub(1, Ordering::AcqRel);
-                    (self.handler)(rq);
+                    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        (self.handler)(rq)
+                    }));
+                    if handled.is_err() {
+                        eprintln!(
+                            "{}: a request handler panicked; the worker goes on",
+                            self.name
+                        );
+                    }
                     self.idle.fetch_add(1, Ordering::AcqRel);
                     self.served.fetch_add(1, Ordering::Relaxed);
-                    idle_since = Instant::now();
+                    if self.surplus(extra) && self.idle.load(Ordering::Relaxed) > self.base {
+                        break;
+                    }
                 }
-                Ok(None) if extra && idle_since.elapsed() >= EXTRA_IDLE => break,
+                Ok(None) if self.surplus(extra) => break,
                 Ok(None) => {}
                 // After `close` the accept loop ends on purpose.
                 Err(_) if self.stop.load(Ordering::Relaxed) => {}
@@ -279,7 +307,7 @@ impl Workers {
     /// the names of those that panicked or are still busy.
     pub fn join(&self, deadline: Instant) -> (Vec<String>, Vec<String>) {
         let (mut panicked, mut busy) = (Vec::new(), Vec::new());
-        // A worker may start another just as the stop begins: take until none is left.
+        // Growth may add one just as the stop begins: take until none is left.
         loop {
             let threads =
                 std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
@@ -376,22 +404,65 @@ pub enum BodyError {
     TooLarge,
     /// The client sent nothing for the socket timeout.
     Stalled,
+    /// Too many bodies are being read at once ([`BODY_BUDGET`]).
+    Busy,
     Io(io::Error),
 }
 
-/// Reads the body, refusing (without reading it all) one larger than `cap`.
+/// The most bytes of request bodies being read at once, across all workers. Bodies are
+/// read before their signature can be checked, and up to 1,024 workers may be reading
+/// (see [`Workers`]): without a budget, clients that send most of a large body and then
+/// stall could hold gigabytes on a 512 MB machine. Over it, a request is answered 503.
+pub const BODY_BUDGET: usize = 64 << 20;
+static BODIES_READING: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes of [`BODY_BUDGET`] held by one body being read; given back on drop.
+struct Held(usize);
+
+impl Held {
+    fn grow(&mut self, n: usize) -> bool {
+        let before = BODIES_READING.fetch_add(n, Ordering::AcqRel);
+        self.0 += n;
+        before + n <= BODY_BUDGET
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        BODIES_READING.fetch_sub(self.0, Ordering::AcqRel);
+    }
+}
+
+/// Reads the body, refusing (without reading it all) one larger than `cap`, and one that
+/// would take the bodies being read past [`BODY_BUDGET`].
 pub fn read_body(rq: &mut Request, cap: usize) -> Result<Vec<u8>, BodyError> {
     if rq.body_length().is_some_and(|n| n > cap) {
         return Err(BodyError::TooLarge);
     }
-    let mut body = Vec::with_capacity(rq.body_length().unwrap_or(0).min(cap));
-    rq.as_reader()
-        .take(cap as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => BodyError::Stalled,
-            _ => BodyError::Io(e),
-        })?;
+    let mut held = Held(0);
+    let mut body = Vec::with_capacity(rq.body_length().unwrap_or(0).min(cap).min(64 << 10));
+    let mut reader = rq.as_reader().take(cap as u64 + 1);
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(BodyError::Stalled)
+            }
+            Err(e) => return Err(BodyError::Io(e)),
+        };
+        if !held.grow(n) {
+            return Err(BodyError::Busy);
+        }
+        body.extend_from_slice(&buf[..n]);
+    }
     if body.len() > cap {
         return Err(BodyError::TooLarge);
     }
@@ -419,4 +490,21 @@ pub fn json(status: u16, value: &serde_json::Value) -> Response<io::Cursor<Vec<u
 /// Sends a response, ignoring a client that has gone away.
 pub fn respond<R: Read>(rq: Request, resp: Response<R>) {
     let _ = rq.respond(resp);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_budget_refuses_past_the_limit_and_gives_back_on_drop() {
+        let before = BODIES_READING.load(Ordering::Acquire);
+        {
+            let mut a = Held(0);
+            assert!(a.grow(BODY_BUDGET / 2));
+            let mut b = Held(0);
+            assert!(!b.grow(BODY_BUDGET), "past the budget");
+        }
+        assert_eq!(BODIES_READING.load(Ordering::Acquire), before);
+    }
 }

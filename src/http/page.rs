@@ -3,9 +3,9 @@
 //! says, with the notices that need the operator on top. HTML and CSS come from
 //! `assets/admin/`; no scripts, nothing external (the Content-Security-Policy says so).
 //!
-//! The cookie holds an HMAC of the admin token, not the token, so a copied cookie opens
-//! this page but not the API, which takes only the bearer header (and so needs no
-//! cross-site request protection).
+//! The cookie holds its issue time and an HMAC of it under the admin token, not the
+//! token, so a copied cookie opens this page (for 7 days at most) but never the API,
+//! which takes only the bearer header (and so needs no cross-site request protection).
 
 use std::io::Cursor;
 
@@ -124,9 +124,10 @@ pub fn login(ctx: &AdminCtx, mut rq: Request) {
         let why = "That is not this service's admin_token. Copy it again from the config file.";
         return respond(rq, login_page(401, Some(why)));
     }
+    let issued = ctx.clock.now().0 / 1000;
     let cookie = format!(
         "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_MAX_AGE}",
-        session_value(&ctx.config.admin_token)
+        session_value(&ctx.config.admin_token, issued)
     );
     let resp = html(303, "<a href=\"/\">Continue</a>")
         .with_header(header("Location", "/"))
@@ -155,28 +156,45 @@ fn signed_in(ctx: &AdminCtx, rq: &Request) -> bool {
     if admin::bearer_ok(ctx, rq) {
         return true;
     }
-    let want = session_value(&ctx.config.admin_token);
+    let now = ctx.clock.now().0 / 1000;
     let headers = headers_of(rq);
     let cookies = headers.get("cookie").unwrap_or("");
     cookies.split(';').any(|c| {
-        c.trim()
+        let Some(value) = c
+            .trim()
             .strip_prefix(COOKIE)
             .and_then(|v| v.strip_prefix('='))
-            .is_some_and(|v| crate::ingest::constant_time_eq(v.as_bytes(), want.as_bytes()))
+        else {
+            return false;
+        };
+        let Some(issued) = value.split('.').next().and_then(|t| t.parse::<i64>().ok()) else {
+            return false;
+        };
+        // Not from the future (a minute of clock slack), not older than its max age.
+        let fresh = issued <= now + 60 && now - issued <= i64::from(COOKIE_MAX_AGE);
+        fresh
+            && crate::ingest::constant_time_eq(
+                value.as_bytes(),
+                session_value(&ctx.config.admin_token, issued).as_bytes(),
+            )
     })
 }
 
-/// The cookie value: an HMAC of a fixed label under the admin token (changing the token
-/// signs every browser out).
-fn session_value(token: &str) -> String {
+/// The cookie value: when it was issued, and an HMAC of that under the admin token. The
+/// server checks its age (it expires after [`COOKIE_MAX_AGE`] even if copied out of the
+/// browser), and changing the token signs every browser out.
+fn session_value(token: &str, issued_secs: i64) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes())
         .expect("HMAC takes any key length");
-    mac.update(b"upsell-appliance status page session v1");
-    mac.finalize()
+    mac.update(b"upsell-appliance status page session v1:");
+    mac.update(issued_secs.to_string().as_bytes());
+    let tag: String = mac
+        .finalize()
         .into_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect()
+        .collect();
+    format!("{issued_secs}.{tag}")
 }
 
 fn login_page(status: u16, error: Option<&str>) -> Page {

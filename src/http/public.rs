@@ -67,6 +67,13 @@ fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
             );
             return;
         }
+        Err(BodyError::Busy) => {
+            respond(
+                rq,
+                unavailable("too many request bodies are being received at once"),
+            );
+            return;
+        }
         Err(BodyError::Stalled) => {
             let msg = "the rest of the body stopped arriving (nothing for the socket timeout); send the request again\n";
             respond(

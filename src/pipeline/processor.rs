@@ -9,6 +9,7 @@
 //! Later issues hang affinity updates and touch planning here; never on the path before
 //! the 2xx.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,10 +34,11 @@ const SPACING: Duration = Duration::from_millis(50);
 const FINAL_CATCH_UP: Duration = Duration::from_secs(2);
 
 /// Runs until the wake-up channel closes, then catches up for a bounded time and returns.
-pub fn run(storage: Arc<Storage>, wake: Receiver<u64>) {
+/// Once `stopping` is set, a catch-up in progress ends at its next chunk.
+pub fn run(storage: Arc<Storage>, wake: Receiver<u64>, stopping: Arc<AtomicBool>) {
     loop {
         let started = Instant::now();
-        if let Err(e) = catch_up(&storage, None) {
+        if let Err(e) = catch_up(&storage, &|| !stopping.load(Ordering::Relaxed)) {
             eprintln!("processor: {e}; retrying in 1 s");
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -46,14 +48,15 @@ pub fn run(storage: Arc<Storage>, wake: Receiver<u64>) {
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    if let Err(e) = catch_up(&storage, Some(Instant::now() + FINAL_CATCH_UP)) {
+    let until = Instant::now() + FINAL_CATCH_UP;
+    if let Err(e) = catch_up(&storage, &|| Instant::now() < until) {
         eprintln!("processor: {e}; the remaining events are applied at the next start");
     }
 }
 
-/// Applies every committed event not yet applied, or as many as fit before `until`.
+/// Applies every committed event not yet applied, in chunks, while `go_on` says so.
 /// Returns how many were applied.
-pub fn catch_up(storage: &Storage, until: Option<Instant>) -> Result<usize, Error> {
+pub fn catch_up(storage: &Storage, go_on: &dyn Fn() -> bool) -> Result<usize, Error> {
     let mut total = 0;
     loop {
         let snap = storage.snapshot()?;
@@ -68,7 +71,7 @@ pub fn catch_up(storage: &Storage, until: Option<Instant>) -> Result<usize, Erro
         }
         storage.apply_changes(&batch.into_changes(last)?)?;
         total += events.len();
-        if events.len() < CHUNK || until.is_some_and(|t| Instant::now() >= t) {
+        if events.len() < CHUNK || !go_on() {
             return Ok(total);
         }
     }

@@ -74,6 +74,20 @@ fn cookie_of(g: &Got) -> String {
     set.split(';').next().unwrap().to_string()
 }
 
+/// A cookie value as the service signs it, for a given issue time.
+fn session(issued: i64) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
+    mac.update(format!("upsell-appliance status page session v1:{issued}").as_bytes());
+    let tag: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{issued}.{tag}")
+}
+
 /// The page is the operator's: self-contained, no scripts, nothing fetched from outside.
 fn assert_self_contained(g: &Got) {
     assert!(g.header("content-type").unwrap().starts_with("text/html"));
@@ -169,6 +183,23 @@ fn sign_in_with_the_token_then_see_each_store() {
     assert!(g.header("content-type").unwrap().starts_with("text/css"));
     assert!(g.body.contains(".store"));
 
+    // The server, not only the browser, decides a cookie's age: a changed issue time
+    // fails its HMAC, and a correctly signed one older than 7 days is refused.
+    let (issued, tag) = cookie.split_once('=').unwrap().1.split_once('.').unwrap();
+    let issued: i64 = issued.parse().unwrap();
+    let tampered = format!("upsell_admin={}.{tag}", issued + 1);
+    assert_eq!(page(&s, Some(&tampered)).status, 401);
+    let old = issued - 8 * 86_400;
+    assert_eq!(
+        page(&s, Some(&format!("upsell_admin={}", session(old)))).status,
+        401
+    );
+    let recent = issued - 6 * 86_400;
+    assert_eq!(
+        page(&s, Some(&format!("upsell_admin={}", session(recent)))).status,
+        200
+    );
+
     // Signing out clears the cookie.
     let g = got(browser()
         .post(&admin_url(&s, "/logout"))
@@ -216,6 +247,33 @@ fn the_page_says_what_needs_the_operator() {
         .body
         .contains("<code>upsell-appliance quarantine list --store main</code>"));
     assert!(g.body.contains("<dt>In quarantine</dt><dd>1</dd>"));
+    // A store whose every delivery fails its signature: that is the news (bad), not "no
+    // webhook has arrived yet" (subscribing again would not help).
+    assert_eq!(
+        s.post(
+            &format!("/webhooks/{WOO_STORE}"),
+            &[
+                ("X-WC-Webhook-Topic", "order.created"),
+                ("X-WC-Webhook-Signature", "d3Jvbmc=")
+            ],
+            b"{\"id\":1}",
+        )
+        .0,
+        401
+    );
+    assert_eq!(s.get("/healthz").0, 200); // its commit carries the refusal count
+    let g = page(&s, Some(&cookie));
+    let bad = g
+        .body
+        .find("<li class=\"bad\">Store woo: deliveries are being refused");
+    assert!(bad.is_some(), "{}", g.body);
+    assert!(g.body.contains("none has been accepted yet"));
+    assert!(!g.body.contains("Store woo: no webhook has arrived yet"));
+    assert!(
+        bad.unwrap() < g.body.find("<li class=\"warn\">").unwrap(),
+        "worst first"
+    );
+
     // The same notices are in /api/status for scripts.
     let notices = s.status()["notices"].clone();
     assert!(notices
