@@ -3,6 +3,7 @@
 //! Nothing in here does I/O, reads a clock, spawns a thread or knows redb, tiny_http or
 //! ureq: time is a parameter and every input is a value. Most tests live here.
 
+pub mod affinity;
 pub mod history;
 pub mod model;
 pub mod money;

@@ -1,0 +1,265 @@
+//! Product affinity maths, pure: which products are bought together or next, and how
+//! strongly. Storage keeps exact integer counts per calendar month; decay is applied
+//! only when reading (by the age of each month), so an incremental update and a full
+//! rebuild always agree exactly and no job ever rewrites counts.
+//!
+//! Measures are the textbook association-rule ones (product.md, "Product affinity"):
+//! support(A,B) = orders with both / all orders; confidence(A→B) = orders with both /
+//! orders with A; lift = confidence / support(B).
+
+use std::collections::BTreeSet;
+
+use super::Timestamp;
+
+/// Months since 1970-01 (UTC): the bucket a count is kept in.
+pub type Month = u32;
+
+/// The month an order falls in.
+pub fn month_of(t: Timestamp) -> Month {
+    use chrono::Datelike;
+    let d = chrono::DateTime::from_timestamp_millis(t.0).unwrap_or_default();
+    ((d.year() - 1970).max(0) as u32) * 12 + d.month0()
+}
+
+/// Mean length of a month in days (for the age of a bucket).
+const MONTH_DAYS: f64 = 365.2425 / 12.0;
+
+/// How old evidence is weighted when read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decay {
+    /// Exact counts (`--decay none`).
+    None,
+    /// Weight 0.5 ^ (age in days / half-life); a month's age is counted from its middle
+    /// to the middle of the current month, so this month weighs 1.
+    HalfLife { days: f64 },
+}
+
+impl Decay {
+    pub fn weight(self, month: Month, now: Month) -> f64 {
+        match self {
+            Decay::None => 1.0,
+            Decay::HalfLife { days } => {
+                let age = f64::from(now.saturating_sub(month)) * MONTH_DAYS;
+                0.5f64.powf(age / days)
+            }
+        }
+    }
+}
+
+/// Exact counts per month, oldest first; what storage keeps for every counted thing
+/// (a product's orders, a pair's orders, all orders).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Monthly(pub Vec<(Month, u64)>);
+
+impl Monthly {
+    /// Adds `n` (negative to remove evidence) in `month`; a month that reaches zero is
+    /// dropped, so adding and removing the same orders leaves what was there before.
+    pub fn add(&mut self, month: Month, n: i64) {
+        match self.0.binary_search_by_key(&month, |(m, _)| *m) {
+            Ok(i) => {
+                let v = (self.0[i].1 as i64 + n).max(0) as u64;
+                if v == 0 {
+                    self.0.remove(i);
+                } else {
+                    self.0[i].1 = v;
+                }
+            }
+            Err(i) if n > 0 => self.0.insert(i, (month, n as u64)),
+            Err(_) => {}
+        }
+    }
+
+    /// The exact count, whatever the age.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    /// The count weighted by age.
+    pub fn weighted(&self, decay: Decay, now: Month) -> f64 {
+        self.0
+            .iter()
+            .map(|&(m, n)| n as f64 * decay.weight(m, now))
+            .sum()
+    }
+}
+
+/// Support, confidence and lift of A → B.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Measures {
+    pub support: f64,
+    pub confidence: f64,
+    pub lift: f64,
+}
+
+/// The measures from (possibly weighted) counts: orders with both, orders with A,
+/// orders with B, all orders. `None` when a denominator is zero.
+pub fn measures(pair: f64, antecedent: f64, consequent: f64, total: f64) -> Option<Measures> {
+    if antecedent <= 0.0 || consequent <= 0.0 || total <= 0.0 {
+        return None;
+    }
+    let support = pair / total;
+    let confidence = pair / antecedent;
+    let lift = confidence / (consequent / total);
+    Some(Measures {
+        support,
+        confidence,
+        lift,
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// Below the moderate threshold: never offered on affinity alone.
+    Weak,
+    Moderate,
+    Strong,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Strong => "strong",
+            Tier::Moderate => "moderate",
+            Tier::Weak => "weak",
+        }
+    }
+}
+
+/// Tier thresholds on confidence, and the least number of orders with both products
+/// before a pair counts at all. Configuration; these are the defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Thresholds {
+    pub strong: f64,
+    pub moderate: f64,
+    pub min_pair_orders: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Thresholds {
+        Thresholds {
+            strong: 0.10,
+            moderate: 0.04,
+            min_pair_orders: 3,
+        }
+    }
+}
+
+impl Thresholds {
+    /// The tier of a pair with `confidence`, or `None` when it has fewer than
+    /// `min_pair_orders` orders (exact count, not weighted: decay must not make a pair
+    /// appear or vanish on its own).
+    pub fn tier(&self, confidence: f64, pair_orders: u64) -> Option<Tier> {
+        if pair_orders < self.min_pair_orders {
+            None
+        } else if confidence >= self.strong {
+            Some(Tier::Strong)
+        } else if confidence >= self.moderate {
+            Some(Tier::Moderate)
+        } else {
+            Some(Tier::Weak)
+        }
+    }
+}
+
+/// The distinct products of one order, and its ordered pairs (A, B), A ≠ B, each once
+/// however many lines or units carry them: an order is one piece of evidence.
+pub fn order_pairs<K: Ord + Clone>(products: &[K]) -> (Vec<K>, Vec<(K, K)>) {
+    let distinct: Vec<K> = products
+        .iter()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut pairs = Vec::with_capacity(distinct.len() * distinct.len().saturating_sub(1));
+    for a in &distinct {
+        for b in &distinct {
+            if a != b {
+                pairs.push((a.clone(), b.clone()));
+            }
+        }
+    }
+    (distinct, pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    /// 10 orders: A in 5, B in 4, both in 2. support 0.2, confidence(A→B) 0.4,
+    /// confidence(B→A) 0.5, lift 0.4 / 0.4 = 1.0 either way.
+    #[test]
+    fn hand_computed_measures() {
+        let ab = measures(2.0, 5.0, 4.0, 10.0).unwrap();
+        assert!(close(ab.support, 0.2));
+        assert!(close(ab.confidence, 0.4));
+        assert!(close(ab.lift, 1.0));
+        let ba = measures(2.0, 4.0, 5.0, 10.0).unwrap();
+        assert!(close(ba.confidence, 0.5));
+        assert!(close(ba.lift, 1.0));
+        // 100 orders: A in 20, C in 5, both in 4: confidence 0.2, lift 0.2 / 0.05 = 4.
+        let ac = measures(4.0, 20.0, 5.0, 100.0).unwrap();
+        assert!(close(ac.support, 0.04));
+        assert!(close(ac.confidence, 0.2));
+        assert!(close(ac.lift, 4.0));
+        assert!(measures(1.0, 0.0, 1.0, 1.0).is_none());
+    }
+
+    #[test]
+    fn tiers_follow_confidence_after_the_minimum_count() {
+        let t = Thresholds::default();
+        assert_eq!(t.tier(0.10, 3), Some(Tier::Strong));
+        assert_eq!(t.tier(0.099, 3), Some(Tier::Moderate));
+        assert_eq!(t.tier(0.04, 3), Some(Tier::Moderate));
+        assert_eq!(t.tier(0.039, 3), Some(Tier::Weak));
+        assert_eq!(t.tier(0.9, 2), None, "below the minimum pair count");
+    }
+
+    #[test]
+    fn decay_halves_after_one_half_life() {
+        let d = Decay::HalfLife {
+            days: MONTH_DAYS * 6.0,
+        };
+        assert!(close(d.weight(100, 100), 1.0));
+        assert!(close(d.weight(94, 100), 0.5));
+        assert!(close(d.weight(88, 100), 0.25));
+        assert!(close(Decay::None.weight(0, 100), 1.0));
+        let m = Monthly(vec![(94, 4), (100, 2)]);
+        assert!(close(m.weighted(d, 100), 4.0));
+        assert_eq!(m.total(), 6);
+    }
+
+    #[test]
+    fn adding_and_removing_leaves_the_counts_as_they_were() {
+        let mut m = Monthly::default();
+        m.add(5, 2);
+        m.add(3, 1);
+        m.add(5, 1);
+        assert_eq!(m, Monthly(vec![(3, 1), (5, 3)]));
+        m.add(3, -1);
+        m.add(5, -3);
+        assert_eq!(m, Monthly::default());
+        m.add(7, -1); // removing what is not there is a no-op, never negative
+        assert_eq!(m, Monthly::default());
+    }
+
+    #[test]
+    fn an_order_is_one_piece_of_evidence_per_pair() {
+        let (distinct, pairs) = order_pairs(&["b", "a", "b", "c"]);
+        assert_eq!(distinct, vec!["a", "b", "c"]);
+        assert_eq!(pairs.len(), 6);
+        assert!(pairs.contains(&("a", "b")) && pairs.contains(&("b", "a")));
+        assert!(!pairs.iter().any(|(x, y)| x == y));
+    }
+
+    #[test]
+    fn months_are_calendar_months_in_utc() {
+        let jan_1970 = Timestamp(0);
+        assert_eq!(month_of(jan_1970), 0);
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").unwrap();
+        assert_eq!(month_of(Timestamp(t.timestamp_millis())), 56 * 12 + 10);
+    }
+}
