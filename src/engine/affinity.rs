@@ -181,6 +181,35 @@ pub fn order_pairs<K: Ord + Clone>(products: &[K]) -> (Vec<K>, Vec<(K, K)>) {
     (distinct, pairs)
 }
 
+/// What became of the offers of B after A under one recipe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Feedback {
+    pub offered: u64,
+    pub clicked: u64,
+    pub accepted: u64,
+    pub declined: u64,
+    /// Accepted, then the upsold item was refunded within 30 days.
+    pub refunded: u64,
+}
+
+/// An explicit decline weighs this much more than an offer that was ignored.
+const DECLINE_WEIGHT: f64 = 0.25;
+/// A refund of an accepted offer takes back its success and weighs this much more.
+const REFUND_WEIGHT: f64 = 1.0;
+
+impl Feedback {
+    /// The smoothed conversion rate: a Beta prior with mean `prior` worth `strength`
+    /// offers, updated by what happened. An acceptance raises it, a decline lowers it a
+    /// little, a refund lowers it more; a handful of events never flips it.
+    pub fn conversion(&self, prior: f64, strength: f64) -> f64 {
+        let wins = self.accepted.saturating_sub(self.refunded) as f64;
+        let trials = self.offered.max(self.accepted) as f64
+            + DECLINE_WEIGHT * self.declined as f64
+            + REFUND_WEIGHT * self.refunded as f64;
+        ((wins + strength * prior) / (trials + strength)).clamp(0.0, 1.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +290,48 @@ mod tests {
         assert_eq!(month_of(jan_1970), 0);
         let t = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").unwrap();
         assert_eq!(month_of(Timestamp(t.timestamp_millis())), 56 * 12 + 10);
+    }
+
+    #[test]
+    fn feedback_moves_the_estimate_gently_and_in_the_right_direction() {
+        let (prior, strength) = (0.05, 20.0);
+        let none = Feedback::default();
+        assert!(close(none.conversion(prior, strength), prior));
+        let base = Feedback {
+            offered: 20,
+            ..Default::default()
+        };
+        let accepted = Feedback {
+            accepted: 3,
+            ..base
+        };
+        let declined = Feedback {
+            declined: 3,
+            ..base
+        };
+        let refunded = Feedback {
+            accepted: 3,
+            refunded: 3,
+            ..base
+        };
+        let b = base.conversion(prior, strength);
+        assert!(accepted.conversion(prior, strength) > b);
+        assert!(declined.conversion(prior, strength) < b);
+        assert!(refunded.conversion(prior, strength) < declined.conversion(prior, strength));
+        // 1 accept in 1 offer does not make it a sure thing.
+        let lucky = Feedback {
+            offered: 1,
+            accepted: 1,
+            ..Default::default()
+        };
+        assert!(lucky.conversion(prior, strength) < 0.1);
+        let odd = Feedback {
+            offered: 0,
+            accepted: 5,
+            refunded: 9,
+            ..Default::default()
+        };
+        let c = odd.conversion(prior, strength);
+        assert!((0.0..=1.0).contains(&c));
     }
 }
