@@ -40,25 +40,19 @@ pub fn receive(
         Ok(w) => {
             let key = match w.hash.as_deref().map(str::trim).filter(|h| !h.is_empty()) {
                 Some(h) => format!("hash:{h}"),
-                None => super::shopify::dedupe_key(&Headers::default(), &w.scope, &body),
+                None => super::body_key(&w.scope, &body),
             };
             let parsed = normalize(&w);
             (w.scope, key, parsed)
         }
         Err(e) => (
             "unknown".to_string(),
-            super::shopify::dedupe_key(&Headers::default(), "unknown", &body),
+            super::body_key("unknown", &body),
             Parsed::Unparseable(format!("BigCommerce webhook JSON: {e}")),
         ),
     };
     // The secret header is not kept; nothing else BigCommerce sends is worth keeping.
-    let kept = Headers(
-        headers
-            .0
-            .into_iter()
-            .filter(|(k, _)| k == "content-type" || k == "user-agent")
-            .collect(),
-    );
+    let kept = headers.keep(|k| k == "content-type" || k == "user-agent");
     Ok(Inbound {
         topic,
         dedupe_key,

@@ -31,6 +31,24 @@ impl Headers {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// The headers whose (lower-cased) name passes `keep`: what an adapter stores with
+    /// the raw body.
+    pub fn keep(self, keep: impl Fn(&str) -> bool) -> Headers {
+        Headers(self.0.into_iter().filter(|(k, _)| keep(k)).collect())
+    }
+}
+
+/// The identity of a delivery that carries none of its own: a hash of topic and body, so
+/// the same delivery retried is the same key.
+pub fn body_key(topic: &str, body: &[u8]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(topic.as_bytes());
+    h.update([0]);
+    h.update(body);
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("body:{hex}")
 }
 
 /// What a verified delivery turned out to be.

@@ -8,7 +8,7 @@
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use super::wire::{non_empty, null_default, parse_time, split_tags, Decimal, Id};
 use super::{Headers, Inbound, Parsed, VerifyError};
@@ -44,13 +44,7 @@ pub fn receive(
         .to_ascii_lowercase();
     let dedupe_key = dedupe_key(&headers, &topic, &body);
     let parsed = normalize(&topic, &body);
-    let kept = Headers(
-        headers
-            .0
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("x-shopify-") && k != SIGNATURE_HEADER)
-            .collect(),
-    );
+    let kept = headers.keep(|k| k.starts_with("x-shopify-") && k != SIGNATURE_HEADER);
     Ok(Inbound {
         topic,
         dedupe_key,
@@ -68,13 +62,7 @@ pub fn dedupe_key(headers: &Headers, topic: &str, body: &[u8]) -> String {
     } else if let Some(id) = nonempty("x-shopify-webhook-id") {
         format!("webhook:{id}")
     } else {
-        let mut h = Sha256::new();
-        h.update(topic.as_bytes());
-        h.update([0]);
-        h.update(body);
-        let digest = h.finalize();
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("body:{hex}")
+        super::body_key(topic, body)
     }
 }
 

@@ -49,13 +49,7 @@ pub fn receive(
         Some(d) => format!("delivery:{d}"),
         None => fallback_key(&body, &topic),
     };
-    let kept = Headers(
-        headers
-            .0
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("x-wc-webhook-") && k != SIGNATURE_HEADER)
-            .collect(),
-    );
+    let kept = headers.keep(|k| k.starts_with("x-wc-webhook-") && k != SIGNATURE_HEADER);
     Ok(Received::Delivery(Inbound {
         topic,
         dedupe_key,
@@ -91,7 +85,7 @@ fn fallback_key(body: &[u8], topic: &str) -> String {
             id: Some(id),
             date_modified_gmt: Some(m),
         }) => format!("order:{}:{m}", id.0),
-        _ => super::shopify::dedupe_key(&Headers::default(), topic, body),
+        _ => super::body_key(topic, body),
     }
 }
 
