@@ -100,14 +100,21 @@ pub fn bearer_ok(ctx: &AdminCtx, rq: &Request) -> bool {
     crate::ingest::constant_time_eq(given.trim().as_bytes(), ctx.config.admin_token.as_bytes())
 }
 
-/// The body of `GET /api/status`, shared with the CLI when it opens the database itself.
-/// `writable` is the writer's health (unknown without the service).
-pub fn status_json(
+/// What `/api/status`, the status page and `status` show, read in one go.
+pub struct Report {
+    pub stores: Vec<StoreStatus>,
+    pub stored: u64,
+    pub processed: u64,
+    pub notices: Vec<Notice>,
+}
+
+/// Reads the report. `writable` is the writer's health (unknown without the service).
+pub fn report(
     config: &Config,
     storage: &Storage,
     writable: Option<bool>,
     now: Timestamp,
-) -> Result<serde_json::Value, crate::storage::Error> {
+) -> Result<Report, crate::storage::Error> {
     let ids: Vec<&str> = config.stores.iter().map(|s| s.id.as_str()).collect();
     let stores = storage.status(&ids)?;
     let (stored, processed) = (storage.last_seq()?, storage.processed_seq()?);
@@ -118,15 +125,31 @@ pub fn status_json(
         writable,
         now,
     );
+    Ok(Report {
+        stores,
+        stored,
+        processed,
+        notices,
+    })
+}
+
+/// The body of `GET /api/status`, shared with the CLI when it opens the database itself.
+pub fn status_json(
+    config: &Config,
+    storage: &Storage,
+    writable: Option<bool>,
+    now: Timestamp,
+) -> Result<serde_json::Value, crate::storage::Error> {
+    let r = report(config, storage, writable, now)?;
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "stores": stores,
+        "stores": r.stores,
         "events": {
-            "stored": stored,
-            "processed": processed,
+            "stored": r.stored,
+            "processed": r.processed,
         },
         "storage_writable": writable,
-        "notices": notices,
+        "notices": r.notices,
     }))
 }
 

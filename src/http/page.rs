@@ -12,9 +12,8 @@ use std::io::Cursor;
 use hmac::Mac as _;
 use tiny_http::{Request, Response};
 
-use super::admin::{self, ago, millis_of, platform_name, AdminCtx, Notice};
+use super::admin::{self, ago, millis_of, platform_name, AdminCtx};
 use super::{header, headers_of, read_body, respond};
-use crate::storage::StoreStatus;
 
 const PAGE: &str = include_str!("../../assets/admin/page.html");
 const LOGIN: &str = include_str!("../../assets/admin/login.html");
@@ -38,8 +37,8 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
         .writable
         .load(std::sync::atomic::Ordering::Relaxed);
     let now = ctx.clock.now();
-    let v = match admin::status_json(&ctx.config, &ctx.storage, Some(writable), now) {
-        Ok(v) => v,
+    let report = match admin::report(&ctx.config, &ctx.storage, Some(writable), now) {
+        Ok(r) => r,
         Err(e) => {
             let main = format!(
                 "<ul class=\"notices\"><li class=\"bad\">The database could not be read: {}</li></ul>",
@@ -48,8 +47,12 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
             return respond(rq, html(500, &fill_page("Status", "", &main, true)));
         }
     };
-    let stores: Vec<StoreStatus> = serde_json::from_value(v["stores"].clone()).unwrap_or_default();
-    let notices: Vec<Notice> = serde_json::from_value(v["notices"].clone()).unwrap_or_default();
+    let admin::Report {
+        stores,
+        stored,
+        processed,
+        notices,
+    } = report;
 
     let mut main = String::new();
     if notices.iter().any(|n| n.level != "info") {
@@ -100,8 +103,8 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
         "version {} &middot; up {} &middot; {} events stored, {} processed &middot; database {}",
         env!("CARGO_PKG_VERSION"),
         uptime(ctx.started.elapsed().as_secs()),
-        v["events"]["stored"],
-        v["events"]["processed"],
+        stored,
+        processed,
         if writable {
             "writable"
         } else {
