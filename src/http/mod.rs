@@ -439,8 +439,9 @@ pub fn read_body(rq: &mut Request, cap: usize) -> Result<Vec<u8>, BodyError> {
     if rq.body_length().is_some_and(|n| n > cap) {
         return Err(BodyError::TooLarge);
     }
+    let announced = rq.body_length();
     let mut held = Held(0);
-    let mut body = Vec::with_capacity(rq.body_length().unwrap_or(0).min(cap).min(64 << 10));
+    let mut body = Vec::with_capacity(announced.unwrap_or(0).min(cap).min(64 << 10));
     let mut reader = rq.as_reader().take(cap as u64 + 1);
     let mut buf = [0u8; 16 << 10];
     loop {
@@ -465,6 +466,16 @@ pub fn read_body(rq: &mut Request, cap: usize) -> Result<Vec<u8>, BodyError> {
     }
     if body.len() > cap {
         return Err(BodyError::TooLarge);
+    }
+    // tiny_http ends the body quietly when the client hangs up early.
+    if let Some(want) = announced.filter(|&n| body.len() < n) {
+        return Err(BodyError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the body ended before its Content-Length ({} of {want} bytes)",
+                body.len()
+            ),
+        )));
     }
     Ok(body)
 }

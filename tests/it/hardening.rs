@@ -180,3 +180,29 @@ fn serve_raises_the_open_file_soft_limit() {
     assert_eq!(soft, hard, "soft limit not raised: {line}");
     assert_ne!(soft, "256");
 }
+
+/// A client that hangs up before sending the whole body it announced sent no complete
+/// delivery: answered 400, stored nothing, and not counted as a signature refusal (the
+/// status page would blame the store's secret).
+#[test]
+fn a_body_cut_short_is_400_and_not_a_signature_refusal() {
+    let server = TestServer::start();
+    let body = order_json(&OrderSpec::three_lines(1));
+    let sig = upsell_appliance::ingest::shopify::sign(&body, SECRET);
+    let mut s = TcpStream::connect(server.running().public_addr).unwrap();
+    let head = format!(
+        "POST /webhooks/{STORE} HTTP/1.1\r\nHost: x\r\nX-Shopify-Topic: orders/paid\r\nX-Shopify-Hmac-Sha256: {sig}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body[..body.len() / 2]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("ended before"), "{answer}");
+    assert_eq!(server.get("/healthz").0, 200); // a commit, which would carry a refusal
+    let st = server.store_status();
+    assert_eq!(st["webhooks"]["rejected"], 0, "{st}");
+    assert_eq!(st["webhooks"]["accepted"], 0, "{st}");
+}
