@@ -32,6 +32,76 @@ pub fn call_json(
     } else {
         agent.get(&url).header("Authorization", &auth).call()
     };
+    answer(config, &url, resp)
+}
+
+/// Sends a file as the request body (streamed, any size) and reads a JSON answer.
+pub fn upload_json(
+    config: &Config,
+    path: &str,
+    file: &std::path::Path,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let mut f =
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let url = format!("http://{}{}", loopback(config), path);
+    let resp = long_agent()
+        .post(&url)
+        .header("Authorization", &format!("Bearer {}", config.admin_token))
+        .send(ureq::SendBody::from_reader(&mut f));
+    answer(config, &url, resp)
+}
+
+/// Streams a GET answer into `out`; `Ok(false)` when nothing listens on `admin_listen`.
+pub fn download(config: &Config, path: &str, out: &mut dyn std::io::Write) -> anyhow::Result<bool> {
+    let url = format!("http://{}{}", loopback(config), path);
+    let resp = long_agent()
+        .get(&url)
+        .header("Authorization", &format!("Bearer {}", config.admin_token))
+        .call();
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(ureq::Error::ConnectionFailed) => return Ok(false),
+        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Ok(false)
+        }
+        Err(e) => return Err(anyhow!("admin API at {url}: {e}")),
+    };
+    if resp.status().as_u16() != 200 {
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        return Err(anyhow!(
+            "admin API at {url} answered {status}: {}",
+            error_text(&body)
+        ));
+    }
+    std::io::copy(&mut resp.body_mut().as_reader(), out)
+        .with_context(|| format!("admin API at {url}: reading the answer"))?;
+    Ok(true)
+}
+
+/// For imports and exports: connecting is quick or not at all; the work may take minutes.
+fn long_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .timeout_global(Some(Duration::from_secs(6 * 3600)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// The `error` of a JSON error answer, else the body.
+fn error_text(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.trim().to_string())
+}
+
+fn answer(
+    config: &Config,
+    url: &str,
+    resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> anyhow::Result<Option<serde_json::Value>> {
     let mut resp = match resp {
         Ok(r) => r,
         Err(ureq::Error::ConnectionFailed) => return Ok(None),
@@ -53,7 +123,8 @@ pub fn call_json(
             "admin API at {url} refused the admin_token from {}: is another instance with a different config listening there?",
             config.origin
         )),
-        s => Err(anyhow!("admin API at {url} answered {s}: {}", body.trim())),
+        400 | 404 | 409 => Err(anyhow!("{}", error_text(&body))),
+        s => Err(anyhow!("admin API at {url} answered {s}: {}", error_text(&body))),
     }
 }
 

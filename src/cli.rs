@@ -45,6 +45,16 @@ enum Command {
         #[command(subcommand)]
         action: QuarantineAction,
     },
+    /// Import a catalog, order history or manual pairings from a CSV file
+    Import {
+        #[command(subcommand)]
+        what: ImportWhat,
+    },
+    /// Product affinity: rebuild it, show one product, export every rule
+    Affinity {
+        #[command(subcommand)]
+        action: AffinityAction,
+    },
     /// Webhook, order and customer figures per store
     Status {
         /// Only this store
@@ -52,6 +62,67 @@ enum Command {
         store: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportWhat {
+    /// A Shopify product export, or the native catalog CSV (README "Import"); upserts
+    Catalog {
+        file: PathBuf,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A Shopify orders export, or the native orders CSV; importing again changes nothing
+    Orders {
+        file: PathBuf,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        /// Import the good rows and list the bad ones, instead of importing nothing
+        #[arg(long)]
+        skip_bad_rows: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manual pairings (antecedent, consequent, priority, mode); replaces the store's table
+    Pairings {
+        file: PathBuf,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AffinityAction {
+    /// Recompute the store's affinity from its stored orders and the catalog
+    Rebuild {
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One product's rules (same-order and next-order) and its ranked candidates
+    Show {
+        /// A SKU, a product handle, or a product key from `affinity export`
+        product: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every rule of the store, to standard output (columns: README "Affinity")
+    Export {
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
+        /// none: exact counts; config: weighted by the configured half-life
+        #[arg(long, default_value = "none", value_parser = ["none", "config"])]
+        decay: String,
     },
 }
 
@@ -89,6 +160,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::CheckConfig { json } => check_config(&load(&cli.config)?, json),
         Command::Status { store, json } => status(&load(&cli.config)?, store.as_deref(), json),
         Command::Quarantine { action } => quarantine(&load(&cli.config)?, action),
+        Command::Import { what } => import(&load(&cli.config)?, what),
+        Command::Affinity { action } => affinity(&load(&cli.config)?, action),
     }
 }
 
@@ -247,8 +320,20 @@ fn via_service_or_file(
     api_path: &str,
     local: impl FnOnce(&Storage) -> anyhow::Result<serde_json::Value>,
 ) -> anyhow::Result<(serde_json::Value, String)> {
-    let asked = crate::admin_client::call_json(config, method, api_path);
-    match asked {
+    service_or_file(
+        config,
+        || crate::admin_client::call_json(config, method, api_path),
+        local,
+    )
+}
+
+/// Like [`via_service_or_file`] with any way of asking the service.
+fn service_or_file(
+    config: &Config,
+    ask: impl FnOnce() -> anyhow::Result<Option<serde_json::Value>>,
+    local: impl FnOnce(&Storage) -> anyhow::Result<serde_json::Value>,
+) -> anyhow::Result<(serde_json::Value, String)> {
+    match ask() {
         Ok(Some(v)) => {
             return Ok((
                 v,
@@ -256,8 +341,19 @@ fn via_service_or_file(
             ))
         }
         Ok(None) => {}
-        Err(e) => eprintln!("warning: {e:#}; reading the database file instead"),
+        Err(e) if e.to_string().starts_with("admin API at") => {
+            eprintln!("warning: {e:#}; reading the database file instead")
+        }
+        Err(e) => return Err(e),
     }
+    let storage = open_file_db(config)?;
+    Ok((
+        local(&storage)?,
+        format!("from the database in {}", config.data_dir.display()),
+    ))
+}
+
+fn open_file_db(config: &Config) -> anyhow::Result<std::sync::Arc<Storage>> {
     if !Storage::exists(&config.data_dir) {
         bail!(
             "no database in {} yet and no service answering on {}: start `upsell-appliance serve` first",
@@ -281,10 +377,7 @@ fn via_service_or_file(
         ),
         e => e.into(),
     })?;
-    Ok((
-        local(&storage)?,
-        format!("from the database in {}", config.data_dir.display()),
-    ))
+    Ok(storage)
 }
 
 fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result<ExitCode> {
@@ -407,4 +500,272 @@ fn quarantine(config: &Config, action: QuarantineAction) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn store_of(config: &Config, store: &Option<String>) -> anyhow::Result<String> {
+    Ok(config.pick_store(store.as_deref())?.id.clone())
+}
+
+fn ops_err(e: crate::ops::OpsError) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+/// Progress on a terminal as a bar, otherwise a line every few seconds.
+fn progress_reporter() -> impl FnMut(crate::ops::Progress) {
+    use std::io::IsTerminal;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>20} [{bar:30}] {bytes}/{total_bytes} {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut last = Instant::now();
+    move |p: crate::ops::Progress| match &bar {
+        Some(b) => {
+            b.set_length(p.total_bytes);
+            b.set_position(p.bytes);
+            b.set_message(format!("{} {}", p.phase, p.orders));
+            if p.phase == "rebuilding affinity" {
+                b.finish_and_clear();
+                eprintln!("rebuilding affinity from {} orders", p.orders);
+            }
+        }
+        None => {
+            if last.elapsed() >= Duration::from_secs(5) || p.phase == "rebuilding affinity" {
+                last = Instant::now();
+                let pct = (p.bytes * 100).checked_div(p.total_bytes).unwrap_or(100);
+                eprintln!("{}: {} orders, {pct}% of the file", p.phase, p.orders);
+            }
+        }
+    }
+}
+
+fn import(config: &Config, what: ImportWhat) -> anyhow::Result<ExitCode> {
+    let (kind, file, store, skip, as_json) = match &what {
+        ImportWhat::Catalog { file, store, json } => ("catalog", file, store, false, *json),
+        ImportWhat::Orders {
+            file,
+            store,
+            skip_bad_rows,
+            json,
+        } => ("orders", file, store, *skip_bad_rows, *json),
+        ImportWhat::Pairings { file, store, json } => ("pairings", file, store, false, *json),
+    };
+    let store = store_of(config, store)?;
+    if !file.is_file() {
+        bail!("{}: no such file", file.display());
+    }
+    let api = format!(
+        "/api/import/{kind}?store={store}{}",
+        if skip { "&skip_bad_rows=1" } else { "" }
+    );
+    let (v, source) = service_or_file(
+        config,
+        || {
+            let r = crate::admin_client::upload_json(config, &api, file);
+            if let Ok(Some(_)) = &r {
+                eprintln!("imported by the running service at {}", config.admin_listen);
+            }
+            r
+        },
+        |s| {
+            let mut progress = progress_reporter();
+            match kind {
+                "catalog" => crate::ops::import_catalog(s, config, &store, file),
+                "orders" => crate::ops::import_orders(s, config, &store, file, skip, &mut progress),
+                _ => crate::ops::import_pairings(s, &store, file),
+            }
+            .map_err(ops_err)
+        },
+    )?;
+    if as_json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match kind {
+        "orders" => {
+            println!(
+                "imported {} orders ({} new), {} line items, {} customers from {} ({} format)",
+                v["orders"],
+                v["new_orders"],
+                v["line_items"],
+                v["customers"],
+                file.display(),
+                v["format"].as_str().unwrap_or("")
+            );
+            println!(
+                "unknown SKUs: {} ({} line items kept as uncatalogued products){}",
+                v["unknown_skus"],
+                v["uncatalogued_line_items"],
+                match v["unknown_sku_examples"].as_array() {
+                    Some(a) if !a.is_empty() => format!(
+                        ", e.g. {}",
+                        a.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    _ => String::new(),
+                }
+            );
+            println!("rows rejected: {}", v["rejected"]);
+            for r in v["rejected_rows"].as_array().into_iter().flatten() {
+                println!("  {}", r.as_str().unwrap_or(""));
+            }
+            println!(
+                "affinity rebuilt: {} orders, {} next-order moves, {} pairs ({:.1} s, {source})",
+                v["affinity"]["orders"],
+                v["affinity"]["transitions"],
+                v["affinity"]["pairs"],
+                v["seconds"].as_f64().unwrap_or(0.0)
+            );
+        }
+        "catalog" => {
+            println!(
+                "catalog: {} rows from {} ({} format): {} new, {} updated ({source})",
+                v["rows"],
+                file.display(),
+                v["format"].as_str().unwrap_or(""),
+                v["created"],
+                v["updated"]
+            );
+            if !v["affinity_rebuilt"].is_null() {
+                println!(
+                    "product keys changed: affinity rebuilt ({} pairs)",
+                    v["affinity_rebuilt"]["pairs"]
+                );
+            }
+        }
+        _ => println!(
+            "pairings: {} now in store {store} ({source})",
+            v["pairings"]
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn affinity(config: &Config, action: AffinityAction) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    match action {
+        AffinityAction::Rebuild { store, json } => {
+            let store = store_of(config, &store)?;
+            let api = format!("/api/affinity/rebuild?store={store}");
+            let (v, source) = via_service_or_file(config, "POST", &api, |s| {
+                crate::ops::affinity_rebuild(s, config, &store).map_err(ops_err)
+            })?;
+            if json {
+                println!("{v}");
+            } else {
+                println!(
+                    "rebuilt store {store}: {} orders, {} next-order moves, {} pairs in {:.2} s ({source})",
+                    v["orders"], v["transitions"], v["pairs"], v["seconds"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+        AffinityAction::Show {
+            product,
+            store,
+            json,
+        } => {
+            let store = store_of(config, &store)?;
+            let api = format!(
+                "/api/affinity/show?store={store}&product={}",
+                percent_encode(&product)
+            );
+            let (v, source) = via_service_or_file(config, "GET", &api, |s| {
+                crate::ops::affinity_show(s, config, &store, &product, now).map_err(ops_err)
+            })?;
+            if json {
+                println!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{} {} ({source})",
+                v["product"].as_str().unwrap_or(""),
+                v["title"].as_str().unwrap_or("")
+            );
+            let rules = v["rules"].as_array().cloned().unwrap_or_default();
+            println!("rules ({}):", rules.len());
+            println!(
+                "  {:<10} {:<24} {:>6} {:>8} {:>6} {:>8}  tier",
+                "kind", "consequent", "pairs", "conf", "lift", "gap d"
+            );
+            for r in rules.iter().take(30) {
+                println!(
+                    "  {:<10} {:<24} {:>6.0} {:>7.1}% {:>6.2} {:>8}  {}",
+                    r["kind"].as_str().unwrap_or(""),
+                    r["consequent"].as_str().unwrap_or(""),
+                    r["pair_orders"].as_f64().unwrap_or(0.0),
+                    r["confidence"].as_f64().unwrap_or(0.0) * 100.0,
+                    r["lift"].as_f64().unwrap_or(0.0),
+                    r["mean_gap_days"]
+                        .as_f64()
+                        .map_or(String::new(), |g| format!("{g:.1}")),
+                    r["tier"].as_str().unwrap_or("below minimum count"),
+                );
+            }
+            println!("candidates:");
+            for c in v["candidates"].as_array().into_iter().flatten() {
+                let why: Vec<String> = c["evidence"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| match e["source"].as_str().unwrap_or("") {
+                        "affinity" => format!(
+                            "{} {} {:.1}%",
+                            e["rule"]["kind"].as_str().unwrap_or(""),
+                            e["rule"]["tier"].as_str().unwrap_or(""),
+                            e["rule"]["confidence"].as_f64().unwrap_or(0.0) * 100.0
+                        ),
+                        "manual" => format!("manual {}", e["mode"].as_str().unwrap_or("")),
+                        "category" => format!("category {}", e["category"].as_str().unwrap_or("")),
+                        other => other.to_string(),
+                    })
+                    .collect();
+                println!(
+                    "  {:<24} {}",
+                    c["product"].as_str().unwrap_or(""),
+                    why.join("; ")
+                );
+            }
+        }
+        AffinityAction::Export {
+            store,
+            format,
+            decay,
+        } => {
+            let store = store_of(config, &store)?;
+            let api = format!("/api/affinity/export?store={store}&format={format}&decay={decay}");
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            match crate::admin_client::download(config, &api, &mut out) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let s = open_file_db(config)?;
+                    let format = crate::ops::Format::parse(&format).map_err(ops_err)?;
+                    let decay = crate::ops::DecayChoice::parse(&decay).map_err(ops_err)?;
+                    crate::ops::affinity_export(&s, config, &store, format, decay, now, &mut out)
+                        .map_err(ops_err)?;
+                }
+                Err(e) => return Err(e),
+            }
+            out.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

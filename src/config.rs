@@ -29,6 +29,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub http_workers: usize,
     pub stores: Vec<StoreConfig>,
+    pub affinity: AffinityConfig,
     /// Where this configuration came from, for messages.
     pub origin: Origin,
 }
@@ -44,6 +45,39 @@ impl fmt::Display for Origin {
         match self {
             Origin::File(p) => write!(f, "{}", p.display()),
             Origin::Demo => f.write_str("the built-in demo config"),
+        }
+    }
+}
+
+/// `[affinity]`: how product affinity is counted and read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AffinityConfig {
+    /// Next-order evidence: the longest gap between a customer's orders that counts.
+    pub next_order_window_days: u32,
+    /// Evidence loses half its weight in this many days (0 = no decay).
+    pub half_life_days: u32,
+    pub thresholds: crate::engine::affinity::Thresholds,
+}
+
+impl Default for AffinityConfig {
+    fn default() -> AffinityConfig {
+        AffinityConfig {
+            next_order_window_days: 90,
+            half_life_days: 180,
+            thresholds: Default::default(),
+        }
+    }
+}
+
+impl AffinityConfig {
+    pub fn window_ms(&self) -> i64 {
+        i64::from(self.next_order_window_days) * 86_400_000
+    }
+
+    pub fn decay(&self) -> crate::engine::affinity::Decay {
+        match self.half_life_days {
+            0 => crate::engine::affinity::Decay::None,
+            d => crate::engine::affinity::Decay::HalfLife { days: f64::from(d) },
         }
     }
 }
@@ -125,6 +159,17 @@ struct RawConfig {
     secrets_file: Option<String>,
     #[serde(default)]
     stores: Vec<RawStore>,
+    affinity: Option<RawAffinity>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAffinity {
+    next_order_window_days: Option<i64>,
+    half_life_days: Option<i64>,
+    strong_confidence: Option<f64>,
+    moderate_confidence: Option<f64>,
+    min_pair_orders: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +348,40 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
     let cache_size_mb = ranged("cache_size_mb", raw.cache_size_mb, 16, 1, 65_536)?;
     let max_body_bytes = ranged("max_body_kb", raw.max_body_kb, 2048, 1, 1_048_576)? * 1024;
     let http_workers = ranged("http_workers", raw.http_workers, 4, 1, 256)?;
+    let a = raw.affinity.unwrap_or_default();
+    let fraction = |key: &str, v: Option<f64>, default: f64| -> Result<f64, String> {
+        let v = v.unwrap_or(default);
+        if !(v > 0.0 && v <= 1.0) {
+            return Err(format!(
+                "affinity.{key} = {v} must be a fraction above 0 and at most 1 (0.10 = 10%)"
+            ));
+        }
+        Ok(v)
+    };
+    let affinity = AffinityConfig {
+        next_order_window_days: ranged(
+            "affinity.next_order_window_days",
+            a.next_order_window_days,
+            90,
+            1,
+            3650,
+        )? as u32,
+        half_life_days: ranged("affinity.half_life_days", a.half_life_days, 180, 0, 36_500)? as u32,
+        thresholds: crate::engine::affinity::Thresholds {
+            strong: fraction("strong_confidence", a.strong_confidence, 0.10)?,
+            moderate: fraction("moderate_confidence", a.moderate_confidence, 0.04)?,
+            min_pair_orders: ranged(
+                "affinity.min_pair_orders",
+                a.min_pair_orders,
+                3,
+                1,
+                1_000_000,
+            )? as u64,
+        },
+    };
+    if affinity.thresholds.moderate > affinity.thresholds.strong {
+        return Err("affinity.moderate_confidence is above affinity.strong_confidence; moderate must be the lower bar".into());
+    }
     if raw.stores.is_empty() {
         return Err("no [[stores]] configured; add one (see `upsell-appliance init`)".into());
     }
@@ -417,6 +496,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         max_body_bytes,
         http_workers,
         stores,
+        affinity,
         origin,
     })
 }

@@ -8,6 +8,8 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod import;
 pub mod ingest;
+pub mod ops;
 pub mod pipeline;
 pub mod storage;

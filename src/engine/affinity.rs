@@ -9,6 +9,8 @@
 
 use std::collections::BTreeSet;
 
+use serde::{Deserialize, Serialize};
+
 use super::Timestamp;
 
 /// Months since 1970-01 (UTC): the bucket a count is kept in.
@@ -48,7 +50,7 @@ impl Decay {
 
 /// Exact counts per month, oldest first; what storage keeps for every counted thing
 /// (a product's orders, a pair's orders, all orders).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Monthly(pub Vec<(Month, u64)>);
 
 impl Monthly {
@@ -107,7 +109,8 @@ pub fn measures(pair: f64, antecedent: f64, consequent: f64, total: f64) -> Opti
     })
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Tier {
     /// Below the moderate threshold: never offered on affinity alone.
     Weak,
@@ -181,8 +184,346 @@ pub fn order_pairs<K: Ord + Clone>(products: &[K]) -> (Vec<K>, Vec<(K, K)>) {
     (distinct, pairs)
 }
 
+/// The two kinds of evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A and B in the same order.
+    SameOrder,
+    /// A in a customer's order, B in that customer's next order, within the window.
+    NextOrder,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::SameOrder, Kind::NextOrder];
+
+    pub fn code(self) -> u8 {
+        match self {
+            Kind::SameOrder => 0,
+            Kind::NextOrder => 1,
+        }
+    }
+
+    pub fn from_code(c: u8) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.code() == c)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::SameOrder => "same_order",
+            Kind::NextOrder => "next_order",
+        }
+    }
+}
+
+/// A product key interned to a number, per store. Numbers are never reused.
+pub type ProductNo = u32;
+/// The item number whose counts are the totals (all orders; all transitions).
+pub const TOTAL: ProductNo = ProductNo::MAX;
+
+/// What one counted order contributes: when, whose, and its distinct products, sorted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEvidence {
+    pub at: Timestamp,
+    pub customer: Option<u64>,
+    pub products: Vec<ProductNo>,
+}
+
+/// Where counted evidence goes: storage rows, or a rebuild's tables in memory. `n` is +1
+/// to add an order or a transition, -1 to take it back.
+pub trait Tally {
+    /// An item count: `antecedent` for the A side (a same-order product's order count;
+    /// a next-order first order), else the B side (a next-order following order).
+    fn item(&mut self, kind: Kind, product: ProductNo, antecedent: bool, month: Month, n: i64);
+    /// A pair count, with the gap between the two orders (next-order only).
+    fn pair(&mut self, kind: Kind, a: ProductNo, b: ProductNo, month: Month, n: i64, gap_secs: i64);
+}
+
+/// Counts one order's same-order evidence (`n` = +1) or takes it back (`n` = -1).
+pub fn tally_order(t: &mut impl Tally, ev: &OrderEvidence, n: i64) {
+    let m = month_of(ev.at);
+    t.item(Kind::SameOrder, TOTAL, true, m, n);
+    for &a in &ev.products {
+        t.item(Kind::SameOrder, a, true, m, n);
+        for &b in &ev.products {
+            if a != b {
+                t.pair(Kind::SameOrder, a, b, m, n, 0);
+            }
+        }
+    }
+}
+
+/// Counts a customer's move from one order to their next (`to` is the following order),
+/// if it came within `window_ms`. Kept in the month of the first order, so every count of
+/// one transition carries the same decay weight and confidence never exceeds 1. A product
+/// bought again (A → A) counts: that is replenishment evidence.
+pub fn tally_transition(
+    t: &mut impl Tally,
+    from: &OrderEvidence,
+    to: &OrderEvidence,
+    window_ms: i64,
+    n: i64,
+) {
+    let gap = to.at.0 - from.at.0;
+    if !(0..=window_ms).contains(&gap) {
+        return;
+    }
+    let m = month_of(from.at);
+    t.item(Kind::NextOrder, TOTAL, true, m, n);
+    for &a in &from.products {
+        t.item(Kind::NextOrder, a, true, m, n);
+    }
+    for &b in &to.products {
+        t.item(Kind::NextOrder, b, false, m, n);
+    }
+    for &a in &from.products {
+        for &b in &to.products {
+            t.pair(Kind::NextOrder, a, b, m, n, gap / 1000);
+        }
+    }
+}
+
+/// How many consequents each product keeps in its leader list.
+pub const LEADERS: usize = 50;
+
+/// A product's consequents with the most orders (exact counts), best first; ties by
+/// product number. Candidates are read from here, so finding them costs a few lookups
+/// however many products were ever bought with a popular one.
+///
+/// Invariant: the exact top `LEADERS` of all the product's pairs with a count above zero
+/// (all of them when there are fewer).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leaders(pub Vec<(ProductNo, u64)>);
+
+impl Leaders {
+    /// Builds the list from every pair count of one antecedent.
+    pub fn from_counts(counts: impl IntoIterator<Item = (ProductNo, u64)>) -> Leaders {
+        let mut all: Vec<(ProductNo, u64)> = counts.into_iter().filter(|c| c.1 > 0).collect();
+        all.sort_by_key(|&(b, n)| (std::cmp::Reverse(n), b));
+        all.truncate(LEADERS);
+        Leaders(all)
+    }
+
+    /// Pair (A, `b`) went from `old` to `new` orders. Returns `false` when a leader fell
+    /// while others wait outside the list: then the list must be rebuilt from all pairs.
+    pub fn update(&mut self, b: ProductNo, old: u64, new: u64) -> bool {
+        let rank = |&(p, n): &(ProductNo, u64)| (std::cmp::Reverse(n), p);
+        match self.0.iter().position(|&(p, _)| p == b) {
+            Some(i) => {
+                if new < old && self.0.len() >= LEADERS {
+                    return false;
+                }
+                if new == 0 {
+                    self.0.remove(i);
+                } else {
+                    self.0[i].1 = new;
+                }
+            }
+            None if new > old && new > 0 => {
+                if self.0.len() < LEADERS {
+                    self.0.push((b, new));
+                } else if self.0.last().is_some_and(|w| rank(&(b, new)) < rank(w)) {
+                    self.0.pop();
+                    self.0.push((b, new));
+                } else {
+                    return true;
+                }
+            }
+            None => return true,
+        }
+        self.0.sort_by_key(rank);
+        true
+    }
+}
+
+/// How a manual pairing (product → offer, with a priority) is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairingMode {
+    /// Before anything learned from orders.
+    Override,
+    /// When orders have not shown a pair strong enough.
+    Fallback,
+}
+
+impl PairingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PairingMode::Override => "override",
+            PairingMode::Fallback => "fallback",
+        }
+    }
+}
+
+/// One association rule A → B as read: counts (weighted when decayed) and what follows.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rule {
+    pub kind: Kind,
+    pub pair_orders: f64,
+    pub antecedent_orders: f64,
+    pub consequent_orders: f64,
+    pub total_orders: f64,
+    /// The exact count, whatever the decay: the minimum pair count is checked on it.
+    pub exact_pair_orders: u64,
+    pub support: f64,
+    pub confidence: f64,
+    pub lift: f64,
+    /// Mean days from the first order to the next (next-order rules).
+    pub mean_gap_days: Option<f64>,
+    pub tier: Option<Tier>,
+}
+
+/// Reads a rule from its stored counts: the pair, A's side, B's side, the total.
+#[allow(clippy::too_many_arguments)]
+pub fn rule(
+    kind: Kind,
+    pair: &Monthly,
+    gap_secs: u64,
+    antecedent: &Monthly,
+    consequent: &Monthly,
+    total: &Monthly,
+    decay: Decay,
+    now: Month,
+    thresholds: &Thresholds,
+) -> Rule {
+    let (p, a, c, t) = (
+        pair.weighted(decay, now),
+        antecedent.weighted(decay, now),
+        consequent.weighted(decay, now),
+        total.weighted(decay, now),
+    );
+    let m = measures(p, a, c, t).unwrap_or(Measures {
+        support: 0.0,
+        confidence: 0.0,
+        lift: 0.0,
+    });
+    let exact = pair.total();
+    Rule {
+        kind,
+        pair_orders: p,
+        antecedent_orders: a,
+        consequent_orders: c,
+        total_orders: t,
+        exact_pair_orders: exact,
+        support: m.support,
+        confidence: m.confidence,
+        lift: m.lift,
+        mean_gap_days: (kind == Kind::NextOrder && exact > 0)
+            .then(|| gap_secs as f64 / exact as f64 / 86_400.0),
+        tier: thresholds.tier(m.confidence, exact),
+    }
+}
+
+/// Why a product is a candidate. A candidate carries every reason found for it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum Evidence {
+    /// Learned from orders (same-order or next-order), from one product of the basket.
+    Affinity {
+        from: String,
+        rule: Rule,
+        /// The pair's offer history turned into a smoothed conversion estimate.
+        conversion: f64,
+    },
+    /// The store's own pairing table.
+    Manual {
+        from: String,
+        priority: i32,
+        mode: PairingMode,
+    },
+    /// Among the store's most bought products and in a category of the basket.
+    Category { category: String, orders: f64 },
+    /// Among the store's most bought products.
+    Popularity { orders: f64 },
+}
+
+impl Evidence {
+    /// Lower ranks first: a manual override, then what orders show (strong, then
+    /// moderate), then a manual fallback, then category, then popularity. Weak pairs and
+    /// pairs under the minimum count never rank on affinity.
+    fn rank(&self) -> Option<u8> {
+        match self {
+            Evidence::Manual {
+                mode: PairingMode::Override,
+                ..
+            } => Some(0),
+            Evidence::Affinity { rule, .. } => match rule.tier {
+                Some(Tier::Strong) => Some(1),
+                Some(Tier::Moderate) => Some(2),
+                _ => None,
+            },
+            Evidence::Manual { .. } => Some(3),
+            Evidence::Category { .. } => Some(4),
+            Evidence::Popularity { .. } => Some(5),
+        }
+    }
+
+    fn score(&self, prior: f64) -> f64 {
+        match self {
+            Evidence::Manual { priority, .. } => f64::from(*priority),
+            // Feedback moves a pair up or down, within a factor of two: smoothed, never a flip.
+            Evidence::Affinity {
+                rule, conversion, ..
+            } => rule.confidence * (conversion / prior).clamp(0.5, 2.0),
+            Evidence::Category { orders, .. } | Evidence::Popularity { orders } => *orders,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Candidate {
+    pub product: String,
+    /// The rank group of its best evidence (0 best), then its score within the group.
+    pub group: u8,
+    pub score: f64,
+    pub evidence: Vec<Evidence>,
+}
+
+/// The conversion a pair is assumed to have before any offer of it was made, and how many
+/// offers that assumption weighs.
+pub const FEEDBACK_PRIOR: f64 = 0.05;
+pub const FEEDBACK_STRENGTH: f64 = 20.0;
+
+/// Ranks candidates from their evidence: `(product, evidence)` in any order, several per
+/// product allowed. Products in `exclude` (the basket) never appear. Best first.
+pub fn rank(
+    found: Vec<(String, Evidence)>,
+    exclude: &BTreeSet<String>,
+    limit: usize,
+) -> Vec<Candidate> {
+    let mut by: std::collections::BTreeMap<String, Vec<Evidence>> = Default::default();
+    for (p, e) in found {
+        if !exclude.contains(&p) {
+            by.entry(p).or_default().push(e);
+        }
+    }
+    let mut out: Vec<Candidate> = by
+        .into_iter()
+        .filter_map(|(product, evidence)| {
+            let (group, score) = evidence
+                .iter()
+                .filter_map(|e| e.rank().map(|r| (r, e.score(FEEDBACK_PRIOR))))
+                .min_by(|x, y| x.0.cmp(&y.0).then(y.1.total_cmp(&x.1)))?;
+            Some(Candidate {
+                product,
+                group,
+                score,
+                evidence,
+            })
+        })
+        .collect();
+    out.sort_by(|x, y| {
+        x.group
+            .cmp(&y.group)
+            .then(y.score.total_cmp(&x.score))
+            .then(x.product.cmp(&y.product))
+    });
+    out.truncate(limit);
+    out
+}
+
 /// What became of the offers of B after A under one recipe.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Feedback {
     pub offered: u64,
     pub clicked: u64,

@@ -169,6 +169,10 @@ fn apply_order(
         if order.updated_at < old.updated_at || old == order {
             return Applied::Unchanged;
         }
+        // An export row never replaces what the platform itself sent about the order.
+        if source == Source::Import && state.source == Some(Source::Webhook) {
+            return Applied::Unchanged;
+        }
     }
     state.order = Some(order.clone());
     state.source.get_or_insert(source);

@@ -56,9 +56,11 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
         .map(str::to_string);
     let result = match (rq.method(), path.as_str()) {
         (Method::Get, "/api/status") => return status(ctx, rq),
-        (Method::Get, "/api/quarantine") => quarantine_list(&ctx.storage, store.as_deref()),
+        (Method::Get, "/api/quarantine") => {
+            quarantine_list(&ctx.storage, store.as_deref()).map_err(Into::into)
+        }
         (Method::Post, "/api/quarantine/replay") => {
-            quarantine_replay(&ctx.storage, store.as_deref())
+            quarantine_replay(&ctx.storage, store.as_deref()).map_err(Into::into)
         }
         (Method::Get, p) if p.starts_with("/api/quarantine/") => {
             match p["/api/quarantine/".len()..].parse::<u64>() {
@@ -67,7 +69,7 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                         return respond(rq, json(404, &json!({"error": format!("no event {seq}")})))
                     }
                     Ok(Some(v)) => Ok(v),
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 },
                 Err(_) => {
                     return respond(
@@ -80,10 +82,140 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 }
             }
         }
+        (Method::Get, "/api/affinity/export") => return affinity_export(ctx, rq, &query),
+        (Method::Get, "/api/affinity/show") => match pick(ctx, &query) {
+            Ok(store) => {
+                let product =
+                    super::page::form_value(query.as_bytes(), "product").unwrap_or_default();
+                crate::ops::affinity_show(
+                    &ctx.storage,
+                    &ctx.config,
+                    &store,
+                    &product,
+                    ctx.clock.now(),
+                )
+            }
+            Err(e) => Err(e),
+        },
+        (Method::Post, "/api/affinity/rebuild") => match pick(ctx, &query) {
+            Ok(store) => crate::ops::affinity_rebuild(&ctx.storage, &ctx.config, &store),
+            Err(e) => Err(e),
+        },
+        (Method::Post, p) if p.starts_with("/api/import/") => {
+            let kind = p["/api/import/".len()..].to_string();
+            return import(ctx, rq, &kind, &query);
+        }
         _ => return respond(rq, text(404, "no such admin endpoint\n")),
     };
+    let result = result.map_err(|e| match e {
+        crate::ops::OpsError::Invalid(m) => (400, m),
+        e => (500, e.to_string()),
+    });
     match result {
         Ok(v) => respond(rq, json(200, &v)),
+        Err((status, e)) => respond(rq, json(status, &json!({"error": e}))),
+    }
+}
+
+/// The store a request is about: `store=` or the only one.
+fn pick(ctx: &AdminCtx, query: &str) -> Result<String, crate::ops::OpsError> {
+    let store = super::page::form_value(query.as_bytes(), "store");
+    ctx.config
+        .pick_store(store.as_deref())
+        .map(|s| s.id.clone())
+        .map_err(|e| crate::ops::OpsError::Invalid(e.message))
+}
+
+/// Streams the export through a pipe: a thread writes rows as it reads them.
+fn affinity_export(ctx: &AdminCtx, rq: Request, query: &str) {
+    let q = |k: &str| super::page::form_value(query.as_bytes(), k);
+    let parsed = (|| {
+        let store = pick(ctx, query)?;
+        let format = crate::ops::Format::parse(q("format").as_deref().unwrap_or("csv"))?;
+        let decay = crate::ops::DecayChoice::parse(q("decay").as_deref().unwrap_or("none"))?;
+        Ok::<_, crate::ops::OpsError>((store, format, decay))
+    })();
+    let (store, format, decay) = match parsed {
+        Ok(x) => x,
+        Err(e) => return respond(rq, json(400, &json!({"error": e.to_string()}))),
+    };
+    let (reader, mut writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => return respond(rq, json(500, &json!({"error": e.to_string()}))),
+    };
+    let (storage, config, now) = (ctx.storage.clone(), ctx.config.clone(), ctx.clock.now());
+    let spawned = std::thread::Builder::new()
+        .name("export".into())
+        .spawn(move || {
+            if let Err(e) = crate::ops::affinity_export(
+                &storage,
+                &config,
+                &store,
+                format,
+                decay,
+                now,
+                &mut writer,
+            ) {
+                eprintln!("affinity export: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        return respond(rq, json(500, &json!({"error": e.to_string()})));
+    }
+    let content_type = match format {
+        crate::ops::Format::Csv => "text/csv; charset=utf-8",
+        crate::ops::Format::Json => "application/x-ndjson",
+    };
+    let resp = tiny_http::Response::new(
+        tiny_http::StatusCode(200),
+        vec![header("Content-Type", content_type)],
+        reader,
+        None,
+        None,
+    );
+    respond(rq, resp);
+}
+
+/// Spools an uploaded CSV into the data directory, then imports it like the CLI does
+/// against the file (two passes need a file to read twice).
+fn import(ctx: &AdminCtx, mut rq: Request, kind: &str, query: &str) {
+    let store = match pick(ctx, query) {
+        Ok(s) => s,
+        Err(e) => return respond(rq, json(400, &json!({"error": e.to_string()}))),
+    };
+    if !matches!(kind, "orders" | "catalog" | "pairings") {
+        return respond(
+            rq,
+            text(404, "no such import: use orders, catalog or pairings\n"),
+        );
+    }
+    let skip = super::page::form_value(query.as_bytes(), "skip_bad_rows").as_deref() == Some("1");
+    let spool = ctx
+        .config
+        .data_dir
+        .join(format!("upload-{}.csv", crate::config::random_token()));
+    let copied = std::fs::File::create(&spool)
+        .and_then(|mut f| std::io::copy(rq.as_reader(), &mut f).and_then(|_| f.sync_all()));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&spool);
+        return respond(
+            rq,
+            json(
+                500,
+                &json!({"error": format!("could not receive the file into {}: {e}", ctx.config.data_dir.display())}),
+            ),
+        );
+    }
+    let (storage, config) = (&ctx.storage, &ctx.config);
+    let result = match kind {
+        "orders" => crate::ops::import_orders(storage, config, &store, &spool, skip, &mut |_| {}),
+        "catalog" => crate::ops::import_catalog(storage, config, &store, &spool),
+        _ => crate::ops::import_pairings(storage, &store, &spool),
+    };
+    let _ = std::fs::remove_file(&spool);
+    match result {
+        Ok(v) => respond(rq, json(200, &v)),
+        Err(crate::ops::OpsError::Invalid(m)) => respond(rq, json(400, &json!({"error": m}))),
         Err(e) => respond(rq, json(500, &json!({"error": e.to_string()}))),
     }
 }

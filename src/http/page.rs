@@ -283,7 +283,7 @@ fn uptime(secs: u64) -> String {
 }
 
 /// One field of an `application/x-www-form-urlencoded` body.
-fn form_value(body: &[u8], key: &str) -> Option<String> {
+pub(crate) fn form_value(body: &[u8], key: &str) -> Option<String> {
     let body = std::str::from_utf8(body).ok()?;
     body.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;

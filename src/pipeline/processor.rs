@@ -18,9 +18,25 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::HashMap;
 
 use crate::engine::history::{self, normalize_email, Applied, Customer, CustomerId, OrderState};
-use crate::engine::{Event, Order};
+use crate::engine::{Event, Order, Source};
+use crate::storage::affinity::{contribution, AffinityBatch};
 use crate::storage::records::{EventHead, ParsedRecord};
 use crate::storage::{Changes, Error, Lookup, Snapshot, Storage};
+
+/// What the processor needs from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Next-order evidence: the longest gap between a customer's orders that counts.
+    pub next_order_window_ms: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            next_order_window_ms: 90 * 86_400_000,
+        }
+    }
+}
 
 /// Events applied per transaction.
 const CHUNK: usize = 512;
@@ -35,10 +51,15 @@ const FINAL_CATCH_UP: Duration = Duration::from_secs(2);
 
 /// Runs until the wake-up channel closes, then catches up for a bounded time and returns.
 /// Once `stopping` is set, a catch-up in progress ends at its next chunk.
-pub fn run(storage: Arc<Storage>, wake: Receiver<u64>, stopping: Arc<AtomicBool>) {
+pub fn run(
+    storage: Arc<Storage>,
+    settings: Settings,
+    wake: Receiver<u64>,
+    stopping: Arc<AtomicBool>,
+) {
     loop {
         let started = Instant::now();
-        if let Err(e) = catch_up(&storage, &|| !stopping.load(Ordering::Relaxed)) {
+        if let Err(e) = catch_up(&storage, &settings, &|| !stopping.load(Ordering::Relaxed)) {
             eprintln!("processor: {e}; retrying in 1 s");
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -49,16 +70,23 @@ pub fn run(storage: Arc<Storage>, wake: Receiver<u64>, stopping: Arc<AtomicBool>
         }
     }
     let until = Instant::now() + FINAL_CATCH_UP;
-    if let Err(e) = catch_up(&storage, &|| Instant::now() < until) {
+    if let Err(e) = catch_up(&storage, &settings, &|| Instant::now() < until) {
         eprintln!("processor: {e}; the remaining events are applied at the next start");
     }
 }
 
 /// Applies every committed event not yet applied, in chunks, while `go_on` says so.
 /// Returns how many were applied.
-pub fn catch_up(storage: &Storage, go_on: &dyn Fn() -> bool) -> Result<usize, Error> {
+pub fn catch_up(
+    storage: &Storage,
+    settings: &Settings,
+    go_on: &dyn Fn() -> bool,
+) -> Result<usize, Error> {
     let mut total = 0;
     loop {
+        // One applier at a time: an import or a rebuild waits for this chunk, and the other
+        // way round.
+        let _applying = storage.apply_lock();
         let snap = storage.snapshot()?;
         let from = snap.processed_seq()?;
         let events = storage.event_heads_after(from, CHUNK)?;
@@ -69,12 +97,50 @@ pub fn catch_up(storage: &Storage, go_on: &dyn Fn() -> bool) -> Result<usize, Er
         for (_, head) in &events {
             batch.apply(head)?;
         }
-        storage.apply_changes(&batch.into_changes(last)?)?;
+        storage.apply_changes(&batch.into_changes(last, settings)?)?;
         total += events.len();
         if events.len() < CHUNK || !go_on() {
             return Ok(total);
         }
     }
+}
+
+/// Applies imported orders (`Source::Import`) to order state and customer history in one
+/// transaction, like live orders but without touching affinity (the import rebuilds it
+/// once at the end) and without planning anything. Returns how many orders were new.
+/// Callers hold the apply lock.
+pub fn apply_imported(storage: &Storage, store: &str, orders: &[Order]) -> Result<usize, Error> {
+    let snap = storage.snapshot()?;
+    let processed = snap.processed_seq()?;
+    let mut batch = Batch::new(&snap);
+    batch.affinity = false;
+    let mut new = 0;
+    for order in orders {
+        let head = EventHead {
+            store: store.to_string(),
+            platform: crate::engine::Platform::Shopify,
+            source: Source::Import,
+            received_at: order.created_at,
+            topic: "import".into(),
+            dedupe_key: String::new(),
+            headers: Vec::new(),
+            parsed: ParsedRecord::Event(Event::Order {
+                topic: crate::engine::OrderTopic::Paid,
+                order: Box::new(order.clone()),
+            }),
+        };
+        let known = batch
+            .orders
+            .get(&(store.to_string(), order.id.clone()))
+            .is_some_and(|s| s.order.is_some())
+            || snap
+                .order(store, &order.id)?
+                .is_some_and(|s| s.order.is_some());
+        batch.apply(&head)?;
+        new += usize::from(!known);
+    }
+    storage.apply_changes(&batch.into_changes(processed, &Settings::default())?)?;
+    Ok(new)
 }
 
 /// One batch of events applied in memory on top of a snapshot: each order and customer
@@ -87,6 +153,10 @@ struct Batch<'s> {
     customers: HashMap<(String, CustomerId), Customer>,
     links: HashMap<(String, Lookup), CustomerId>,
     next_ids: HashMap<String, CustomerId>,
+    /// Live orders whose line items may teach the catalog ids.
+    learn: Vec<(String, Order)>,
+    /// Whether to update affinity incrementally (an import rebuilds it instead).
+    affinity: bool,
 }
 
 impl<'s> Batch<'s> {
@@ -98,6 +168,8 @@ impl<'s> Batch<'s> {
             customers: HashMap::new(),
             links: HashMap::new(),
             next_ids: HashMap::new(),
+            learn: Vec::new(),
+            affinity: true,
         }
     }
 
@@ -124,6 +196,9 @@ impl<'s> Batch<'s> {
         };
         if history::apply(&mut state, customer.as_mut(), event, head.source) == Applied::Unchanged {
             return Ok(());
+        }
+        if let (Event::Order { order, .. }, Source::Webhook) = (event, head.source) {
+            self.learn.push((store.to_string(), (**order).clone()));
         }
         if let Some(c) = customer {
             state.customer = Some(c.id);
@@ -175,8 +250,19 @@ impl<'s> Batch<'s> {
         Ok(Some(Customer::new(id)))
     }
 
-    fn into_changes(self, processed: u64) -> Result<Changes, Error> {
+    fn into_changes(self, processed: u64, settings: &Settings) -> Result<Changes, Error> {
         let mut changes = Changes::new(processed);
+        let mut affinity = AffinityBatch::new(self.snap, settings.next_order_window_ms);
+        for (store, order) in &self.learn {
+            affinity.learn(store, order)?;
+        }
+        if self.affinity {
+            for ((store, id), state) in &self.orders {
+                let now = contribution(self.snap, store, state)?;
+                affinity.set_order(store, id, now.as_ref())?;
+            }
+        }
+        affinity.into_changes(&mut changes)?;
         for (key, state) in &self.orders {
             let newly_known = state.order.is_some() && !self.known_before.contains(key);
             changes.put_order(&key.0, &key.1, state, newly_known)?;

@@ -4,6 +4,7 @@
 //! tables. The writer thread is the only appender of events; the processor is the only
 //! writer of order and customer records.
 
+pub mod affinity;
 mod backend;
 mod codec;
 pub mod records;
@@ -152,6 +153,9 @@ const C_NEXT_CUSTOMER: &str = "customers.next_id";
 pub struct Storage {
     db: Database,
     path: PathBuf,
+    /// Held by whoever applies orders (the processor, an import, a rebuild), so their
+    /// snapshot-then-write batches never interleave.
+    applying: std::sync::Mutex<()>,
 }
 
 impl Storage {
@@ -182,9 +186,18 @@ impl Storage {
                 redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked(path.clone()),
                 e => e.into(),
             })?;
-        let storage = Storage { db, path };
+        let storage = Storage {
+            db,
+            path,
+            applying: std::sync::Mutex::new(()),
+        };
         storage.init_schema()?;
         Ok(Arc::new(storage))
+    }
+
+    /// Waits until no one else applies orders, and holds that until the guard drops.
+    pub fn apply_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.applying.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether a database file exists in `data_dir` (without creating one).
@@ -218,6 +231,17 @@ impl Storage {
             tx.open_table(CUSTOMERS)?;
             tx.open_table(CUSTOMER_LOOKUP)?;
             tx.open_table(COUNTERS)?;
+            tx.open_table(CATALOG)?;
+            tx.open_table(CATALOG_IDS)?;
+            tx.open_table(CATALOG_HANDLES)?;
+            tx.open_table(PRODUCT_NOS)?;
+            tx.open_table(PRODUCT_KEYS)?;
+            tx.open_table(AFF_ITEMS)?;
+            tx.open_table(AFF_PAIRS)?;
+            tx.open_table(AFF_ORDERS)?;
+            tx.open_table(TIMELINE)?;
+            tx.open_table(PAIRINGS)?;
+            tx.open_table(FEEDBACK)?;
         }
         tx.commit()?;
         Ok(())
@@ -468,6 +492,17 @@ impl Storage {
             customers: tx.open_table(CUSTOMERS)?,
             lookup: tx.open_table(CUSTOMER_LOOKUP)?,
             counters: tx.open_table(COUNTERS)?,
+            catalog: tx.open_table(CATALOG)?,
+            catalog_ids: tx.open_table(CATALOG_IDS)?,
+            handles: tx.open_table(CATALOG_HANDLES)?,
+            product_nos: tx.open_table(PRODUCT_NOS)?,
+            product_keys: tx.open_table(PRODUCT_KEYS)?,
+            items: tx.open_table(AFF_ITEMS)?,
+            pairs: tx.open_table(AFF_PAIRS)?,
+            evidence: tx.open_table(AFF_ORDERS)?,
+            timeline: tx.open_table(TIMELINE)?,
+            pairings: tx.open_table(PAIRINGS)?,
+            feedback: tx.open_table(FEEDBACK)?,
         })
     }
 
@@ -506,6 +541,7 @@ impl Storage {
             tx.open_table(META)?
                 .insert("processed_seq", &changes.processed.to_le_bytes()[..])?;
         }
+        changes.affinity.write(&tx)?;
         tx.commit()?;
         Ok(())
     }
@@ -601,6 +637,17 @@ pub struct Snapshot {
     customers: redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
     lookup: redb::ReadOnlyTable<(&'static str, &'static str), u64>,
     counters: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
+    catalog: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    catalog_ids: redb::ReadOnlyTable<(&'static str, &'static str), &'static str>,
+    handles: redb::ReadOnlyTable<(&'static str, &'static str, &'static str), ()>,
+    product_nos: redb::ReadOnlyTable<(&'static str, &'static str), u32>,
+    product_keys: redb::ReadOnlyTable<(&'static str, u32), &'static str>,
+    items: redb::ReadOnlyTable<(&'static str, u8, u32), &'static [u8]>,
+    pairs: redb::ReadOnlyTable<(&'static str, u8, u32, u32), &'static [u8]>,
+    evidence: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    timeline: redb::ReadOnlyTable<(&'static str, u64, i64, &'static str), ()>,
+    pairings: redb::ReadOnlyTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    feedback: redb::ReadOnlyTable<(&'static str, u32, u32, &'static str), &'static [u8]>,
 }
 
 impl Snapshot {
@@ -649,6 +696,7 @@ pub struct Changes {
     customers: Vec<(String, CustomerId, Vec<u8>)>,
     links: Vec<(String, String, CustomerId)>,
     next_customer: Vec<(String, CustomerId)>,
+    pub affinity: affinity::AffinityChanges,
     processed: u64,
 }
 

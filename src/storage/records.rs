@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::codec;
 use super::Error;
+use crate::engine::affinity::{Feedback, Leaders, Monthly, OrderEvidence, PairingMode};
+use crate::engine::catalog::Variant;
 use crate::engine::history::{Customer, OrderState};
 use crate::engine::{Event, Platform, Source, Timestamp};
 
@@ -12,6 +14,41 @@ pub const EVENT_V1: u8 = 1;
 pub const BODY_V1: u8 = 1;
 pub const ORDER_V1: u8 = 1;
 pub const CUSTOMER_V1: u8 = 1;
+pub const VARIANT_V1: u8 = 1;
+pub const ITEM_V1: u8 = 1;
+pub const PAIR_V1: u8 = 1;
+pub const EVIDENCE_V1: u8 = 1;
+pub const PAIRING_V1: u8 = 1;
+pub const FEEDBACK_V1: u8 = 1;
+
+/// A product's affinity counts of one kind: as antecedent (A side), as consequent (B side;
+/// next-order only, same-order uses the A side for both), and its leader list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRow {
+    pub antecedent: Monthly,
+    pub consequent: Monthly,
+    pub leaders: Leaders,
+}
+
+impl ItemRow {
+    pub fn is_empty(&self) -> bool {
+        self.antecedent.0.is_empty() && self.consequent.0.is_empty() && self.leaders.0.is_empty()
+    }
+}
+
+/// One pair's counts per month, and (next-order) the sum of the gaps in seconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairRow {
+    pub months: Monthly,
+    pub gap_secs: u64,
+}
+
+/// A manual pairing as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingRow {
+    pub priority: i32,
+    pub mode: PairingMode,
+}
 
 /// One delivery as received: who sent it, what it said, and what we made of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +114,47 @@ pub fn encode_customer(c: &Customer) -> Result<Vec<u8>, Error> {
 pub fn decode_customer(bytes: &[u8]) -> Result<Customer, Error> {
     codec::decode("customer record", CUSTOMER_V1, bytes)
 }
+
+macro_rules! record {
+    ($enc:ident, $dec:ident, $t:ty, $v:ident, $what:literal) => {
+        pub fn $enc(x: &$t) -> Result<Vec<u8>, Error> {
+            codec::encode($v, x)
+        }
+        pub fn $dec(bytes: &[u8]) -> Result<$t, Error> {
+            codec::decode($what, $v, bytes)
+        }
+    };
+}
+record!(
+    encode_variant,
+    decode_variant,
+    Variant,
+    VARIANT_V1,
+    "catalog entry"
+);
+record!(encode_item, decode_item, ItemRow, ITEM_V1, "affinity item");
+record!(encode_pair, decode_pair, PairRow, PAIR_V1, "affinity pair");
+record!(
+    encode_evidence,
+    decode_evidence,
+    OrderEvidence,
+    EVIDENCE_V1,
+    "order evidence"
+);
+record!(
+    encode_pairing,
+    decode_pairing,
+    PairingRow,
+    PAIRING_V1,
+    "manual pairing"
+);
+record!(
+    encode_feedback,
+    decode_feedback,
+    Feedback,
+    FEEDBACK_V1,
+    "offer feedback"
+);
 
 #[cfg(test)]
 mod tests {

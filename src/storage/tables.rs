@@ -26,4 +26,30 @@ pub const CUSTOMER_LOOKUP: TableDefinition<(&str, &str), u64> =
 /// (store, counter name) -> value.
 pub const COUNTERS: TableDefinition<(&str, &str), i64> = TableDefinition::new("counters");
 
+/// (store, catalog key: "sku:<SKU>" or "variant:<id>") -> catalog entry (one variant).
+pub const CATALOG: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("catalog");
+/// (store, "variant:<id>") -> catalog key: ids learned from line items and imports.
+pub const CATALOG_IDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("catalog_ids");
+/// (store, handle, catalog key): the variants of a product, to fold them.
+pub const CATALOG_HANDLES: TableDefinition<(&str, &str, &str), ()> =
+    TableDefinition::new("catalog_handles");
+/// (store, product key) -> product number; and back. Numbers are never reused.
+pub const PRODUCT_NOS: TableDefinition<(&str, &str), u32> = TableDefinition::new("product_nos");
+pub const PRODUCT_KEYS: TableDefinition<(&str, u32), &str> = TableDefinition::new("product_keys");
+/// (store, kind, product) -> item counts and leader list (see `storage::affinity`).
+pub const AFF_ITEMS: TableDefinition<(&str, u8, u32), &[u8]> = TableDefinition::new("aff_items");
+/// (store, kind, antecedent, consequent) -> pair counts per month.
+pub const AFF_PAIRS: TableDefinition<(&str, u8, u32, u32), &[u8]> =
+    TableDefinition::new("aff_pairs");
+/// (store, order id) -> what the order contributes to affinity now.
+pub const AFF_ORDERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("aff_orders");
+/// (store, customer, order time ms, order id): each customer's counted orders in time order,
+/// for next-order evidence.
+pub const TIMELINE: TableDefinition<(&str, u64, i64, &str), ()> = TableDefinition::new("timeline");
+/// (store, antecedent key, consequent key) -> manual pairing (priority, mode).
+pub const PAIRINGS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("pairings");
+/// (store, antecedent, consequent, recipe) -> offer feedback counters.
+pub const FEEDBACK: TableDefinition<(&str, u32, u32, &str), &[u8]> =
+    TableDefinition::new("feedback");
+
 pub const SCHEMA_VERSION: u32 = 1;

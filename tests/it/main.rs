@@ -2,6 +2,7 @@
 #![recursion_limit = "512"]
 //! and the crash test.
 
+mod affinity;
 mod bigcommerce;
 mod cli;
 mod crash;

@@ -1,0 +1,521 @@
+//! Operations on one store's data that the CLI runs either against the database file (no
+//! service running) or inside the service through the admin API: affinity rebuild, show
+//! and export, and the CSV imports. Each returns a value (JSON for scripts) or writes a
+//! stream, the same in both places.
+//!
+//! Nothing here knows HTTP or the command line.
+
+use std::io::Write;
+
+use serde_json::json;
+
+use crate::config::{AffinityConfig, Config};
+use crate::engine::affinity::{month_of, Decay, Month};
+use crate::engine::Timestamp;
+use crate::storage::affinity::{ReadSettings, RuleRow};
+use crate::storage::{self, Storage};
+
+/// How many candidates `affinity show` lists.
+const SHOW_CANDIDATES: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("{0}")]
+    Storage(#[from] storage::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("writing the output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `--decay none|config`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecayChoice {
+    None,
+    Config,
+}
+
+impl DecayChoice {
+    pub fn parse(s: &str) -> Result<DecayChoice, OpsError> {
+        match s {
+            "none" => Ok(DecayChoice::None),
+            "config" => Ok(DecayChoice::Config),
+            _ => Err(OpsError::Invalid(format!(
+                "decay {s:?} is not known; use none (exact counts) or config (the configured half-life)"
+            ))),
+        }
+    }
+
+    fn decay(self, a: &AffinityConfig) -> Decay {
+        match self {
+            DecayChoice::None => Decay::None,
+            DecayChoice::Config => a.decay(),
+        }
+    }
+}
+
+/// `--format csv|json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Json,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Format, OpsError> {
+        match s {
+            "csv" => Ok(Format::Csv),
+            "json" => Ok(Format::Json),
+            _ => Err(OpsError::Invalid(format!(
+                "format {s:?} is not known; use csv or json"
+            ))),
+        }
+    }
+}
+
+fn settings(config: &Config, decay: DecayChoice, now: Timestamp) -> ReadSettings {
+    ReadSettings {
+        decay: decay.decay(&config.affinity),
+        now: month_of(now) as Month,
+        thresholds: config.affinity.thresholds,
+    }
+}
+
+/// Recomputes a store's affinity from its stored orders. Holds the apply lock, so the
+/// processor waits (it resumes where it was; nothing is lost).
+pub fn affinity_rebuild(
+    storage: &Storage,
+    config: &Config,
+    store: &str,
+) -> Result<serde_json::Value, OpsError> {
+    let started = std::time::Instant::now();
+    let _applying = storage.apply_lock();
+    let r = storage.rebuild_affinity(store, config.affinity.window_ms())?;
+    Ok(json!({
+        "store": store, "orders": r.orders, "transitions": r.transitions,
+        "new_products": r.products, "pairs": r.pairs, "passes": r.passes,
+        "seconds": started.elapsed().as_secs_f64(),
+    }))
+}
+
+/// What is known about one product: its rules both ways and its ranked candidates.
+pub fn affinity_show(
+    storage: &Storage,
+    config: &Config,
+    store: &str,
+    product: &str,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let snap = storage.snapshot()?;
+    let key = snap.resolve_product(store, product)?.ok_or_else(|| {
+        OpsError::Invalid(format!(
+            "no product {product:?} in store {store}: give a SKU, a product handle or a product key from `affinity export`"
+        ))
+    })?;
+    let rs = settings(config, DecayChoice::Config, now);
+    let rules = snap.rules_from(store, &key, &rs)?;
+    let candidates = snap.candidates(store, std::slice::from_ref(&key), &rs, SHOW_CANDIDATES)?;
+    Ok(json!({
+        "store": store, "product": key, "title": snap.title_of(store, &key)?,
+        "rules": rules, "candidates": candidates,
+    }))
+}
+
+/// The export contract's columns, in order.
+pub const EXPORT_COLUMNS: [&str; 13] = [
+    "antecedent",
+    "antecedent_title",
+    "consequent",
+    "consequent_title",
+    "kind",
+    "pair_orders",
+    "antecedent_orders",
+    "consequent_orders",
+    "total_orders",
+    "support",
+    "confidence",
+    "lift",
+    "tier",
+];
+
+/// Writes every rule of a store as CSV (header first) or JSON lines. Returns the count.
+pub fn affinity_export(
+    storage: &Storage,
+    config: &Config,
+    store: &str,
+    format: Format,
+    decay: DecayChoice,
+    now: Timestamp,
+    out: &mut dyn Write,
+) -> Result<u64, OpsError> {
+    let snap = storage.snapshot()?;
+    let rs = settings(config, decay, now);
+    let (mut csv, mut json_out) = match format {
+        Format::Csv => (Some(csv::Writer::from_writer(out)), None),
+        Format::Json => (None, Some(out)),
+    };
+    if let Some(w) = csv.as_mut() {
+        w.write_record(EXPORT_COLUMNS)
+            .map_err(|e| OpsError::Io(e.into()))?;
+    }
+    let count = |x: f64| match decay {
+        DecayChoice::None => format!("{}", x.round() as u64),
+        DecayChoice::Config => format!("{x:.4}"),
+    };
+    let mut failed: Option<OpsError> = None;
+    let n = snap.export_rules(store, &rs, |row: RuleRow| {
+        let r = &row.rule;
+        let result = match (csv.as_mut(), json_out.as_mut()) {
+            (Some(w), _) => w
+                .write_record([
+                    row.antecedent.as_str(),
+                    row.antecedent_title.as_str(),
+                    row.consequent.as_str(),
+                    row.consequent_title.as_str(),
+                    r.kind.as_str(),
+                    &count(r.pair_orders),
+                    &count(r.antecedent_orders),
+                    &count(r.consequent_orders),
+                    &count(r.total_orders),
+                    &format!("{:.6}", r.support),
+                    &format!("{:.6}", r.confidence),
+                    &format!("{:.4}", r.lift),
+                    r.tier.map_or("", |t| t.as_str()),
+                ])
+                .map_err(|e| OpsError::Io(e.into())),
+            (None, Some(w)) => {
+                let counts = |x: f64| match decay {
+                    DecayChoice::None => json!(x.round() as u64),
+                    DecayChoice::Config => json!(x),
+                };
+                let v = json!({
+                    "antecedent": row.antecedent, "antecedent_title": row.antecedent_title,
+                    "consequent": row.consequent, "consequent_title": row.consequent_title,
+                    "kind": r.kind.as_str(), "pair_orders": counts(r.pair_orders),
+                    "antecedent_orders": counts(r.antecedent_orders),
+                    "consequent_orders": counts(r.consequent_orders),
+                    "total_orders": counts(r.total_orders), "support": r.support,
+                    "confidence": r.confidence, "lift": r.lift,
+                    "tier": r.tier.map(|t| t.as_str()), "mean_gap_days": r.mean_gap_days,
+                });
+                w.write_all(format!("{v}\n").as_bytes())
+                    .map_err(OpsError::Io)
+            }
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = result {
+            failed.get_or_insert(e);
+            return Err(storage::Error::Codec("output closed".into()));
+        }
+        Ok(())
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let n = n?;
+    if let Some(mut w) = csv {
+        w.flush()?;
+    }
+    if let Some(w) = json_out {
+        w.flush()?;
+    }
+    Ok(n)
+}
+
+/// How far an import has got, for a progress bar or progress lines.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// "checking", "importing" or "rebuilding affinity".
+    pub phase: &'static str,
+    pub bytes: u64,
+    pub total_bytes: u64,
+    pub orders: u64,
+}
+
+/// Orders applied per transaction during an import.
+const IMPORT_BATCH: usize = 2_000;
+/// Row errors listed in full; the rest are counted.
+const LIST_ERRORS: usize = 20;
+
+fn open_file(path: &std::path::Path) -> Result<(std::fs::File, u64), OpsError> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| OpsError::Invalid(format!("cannot open {}: {e}", path.display())))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok((f, len))
+}
+
+fn file_error(path: &std::path::Path, e: crate::import::FileError) -> OpsError {
+    OpsError::Invalid(format!("{}: {e}; nothing was imported", path.display()))
+}
+
+fn rejected(path: &std::path::Path, errors: &[crate::import::RowError], total: u64) -> OpsError {
+    let mut m = format!(
+        "{}: {total} row{} rejected; nothing was imported:\n",
+        path.display(),
+        if total == 1 { "" } else { "s" }
+    );
+    for e in errors {
+        m.push_str(&format!("  {e}\n"));
+    }
+    if total > errors.len() as u64 {
+        m.push_str(&format!("  ... and {} more\n", total - errors.len() as u64));
+    }
+    m.push_str("fix them and run the import again, or pass --skip-bad-rows to import the rest");
+    OpsError::Invalid(m)
+}
+
+/// Imports order history from a Shopify orders export or the native orders CSV.
+///
+/// Two passes: the first reads the whole file and checks every row (nothing is written
+/// if one is bad, unless `skip_bad_rows`); the second applies orders in batches of
+/// 2,000, each its own transaction, then rebuilds the store's affinity once. A marker
+/// records the import while it runs: if it is interrupted, `status` says so and running
+/// the same import again completes it (applying an order twice changes nothing).
+pub fn import_orders(
+    storage: &Storage,
+    config: &Config,
+    store: &str,
+    path: &std::path::Path,
+    skip_bad_rows: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<serde_json::Value, OpsError> {
+    use std::collections::HashSet;
+    let currency = config
+        .store(store)
+        .map(|s| s.currency)
+        .ok_or_else(|| OpsError::Invalid(format!("no store {store:?} in the config")))?;
+    // Pass 1: check everything.
+    let (f, total_bytes) = open_file(path)?;
+    let mut reader = crate::import::OrdersReader::new(std::io::BufReader::new(f), currency)
+        .map_err(|e| file_error(path, e))?;
+    let format = match reader.format() {
+        crate::import::OrdersFormat::Shopify => "shopify",
+        crate::import::OrdersFormat::Native => "native",
+    };
+    let snap = storage.snapshot()?;
+    let mut errors = Vec::new();
+    let mut error_count = 0u64;
+    let (mut orders, mut lines) = (0u64, 0u64);
+    let mut customers: HashSet<u64> = HashSet::new();
+    let mut skus: std::collections::HashMap<String, bool> = Default::default();
+    let mut unknown_lines = 0u64;
+    let hash = |s: &str| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        s.hash(&mut h);
+        h.finish()
+    };
+    while let Some(item) = reader.next() {
+        match item {
+            Ok(o) => {
+                orders += 1;
+                lines += o.order.lines.len() as u64;
+                let who = o
+                    .order
+                    .customer
+                    .as_ref()
+                    .and_then(|c| c.platform_id.clone())
+                    .or_else(|| o.order.contact_email().map(|e| e.to_ascii_lowercase()));
+                if let Some(w) = who {
+                    customers.insert(hash(&w));
+                }
+                for l in &o.order.lines {
+                    if snap.variant_of_line(store, l)?.is_some() {
+                        continue;
+                    }
+                    let key = l.sku.clone().unwrap_or_default();
+                    unknown_lines += 1;
+                    skus.entry(key).or_insert(false);
+                }
+            }
+            Err(e) => {
+                error_count += 1;
+                if errors.len() < LIST_ERRORS {
+                    errors.push(e);
+                }
+            }
+        }
+        if orders % 10_000 == 0 {
+            progress(Progress {
+                phase: "checking",
+                bytes: reader.position(),
+                total_bytes,
+                orders,
+            });
+        }
+    }
+    drop(snap);
+    if error_count > 0 && !skip_bad_rows {
+        return Err(rejected(path, &errors, error_count));
+    }
+    // Pass 2: apply.
+    let started = std::time::Instant::now();
+    let _applying = storage.apply_lock();
+    storage.set_import_marker(store, Some(&format!("orders from {}", path.display())))?;
+    let (f, _) = open_file(path)?;
+    let reader = crate::import::OrdersReader::new(std::io::BufReader::new(f), currency)
+        .map_err(|e| file_error(path, e))?;
+    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    let (mut applied, mut new_orders) = (0u64, 0u64);
+    let mut reader = reader;
+    loop {
+        let item = reader.next();
+        if let Some(Ok(o)) = item.as_ref() {
+            batch.push(o.order.clone());
+        }
+        if batch.len() >= IMPORT_BATCH || (item.is_none() && !batch.is_empty()) {
+            new_orders +=
+                crate::pipeline::processor::apply_imported(storage, store, &batch)? as u64;
+            applied += batch.len() as u64;
+            batch.clear();
+            progress(Progress {
+                phase: "importing",
+                bytes: reader.position(),
+                total_bytes,
+                orders: applied,
+            });
+        }
+        if item.is_none() {
+            break;
+        }
+    }
+    progress(Progress {
+        phase: "rebuilding affinity",
+        bytes: total_bytes,
+        total_bytes,
+        orders: applied,
+    });
+    let rebuilt = storage.rebuild_affinity(store, config.affinity.window_ms())?;
+    storage.sync()?;
+    storage.set_import_marker(store, None)?;
+    let mut unknown: Vec<String> = skus.into_keys().filter(|s| !s.is_empty()).collect();
+    unknown.sort();
+    let unknown_count = unknown.len();
+    unknown.truncate(LIST_ERRORS);
+    Ok(json!({
+        "store": store, "file": path.display().to_string(), "format": format,
+        "orders": orders, "new_orders": new_orders, "line_items": lines,
+        "customers": customers.len(),
+        "unknown_skus": unknown_count, "unknown_sku_examples": unknown,
+        "uncatalogued_line_items": unknown_lines,
+        "rejected": error_count,
+        "rejected_rows": errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        "affinity": {"orders": rebuilt.orders, "transitions": rebuilt.transitions, "pairs": rebuilt.pairs},
+        "seconds": started.elapsed().as_secs_f64(),
+    }))
+}
+
+/// Imports a Shopify product export or the native catalog CSV: all rows or none. When the
+/// import changes how variants fold into products, affinity is rebuilt.
+pub fn import_catalog(
+    storage: &Storage,
+    config: &Config,
+    store: &str,
+    path: &std::path::Path,
+) -> Result<serde_json::Value, OpsError> {
+    let currency = config
+        .store(store)
+        .map(|s| s.currency)
+        .ok_or_else(|| OpsError::Invalid(format!("no store {store:?} in the config")))?;
+    let (f, _) = open_file(path)?;
+    let reader = crate::import::CatalogReader::new(std::io::BufReader::new(f), currency)
+        .map_err(|e| file_error(path, e))?;
+    let format = match reader.format() {
+        crate::import::CatalogFormat::Shopify => "shopify",
+        crate::import::CatalogFormat::Native => "native",
+    };
+    let ignored = reader.ignored_columns().to_vec();
+    let mut patches = Vec::new();
+    let mut errors = Vec::new();
+    let mut error_count = 0u64;
+    let mut positions: std::collections::HashMap<String, u32> = Default::default();
+    for item in reader {
+        match item {
+            Ok(p) => {
+                let key = match (&p.sku, &p.handle) {
+                    (Some(s), _) => format!("sku:{s}"),
+                    (None, Some(h)) => {
+                        // A variant without a SKU: known by its handle and position.
+                        let n = positions.entry(h.clone()).or_default();
+                        *n += 1;
+                        format!("handle:{h}#{n}")
+                    }
+                    (None, None) => continue,
+                };
+                patches.push((key, p));
+            }
+            Err(e) => {
+                error_count += 1;
+                if errors.len() < LIST_ERRORS {
+                    errors.push(e);
+                }
+            }
+        }
+    }
+    if error_count > 0 {
+        return Err(rejected(path, &errors, error_count));
+    }
+    let _applying = storage.apply_lock();
+    type Patch<'a> = Box<dyn Fn(&mut crate::engine::catalog::Variant) + 'a>;
+    let entries: Vec<(String, Patch<'_>)> = patches
+        .iter()
+        .map(|(k, p)| {
+            (
+                k.clone(),
+                Box::new(move |v: &mut _| p.apply(v)) as Patch<'_>,
+            )
+        })
+        .collect();
+    let w = storage.upsert_catalog(store, &entries)?;
+    let rebuilt = if w.keys_changed {
+        Some(storage.rebuild_affinity(store, config.affinity.window_ms())?)
+    } else {
+        None
+    };
+    Ok(json!({
+        "store": store, "file": path.display().to_string(), "format": format,
+        "rows": patches.len(), "created": w.created, "updated": w.updated,
+        "ignored_columns": ignored,
+        "affinity_rebuilt": rebuilt.map(|r| json!({"orders": r.orders, "pairs": r.pairs})),
+    }))
+}
+
+/// Replaces a store's manual pairings with a CSV's: all rows or none.
+pub fn import_pairings(
+    storage: &Storage,
+    store: &str,
+    path: &std::path::Path,
+) -> Result<serde_json::Value, OpsError> {
+    use crate::engine::affinity::PairingMode;
+    let (f, _) = open_file(path)?;
+    let (rows, errors) = crate::import::read_pairings(std::io::BufReader::new(f))
+        .map_err(|e| file_error(path, e))?;
+    if !errors.is_empty() {
+        let n = errors.len() as u64;
+        return Err(rejected(path, &errors[..errors.len().min(LIST_ERRORS)], n));
+    }
+    let snap = storage.snapshot()?;
+    let mut out = Vec::new();
+    for r in &rows {
+        // A SKU of a catalogued variant is stored under its product key.
+        let key = |k: &str| -> Result<String, OpsError> {
+            Ok(snap
+                .resolve_product(store, k)?
+                .unwrap_or_else(|| k.to_string()))
+        };
+        out.push((
+            key(&r.antecedent)?,
+            key(&r.consequent)?,
+            crate::storage::records::PairingRow {
+                priority: r.priority,
+                mode: match r.mode {
+                    crate::import::PairingMode::Override => PairingMode::Override,
+                    crate::import::PairingMode::Fallback => PairingMode::Fallback,
+                },
+            },
+        ));
+    }
+    drop(snap);
+    storage.replace_pairings(store, &out)?;
+    Ok(json!({"store": store, "file": path.display().to_string(), "pairings": out.len()}))
+}

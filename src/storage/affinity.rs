@@ -1,0 +1,1500 @@
+//! Catalog and affinity rows: reading them, the processor's incremental updates, and the
+//! full rebuild. The counting rules live in `engine::affinity` (`tally_order`,
+//! `tally_transition`); this file only decides which rows they touch, so an incremental
+//! update and a rebuild count the same things by construction.
+//!
+//! Incremental: an [`AffinityBatch`] reads rows from the processor's snapshot on first
+//! touch, keeps them decoded while a batch of orders is applied, and hands the final rows
+//! to the write transaction, which only copies bytes.
+//!
+//! Rebuild: orders are read once into a compact form, then pair counts are tallied in
+//! memory one slice of antecedents at a time (bounded memory) and written in key order.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use redb::{Durability, ReadableDatabase, ReadableTable};
+
+use super::records::{self, ItemRow, PairRow, PairingRow};
+use super::tables::*;
+use super::{Changes, Error, Snapshot, Storage};
+use crate::engine::affinity::{
+    tally_order, tally_transition, Feedback, Kind, Leaders, Month, OrderEvidence, ProductNo, Tally,
+    TOTAL,
+};
+use crate::engine::catalog::{product_key, uncatalogued_key, Variant};
+use crate::engine::history::OrderState;
+use crate::engine::{LineItem, Order, Timestamp};
+
+const C_NEXT_PRODUCT: &str = "affinity.next_product";
+
+impl Snapshot {
+    pub fn variant(&self, store: &str, key: &str) -> Result<Option<Variant>, Error> {
+        self.catalog
+            .get((store, key))?
+            .map(|v| records::decode_variant(v.value()))
+            .transpose()
+    }
+
+    fn catalog_key_of(&self, store: &str, id_key: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .catalog_ids
+            .get((store, id_key))?
+            .map(|v| v.value().to_string()))
+    }
+
+    fn handle_size(&self, store: &str, handle: &str) -> Result<usize, Error> {
+        let mut n = 0;
+        for item in self.handles.range((store, handle, "")..)? {
+            let (k, _) = item?;
+            let (s, h, _) = k.value();
+            if s != store || h != handle {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The catalog entry a line item names (by variant id, else SKU), if known.
+    pub fn variant_of_line(
+        &self,
+        store: &str,
+        line: &LineItem,
+    ) -> Result<Option<(String, Variant)>, Error> {
+        let mut key = None;
+        if let Some(v) = &line.variant_id {
+            key = self.catalog_key_of(store, &format!("variant:{v}"))?;
+        }
+        if key.is_none() {
+            key = line
+                .sku
+                .as_deref()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| format!("sku:{s}"));
+        }
+        let Some(key) = key else { return Ok(None) };
+        Ok(self.variant(store, &key)?.map(|v| (key, v)))
+    }
+
+    /// The product key affinity counts a line under (see `engine::catalog`).
+    pub fn line_product_key(&self, store: &str, line: &LineItem) -> Result<Option<String>, Error> {
+        match self.variant_of_line(store, line)? {
+            Some((_, v)) => {
+                let n = match &v.handle {
+                    Some(h) => self.handle_size(store, h)?,
+                    None => 1,
+                };
+                Ok(product_key(&v, n))
+            }
+            None => Ok(uncatalogued_key(line)),
+        }
+    }
+
+    pub fn product_no(&self, store: &str, key: &str) -> Result<Option<ProductNo>, Error> {
+        Ok(self.product_nos.get((store, key))?.map(|v| v.value()))
+    }
+
+    pub fn product_key_of(&self, store: &str, no: ProductNo) -> Result<Option<String>, Error> {
+        Ok(self
+            .product_keys
+            .get((store, no))?
+            .map(|v| v.value().to_string()))
+    }
+
+    fn next_product_no(&self, store: &str) -> Result<ProductNo, Error> {
+        Ok(self
+            .counters
+            .get((store, C_NEXT_PRODUCT))?
+            .map_or(0, |v| v.value() as ProductNo))
+    }
+
+    pub fn item_row(&self, store: &str, kind: Kind, p: ProductNo) -> Result<ItemRow, Error> {
+        Ok(self
+            .items
+            .get((store, kind.code(), p))?
+            .map(|v| records::decode_item(v.value()))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    pub fn pair_row(
+        &self,
+        store: &str,
+        kind: Kind,
+        a: ProductNo,
+        b: ProductNo,
+    ) -> Result<PairRow, Error> {
+        Ok(self
+            .pairs
+            .get((store, kind.code(), a, b))?
+            .map(|v| records::decode_pair(v.value()))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Every product's item row of one kind (not the totals row), by product number.
+    pub fn item_rows(&self, store: &str, kind: Kind) -> Result<Vec<(ProductNo, ItemRow)>, Error> {
+        let k = kind.code();
+        let mut out = Vec::new();
+        for item in self.items.range((store, k, 0)..(store, k, TOTAL))? {
+            let (key, v) = item?;
+            out.push((key.value().2, records::decode_item(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Every pair of one antecedent, by consequent number.
+    pub fn pairs_of(
+        &self,
+        store: &str,
+        kind: Kind,
+        a: ProductNo,
+    ) -> Result<Vec<(ProductNo, PairRow)>, Error> {
+        let k = kind.code();
+        let mut out = Vec::new();
+        for item in self
+            .pairs
+            .range((store, k, a, 0)..=(store, k, a, ProductNo::MAX))?
+        {
+            let (key, v) = item?;
+            out.push((key.value().3, records::decode_pair(v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn evidence(&self, store: &str, order: &str) -> Result<Option<OrderEvidence>, Error> {
+        self.evidence
+            .get((store, order))?
+            .map(|v| records::decode_evidence(v.value()))
+            .transpose()
+    }
+
+    fn timeline(&self, store: &str, customer: u64) -> Result<BTreeSet<(i64, String)>, Error> {
+        let mut out = BTreeSet::new();
+        let range = (store, customer, i64::MIN, "")..(store, customer + 1, i64::MIN, "");
+        for item in self.timeline.range(range)? {
+            let (k, _) = item?;
+            let (_, _, at, id) = k.value();
+            out.insert((at, id.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Manual pairings of a product key: (consequent key, pairing), best priority first.
+    pub fn pairings_of(
+        &self,
+        store: &str,
+        antecedent: &str,
+    ) -> Result<Vec<(String, PairingRow)>, Error> {
+        let mut out = Vec::new();
+        for item in self.pairings.range((store, antecedent, "")..)? {
+            let (k, v) = item?;
+            let (s, a, b) = k.value();
+            if s != store || a != antecedent {
+                break;
+            }
+            out.push((b.to_string(), records::decode_pairing(v.value())?));
+        }
+        out.sort_by_key(|(b, p)| (std::cmp::Reverse(p.priority), b.clone()));
+        Ok(out)
+    }
+
+    /// Offer feedback for A → B, summed over recipes.
+    pub fn feedback(&self, store: &str, a: ProductNo, b: ProductNo) -> Result<Feedback, Error> {
+        let mut sum = Feedback::default();
+        for item in self.feedback.range((store, a, b, "")..)? {
+            let (k, v) = item?;
+            let (s, x, y, _) = k.value();
+            if s != store || x != a || y != b {
+                break;
+            }
+            let f = records::decode_feedback(v.value())?;
+            sum.offered += f.offered;
+            sum.clicked += f.clicked;
+            sum.accepted += f.accepted;
+            sum.declined += f.declined;
+            sum.refunded += f.refunded;
+        }
+        Ok(sum)
+    }
+
+    /// Every catalog entry of a store, by catalog key.
+    pub fn catalog(&self, store: &str) -> Result<Vec<(String, Variant)>, Error> {
+        let mut out = Vec::new();
+        for item in self.catalog.range((store, "")..)? {
+            let (k, v) = item?;
+            let (s, key) = k.value();
+            if s != store {
+                break;
+            }
+            out.push((key.to_string(), records::decode_variant(v.value())?));
+        }
+        Ok(out)
+    }
+}
+
+/// What an order contributes, before its products are numbered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contribution {
+    pub at: Timestamp,
+    pub customer: Option<u64>,
+    /// Product keys, distinct and sorted.
+    pub keys: Vec<String>,
+}
+
+/// An order's contribution as the catalog in `snap` keys it: `None` when its content is
+/// unknown, it was cancelled or voided, or it names no product. Guest orders count for
+/// same-order evidence; only orders with a customer make next-order evidence.
+pub fn contribution(
+    snap: &Snapshot,
+    store: &str,
+    state: &OrderState,
+) -> Result<Option<Contribution>, Error> {
+    let Some(order) = &state.order else {
+        return Ok(None);
+    };
+    if order.cancelled_at.is_some() || order.financial_status.as_deref() == Some("voided") {
+        return Ok(None);
+    }
+    let mut keys = BTreeSet::new();
+    for line in &order.lines {
+        if let Some(k) = snap.line_product_key(store, line)? {
+            keys.insert(k);
+        }
+    }
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Contribution {
+        at: order.created_at,
+        customer: state.customer,
+        keys: keys.into_iter().collect(),
+    }))
+}
+
+/// Catalog facts a live order teaches: the platform ids of a known SKU, or a new entry for
+/// a SKU the catalog lacks (so an offer of it can link somewhere). Never changes a product
+/// key: keys come from SKUs and handles, which line items do not carry.
+fn learned(existing: Option<Variant>, line: &LineItem) -> Option<Variant> {
+    let sku = line.sku.as_deref().filter(|s| !s.trim().is_empty())?;
+    let is_new = existing.is_none();
+    let mut v = match existing {
+        Some(v) => v,
+        None => Variant {
+            sku: Some(sku.to_string()),
+            title: line.title.clone(),
+            variant_title: line.variant_title.clone(),
+            vendor: line.vendor.clone(),
+            price: Some(line.unit_price),
+            gift_card: line.gift_card,
+            requires_shipping: line.requires_shipping,
+            upsell_eligible: !line.gift_card,
+            ..Variant::new()
+        },
+    };
+    let before = v.clone();
+    if line.product_id.is_some() {
+        v.product_id.clone_from(&line.product_id);
+    }
+    if line.variant_id.is_some() {
+        v.variant_id.clone_from(&line.variant_id);
+    }
+    (is_new || v != before).then_some(v)
+}
+
+/// A customer's counted orders: (time ms, order id).
+type Timeline = BTreeSet<(i64, String)>;
+/// A row change: the key, and the bytes to write (`None`: delete).
+type PairWrite = (String, u8, ProductNo, ProductNo, Option<Vec<u8>>);
+/// A catalog key and what to set on its entry.
+pub type CatalogPatchFn<'a> = (String, Box<dyn Fn(&mut Variant) + 'a>);
+
+#[derive(Default)]
+struct StoreBatch {
+    items: HashMap<(Kind, ProductNo), ItemRow>,
+    pairs: HashMap<(Kind, ProductNo, ProductNo), PairRow>,
+    evidence: HashMap<String, Option<OrderEvidence>>,
+    /// Each touched customer's timeline as loaded, and as it is now.
+    timelines: HashMap<u64, (Timeline, Timeline)>,
+    products: HashMap<String, ProductNo>,
+    next_product: Option<ProductNo>,
+    rescan: HashSet<(Kind, ProductNo)>,
+    catalog: HashMap<String, Variant>,
+}
+
+/// One processor batch's affinity and catalog changes, on top of a snapshot.
+pub struct AffinityBatch<'s> {
+    snap: &'s Snapshot,
+    window_ms: i64,
+    stores: HashMap<String, StoreBatch>,
+}
+
+struct Ctx<'a> {
+    snap: &'a Snapshot,
+    store: &'a str,
+    b: &'a mut StoreBatch,
+    error: Option<Error>,
+}
+
+impl Ctx<'_> {
+    fn keep<T: Default>(&mut self, r: Result<T, Error>) -> T {
+        r.unwrap_or_else(|e| {
+            self.error.get_or_insert(e);
+            T::default()
+        })
+    }
+
+    fn item(&mut self, kind: Kind, p: ProductNo) -> &mut ItemRow {
+        if !self.b.items.contains_key(&(kind, p)) {
+            let row = self.snap.item_row(self.store, kind, p);
+            let row = self.keep(row);
+            self.b.items.insert((kind, p), row);
+        }
+        self.b.items.get_mut(&(kind, p)).expect("inserted above")
+    }
+
+    fn evidence(&mut self, order: &str) -> Option<OrderEvidence> {
+        if let Some(e) = self.b.evidence.get(order) {
+            return e.clone();
+        }
+        let e = self.snap.evidence(self.store, order);
+        self.keep(e)
+    }
+
+    fn timeline(&mut self, customer: u64) -> &mut BTreeSet<(i64, String)> {
+        if !self.b.timelines.contains_key(&customer) {
+            let t = self.snap.timeline(self.store, customer);
+            let t = self.keep(t);
+            self.b.timelines.insert(customer, (t.clone(), t));
+        }
+        &mut self
+            .b
+            .timelines
+            .get_mut(&customer)
+            .expect("inserted above")
+            .1
+    }
+
+    /// The neighbours of (at, id) in a customer's timeline, with their evidence.
+    fn neighbours(
+        &mut self,
+        customer: u64,
+        at: i64,
+        id: &str,
+    ) -> (Option<OrderEvidence>, Option<OrderEvidence>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let me = (at, id.to_string());
+        let t = self.timeline(customer);
+        let prev = t.range(..me.clone()).next_back().map(|x| x.1.clone());
+        let next = t
+            .range((Excluded(me), Unbounded))
+            .next()
+            .map(|x| x.1.clone());
+        (
+            prev.and_then(|p| self.evidence(&p)),
+            next.and_then(|n| self.evidence(&n)),
+        )
+    }
+
+    fn set_order(&mut self, order: &str, new: Option<OrderEvidence>, window_ms: i64) {
+        let old = self.evidence(order);
+        if old == new {
+            return;
+        }
+        if let Some(o) = &old {
+            tally_order(self, o, -1);
+            if let Some(c) = o.customer {
+                let (prev, next) = self.neighbours(c, o.at.0, order);
+                if let Some(p) = &prev {
+                    tally_transition(self, p, o, window_ms, -1);
+                }
+                if let Some(n) = &next {
+                    tally_transition(self, o, n, window_ms, -1);
+                }
+                if let (Some(p), Some(n)) = (&prev, &next) {
+                    tally_transition(self, p, n, window_ms, 1);
+                }
+                self.timeline(c).remove(&(o.at.0, order.to_string()));
+            }
+        }
+        if let Some(e) = &new {
+            tally_order(self, e, 1);
+            if let Some(c) = e.customer {
+                let (prev, next) = self.neighbours(c, e.at.0, order);
+                if let (Some(p), Some(n)) = (&prev, &next) {
+                    tally_transition(self, p, n, window_ms, -1);
+                }
+                if let Some(p) = &prev {
+                    tally_transition(self, p, e, window_ms, 1);
+                }
+                if let Some(n) = &next {
+                    tally_transition(self, e, n, window_ms, 1);
+                }
+                self.timeline(c).insert((e.at.0, order.to_string()));
+            }
+        }
+        self.b.evidence.insert(order.to_string(), new);
+    }
+
+    fn number(&mut self, key: &str) -> ProductNo {
+        if let Some(&n) = self.b.products.get(key) {
+            return n;
+        }
+        let found = self.snap.product_no(self.store, key);
+        if let Some(n) = self.keep(found) {
+            self.b.products.insert(key.to_string(), n);
+            return n;
+        }
+        let next = match self.b.next_product {
+            Some(n) => n,
+            None => {
+                let n = self.snap.next_product_no(self.store);
+                self.keep(n)
+            }
+        };
+        self.b.next_product = Some(next + 1);
+        self.b.products.insert(key.to_string(), next);
+        next
+    }
+}
+
+impl Tally for Ctx<'_> {
+    fn item(&mut self, kind: Kind, product: ProductNo, antecedent: bool, month: Month, n: i64) {
+        let row = Ctx::item(self, kind, product);
+        if !antecedent {
+            row.consequent.add(month, n);
+            return;
+        }
+        let old = row.antecedent.total();
+        row.antecedent.add(month, n);
+        let new = row.antecedent.total();
+        // The totals row's leaders are the store's most bought products.
+        if kind == Kind::SameOrder
+            && product != TOTAL
+            && !Ctx::item(self, kind, TOTAL)
+                .leaders
+                .update(product, old, new)
+        {
+            self.b.rescan.insert((kind, TOTAL));
+        }
+    }
+
+    fn pair(&mut self, kind: Kind, a: ProductNo, b: ProductNo, month: Month, n: i64, gap: i64) {
+        if !self.b.pairs.contains_key(&(kind, a, b)) {
+            let row = self.snap.pair_row(self.store, kind, a, b);
+            let row = self.keep(row);
+            self.b.pairs.insert((kind, a, b), row);
+        }
+        let row = self.b.pairs.get_mut(&(kind, a, b)).expect("inserted above");
+        let old = row.months.total();
+        row.months.add(month, n);
+        row.gap_secs = (row.gap_secs as i64 + n * gap).max(0) as u64;
+        let new = row.months.total();
+        if !Ctx::item(self, kind, a).leaders.update(b, old, new) {
+            self.b.rescan.insert((kind, a));
+        }
+    }
+}
+
+impl<'s> AffinityBatch<'s> {
+    pub fn new(snap: &'s Snapshot, window_ms: i64) -> AffinityBatch<'s> {
+        AffinityBatch {
+            snap,
+            window_ms,
+            stores: HashMap::new(),
+        }
+    }
+
+    fn ctx<'a>(&'a mut self, store: &'a str) -> Ctx<'a> {
+        Ctx {
+            snap: self.snap,
+            store,
+            b: self.stores.entry(store.to_string()).or_default(),
+            error: None,
+        }
+    }
+
+    /// Records catalog facts a live order's line items teach.
+    pub fn learn(&mut self, store: &str, order: &Order) -> Result<(), Error> {
+        for line in &order.lines {
+            let Some(sku) = line.sku.as_deref().filter(|s| !s.trim().is_empty()) else {
+                continue;
+            };
+            let key = format!("sku:{sku}");
+            let b = self.stores.entry(store.to_string()).or_default();
+            let existing = match b.catalog.get(&key) {
+                Some(v) => Some(v.clone()),
+                None => self.snap.variant(store, &key)?,
+            };
+            if let Some(v) = learned(existing, line) {
+                b.catalog.insert(key, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets what an order contributes now (`None`: nothing, it was cancelled or deleted),
+    /// taking back what it contributed before. Idempotent.
+    pub fn set_order(
+        &mut self,
+        store: &str,
+        order_id: &str,
+        now: Option<&Contribution>,
+    ) -> Result<(), Error> {
+        let window = self.window_ms;
+        let mut ctx = self.ctx(store);
+        let new = now.map(|c| OrderEvidence {
+            at: c.at,
+            customer: c.customer,
+            products: {
+                let mut p: Vec<ProductNo> = c.keys.iter().map(|k| ctx.number(k)).collect();
+                p.sort_unstable();
+                p
+            },
+        });
+        ctx.set_order(order_id, new, window);
+        match ctx.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The product key of a line, as this batch's catalog knows it.
+    pub fn line_product_key(&self, store: &str, line: &LineItem) -> Result<Option<String>, Error> {
+        self.snap.line_product_key(store, line)
+    }
+
+    /// Encodes the final rows into `changes`.
+    pub fn into_changes(mut self, changes: &mut Changes) -> Result<(), Error> {
+        for (store, b) in self.stores.iter_mut() {
+            for (kind, a) in std::mem::take(&mut b.rescan) {
+                let mut counts: HashMap<ProductNo, u64> = HashMap::new();
+                if a == TOTAL {
+                    for (p, r) in self.snap.item_rows(store, kind)? {
+                        counts.insert(p, r.antecedent.total());
+                    }
+                    for (&(k, p), r) in &b.items {
+                        if k == kind && p != TOTAL {
+                            counts.insert(p, r.antecedent.total());
+                        }
+                    }
+                } else {
+                    for (p, r) in self.snap.pairs_of(store, kind, a)? {
+                        counts.insert(p, r.months.total());
+                    }
+                    for (&(k, x, y), r) in &b.pairs {
+                        if k == kind && x == a {
+                            counts.insert(y, r.months.total());
+                        }
+                    }
+                }
+                let row = b.items.entry((kind, a)).or_default();
+                row.leaders = Leaders::from_counts(counts);
+            }
+        }
+        let c = &mut changes.affinity;
+        for (store, b) in self.stores {
+            for ((kind, p), row) in b.items {
+                let bytes = (!row.is_empty())
+                    .then(|| records::encode_item(&row))
+                    .transpose()?;
+                c.items.push((store.clone(), kind.code(), p, bytes));
+            }
+            for ((kind, x, y), row) in b.pairs {
+                let bytes = (!row.months.0.is_empty())
+                    .then(|| records::encode_pair(&row))
+                    .transpose()?;
+                c.pairs.push((store.clone(), kind.code(), x, y, bytes));
+            }
+            for (order, ev) in b.evidence {
+                let bytes = ev.as_ref().map(records::encode_evidence).transpose()?;
+                c.evidence.push((store.clone(), order, bytes));
+            }
+            for (customer, (before, after)) in b.timelines {
+                for (at, id) in before.difference(&after) {
+                    c.timeline
+                        .push((store.clone(), customer, *at, id.clone(), false));
+                }
+                for (at, id) in after.difference(&before) {
+                    c.timeline
+                        .push((store.clone(), customer, *at, id.clone(), true));
+                }
+            }
+            for (key, no) in b.products {
+                if self.snap.product_no(&store, &key)?.is_none() {
+                    c.products.push((store.clone(), key, no));
+                }
+            }
+            if let Some(n) = b.next_product {
+                c.next_product.push((store.clone(), n));
+            }
+            for (key, v) in b.catalog {
+                c.catalog.push((store.clone(), key, v));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encoded affinity and catalog rows for the processor's write transaction. `None` bytes
+/// delete the row.
+#[derive(Default)]
+pub struct AffinityChanges {
+    items: Vec<(String, u8, ProductNo, Option<Vec<u8>>)>,
+    pairs: Vec<PairWrite>,
+    evidence: Vec<(String, String, Option<Vec<u8>>)>,
+    timeline: Vec<(String, u64, i64, String, bool)>,
+    products: Vec<(String, String, ProductNo)>,
+    next_product: Vec<(String, ProductNo)>,
+    catalog: Vec<(String, String, Variant)>,
+}
+
+impl AffinityChanges {
+    pub(super) fn write(&self, tx: &redb::WriteTransaction) -> Result<(), Error> {
+        let mut items = tx.open_table(AFF_ITEMS)?;
+        for (s, k, p, bytes) in &self.items {
+            match bytes {
+                Some(b) => items.insert((s.as_str(), *k, *p), b.as_slice())?,
+                None => items.remove((s.as_str(), *k, *p))?,
+            };
+        }
+        let mut pairs = tx.open_table(AFF_PAIRS)?;
+        for (s, k, a, b, bytes) in &self.pairs {
+            match bytes {
+                Some(x) => pairs.insert((s.as_str(), *k, *a, *b), x.as_slice())?,
+                None => pairs.remove((s.as_str(), *k, *a, *b))?,
+            };
+        }
+        let mut ev = tx.open_table(AFF_ORDERS)?;
+        for (s, o, bytes) in &self.evidence {
+            match bytes {
+                Some(b) => ev.insert((s.as_str(), o.as_str()), b.as_slice())?,
+                None => ev.remove((s.as_str(), o.as_str()))?,
+            };
+        }
+        let mut tl = tx.open_table(TIMELINE)?;
+        for (s, c, at, id, insert) in &self.timeline {
+            let key = (s.as_str(), *c, *at, id.as_str());
+            if *insert {
+                tl.insert(key, ())?;
+            } else {
+                tl.remove(key)?;
+            }
+        }
+        write_products(tx, &self.products, &self.next_product)?;
+        write_catalog(tx, &self.catalog)?;
+        Ok(())
+    }
+}
+
+fn write_products(
+    tx: &redb::WriteTransaction,
+    products: &[(String, String, ProductNo)],
+    next: &[(String, ProductNo)],
+) -> Result<(), Error> {
+    let mut nos = tx.open_table(PRODUCT_NOS)?;
+    let mut keys = tx.open_table(PRODUCT_KEYS)?;
+    for (s, key, no) in products {
+        nos.insert((s.as_str(), key.as_str()), *no)?;
+        keys.insert((s.as_str(), *no), key.as_str())?;
+    }
+    let mut counters = tx.open_table(COUNTERS)?;
+    for (s, n) in next {
+        counters.insert((s.as_str(), C_NEXT_PRODUCT), i64::from(*n))?;
+    }
+    Ok(())
+}
+
+/// Upserts catalog entries and their indexes.
+fn write_catalog(
+    tx: &redb::WriteTransaction,
+    entries: &[(String, String, Variant)],
+) -> Result<(), Error> {
+    let mut cat = tx.open_table(CATALOG)?;
+    let mut ids = tx.open_table(CATALOG_IDS)?;
+    let mut handles = tx.open_table(CATALOG_HANDLES)?;
+    for (s, key, v) in entries {
+        let old = cat
+            .get((s.as_str(), key.as_str()))?
+            .map(|x| records::decode_variant(x.value()))
+            .transpose()?;
+        if let Some(h) = old.as_ref().and_then(|o| o.handle.as_deref()) {
+            handles.remove((s.as_str(), h, key.as_str()))?;
+        }
+        cat.insert(
+            (s.as_str(), key.as_str()),
+            records::encode_variant(v)?.as_slice(),
+        )?;
+        if let Some(h) = &v.handle {
+            handles.insert((s.as_str(), h.as_str(), key.as_str()), ())?;
+        }
+        if let Some(id) = &v.variant_id {
+            ids.insert((s.as_str(), format!("variant:{id}").as_str()), key.as_str())?;
+        }
+    }
+    Ok(())
+}
+
+/// Orders of one store in compact form for a rebuild: ~40 bytes an order.
+#[derive(Default)]
+struct Compact {
+    at: Vec<i64>,
+    customer: Vec<u64>,
+    has_customer: Vec<bool>,
+    prod_end: Vec<u32>,
+    prods: Vec<ProductNo>,
+    id_end: Vec<u32>,
+    ids: String,
+}
+
+impl Compact {
+    fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    fn products(&self, i: usize) -> &[ProductNo] {
+        let start = if i == 0 {
+            0
+        } else {
+            self.prod_end[i - 1] as usize
+        };
+        &self.prods[start..self.prod_end[i] as usize]
+    }
+
+    fn id(&self, i: usize) -> &str {
+        let start = if i == 0 {
+            0
+        } else {
+            self.id_end[i - 1] as usize
+        };
+        &self.ids[start..self.id_end[i] as usize]
+    }
+
+    fn evidence(&self, i: usize) -> OrderEvidence {
+        OrderEvidence {
+            at: Timestamp(self.at[i]),
+            customer: self.has_customer[i].then_some(self.customer[i]),
+            products: self.products(i).to_vec(),
+        }
+    }
+}
+
+/// What a rebuild did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Rebuilt {
+    pub orders: u64,
+    pub transitions: u64,
+    pub products: u64,
+    pub pairs: u64,
+    pub passes: u32,
+}
+
+/// Pair counts of one slice of antecedents, in memory.
+#[derive(Default)]
+struct SliceTally {
+    slice: u32,
+    slices: u32,
+    items: HashMap<(Kind, ProductNo, bool, Month), i64>,
+    pairs: HashMap<(Kind, ProductNo, ProductNo, Month), i64>,
+    gaps: HashMap<(Kind, ProductNo, ProductNo), i64>,
+}
+
+impl Tally for SliceTally {
+    fn item(&mut self, kind: Kind, product: ProductNo, antecedent: bool, month: Month, n: i64) {
+        // Items are few: every slice pass counts them, the first one keeps them.
+        if self.slice == 0 {
+            *self
+                .items
+                .entry((kind, product, antecedent, month))
+                .or_default() += n;
+        }
+    }
+
+    fn pair(&mut self, kind: Kind, a: ProductNo, b: ProductNo, month: Month, n: i64, gap: i64) {
+        if a % self.slices != self.slice {
+            return;
+        }
+        *self.pairs.entry((kind, a, b, month)).or_default() += n;
+        if kind == Kind::NextOrder {
+            *self.gaps.entry((kind, a, b)).or_default() += n * gap;
+        }
+    }
+}
+
+/// Most pair-month counts held in memory at once during a rebuild (~30 bytes each).
+const SLICE_ENTRIES: u64 = 3_000_000;
+
+impl Storage {
+    /// Recomputes one store's affinity from its stored orders and the catalog as it is
+    /// now, replacing what was there in one transaction. Callers hold the apply lock.
+    pub fn rebuild_affinity(&self, store: &str, window_ms: i64) -> Result<Rebuilt, Error> {
+        // Read phase, from a snapshot: no lock held.
+        let snap = self.snapshot()?;
+        let mut orders = Compact::default();
+        let mut numbers: HashMap<String, ProductNo> = HashMap::new();
+        let mut next_no = snap.next_product_no(store)?;
+        let mut new_products = Vec::new();
+        for item in snap.orders.range((store, "")..)? {
+            let (k, v) = item?;
+            let (s, id) = k.value();
+            if s != store {
+                break;
+            }
+            let state = records::decode_order(v.value())?;
+            let Some(c) = contribution(&snap, store, &state)? else {
+                continue;
+            };
+            let mut prods = Vec::with_capacity(c.keys.len());
+            for key in c.keys {
+                let no = match numbers.get(&key) {
+                    Some(&n) => n,
+                    None => {
+                        let n = match snap.product_no(store, &key)? {
+                            Some(n) => n,
+                            None => {
+                                next_no += 1;
+                                new_products.push((store.to_string(), key.clone(), next_no - 1));
+                                next_no - 1
+                            }
+                        };
+                        numbers.insert(key, n);
+                        n
+                    }
+                };
+                prods.push(no);
+            }
+            prods.sort_unstable();
+            orders.at.push(c.at.0);
+            orders.customer.push(c.customer.unwrap_or(0));
+            orders.has_customer.push(c.customer.is_some());
+            orders.prods.extend_from_slice(&prods);
+            orders.prod_end.push(orders.prods.len() as u32);
+            orders.ids.push_str(id);
+            orders.id_end.push(orders.ids.len() as u32);
+        }
+        drop(numbers);
+        // Each customer's orders in time order (ties by order id), as the timeline keeps them.
+        let mut seq: Vec<u32> = (0..orders.len() as u32)
+            .filter(|&i| orders.has_customer[i as usize])
+            .collect();
+        seq.sort_by(|&x, &y| {
+            let (x, y) = (x as usize, y as usize);
+            (orders.customer[x], orders.at[x], orders.id(x)).cmp(&(
+                orders.customer[y],
+                orders.at[y],
+                orders.id(y),
+            ))
+        });
+        let transitions: Vec<(u32, u32)> = seq
+            .windows(2)
+            .filter(|w| orders.customer[w[0] as usize] == orders.customer[w[1] as usize])
+            .map(|w| (w[0], w[1]))
+            .collect();
+        let mut work: u64 = 0;
+        for i in 0..orders.len() {
+            let k = orders.products(i).len() as u64;
+            work += k * k;
+        }
+        for &(x, y) in &transitions {
+            work += (orders.products(x as usize).len() * orders.products(y as usize).len()) as u64;
+        }
+        let slices = work.div_ceil(SLICE_ENTRIES).max(1) as u32;
+        let mut out = Rebuilt {
+            orders: orders.len() as u64,
+            transitions: 0,
+            products: 0,
+            pairs: 0,
+            passes: slices,
+        };
+
+        // Write phase: one transaction replaces the store's rows.
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let range = |t: &mut redb::Table<'_, (&str, u8, u32), &[u8]>| -> Result<(), Error> {
+                t.retain_in((store, 0u8, 0u32)..=(store, u8::MAX, u32::MAX), |_, _| {
+                    false
+                })?;
+                Ok(())
+            };
+            range(&mut tx.open_table(AFF_ITEMS)?)?;
+            tx.open_table(AFF_PAIRS)?.retain_in(
+                (store, 0u8, 0u32, 0u32)..=(store, u8::MAX, u32::MAX, u32::MAX),
+                |_, _| false,
+            )?;
+            tx.open_table(AFF_ORDERS)?
+                .retain_in((store, "")..(store_after(store).as_str(), ""), |_, _| false)?;
+            tx.open_table(TIMELINE)?.retain_in(
+                (store, 0u64, i64::MIN, "")..(store_after(store).as_str(), 0u64, i64::MIN, ""),
+                |_, _| false,
+            )?;
+            write_products(&tx, &new_products, &[(store.to_string(), next_no)])?;
+            out.products = new_products.len() as u64;
+
+            let mut items_t = tx.open_table(AFF_ITEMS)?;
+            let mut pairs_t = tx.open_table(AFF_PAIRS)?;
+            let mut item_rows: HashMap<(Kind, ProductNo), ItemRow> = HashMap::new();
+            for slice in 0..slices {
+                let mut t = SliceTally {
+                    slice,
+                    slices,
+                    ..SliceTally::default()
+                };
+                for i in 0..orders.len() {
+                    tally_order(&mut t, &orders.evidence(i), 1);
+                }
+                for &(x, y) in &transitions {
+                    let (from, to) = (orders.evidence(x as usize), orders.evidence(y as usize));
+                    tally_transition(&mut t, &from, &to, window_ms, 1);
+                }
+                if slice == 0 {
+                    out.transitions = t
+                        .items
+                        .iter()
+                        .filter(|(k, _)| k.0 == Kind::NextOrder && k.1 == TOTAL)
+                        .map(|(_, n)| *n as u64)
+                        .sum();
+                    for ((kind, p, ante, m), n) in t.items.drain() {
+                        let row = item_rows.entry((kind, p)).or_default();
+                        if ante {
+                            row.antecedent.add(m, n);
+                        } else {
+                            row.consequent.add(m, n);
+                        }
+                    }
+                }
+                let mut entries: Vec<_> = t.pairs.drain().filter(|e| e.1 > 0).collect();
+                entries.sort_unstable_by_key(|e| e.0);
+                let mut leaders: HashMap<(Kind, ProductNo), Vec<(ProductNo, u64)>> = HashMap::new();
+                let mut i = 0;
+                while i < entries.len() {
+                    let (kind, a, b, _) = entries[i].0;
+                    let mut row = PairRow::default();
+                    while i < entries.len()
+                        && (entries[i].0 .0, entries[i].0 .1, entries[i].0 .2) == (kind, a, b)
+                    {
+                        row.months.0.push((entries[i].0 .3, entries[i].1 as u64));
+                        i += 1;
+                    }
+                    row.gap_secs = t.gaps.get(&(kind, a, b)).map_or(0, |g| (*g).max(0) as u64);
+                    leaders
+                        .entry((kind, a))
+                        .or_default()
+                        .push((b, row.months.total()));
+                    pairs_t.insert(
+                        (store, kind.code(), a, b),
+                        records::encode_pair(&row)?.as_slice(),
+                    )?;
+                    out.pairs += 1;
+                }
+                for (k, counts) in leaders {
+                    item_rows.entry(k).or_default().leaders = Leaders::from_counts(counts);
+                }
+            }
+            let popular = item_rows
+                .iter()
+                .filter(|(k, _)| k.0 == Kind::SameOrder && k.1 != TOTAL)
+                .map(|(k, r)| (k.1, r.antecedent.total()))
+                .collect::<Vec<_>>();
+            if !popular.is_empty() {
+                item_rows
+                    .entry((Kind::SameOrder, TOTAL))
+                    .or_default()
+                    .leaders = Leaders::from_counts(popular);
+            }
+            let mut keys: Vec<_> = item_rows.keys().copied().collect();
+            keys.sort();
+            for k in keys {
+                let row = &item_rows[&k];
+                items_t.insert(
+                    (store, k.0.code(), k.1),
+                    records::encode_item(row)?.as_slice(),
+                )?;
+            }
+            let mut ev = tx.open_table(AFF_ORDERS)?;
+            let mut tl = tx.open_table(TIMELINE)?;
+            for i in 0..orders.len() {
+                let e = orders.evidence(i);
+                ev.insert(
+                    (store, orders.id(i)),
+                    records::encode_evidence(&e)?.as_slice(),
+                )?;
+                if let Some(c) = e.customer {
+                    tl.insert((store, c, e.at.0, orders.id(i)), ())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// The smallest string after every string that starts with `store` as a whole tuple
+/// component: `store` followed by U+0000 sorts right after `store` itself.
+fn store_after(store: &str) -> String {
+    format!("{store}\u{0}")
+}
+
+/// How counts are read: decay, the current month, tier thresholds.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadSettings {
+    pub decay: crate::engine::affinity::Decay,
+    pub now: Month,
+    pub thresholds: crate::engine::affinity::Thresholds,
+}
+
+/// One rule with its product keys and titles, as `affinity show` and `export` print it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RuleRow {
+    pub antecedent: String,
+    pub antecedent_title: String,
+    pub consequent: String,
+    pub consequent_title: String,
+    #[serde(flatten)]
+    pub rule: crate::engine::affinity::Rule,
+}
+
+/// Item rows and names read once per call.
+struct Names<'a> {
+    snap: &'a Snapshot,
+    store: &'a str,
+    keys: HashMap<ProductNo, (String, String)>,
+    items: HashMap<(Kind, ProductNo), ItemRow>,
+}
+
+impl<'a> Names<'a> {
+    fn new(snap: &'a Snapshot, store: &'a str) -> Names<'a> {
+        Names {
+            snap,
+            store,
+            keys: HashMap::new(),
+            items: HashMap::new(),
+        }
+    }
+
+    fn name(&mut self, no: ProductNo) -> Result<(String, String), Error> {
+        if let Some(n) = self.keys.get(&no) {
+            return Ok(n.clone());
+        }
+        let key = self
+            .snap
+            .product_key_of(self.store, no)?
+            .unwrap_or_else(|| format!("#{no}"));
+        let title = self.snap.title_of(self.store, &key)?.unwrap_or_default();
+        self.keys.insert(no, (key.clone(), title.clone()));
+        Ok((key, title))
+    }
+
+    fn item(&mut self, kind: Kind, no: ProductNo) -> Result<&ItemRow, Error> {
+        if !self.items.contains_key(&(kind, no)) {
+            let row = self.snap.item_row(self.store, kind, no)?;
+            self.items.insert((kind, no), row);
+        }
+        Ok(&self.items[&(kind, no)])
+    }
+
+    fn rule(
+        &mut self,
+        kind: Kind,
+        a: ProductNo,
+        b: ProductNo,
+        pair: &PairRow,
+        rs: &ReadSettings,
+    ) -> Result<RuleRow, Error> {
+        let ante = self.item(kind, a)?.antecedent.clone();
+        let cons = match kind {
+            Kind::SameOrder => self.item(kind, b)?.antecedent.clone(),
+            Kind::NextOrder => self.item(kind, b)?.consequent.clone(),
+        };
+        let total = self.item(kind, TOTAL)?.antecedent.clone();
+        let rule = crate::engine::affinity::rule(
+            kind,
+            &pair.months,
+            pair.gap_secs,
+            &ante,
+            &cons,
+            &total,
+            rs.decay,
+            rs.now,
+            &rs.thresholds,
+        );
+        let (antecedent, antecedent_title) = self.name(a)?;
+        let (consequent, consequent_title) = self.name(b)?;
+        Ok(RuleRow {
+            antecedent,
+            antecedent_title,
+            consequent,
+            consequent_title,
+            rule,
+        })
+    }
+}
+
+impl Snapshot {
+    /// A catalog entry for a product key: the SKU's, else the first variant of the handle.
+    pub fn variant_of_key(&self, store: &str, key: &str) -> Result<Option<Variant>, Error> {
+        if let Some(v) = self.variant(store, &format!("sku:{key}"))? {
+            return Ok(Some(v));
+        }
+        if let Some(item) = self.handles.range((store, key, "")..)?.next() {
+            let (k, _) = item?;
+            let (s, h, ck) = k.value();
+            if s == store && h == key {
+                return self.variant(store, ck);
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn title_of(&self, store: &str, key: &str) -> Result<Option<String>, Error> {
+        Ok(self.variant_of_key(store, key)?.map(|v| v.title))
+    }
+
+    /// A product key as given, or the product key of a SKU or platform id the user typed.
+    pub fn resolve_product(&self, store: &str, input: &str) -> Result<Option<String>, Error> {
+        if self.product_no(store, input)?.is_some() {
+            return Ok(Some(input.to_string()));
+        }
+        for id in [format!("variant:{input}"), format!("product:{input}")] {
+            if self.product_no(store, &id)?.is_some() {
+                return Ok(Some(id));
+            }
+        }
+        let line = LineItem {
+            id: String::new(),
+            product_id: None,
+            variant_id: Some(input.to_string()),
+            sku: Some(input.to_string()),
+            quantity: 1,
+            unit_price: 0,
+            title: String::new(),
+            variant_title: None,
+            vendor: None,
+            gift_card: false,
+            requires_shipping: true,
+        };
+        if self.variant_of_line(store, &line)?.is_some() {
+            return self.line_product_key(store, &line);
+        }
+        Ok(None)
+    }
+
+    /// Every rule from one product, both kinds, strongest first.
+    pub fn rules_from(
+        &self,
+        store: &str,
+        key: &str,
+        rs: &ReadSettings,
+    ) -> Result<Vec<RuleRow>, Error> {
+        let Some(a) = self.product_no(store, key)? else {
+            return Ok(Vec::new());
+        };
+        let mut names = Names::new(self, store);
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            for (b, pair) in self.pairs_of(store, kind, a)? {
+                out.push(names.rule(kind, a, b, &pair, rs)?);
+            }
+        }
+        out.sort_by(|x, y| {
+            (x.rule.kind, std::cmp::Reverse(x.rule.tier))
+                .cmp(&(y.rule.kind, std::cmp::Reverse(y.rule.tier)))
+                .then(y.rule.confidence.total_cmp(&x.rule.confidence))
+                .then(x.consequent.cmp(&y.consequent))
+        });
+        Ok(out)
+    }
+
+    /// Every rule of a store, in key order, to `each`.
+    pub fn export_rules(
+        &self,
+        store: &str,
+        rs: &ReadSettings,
+        mut each: impl FnMut(RuleRow) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        let mut names = Names::new(self, store);
+        let mut n = 0;
+        let range = (store, 0u8, 0u32, 0u32)..=(store, u8::MAX, u32::MAX, u32::MAX);
+        for item in self.pairs.range(range)? {
+            let (k, v) = item?;
+            let (_, kind, a, b) = k.value();
+            let Some(kind) = Kind::from_code(kind) else {
+                continue;
+            };
+            let pair = records::decode_pair(v.value())?;
+            each(names.rule(kind, a, b, &pair, rs)?)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Ranked offers for a basket of product keys, each with its evidence: manual
+    /// pairings, the leaders of each basket product (both kinds), then category and
+    /// popularity from the store's most bought products.
+    pub fn candidates(
+        &self,
+        store: &str,
+        basket: &[String],
+        rs: &ReadSettings,
+        limit: usize,
+    ) -> Result<Vec<crate::engine::affinity::Candidate>, Error> {
+        use crate::engine::affinity::{rank, Evidence, FEEDBACK_PRIOR, FEEDBACK_STRENGTH};
+        let mut names = Names::new(self, store);
+        let mut found: Vec<(String, Evidence)> = Vec::new();
+        let mut categories = BTreeSet::new();
+        for key in basket {
+            for (b, p) in self.pairings_of(store, key)? {
+                found.push((
+                    b,
+                    Evidence::Manual {
+                        from: key.clone(),
+                        priority: p.priority,
+                        mode: p.mode,
+                    },
+                ));
+            }
+            if let Some(c) = self
+                .variant_of_key(store, key)?
+                .and_then(|v| v.product_type)
+                .filter(|c| !c.is_empty())
+            {
+                categories.insert(c);
+            }
+            let Some(a) = self.product_no(store, key)? else {
+                continue;
+            };
+            for kind in Kind::ALL {
+                let leaders = names.item(kind, a)?.leaders.clone();
+                for (b, _) in leaders.0 {
+                    let pair = self.pair_row(store, kind, a, b)?;
+                    let row = names.rule(kind, a, b, &pair, rs)?;
+                    if row.rule.tier.is_none() {
+                        continue;
+                    }
+                    let conversion = self
+                        .feedback(store, a, b)?
+                        .conversion(FEEDBACK_PRIOR, FEEDBACK_STRENGTH);
+                    found.push((
+                        row.consequent,
+                        Evidence::Affinity {
+                            from: key.clone(),
+                            rule: row.rule,
+                            conversion,
+                        },
+                    ));
+                }
+            }
+        }
+        let popular = names.item(Kind::SameOrder, TOTAL)?.leaders.clone();
+        for (p, _) in popular.0 {
+            let orders = names
+                .item(Kind::SameOrder, p)?
+                .antecedent
+                .weighted(rs.decay, rs.now);
+            let (key, _) = names.name(p)?;
+            if let Some(c) = self
+                .variant_of_key(store, &key)?
+                .and_then(|v| v.product_type)
+                .filter(|c| categories.contains(c))
+            {
+                found.push((
+                    key.clone(),
+                    Evidence::Category {
+                        category: c,
+                        orders,
+                    },
+                ));
+            }
+            found.push((key, Evidence::Popularity { orders }));
+        }
+        let exclude: BTreeSet<String> = basket.iter().cloned().collect();
+        Ok(rank(found, &exclude, limit))
+    }
+}
+
+/// What a catalog upsert did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CatalogWrite {
+    pub created: u64,
+    pub updated: u64,
+    /// Product keys of existing entries changed (a handle now folds variants), so counts
+    /// kept under the old keys need a rebuild.
+    pub keys_changed: bool,
+}
+
+impl Storage {
+    /// Upserts catalog entries in one transaction: `(catalog key, patch)`; each patch sets
+    /// only what it says. Either all are written or none.
+    pub fn upsert_catalog(
+        &self,
+        store: &str,
+        entries: &[CatalogPatchFn<'_>],
+    ) -> Result<CatalogWrite, Error> {
+        let snap = self.snapshot()?;
+        let mut out = CatalogWrite::default();
+        let mut merged: HashMap<String, Variant> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        for (key, patch) in entries {
+            let v = match merged.get_mut(key) {
+                Some(v) => v,
+                None => {
+                    let existing = snap.variant(store, key)?;
+                    match existing {
+                        Some(_) => out.updated += 1,
+                        None => out.created += 1,
+                    }
+                    let v = snap.variant(store, key)?.unwrap_or_else(Variant::new);
+                    order.push(key.clone());
+                    merged.entry(key.clone()).or_insert(v)
+                }
+            };
+            patch(v);
+        }
+        // Product keys before and after, for every entry touched and its handle's others.
+        let mut handles: BTreeSet<String> = BTreeSet::new();
+        for key in &order {
+            if let Some(h) = snap.variant(store, key)?.and_then(|v| v.handle) {
+                handles.insert(h);
+            }
+            if let Some(h) = &merged[key].handle {
+                handles.insert(h.clone());
+            }
+        }
+        let mut before: HashMap<String, Option<String>> = HashMap::new();
+        let mut sizes_after: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for h in &handles {
+            for item in snap.handles.range((store, h.as_str(), "")..)? {
+                let (k, _) = item?;
+                let (s, hh, ck) = k.value();
+                if s != store || hh != h {
+                    break;
+                }
+                sizes_after
+                    .entry(h.clone())
+                    .or_default()
+                    .insert(ck.to_string());
+            }
+        }
+        for key in &order {
+            if let Some(v) = snap.variant(store, key)? {
+                let n = v
+                    .handle
+                    .as_ref()
+                    .map_or(1, |h| sizes_after.get(h).map_or(1, |s| s.len()));
+                before.insert(key.clone(), product_key(&v, n));
+            }
+        }
+        for key in &order {
+            let old = snap.variant(store, key)?.and_then(|v| v.handle);
+            if let Some(h) = old {
+                if let Some(s) = sizes_after.get_mut(&h) {
+                    s.remove(key);
+                }
+            }
+            if let Some(h) = &merged[key].handle {
+                sizes_after
+                    .entry(h.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+        for (key, old_key) in &before {
+            let v = &merged[key];
+            let n = v.handle.as_ref().map_or(1, |h| sizes_after[h].len());
+            if product_key(v, n) != *old_key
+                && snap
+                    .product_no(store, old_key.as_deref().unwrap_or(""))?
+                    .is_some()
+            {
+                out.keys_changed = true;
+            }
+        }
+        // Siblings not in this file whose group size changed.
+        for (h, members) in &sizes_after {
+            let old_n = {
+                let mut n = 0;
+                for item in snap.handles.range((store, h.as_str(), "")..)? {
+                    let (k, _) = item?;
+                    let (s, hh, _) = k.value();
+                    if s != store || hh != h {
+                        break;
+                    }
+                    n += 1;
+                }
+                n
+            };
+            if (old_n <= 1) != (members.len() <= 1) && old_n > 0 {
+                out.keys_changed = true;
+            }
+        }
+        drop(snap);
+        let rows: Vec<(String, String, Variant)> = order
+            .into_iter()
+            .map(|k| {
+                let v = merged.remove(&k).expect("merged above");
+                (store.to_string(), k, v)
+            })
+            .collect();
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        write_catalog(&tx, &rows)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Replaces a store's manual pairings with these, in one transaction.
+    pub fn replace_pairings(
+        &self,
+        store: &str,
+        pairings: &[(String, String, PairingRow)],
+    ) -> Result<(), Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut t = tx.open_table(PAIRINGS)?;
+            t.retain_in(
+                (store, "", "")..(store_after(store).as_str(), "", ""),
+                |_, _| false,
+            )?;
+            for (a, b, row) in pairings {
+                t.insert(
+                    (store, a.as_str(), b.as_str()),
+                    records::encode_pairing(row)?.as_slice(),
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks (Some) or clears (None) an import in progress for a store, durably.
+    pub fn set_import_marker(&self, store: &str, what: Option<&str>) -> Result<(), Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let key = format!("import:{store}");
+            match what {
+                Some(w) => {
+                    meta.insert(key.as_str(), w.as_bytes())?;
+                }
+                None => {
+                    meta.remove(key.as_str())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// An import that started and did not finish, if any: what it was.
+    pub fn import_marker(&self, store: &str) -> Result<Option<String>, Error> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        let key = format!("import:{store}");
+        let v = meta
+            .get(key.as_str())?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+        Ok(v)
+    }
+}
