@@ -354,7 +354,12 @@ fn service_or_file(
 }
 
 fn open_file_db(config: &Config) -> anyhow::Result<std::sync::Arc<Storage>> {
-    if !Storage::exists(&config.data_dir) {
+    open_db(config, false)
+}
+
+/// Opens the database file; `create` for imports, which may come before the first `serve`.
+fn open_db(config: &Config, create: bool) -> anyhow::Result<std::sync::Arc<Storage>> {
+    if !create && !Storage::exists(&config.data_dir) {
         bail!(
             "no database in {} yet and no service answering on {}: start `upsell-appliance serve` first",
             config.data_dir.display(),
@@ -563,6 +568,15 @@ fn import(config: &Config, what: ImportWhat) -> anyhow::Result<ExitCode> {
         "/api/import/{kind}?store={store}{}",
         if skip { "&skip_bad_rows=1" } else { "" }
     );
+    if !Storage::exists(&config.data_dir)
+        && matches!(
+            crate::admin_client::get_json(config, "/api/status"),
+            Ok(None)
+        )
+    {
+        // Nothing to ask and nothing yet on disk: an import may come before the first serve.
+        drop(open_db(config, true)?);
+    }
     let (v, source) = service_or_file(
         config,
         || {
