@@ -114,7 +114,6 @@ pub fn apply_imported(storage: &Storage, store: &str, orders: &[Order]) -> Resul
     let processed = snap.processed_seq()?;
     let mut batch = Batch::new(&snap);
     batch.affinity = false;
-    let mut new = 0;
     for order in orders {
         let head = EventHead {
             store: store.to_string(),
@@ -129,16 +128,13 @@ pub fn apply_imported(storage: &Storage, store: &str, orders: &[Order]) -> Resul
                 order: Box::new(order.clone()),
             }),
         };
-        let known = batch
-            .orders
-            .get(&(store.to_string(), order.id.clone()))
-            .is_some_and(|s| s.order.is_some())
-            || snap
-                .order(store, &order.id)?
-                .is_some_and(|s| s.order.is_some());
         batch.apply(&head)?;
-        new += usize::from(!known);
     }
+    let new = batch
+        .orders
+        .iter()
+        .filter(|(key, state)| batch.newly_known(key, state))
+        .count();
     storage.apply_changes(&batch.into_changes(processed, &Settings::default())?)?;
     Ok(new)
 }
@@ -216,6 +212,11 @@ impl<'s> Batch<'s> {
         Ok(())
     }
 
+    /// Whether this batch saw the order's content for the first time.
+    fn newly_known(&self, key: &(String, String), state: &OrderState) -> bool {
+        state.order.is_some() && !self.known_before.contains(key)
+    }
+
     fn customer(&self, store: &str, id: CustomerId) -> Result<Option<Customer>, Error> {
         match self.customers.get(&(store.to_string(), id)) {
             Some(c) => Ok(Some(c.clone())),
@@ -264,8 +265,7 @@ impl<'s> Batch<'s> {
         }
         affinity.into_changes(&mut changes)?;
         for (key, state) in &self.orders {
-            let newly_known = state.order.is_some() && !self.known_before.contains(key);
-            changes.put_order(&key.0, &key.1, state, newly_known)?;
+            changes.put_order(&key.0, &key.1, state, self.newly_known(key, state))?;
         }
         for ((store, _), c) in &self.customers {
             changes.put_customer(store, c)?;
