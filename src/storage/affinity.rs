@@ -42,17 +42,18 @@ impl Snapshot {
             .map(|v| v.value().to_string()))
     }
 
-    fn handle_size(&self, store: &str, handle: &str) -> Result<usize, Error> {
-        let mut n = 0;
+    /// The catalog keys of a product's variants (those sharing its handle).
+    fn handle_members(&self, store: &str, handle: &str) -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
         for item in self.handles.range((store, handle, "")..)? {
             let (k, _) = item?;
-            let (s, h, _) = k.value();
+            let (s, h, key) = k.value();
             if s != store || h != handle {
                 break;
             }
-            n += 1;
+            out.push(key.to_string());
         }
-        Ok(n)
+        Ok(out)
     }
 
     /// The catalog entry a line item names (by variant id, else SKU), if known.
@@ -81,7 +82,7 @@ impl Snapshot {
         match self.variant_of_line(store, line)? {
             Some((_, v)) => {
                 let n = match &v.handle {
-                    Some(h) => self.handle_size(store, h)?,
+                    Some(h) => self.handle_members(store, h)?.len(),
                     None => 1,
                 };
                 Ok(product_key(&v, n))
@@ -1136,14 +1137,10 @@ impl Snapshot {
         if let Some(v) = self.variant(store, &format!("sku:{key}"))? {
             return Ok(Some(v));
         }
-        if let Some(item) = self.handles.range((store, key, "")..)?.next() {
-            let (k, _) = item?;
-            let (s, h, ck) = k.value();
-            if s == store && h == key {
-                return self.variant(store, ck);
-            }
+        match self.handle_members(store, key)?.first() {
+            Some(first) => self.variant(store, first),
+            None => Ok(None),
         }
-        Ok(None)
     }
 
     pub fn title_of(&self, store: &str, key: &str) -> Result<Option<String>, Error> {
@@ -1332,99 +1329,72 @@ impl Storage {
     ) -> Result<CatalogWrite, Error> {
         let snap = self.snapshot()?;
         let mut out = CatalogWrite::default();
+        // Each entry touched, as stored before and as patched.
+        let mut old: HashMap<String, Option<Variant>> = HashMap::new();
         let mut merged: HashMap<String, Variant> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
         for (key, patch) in entries {
-            let v = match merged.get_mut(key) {
-                Some(v) => v,
-                None => {
-                    let existing = snap.variant(store, key)?;
-                    match existing {
-                        Some(_) => out.updated += 1,
-                        None => out.created += 1,
-                    }
-                    let v = snap.variant(store, key)?.unwrap_or_else(Variant::new);
-                    order.push(key.clone());
-                    merged.entry(key.clone()).or_insert(v)
+            if !merged.contains_key(key) {
+                let existing = snap.variant(store, key)?;
+                if existing.is_some() {
+                    out.updated += 1;
+                } else {
+                    out.created += 1;
                 }
-            };
-            patch(v);
+                merged.insert(key.clone(), existing.clone().unwrap_or_else(Variant::new));
+                old.insert(key.clone(), existing);
+                order.push(key.clone());
+            }
+            patch(merged.get_mut(key).expect("inserted above"));
         }
-        // Product keys before and after, for every entry touched and its handle's others.
-        let mut handles: BTreeSet<String> = BTreeSet::new();
+        // The variants of every handle touched (before or after), before and after.
+        let mut members: HashMap<String, (BTreeSet<String>, BTreeSet<String>)> = HashMap::new();
         for key in &order {
-            if let Some(h) = snap.variant(store, key)?.and_then(|v| v.handle) {
-                handles.insert(h);
+            let before = old[key].as_ref().and_then(|v| v.handle.clone());
+            for h in [before, merged[key].handle.clone()].into_iter().flatten() {
+                if let std::collections::hash_map::Entry::Vacant(e) = members.entry(h) {
+                    let m: BTreeSet<String> =
+                        snap.handle_members(store, e.key())?.into_iter().collect();
+                    e.insert((m.clone(), m));
+                }
+            }
+        }
+        for key in &order {
+            if let Some(h) = old[key].as_ref().and_then(|v| v.handle.as_ref()) {
+                members.get_mut(h).expect("collected above").1.remove(key);
             }
             if let Some(h) = &merged[key].handle {
-                handles.insert(h.clone());
-            }
-        }
-        let mut before: HashMap<String, Option<String>> = HashMap::new();
-        let mut sizes_after: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for h in &handles {
-            for item in snap.handles.range((store, h.as_str(), "")..)? {
-                let (k, _) = item?;
-                let (s, hh, ck) = k.value();
-                if s != store || hh != h {
-                    break;
-                }
-                sizes_after
-                    .entry(h.clone())
-                    .or_default()
-                    .insert(ck.to_string());
-            }
-        }
-        for key in &order {
-            if let Some(v) = snap.variant(store, key)? {
-                let n = v
-                    .handle
-                    .as_ref()
-                    .map_or(1, |h| sizes_after.get(h).map_or(1, |s| s.len()));
-                before.insert(key.clone(), product_key(&v, n));
-            }
-        }
-        for key in &order {
-            let old = snap.variant(store, key)?.and_then(|v| v.handle);
-            if let Some(h) = old {
-                if let Some(s) = sizes_after.get_mut(&h) {
-                    s.remove(key);
-                }
-            }
-            if let Some(h) = &merged[key].handle {
-                sizes_after
-                    .entry(h.clone())
-                    .or_default()
+                members
+                    .get_mut(h)
+                    .expect("collected above")
+                    .1
                     .insert(key.clone());
             }
         }
-        for (key, old_key) in &before {
-            let v = &merged[key];
-            let n = v.handle.as_ref().map_or(1, |h| sizes_after[h].len());
-            if product_key(v, n) != *old_key
-                && snap
-                    .product_no(store, old_key.as_deref().unwrap_or(""))?
-                    .is_some()
-            {
-                out.keys_changed = true;
-            }
+        // Counts kept under a product key that now folds differently need a rebuild: check
+        // every entry touched and every other variant of a touched handle.
+        let size = |v: &Variant, after: bool| {
+            v.handle
+                .as_ref()
+                .and_then(|h| members.get(h))
+                .map_or(1, |(b, a)| if after { a.len() } else { b.len() })
+        };
+        let mut affected: BTreeSet<String> = order.iter().cloned().collect();
+        for (b, a) in members.values() {
+            affected.extend(b.iter().chain(a).cloned());
         }
-        // Siblings not in this file whose group size changed.
-        for (h, members) in &sizes_after {
-            let old_n = {
-                let mut n = 0;
-                for item in snap.handles.range((store, h.as_str(), "")..)? {
-                    let (k, _) = item?;
-                    let (s, hh, _) = k.value();
-                    if s != store || hh != h {
-                        break;
-                    }
-                    n += 1;
-                }
-                n
+        for key in &affected {
+            let before = match old.get(key) {
+                Some(o) => o.clone(),
+                None => snap.variant(store, key)?,
             };
-            if (old_n <= 1) != (members.len() <= 1) && old_n > 0 {
-                out.keys_changed = true;
+            let after = merged.get(key).cloned().or_else(|| before.clone());
+            let was = before.as_ref().and_then(|v| product_key(v, size(v, false)));
+            let now = after.as_ref().and_then(|v| product_key(v, size(v, true)));
+            if let Some(k) = was.as_deref().filter(|_| was != now) {
+                if snap.product_no(store, k)?.is_some() {
+                    out.keys_changed = true;
+                }
             }
         }
         drop(snap);

@@ -405,3 +405,40 @@ fn next_order_evidence_and_cancelling_takes_it_back() {
     s.rebuild_affinity("demo", 90 * DAY).unwrap();
     assert_eq!(dump(&s, "demo"), dumped);
 }
+
+/// A catalog that folds two SKUs into one product (same handle) changes the keys counts
+/// were kept under: the import rebuilds affinity, and importing it again does not.
+#[test]
+fn a_catalog_that_folds_variants_rebuilds_affinity() {
+    let (dir, s) = open();
+    let c = config(dir.path());
+    let events: Vec<NewEvent> = [&[1u64, 2, 3][..], &[1, 3], &[2, 3]]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let o = order(&spec(i as u64 + 1, None, 0, b), 0, false);
+            event("demo", format!("k{i}"), o)
+        })
+        .collect();
+    s.commit_deliveries(&events, &[], Timestamp(T0)).unwrap();
+    catch_up(&s);
+    assert!(export(&s, &c)
+        .iter()
+        .any(|r| r.starts_with("P1,Product 1,P3,")));
+
+    let csv = dir.path().join("catalog.csv");
+    std::fs::write(&csv, "sku,handle,title\nP1,tee,Tee\nP2,tee,Tee\n").unwrap();
+    let v = ops::import_catalog(&s, &c, "demo", &csv).unwrap();
+    assert!(!v["affinity_rebuilt"].is_null(), "{v}");
+    let rows = export(&s, &c);
+    assert_eq!(
+        &rows[1..],
+        [
+            "P3,Product 3,tee,Tee,same_order,3,3,3,3,1.000000,1.000000,1.0000,strong",
+            "tee,Tee,P3,Product 3,same_order,3,3,3,3,1.000000,1.000000,1.0000,strong",
+        ]
+    );
+    let again = ops::import_catalog(&s, &c, "demo", &csv).unwrap();
+    assert!(again["affinity_rebuilt"].is_null(), "{again}");
+    assert_eq!(export(&s, &c), rows);
+}
