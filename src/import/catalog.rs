@@ -537,15 +537,6 @@ winter-scarf,Winter Scarf,,Acme Apparel,Apparel & Accessories > Clothing Accesso
         Some(xs.iter().map(|x| x.to_string()).collect())
     }
 
-    fn row_err(line: u64, column: &str, value: &str, message: &str) -> RowError {
-        RowError {
-            line,
-            column: column.into(),
-            value: value.into(),
-            message: message.into(),
-        }
-    }
-
     #[test]
     fn shopify_export_yields_one_patch_per_variant() {
         let (format, got) = read(SHOPIFY);
@@ -675,25 +666,25 @@ winter-scarf,Winter Scarf,,Acme Apparel,Apparel & Accessories > Clothing Accesso
         assert_eq!(
             got,
             vec![
-                Err(row_err(
+                Err(RowError::new(
                     2,
                     "Gift Card",
                     "maybe",
                     "not true or false (yes/no and 1/0 also work)"
                 )),
-                Err(row_err(
+                Err(RowError::new(
                     3,
                     "",
                     "",
                     "the first row of product \"card\" (line 2) has an error; fix that row and import again"
                 )),
-                Err(row_err(
+                Err(RowError::new(
                     4,
                     "Variant Price",
                     "1.999",
                     "has more decimals than USD allows (2)"
                 )),
-                Err(row_err(
+                Err(RowError::new(
                     5,
                     "",
                     "",
@@ -782,37 +773,37 @@ GC-10,,,,,,,,,,,,TRUE,true,,,,,,,,
                    F,,,,,\n";
         let (_, got) = read(csv);
         let expected = vec![
-            Err(row_err(
+            Err(RowError::new(
                 2,
                 "price",
                 "abc",
                 "not a decimal number such as \"19.99\"",
             )),
-            Err(row_err(
+            Err(RowError::new(
                 3,
                 "consumable_days",
                 "0",
                 "not a positive whole number such as \"3\"",
             )),
-            Err(row_err(
+            Err(RowError::new(
                 4,
                 "rating",
                 "5.5",
                 "not a rating from 0 to 5 such as \"4.6\"",
             )),
-            Err(row_err(
+            Err(RowError::new(
                 5,
                 "inventory",
                 "1.5",
                 "not a whole number such as \"12\"",
             )),
-            Err(row_err(
+            Err(RowError::new(
                 6,
                 "active",
                 "maybe",
                 "not true or false (yes/no and 1/0 also work)",
             )),
-            Err(row_err(
+            Err(RowError::new(
                 7,
                 "sku",
                 "",
@@ -883,7 +874,7 @@ GC-10,,,,,,,,,,,,TRUE,true,,,,,,,,
         assert_eq!(
             got,
             vec![
-                Err(row_err(
+                Err(RowError::new(
                     2,
                     "title",
                     "Caf\u{fffd}",

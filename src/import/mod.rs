@@ -59,6 +59,22 @@ pub struct RowError {
     pub message: String,
 }
 
+impl RowError {
+    pub fn new(
+        line: u64,
+        column: impl Into<String>,
+        value: impl Into<String>,
+        message: impl Into<String>,
+    ) -> RowError {
+        RowError {
+            line,
+            column: column.into(),
+            value: value.into(),
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for RowError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.column.is_empty() {
@@ -338,22 +354,12 @@ impl<'a> Row<'a> {
     }
 
     fn err(&self, col: &Col, value: &str, message: impl Into<String>) -> RowError {
-        RowError {
-            line: self.line,
-            column: col.name.clone(),
-            value: value.to_string(),
-            message: message.into(),
-        }
+        RowError::new(self.line, col.name.clone(), value, message)
     }
 
     /// A row-wide problem, not tied to one cell.
     fn row_err(&self, message: impl Into<String>) -> RowError {
-        RowError {
-            line: self.line,
-            column: String::new(),
-            value: String::new(),
-            message: message.into(),
-        }
+        RowError::new(self.line, "", "", message)
     }
 
     /// Parses the cell with `parse`, which says what the value should have been.

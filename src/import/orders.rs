@@ -539,15 +539,6 @@ Name,Email,Financial Status,Paid at,Fulfillment Status,Accepts Marketing,Currenc
         }
     }
 
-    fn row_err(line: u64, column: &str, value: &str, message: &str) -> RowError {
-        RowError {
-            line,
-            column: column.into(),
-            value: value.into(),
-            message: message.into(),
-        }
-    }
-
     fn read(csv: &str) -> (OrdersFormat, Vec<Result<ImportedOrder, RowError>>) {
         let r = OrdersReader::new(csv.as_bytes(), cur("USD")).unwrap();
         (r.format(), r.collect())
@@ -813,28 +804,28 @@ A-3,2024-03-07T08:00:00+01:00,C-10,,GUIDE,1,9.00,,,,,
         assert_eq!(
             ids(&got),
             vec![
-                Err(row_err(3, "unit_price", "abc", "not a decimal number such as \"19.99\"")),
-                Err(row_err(5, "quantity", "0", "not a positive whole number such as \"3\"")),
-                Err(row_err(
+                Err(RowError::new(3, "unit_price", "abc", "not a decimal number such as \"19.99\"")),
+                Err(RowError::new(5, "quantity", "0", "not a positive whole number such as \"3\"")),
+                Err(RowError::new(
                     6,
                     "sku",
                     "",
                     "is empty and there is no product_id: a line needs one or the other"
                 )),
-                Err(row_err(
+                Err(RowError::new(
                     7,
                     "created_at",
                     "05/03/2024",
                     "not a date such as \"2024-03-05T14:22:10Z\", \"2024-03-05 14:22:10\" (UTC) or \"2024-03-05\""
                 )),
-                Err(row_err(
+                Err(RowError::new(
                     8,
                     "currency",
                     "US",
                     "not a three-letter ISO 4217 currency code such as \"USD\""
                 )),
-                Err(row_err(9, "unit_price", "1.001", "has more decimals than USD allows (2)")),
-                Err(row_err(10, "order_id", "", "is empty: every row needs its order's id")),
+                Err(RowError::new(9, "unit_price", "1.001", "has more decimals than USD allows (2)")),
+                Err(RowError::new(10, "order_id", "", "is empty: every row needs its order's id")),
                 Ok((11, 1, "7".into())),
             ]
         );
@@ -858,7 +849,7 @@ A-3,2024-03-07T08:00:00+01:00,C-10,,GUIDE,1,9.00,,,,,
             vec![
                 Ok((2, 1, "1".into())),
                 Ok((3, 1, "2".into())),
-                Err(row_err(
+                Err(RowError::new(
                     4,
                     "",
                     "#1",

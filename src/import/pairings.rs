@@ -107,15 +107,6 @@ mod tests {
         }
     }
 
-    fn row_err(line: u64, column: &str, value: &str, message: &str) -> RowError {
-        RowError {
-            line,
-            column: column.into(),
-            value: value.into(),
-            message: message.into(),
-        }
-    }
-
     #[test]
     fn reads_pairings_and_collects_bad_rows() {
         let csv = "\u{feff}Antecedent,Consequent,Priority,Mode,note\r\n\
@@ -138,20 +129,20 @@ mod tests {
         assert_eq!(
             bad,
             vec![
-                row_err(
+                RowError::new(
                     5,
                     "Consequent",
                     "MUG-1",
                     "is the same as the antecedent: a product cannot be paired with itself"
                 ),
-                row_err(6, "Antecedent", "", "is empty: name a SKU or product key"),
-                row_err(
+                RowError::new(6, "Antecedent", "", "is empty: name a SKU or product key"),
+                RowError::new(
                     7,
                     "Priority",
                     "high",
                     "not a whole number such as \"10\" or \"-1\""
                 ),
-                row_err(8, "Mode", "always", "not \"override\" or \"fallback\""),
+                RowError::new(8, "Mode", "always", "not \"override\" or \"fallback\""),
             ]
         );
     }
