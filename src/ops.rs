@@ -353,17 +353,17 @@ pub fn import_orders(
     let _applying = storage.apply_lock();
     storage.set_import_marker(store, Some(&format!("orders from {}", path.display())))?;
     let (f, _) = open_file(path)?;
-    let reader = crate::import::OrdersReader::new(std::io::BufReader::new(f), currency)
+    let mut reader = crate::import::OrdersReader::new(std::io::BufReader::new(f), currency)
         .map_err(|e| file_error(path, e))?;
     let mut batch = Vec::with_capacity(IMPORT_BATCH);
     let (mut applied, mut new_orders) = (0u64, 0u64);
-    let mut reader = reader;
     loop {
         let item = reader.next();
-        if let Some(Ok(o)) = item.as_ref() {
-            batch.push(o.order.clone());
+        let done = item.is_none();
+        if let Some(Ok(o)) = item {
+            batch.push(o.order);
         }
-        if batch.len() >= IMPORT_BATCH || (item.is_none() && !batch.is_empty()) {
+        if batch.len() >= IMPORT_BATCH || (done && !batch.is_empty()) {
             new_orders +=
                 crate::pipeline::processor::apply_imported(storage, store, &batch)? as u64;
             applied += batch.len() as u64;
@@ -375,7 +375,7 @@ pub fn import_orders(
                 orders: applied,
             });
         }
-        if item.is_none() {
+        if done {
             break;
         }
     }

@@ -218,20 +218,6 @@ impl Snapshot {
         }
         Ok(sum)
     }
-
-    /// Every catalog entry of a store, by catalog key.
-    pub fn catalog(&self, store: &str) -> Result<Vec<(String, Variant)>, Error> {
-        let mut out = Vec::new();
-        for item in self.catalog.range((store, "")..)? {
-            let (k, v) = item?;
-            let (s, key) = k.value();
-            if s != store {
-                break;
-            }
-            out.push((key.to_string(), records::decode_variant(v.value())?));
-        }
-        Ok(out)
-    }
 }
 
 /// What an order contributes, before its products are numbered.
@@ -558,11 +544,6 @@ impl<'s> AffinityBatch<'s> {
             Some(e) => Err(e),
             None => Ok(()),
         }
-    }
-
-    /// The product key of a line, as this batch's catalog knows it.
-    pub fn line_product_key(&self, store: &str, line: &LineItem) -> Result<Option<String>, Error> {
-        self.snap.line_product_key(store, line)
     }
 
     /// Encodes the final rows into `changes`.
@@ -912,13 +893,10 @@ impl Storage {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         {
-            let range = |t: &mut redb::Table<'_, (&str, u8, u32), &[u8]>| -> Result<(), Error> {
-                t.retain_in((store, 0u8, 0u32)..=(store, u8::MAX, u32::MAX), |_, _| {
+            tx.open_table(AFF_ITEMS)?
+                .retain_in((store, 0u8, 0u32)..=(store, u8::MAX, u32::MAX), |_, _| {
                     false
                 })?;
-                Ok(())
-            };
-            range(&mut tx.open_table(AFF_ITEMS)?)?;
             tx.open_table(AFF_PAIRS)?.retain_in(
                 (store, 0u8, 0u32, 0u32)..=(store, u8::MAX, u32::MAX, u32::MAX),
                 |_, _| false,
