@@ -41,8 +41,10 @@ impl Decay {
         match self {
             Decay::None => 1.0,
             Decay::HalfLife { days } => {
-                let age = f64::from(now.saturating_sub(month)) * MONTH_DAYS;
-                0.5f64.powf(age / days)
+                let age = now.saturating_sub(month);
+                0.5f64
+                    .powf(MONTH_DAYS / days)
+                    .powi(i32::try_from(age).unwrap_or(i32::MAX))
             }
         }
     }
@@ -373,24 +375,29 @@ pub struct Rule {
     pub tier: Option<Tier>,
 }
 
-/// Reads a rule from its stored counts: the pair, A's side, B's side, the total.
-#[allow(clippy::too_many_arguments)]
+/// The weighted counts a rule reads besides its pair's: A's side, B's side, the total.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sides {
+    pub antecedent: f64,
+    pub consequent: f64,
+    pub total: f64,
+}
+
+/// Reads a rule from its pair's stored counts and the weighted counts of its sides.
 pub fn rule(
     kind: Kind,
     pair: &Monthly,
     gap_secs: u64,
-    antecedent: &Monthly,
-    consequent: &Monthly,
-    total: &Monthly,
+    sides: Sides,
     decay: Decay,
     now: Month,
     thresholds: &Thresholds,
 ) -> Rule {
     let (p, a, c, t) = (
         pair.weighted(decay, now),
-        antecedent.weighted(decay, now),
-        consequent.weighted(decay, now),
-        total.weighted(decay, now),
+        sides.antecedent,
+        sides.consequent,
+        sides.total,
     );
     let m = measures(p, a, c, t).unwrap_or(Measures {
         support: 0.0,

@@ -75,14 +75,23 @@ pub fn run(
     }
 }
 
+/// What a catch-up did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CatchUp {
+    /// Events applied.
+    pub events: usize,
+    /// Time spent on the affinity model: computing its rows and writing them, not the
+    /// commit.
+    pub affinity: Duration,
+}
+
 /// Applies every committed event not yet applied, in chunks, while `go_on` says so.
-/// Returns how many were applied.
 pub fn catch_up(
     storage: &Storage,
     settings: &Settings,
     go_on: &dyn Fn() -> bool,
-) -> Result<usize, Error> {
-    let mut total = 0;
+) -> Result<CatchUp, Error> {
+    let mut total = CatchUp::default();
     loop {
         // One applier at a time: an import or a rebuild waits for this chunk, and the other
         // way round.
@@ -97,8 +106,10 @@ pub fn catch_up(
         for (_, head) in &events {
             batch.apply(head)?;
         }
-        storage.apply_changes(&batch.into_changes(last, settings)?)?;
-        total += events.len();
+        let (changes, computing) = batch.into_changes(last, settings)?;
+        let writing = storage.apply_changes(&changes)?;
+        total.events += events.len();
+        total.affinity += computing + writing;
         if events.len() < CHUNK || !go_on() {
             return Ok(total);
         }
@@ -135,7 +146,7 @@ pub fn apply_imported(storage: &Storage, store: &str, orders: &[Order]) -> Resul
         .iter()
         .filter(|(key, state)| batch.newly_known(key, state))
         .count();
-    storage.apply_changes(&batch.into_changes(processed, &Settings::default())?)?;
+    storage.apply_changes(&batch.into_changes(processed, &Settings::default())?.0)?;
     Ok(new)
 }
 
@@ -251,7 +262,13 @@ impl<'s> Batch<'s> {
         Ok(Some(Customer::new(id)))
     }
 
-    fn into_changes(self, processed: u64, settings: &Settings) -> Result<Changes, Error> {
+    /// The batch's rows, and how long computing the affinity rows took.
+    fn into_changes(
+        self,
+        processed: u64,
+        settings: &Settings,
+    ) -> Result<(Changes, Duration), Error> {
+        let started = Instant::now();
         let mut changes = Changes::new(processed);
         let mut affinity = AffinityBatch::new(self.snap, settings.next_order_window_ms);
         for (store, order) in &self.learn {
@@ -264,6 +281,7 @@ impl<'s> Batch<'s> {
             }
         }
         affinity.into_changes(&mut changes)?;
+        let computing = started.elapsed();
         for (key, state) in &self.orders {
             changes.put_order(&key.0, &key.1, state, self.newly_known(key, state))?;
         }
@@ -276,7 +294,7 @@ impl<'s> Batch<'s> {
         for (store, next) in &self.next_ids {
             changes.set_next_customer_id(store, *next);
         }
-        Ok(changes)
+        Ok((changes, computing))
     }
 }
 

@@ -19,7 +19,7 @@ use super::tables::*;
 use super::{Changes, Error, Snapshot, Storage};
 use crate::engine::affinity::{
     tally_order, tally_transition, Feedback, Kind, Leaders, Month, OrderEvidence, ProductNo, Tally,
-    TOTAL,
+    Tier, TOTAL,
 };
 use crate::engine::catalog::{product_key, uncatalogued_key, Variant};
 use crate::engine::history::OrderState;
@@ -133,6 +133,21 @@ impl Snapshot {
             .unwrap_or_default())
     }
 
+    /// An item row's counts, without decoding its leader list.
+    pub fn item_sides(
+        &self,
+        store: &str,
+        kind: Kind,
+        p: ProductNo,
+    ) -> Result<records::ItemSides, Error> {
+        Ok(self
+            .items
+            .get((store, kind.code(), p))?
+            .map(|v| records::decode_item_sides(v.value()))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
     /// Every product's item row of one kind (not the totals row), by product number.
     pub fn item_rows(&self, store: &str, kind: Kind) -> Result<Vec<(ProductNo, ItemRow)>, Error> {
         let k = kind.code();
@@ -200,23 +215,28 @@ impl Snapshot {
         Ok(out)
     }
 
-    /// Offer feedback for A → B, summed over recipes.
-    pub fn feedback(&self, store: &str, a: ProductNo, b: ProductNo) -> Result<Feedback, Error> {
-        let mut sum = Feedback::default();
-        for item in self.feedback.range((store, a, b, "")..)? {
+    /// Offer feedback for A → each B, summed over recipes.
+    pub fn feedback_from(
+        &self,
+        store: &str,
+        a: ProductNo,
+    ) -> Result<HashMap<ProductNo, Feedback>, Error> {
+        let mut out: HashMap<ProductNo, Feedback> = HashMap::new();
+        for item in self.feedback.range((store, a, 0, "")..)? {
             let (k, v) = item?;
-            let (s, x, y, _) = k.value();
-            if s != store || x != a || y != b {
+            let (s, x, b, _) = k.value();
+            if s != store || x != a {
                 break;
             }
             let f = records::decode_feedback(v.value())?;
+            let sum = out.entry(b).or_default();
             sum.offered += f.offered;
             sum.clicked += f.clicked;
             sum.accepted += f.accepted;
             sum.declined += f.declined;
             sum.refunded += f.refunded;
         }
-        Ok(sum)
+        Ok(out)
     }
 }
 
@@ -1033,43 +1053,63 @@ pub struct RuleRow {
     pub rule: crate::engine::affinity::Rule,
 }
 
-/// Item rows and names read once per call.
+/// Product keys, titles and weighted item counts, each read once per call.
 struct Names<'a> {
     snap: &'a Snapshot,
     store: &'a str,
-    keys: HashMap<ProductNo, (String, String)>,
-    items: HashMap<(Kind, ProductNo), ItemRow>,
+    rs: &'a ReadSettings,
+    keys: HashMap<ProductNo, String>,
+    titles: HashMap<ProductNo, String>,
+    /// (antecedent, consequent) counts of an item row, weighted.
+    sides: HashMap<(Kind, ProductNo), (f64, f64)>,
 }
 
 impl<'a> Names<'a> {
-    fn new(snap: &'a Snapshot, store: &'a str) -> Names<'a> {
+    fn new(snap: &'a Snapshot, store: &'a str, rs: &'a ReadSettings) -> Names<'a> {
         Names {
             snap,
             store,
+            rs,
             keys: HashMap::new(),
-            items: HashMap::new(),
+            titles: HashMap::new(),
+            sides: HashMap::new(),
         }
     }
 
-    fn name(&mut self, no: ProductNo) -> Result<(String, String), Error> {
-        if let Some(n) = self.keys.get(&no) {
-            return Ok(n.clone());
+    fn key(&mut self, no: ProductNo) -> Result<String, Error> {
+        if let Some(k) = self.keys.get(&no) {
+            return Ok(k.clone());
         }
         let key = self
             .snap
             .product_key_of(self.store, no)?
             .unwrap_or_else(|| format!("#{no}"));
-        let title = self.snap.title_of(self.store, &key)?.unwrap_or_default();
-        self.keys.insert(no, (key.clone(), title.clone()));
-        Ok((key, title))
+        self.keys.insert(no, key.clone());
+        Ok(key)
     }
 
-    fn item(&mut self, kind: Kind, no: ProductNo) -> Result<&ItemRow, Error> {
-        if !self.items.contains_key(&(kind, no)) {
-            let row = self.snap.item_row(self.store, kind, no)?;
-            self.items.insert((kind, no), row);
+    fn title(&mut self, no: ProductNo) -> Result<String, Error> {
+        if let Some(t) = self.titles.get(&no) {
+            return Ok(t.clone());
         }
-        Ok(&self.items[&(kind, no)])
+        let key = self.key(no)?;
+        let title = self.snap.title_of(self.store, &key)?.unwrap_or_default();
+        self.titles.insert(no, title.clone());
+        Ok(title)
+    }
+
+    fn side(&mut self, kind: Kind, no: ProductNo) -> Result<(f64, f64), Error> {
+        if let Some(s) = self.sides.get(&(kind, no)) {
+            return Ok(*s);
+        }
+        let row = self.snap.item_sides(self.store, kind, no)?;
+        let (d, now) = (self.rs.decay, self.rs.now);
+        let s = (
+            row.antecedent.weighted(d, now),
+            row.consequent.weighted(d, now),
+        );
+        self.sides.insert((kind, no), s);
+        Ok(s)
     }
 
     fn rule(
@@ -1078,33 +1118,67 @@ impl<'a> Names<'a> {
         a: ProductNo,
         b: ProductNo,
         pair: &PairRow,
-        rs: &ReadSettings,
-    ) -> Result<RuleRow, Error> {
-        let ante = self.item(kind, a)?.antecedent.clone();
-        let cons = match kind {
-            Kind::SameOrder => self.item(kind, b)?.antecedent.clone(),
-            Kind::NextOrder => self.item(kind, b)?.consequent.clone(),
+    ) -> Result<crate::engine::affinity::Rule, Error> {
+        let antecedent = self.side(kind, a)?.0;
+        let consequent = match kind {
+            Kind::SameOrder => self.side(kind, b)?.0,
+            Kind::NextOrder => self.side(kind, b)?.1,
         };
-        let total = self.item(kind, TOTAL)?.antecedent.clone();
-        let rule = crate::engine::affinity::rule(
+        let total = self.side(kind, TOTAL)?.0;
+        let rs = self.rs;
+        Ok(crate::engine::affinity::rule(
             kind,
             &pair.months,
             pair.gap_secs,
-            &ante,
-            &cons,
-            &total,
+            crate::engine::affinity::Sides {
+                antecedent,
+                consequent,
+                total,
+            },
             rs.decay,
             rs.now,
             &rs.thresholds,
-        );
-        let (antecedent, antecedent_title) = self.name(a)?;
-        let (consequent, consequent_title) = self.name(b)?;
+        ))
+    }
+
+    /// The rule when it is strong or moderate (what may rank), reading B's side only
+    /// then: most of a popular product's pairs are weak, and confidence needs only the pair
+    /// and A's side.
+    fn tiered_rule(
+        &mut self,
+        kind: Kind,
+        a: ProductNo,
+        b: ProductNo,
+        pair: &PairRow,
+    ) -> Result<Option<crate::engine::affinity::Rule>, Error> {
+        let antecedent = self.side(kind, a)?.0;
+        let confidence = pair.months.weighted(self.rs.decay, self.rs.now) / antecedent;
+        if antecedent <= 0.0
+            || self
+                .rs
+                .thresholds
+                .tier(confidence, pair.months.total())
+                .is_none_or(|t| t < Tier::Moderate)
+        {
+            return Ok(None);
+        }
+        Ok(Some(self.rule(kind, a, b, pair)?).filter(|r| r.tier >= Some(Tier::Moderate)))
+    }
+
+    /// A rule with its product keys and titles.
+    fn row(
+        &mut self,
+        kind: Kind,
+        a: ProductNo,
+        b: ProductNo,
+        pair: &PairRow,
+    ) -> Result<RuleRow, Error> {
         Ok(RuleRow {
-            antecedent,
-            antecedent_title,
-            consequent,
-            consequent_title,
-            rule,
+            rule: self.rule(kind, a, b, pair)?,
+            antecedent: self.key(a)?,
+            antecedent_title: self.title(a)?,
+            consequent: self.key(b)?,
+            consequent_title: self.title(b)?,
         })
     }
 }
@@ -1164,11 +1238,11 @@ impl Snapshot {
         let Some(a) = self.product_no(store, key)? else {
             return Ok(Vec::new());
         };
-        let mut names = Names::new(self, store);
+        let mut names = Names::new(self, store, rs);
         let mut out = Vec::new();
         for kind in Kind::ALL {
             for (b, pair) in self.pairs_of(store, kind, a)? {
-                out.push(names.rule(kind, a, b, &pair, rs)?);
+                out.push(names.row(kind, a, b, &pair)?);
             }
         }
         out.sort_by(|x, y| {
@@ -1187,7 +1261,7 @@ impl Snapshot {
         rs: &ReadSettings,
         mut each: impl FnMut(RuleRow) -> Result<(), Error>,
     ) -> Result<u64, Error> {
-        let mut names = Names::new(self, store);
+        let mut names = Names::new(self, store, rs);
         let mut n = 0;
         let range = (store, 0u8, 0u32, 0u32)..=(store, u8::MAX, u32::MAX, u32::MAX);
         for item in self.pairs.range(range)? {
@@ -1197,7 +1271,7 @@ impl Snapshot {
                 continue;
             };
             let pair = records::decode_pair(v.value())?;
-            each(names.rule(kind, a, b, &pair, rs)?)?;
+            each(names.row(kind, a, b, &pair)?)?;
             n += 1;
         }
         Ok(n)
@@ -1214,7 +1288,7 @@ impl Snapshot {
         limit: usize,
     ) -> Result<Vec<crate::engine::affinity::Candidate>, Error> {
         use crate::engine::affinity::{rank, Evidence, FEEDBACK_PRIOR, FEEDBACK_STRENGTH};
-        let mut names = Names::new(self, store);
+        let mut names = Names::new(self, store, rs);
         let mut found: Vec<(String, Evidence)> = Vec::new();
         let mut categories = BTreeSet::new();
         for key in basket {
@@ -1238,47 +1312,51 @@ impl Snapshot {
             let Some(a) = self.product_no(store, key)? else {
                 continue;
             };
+            let feedback = self.feedback_from(store, a)?;
             for kind in Kind::ALL {
-                let leaders = names.item(kind, a)?.leaders.clone();
-                for (b, _) in leaders.0 {
-                    let pair = self.pair_row(store, kind, a, b)?;
-                    let row = names.rule(kind, a, b, &pair, rs)?;
-                    if row.rule.tier.is_none() {
-                        continue;
+                for (b, exact) in self.item_row(store, kind, a)?.leaders.0 {
+                    // Leaders come most orders first: below the minimum none has a tier.
+                    if exact < rs.thresholds.min_pair_orders {
+                        break;
                     }
-                    let conversion = self
-                        .feedback(store, a, b)?
+                    let pair = self.pair_row(store, kind, a, b)?;
+                    let Some(rule) = names.tiered_rule(kind, a, b, &pair)? else {
+                        continue;
+                    };
+                    let conversion = feedback
+                        .get(&b)
+                        .copied()
+                        .unwrap_or_default()
                         .conversion(FEEDBACK_PRIOR, FEEDBACK_STRENGTH);
                     found.push((
-                        row.consequent,
+                        names.key(b)?,
                         Evidence::Affinity {
                             from: key.clone(),
-                            rule: row.rule,
+                            rule,
                             conversion,
                         },
                     ));
                 }
             }
         }
-        let popular = names.item(Kind::SameOrder, TOTAL)?.leaders.clone();
+        let popular = self.item_row(store, Kind::SameOrder, TOTAL)?.leaders;
         for (p, _) in popular.0 {
-            let orders = names
-                .item(Kind::SameOrder, p)?
-                .antecedent
-                .weighted(rs.decay, rs.now);
-            let (key, _) = names.name(p)?;
-            if let Some(c) = self
-                .variant_of_key(store, &key)?
-                .and_then(|v| v.product_type)
-                .filter(|c| categories.contains(c))
-            {
-                found.push((
-                    key.clone(),
-                    Evidence::Category {
-                        category: c,
-                        orders,
-                    },
-                ));
+            let orders = names.side(Kind::SameOrder, p)?.0;
+            let key = names.key(p)?;
+            if !categories.is_empty() {
+                if let Some(c) = self
+                    .variant_of_key(store, &key)?
+                    .and_then(|v| v.product_type)
+                    .filter(|c| categories.contains(c))
+                {
+                    found.push((
+                        key.clone(),
+                        Evidence::Category {
+                            category: c,
+                            orders,
+                        },
+                    ));
+                }
             }
             found.push((key, Evidence::Popularity { orders }));
         }

@@ -510,7 +510,9 @@ impl Storage {
     /// durable commit carries it, and a crash before that only means the same events are
     /// applied again, which changes nothing. Only the processor writes these tables, so
     /// what it read from its snapshot is still current.
-    pub fn apply_changes(&self, changes: &Changes) -> Result<(), Error> {
+    /// Returns how long writing the affinity rows took (the processor reports the affinity
+    /// model's cost apart from the rest).
+    pub fn apply_changes(&self, changes: &Changes) -> Result<std::time::Duration, Error> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::None)?;
         {
@@ -541,9 +543,11 @@ impl Storage {
             tx.open_table(META)?
                 .insert("processed_seq", &changes.processed.to_le_bytes()[..])?;
         }
+        let started = std::time::Instant::now();
         changes.affinity.write(&tx)?;
+        let affinity = started.elapsed();
         tx.commit()?;
-        Ok(())
+        Ok(affinity)
     }
 
     /// Makes every earlier commit durable (used at shutdown after processor commits).

@@ -36,6 +36,18 @@ impl ItemRow {
     }
 }
 
+/// An item row's counts without its leader list, which is all that reading a rule needs:
+/// the row starts with these two fields, so decoding stops before the leaders.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct ItemSides {
+    pub antecedent: Monthly,
+    pub consequent: Monthly,
+}
+
+pub fn decode_item_sides(bytes: &[u8]) -> Result<ItemSides, Error> {
+    codec::decode("affinity item", ITEM_V1, bytes)
+}
+
 /// One pair's counts per month, and (next-order) the sum of the gaps in seconds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairRow {
@@ -287,5 +299,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("stored record: event body: "), "{err}");
+    }
+
+    #[test]
+    fn item_sides_read_the_counts_of_an_item_row() {
+        let row = ItemRow {
+            antecedent: Monthly(vec![(3, 2), (7, 9)]),
+            consequent: Monthly(vec![(5, 1)]),
+            leaders: Leaders(vec![(4, 9), (8, 2)]),
+        };
+        let sides = decode_item_sides(&encode_item(&row).unwrap()).unwrap();
+        assert_eq!(sides.antecedent, row.antecedent);
+        assert_eq!(sides.consequent, row.consequent);
     }
 }
