@@ -224,7 +224,7 @@ pub type ProductNo = u32;
 pub const TOTAL: ProductNo = ProductNo::MAX;
 
 /// What one counted order contributes: when, whose, and its distinct products, sorted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderEvidence {
     pub at: Timestamp,
     pub customer: Option<u64>,

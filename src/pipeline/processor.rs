@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use crate::engine::history::{self, normalize_email, Applied, Customer, CustomerId, OrderState};
 use crate::engine::{Event, Order, Source};
-use crate::storage::affinity::{contribution, AffinityBatch};
+use crate::storage::affinity::{contribution, AffinityBatch, LineKeys};
 use crate::storage::records::{EventHead, ParsedRecord};
 use crate::storage::{Changes, Error, Lookup, Snapshot, Storage};
 
@@ -275,8 +275,10 @@ impl<'s> Batch<'s> {
             affinity.learn(store, order)?;
         }
         if self.affinity {
+            let mut line_keys: HashMap<&str, LineKeys> = HashMap::new();
             for ((store, id), state) in &self.orders {
-                let now = contribution(self.snap, store, state)?;
+                let keys = line_keys.entry(store).or_default();
+                let now = contribution(self.snap, store, state, keys)?;
                 affinity.set_order(store, id, now.as_ref())?;
             }
         }

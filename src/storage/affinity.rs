@@ -249,6 +249,36 @@ pub struct Contribution {
     pub keys: Vec<String>,
 }
 
+/// Product keys of line items already looked up, by what a line names its product with
+/// (variant id, SKU, product id): a rebuild keys millions of lines of a few thousand
+/// products. Valid for one snapshot and store.
+#[derive(Default)]
+pub struct LineKeys(HashMap<LineNames, Option<String>>);
+
+/// What a line item names its product with: variant id, SKU, product id.
+type LineNames = (Option<String>, Option<String>, Option<String>);
+
+impl LineKeys {
+    fn key(
+        &mut self,
+        snap: &Snapshot,
+        store: &str,
+        line: &LineItem,
+    ) -> Result<Option<String>, Error> {
+        let names = (
+            line.variant_id.clone(),
+            line.sku.clone(),
+            line.product_id.clone(),
+        );
+        if let Some(k) = self.0.get(&names) {
+            return Ok(k.clone());
+        }
+        let k = snap.line_product_key(store, line)?;
+        self.0.insert(names, k.clone());
+        Ok(k)
+    }
+}
+
 /// An order's contribution as the catalog in `snap` keys it: `None` when its content is
 /// unknown, it was cancelled or voided, or it names no product. Guest orders count for
 /// same-order evidence; only orders with a customer make next-order evidence.
@@ -256,6 +286,7 @@ pub fn contribution(
     snap: &Snapshot,
     store: &str,
     state: &OrderState,
+    line_keys: &mut LineKeys,
 ) -> Result<Option<Contribution>, Error> {
     let Some(order) = &state.order else {
         return Ok(None);
@@ -265,7 +296,7 @@ pub fn contribution(
     }
     let mut keys = BTreeSet::new();
     for line in &order.lines {
-        if let Some(k) = snap.line_product_key(store, line)? {
+        if let Some(k) = line_keys.key(snap, store, line)? {
             keys.insert(k);
         }
     }
@@ -773,11 +804,18 @@ impl Compact {
     }
 
     fn evidence(&self, i: usize) -> OrderEvidence {
-        OrderEvidence {
-            at: Timestamp(self.at[i]),
-            customer: self.has_customer[i].then_some(self.customer[i]),
-            products: self.products(i).to_vec(),
-        }
+        let mut e = OrderEvidence::default();
+        self.evidence_into(i, &mut e);
+        e
+    }
+
+    /// Order `i`'s evidence into `e`, reusing its buffer: a rebuild reads every order once
+    /// per slice.
+    fn evidence_into(&self, i: usize, e: &mut OrderEvidence) {
+        e.at = Timestamp(self.at[i]);
+        e.customer = self.has_customer[i].then_some(self.customer[i]);
+        e.products.clear();
+        e.products.extend_from_slice(self.products(i));
     }
 }
 
@@ -789,22 +827,33 @@ pub struct Rebuilt {
     pub products: u64,
     pub pairs: u64,
     pub passes: u32,
+    /// Rows written or removed: few when the counts did not change.
+    pub changed: u64,
+    /// Milliseconds spent reading orders, counting in memory, and writing rows.
+    pub read_ms: u64,
+    pub count_ms: u64,
+    pub write_ms: u64,
 }
 
-/// Pair counts of one slice of antecedents, in memory.
+/// Pair counts of one slice of antecedents, in memory. Hashed with FxHash: these maps take
+/// tens of millions of small integer keys per rebuild, where SipHash's resistance to
+/// chosen keys buys nothing.
 #[derive(Default)]
 struct SliceTally {
-    slice: u32,
-    slices: u32,
-    items: HashMap<(Kind, ProductNo, bool, Month), i64>,
-    pairs: HashMap<(Kind, ProductNo, ProductNo, Month), i64>,
-    gaps: HashMap<(Kind, ProductNo, ProductNo), i64>,
+    /// The first slice also counts items.
+    first: bool,
+    /// Antecedents lo..hi.
+    lo: ProductNo,
+    hi: ProductNo,
+    items: rustc_hash::FxHashMap<(Kind, ProductNo, bool, Month), i64>,
+    pairs: rustc_hash::FxHashMap<(Kind, ProductNo, ProductNo, Month), i64>,
+    gaps: rustc_hash::FxHashMap<(Kind, ProductNo, ProductNo), i64>,
 }
 
 impl Tally for SliceTally {
     fn item(&mut self, kind: Kind, product: ProductNo, antecedent: bool, month: Month, n: i64) {
         // Items are few: every slice pass counts them, the first one keeps them.
-        if self.slice == 0 {
+        if self.first {
             *self
                 .items
                 .entry((kind, product, antecedent, month))
@@ -813,7 +862,7 @@ impl Tally for SliceTally {
     }
 
     fn pair(&mut self, kind: Kind, a: ProductNo, b: ProductNo, month: Month, n: i64, gap: i64) {
-        if a % self.slices != self.slice {
+        if a < self.lo || a >= self.hi {
             return;
         }
         *self.pairs.entry((kind, a, b, month)).or_default() += n;
@@ -824,18 +873,20 @@ impl Tally for SliceTally {
 }
 
 /// Most pair-month counts held in memory at once during a rebuild (~30 bytes each).
-const SLICE_ENTRIES: u64 = 3_000_000;
+const SLICE_ENTRIES: u64 = 2_000_000;
 
 impl Storage {
     /// Recomputes one store's affinity from its stored orders and the catalog as it is
     /// now, replacing what was there in one transaction. Callers hold the apply lock.
     pub fn rebuild_affinity(&self, store: &str, window_ms: i64) -> Result<Rebuilt, Error> {
         // Read phase, from a snapshot: no lock held.
+        let started = std::time::Instant::now();
         let snap = self.snapshot()?;
         let mut orders = Compact::default();
         let mut numbers: HashMap<String, ProductNo> = HashMap::new();
         let mut next_no = snap.next_product_no(store)?;
         let mut new_products = Vec::new();
+        let mut line_keys = LineKeys::default();
         for item in snap.orders.range((store, "")..)? {
             let (k, v) = item?;
             let (s, id) = k.value();
@@ -843,7 +894,7 @@ impl Storage {
                 break;
             }
             let state = records::decode_order(v.value())?;
-            let Some(c) = contribution(&snap, store, &state)? else {
+            let Some(c) = contribution(&snap, store, &state, &mut line_keys)? else {
                 continue;
             };
             let mut prods = Vec::with_capacity(c.keys.len());
@@ -892,58 +943,71 @@ impl Storage {
             .filter(|w| orders.customer[w[0] as usize] == orders.customer[w[1] as usize])
             .map(|w| (w[0], w[1]))
             .collect();
-        let mut work: u64 = 0;
+        // Slices: contiguous ranges of antecedents, each with at most SLICE_ENTRIES of work
+        // (one product with more gets a slice of its own), so that each slice's rows are a
+        // key range that can be compared with what is stored.
+        let mut work: Vec<u64> = vec![0; next_no as usize];
         for i in 0..orders.len() {
             let k = orders.products(i).len() as u64;
-            work += k * k;
+            for &a in orders.products(i) {
+                work[a as usize] += k;
+            }
         }
         for &(x, y) in &transitions {
-            work += (orders.products(x as usize).len() * orders.products(y as usize).len()) as u64;
+            let k = orders.products(y as usize).len() as u64;
+            for &a in orders.products(x as usize) {
+                work[a as usize] += k;
+            }
         }
-        let slices = work.div_ceil(SLICE_ENTRIES).max(1) as u32;
+        let mut bounds: Vec<(ProductNo, ProductNo)> = Vec::new();
+        let (mut lo, mut sum) = (0 as ProductNo, 0u64);
+        for (a, w) in work.iter().enumerate() {
+            if sum > 0 && sum + w > SLICE_ENTRIES {
+                bounds.push((lo, a as ProductNo));
+                (lo, sum) = (a as ProductNo, 0);
+            }
+            sum += w;
+        }
+        if next_no > lo {
+            bounds.push((lo, next_no));
+        }
+        drop(work);
         let mut out = Rebuilt {
             orders: orders.len() as u64,
-            transitions: 0,
-            products: 0,
-            pairs: 0,
-            passes: slices,
+            passes: bounds.len() as u32,
+            read_ms: started.elapsed().as_millis() as u64,
+            ..Rebuilt::default()
         };
+        let mut counting = std::time::Duration::ZERO;
 
-        // Write phase: one transaction replaces the store's rows.
+        // Write phase, in one transaction: rows are compared with what the snapshot holds
+        // (nobody else writes them: callers hold the apply lock) and only differences are
+        // written, so recounting an unchanged history writes next to nothing.
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         {
-            tx.open_table(AFF_ITEMS)?
-                .retain_in((store, 0u8, 0u32)..=(store, u8::MAX, u32::MAX), |_, _| {
-                    false
-                })?;
-            tx.open_table(AFF_PAIRS)?.retain_in(
-                (store, 0u8, 0u32, 0u32)..=(store, u8::MAX, u32::MAX, u32::MAX),
-                |_, _| false,
-            )?;
-            tx.open_table(AFF_ORDERS)?
-                .retain_in((store, "")..(store_after(store).as_str(), ""), |_, _| false)?;
-            tx.open_table(TIMELINE)?.retain_in(
-                (store, 0u64, i64::MIN, "")..(store_after(store).as_str(), 0u64, i64::MIN, ""),
-                |_, _| false,
-            )?;
             write_products(&tx, &new_products, &[(store.to_string(), next_no)])?;
             out.products = new_products.len() as u64;
 
             let mut items_t = tx.open_table(AFF_ITEMS)?;
             let mut pairs_t = tx.open_table(AFF_PAIRS)?;
             let mut item_rows: HashMap<(Kind, ProductNo), ItemRow> = HashMap::new();
-            for slice in 0..slices {
+            for (slice, &(lo, hi)) in bounds.iter().enumerate() {
                 let mut t = SliceTally {
-                    slice,
-                    slices,
+                    first: slice == 0,
+                    lo,
+                    hi,
                     ..SliceTally::default()
                 };
+                let count_started = std::time::Instant::now();
+                let (mut from, mut to) = (OrderEvidence::default(), OrderEvidence::default());
                 for i in 0..orders.len() {
-                    tally_order(&mut t, &orders.evidence(i), 1);
+                    orders.evidence_into(i, &mut from);
+                    tally_order(&mut t, &from, 1);
                 }
                 for &(x, y) in &transitions {
-                    let (from, to) = (orders.evidence(x as usize), orders.evidence(y as usize));
+                    orders.evidence_into(x as usize, &mut from);
+                    orders.evidence_into(y as usize, &mut to);
                     tally_transition(&mut t, &from, &to, window_ms, 1);
                 }
                 if slice == 0 {
@@ -964,10 +1028,12 @@ impl Storage {
                 }
                 let mut entries: Vec<_> = t.pairs.drain().filter(|e| e.1 > 0).collect();
                 entries.sort_unstable_by_key(|e| e.0);
+                counting += count_started.elapsed();
+                // Rows are made from the sorted counts as they are compared, never all held.
                 let mut leaders: HashMap<(Kind, ProductNo), Vec<(ProductNo, u64)>> = HashMap::new();
                 let mut i = 0;
-                while i < entries.len() {
-                    let (kind, a, b, _) = entries[i].0;
+                let want = std::iter::from_fn(|| {
+                    let (kind, a, b, _) = entries.get(i)?.0;
                     let mut row = PairRow::default();
                     while i < entries.len()
                         && (entries[i].0 .0, entries[i].0 .1, entries[i].0 .2) == (kind, a, b)
@@ -980,12 +1046,31 @@ impl Storage {
                         .entry((kind, a))
                         .or_default()
                         .push((b, row.months.total()));
-                    pairs_t.insert(
-                        (store, kind.code(), a, b),
-                        records::encode_pair(&row)?.as_slice(),
-                    )?;
                     out.pairs += 1;
+                    Some(records::encode_pair(&row).map(|bytes| ((kind.code(), a, b), bytes)))
+                });
+                // Stored rows of this slice: both kinds, antecedents lo..hi (hi > lo).
+                let mut have = Vec::new();
+                for kind in Kind::ALL {
+                    let k = kind.code();
+                    have.push(
+                        snap.pairs
+                            .range((store, k, lo, 0)..=(store, k, hi - 1, u32::MAX))?,
+                    );
                 }
+                let have = have.into_iter().flatten().map(|item| {
+                    let (key, v) = item?;
+                    let (_, k, a, b) = key.value();
+                    Ok(((k, a, b), v.value().to_vec()))
+                });
+                out.changed += sync_rows(have, want, |&(k, a, b), bytes| {
+                    match bytes {
+                        Some(x) => pairs_t.insert((store, k, a, b), x)?,
+                        None => pairs_t.remove((store, k, a, b))?,
+                    };
+                    Ok(())
+                })?;
+                drop(entries);
                 for (k, counts) in leaders {
                     item_rows.entry(k).or_default().leaders = Leaders::from_counts(counts);
                 }
@@ -1001,31 +1086,115 @@ impl Storage {
                     .or_default()
                     .leaders = Leaders::from_counts(popular);
             }
-            let mut keys: Vec<_> = item_rows.keys().copied().collect();
-            keys.sort();
-            for k in keys {
-                let row = &item_rows[&k];
-                items_t.insert(
-                    (store, k.0.code(), k.1),
-                    records::encode_item(row)?.as_slice(),
-                )?;
+            let mut want = Vec::with_capacity(item_rows.len());
+            for ((kind, p), row) in item_rows {
+                want.push(((kind.code(), p), records::encode_item(&row)?));
             }
+            want.sort_unstable_by_key(|w| w.0);
+            let mut have = Vec::new();
+            for item in snap
+                .items
+                .range((store, 0u8, 0u32)..=(store, u8::MAX, u32::MAX))?
+            {
+                let (key, v) = item?;
+                let (_, k, p) = key.value();
+                have.push(((k, p), v.value().to_vec()));
+            }
+            let (have, want) = (have.into_iter().map(Ok), want.into_iter().map(Ok));
+            out.changed += sync_rows(have, want, |&(k, p), bytes| {
+                match bytes {
+                    Some(x) => items_t.insert((store, k, p), x)?,
+                    None => items_t.remove((store, k, p))?,
+                };
+                Ok(())
+            })?;
+
+            // Evidence in order-id order (as orders were read), the timeline in its own.
+            let want = (0..orders.len()).map(|i| {
+                let bytes = records::encode_evidence(&orders.evidence(i))?;
+                Ok((orders.id(i).to_string(), bytes))
+            });
+            let have = snap
+                .evidence
+                .range((store, "")..(store_after(store).as_str(), ""))?
+                .map(|item| {
+                    let (key, v) = item?;
+                    Ok((key.value().1.to_string(), v.value().to_vec()))
+                });
             let mut ev = tx.open_table(AFF_ORDERS)?;
+            out.changed += sync_rows(have, want, |id, bytes| {
+                match bytes {
+                    Some(x) => ev.insert((store, id.as_str()), x)?,
+                    None => ev.remove((store, id.as_str()))?,
+                };
+                Ok(())
+            })?;
+            drop(ev);
+
+            let want = seq.iter().map(|&i| {
+                let i = i as usize;
+                let key = (orders.customer[i], orders.at[i], orders.id(i).to_string());
+                Ok((key, Vec::new()))
+            });
+            let have = snap
+                .timeline
+                .range(
+                    (store, 0u64, i64::MIN, "")..(store_after(store).as_str(), 0u64, i64::MIN, ""),
+                )?
+                .map(|item| {
+                    let (key, _) = item?;
+                    let (_, c, at, id) = key.value();
+                    Ok(((c, at, id.to_string()), Vec::new()))
+                });
             let mut tl = tx.open_table(TIMELINE)?;
-            for i in 0..orders.len() {
-                let e = orders.evidence(i);
-                ev.insert(
-                    (store, orders.id(i)),
-                    records::encode_evidence(&e)?.as_slice(),
-                )?;
-                if let Some(c) = e.customer {
-                    tl.insert((store, c, e.at.0, orders.id(i)), ())?;
-                }
-            }
+            out.changed += sync_rows(have, want, |(c, at, id), bytes| {
+                match bytes {
+                    Some(_) => tl.insert((store, *c, *at, id.as_str()), ())?,
+                    None => tl.remove((store, *c, *at, id.as_str()))?,
+                };
+                Ok(())
+            })?;
         }
         tx.commit()?;
+        out.count_ms = counting.as_millis() as u64;
+        out.write_ms =
+            (started.elapsed().as_millis() as u64).saturating_sub(out.read_ms + out.count_ms);
         Ok(out)
     }
+}
+
+/// Makes stored rows equal to `want`: both in key order, `have` as stored. Calls `put`
+/// with the bytes of each row that is new or different, and with `None` for each stored
+/// row not wanted. Streams both sides. Returns how many rows it changed.
+fn sync_rows<K: Ord>(
+    have: impl Iterator<Item = Result<(K, Vec<u8>), Error>>,
+    want: impl Iterator<Item = Result<(K, Vec<u8>), Error>>,
+    mut put: impl FnMut(&K, Option<&[u8]>) -> Result<(), Error>,
+) -> Result<u64, Error> {
+    let mut changed = 0;
+    let mut have = have.peekable();
+    for w in want {
+        let (k, v) = w?;
+        let mut same = false;
+        while let Some(h) = have.next_if(|h| h.as_ref().map_or(true, |(old, _)| *old <= k)) {
+            let (old, bytes) = h?;
+            if old == k {
+                same = bytes == v;
+                break;
+            }
+            put(&old, None)?;
+            changed += 1;
+        }
+        if !same {
+            put(&k, Some(&v))?;
+            changed += 1;
+        }
+    }
+    for h in have {
+        put(&h?.0, None)?;
+        changed += 1;
+    }
+    Ok(changed)
 }
 
 /// The smallest string after every string that starts with `store` as a whole tuple
@@ -1522,5 +1691,48 @@ impl Storage {
             .get(key.as_str())?
             .map(|v| String::from_utf8_lossy(v.value()).into_owned());
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_rows_writes_only_differences() {
+        let rows = |r: &[(u32, u8)]| -> Vec<Result<(u32, Vec<u8>), Error>> {
+            r.iter().map(|&(k, v)| Ok((k, vec![v]))).collect()
+        };
+        let have = rows(&[(1, 1), (2, 2), (4, 4), (6, 6), (9, 9)]);
+        let want = rows(&[(0, 0), (2, 2), (4, 5), (7, 7), (9, 9)]);
+        let mut puts = Vec::new();
+        let n = sync_rows(have.into_iter(), want.into_iter(), |k, v| {
+            puts.push((*k, v.map(<[u8]>::to_vec)));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            puts,
+            vec![
+                (0, Some(vec![0])),
+                (1, None),
+                (4, Some(vec![5])),
+                (6, None),
+                (7, Some(vec![7])),
+            ]
+        );
+        assert_eq!(n, 5);
+
+        // Into nothing: everything is written; onto itself: nothing.
+        let all = rows(&[(1, 1), (2, 2)]);
+        let n = sync_rows(std::iter::empty(), all.into_iter(), |_, _| Ok(())).unwrap();
+        assert_eq!(n, 2);
+        let n = sync_rows(
+            rows(&[(1, 1)]).into_iter(),
+            rows(&[(1, 1)]).into_iter(),
+            |_, _| panic!("nothing to write"),
+        )
+        .unwrap();
+        assert_eq!(n, 0);
     }
 }

@@ -295,6 +295,10 @@ fn main() {
         "  pairs {}  next-order moves {}",
         rebuilt["pairs"], rebuilt["transitions"]
     );
+    println!(
+        "  rebuild phases: read orders {} ms, count {} ms, write rows {} ms ({} rows changed)",
+        rebuilt["read_ms"], rebuilt["count_ms"], rebuilt["write_ms"], rebuilt["changed_rows"]
+    );
     println!("  bare CSV parse (baseline)   {parse_s:>8.2} s");
     println!(
         "  import orders (+ rebuild)   {import_s:>8.2} s   ratio to parse + rebuild {:.2} (target <= 1.00)",
