@@ -401,7 +401,7 @@ pub fn import_orders(
         "uncatalogued_line_items": unknown_lines,
         "rejected": error_count,
         "rejected_rows": errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-        "affinity": {"orders": rebuilt.orders, "transitions": rebuilt.transitions, "pairs": rebuilt.pairs},
+        "affinity": rebuilt,
         "seconds": started.elapsed().as_secs_f64(),
     }))
 }
