@@ -705,14 +705,15 @@ fn affinity(config: &Config, action: AffinityAction) -> anyhow::Result<ExitCode>
             let rules = v["rules"].as_array().cloned().unwrap_or_default();
             println!("rules ({}):", rules.len());
             println!(
-                "  {:<10} {:<24} {:>6} {:>8} {:>6} {:>8}  tier",
-                "kind", "consequent", "pairs", "conf", "lift", "gap d"
+                "  {:<10} {:<24} {:>6} {:>8} {:>8} {:>6} {:>8}  tier",
+                "kind", "consequent", "pairs", "decayed", "conf", "lift", "gap d"
             );
             for r in rules.iter().take(30) {
                 println!(
-                    "  {:<10} {:<24} {:>6.0} {:>7.1}% {:>6.2} {:>8}  {}",
+                    "  {:<10} {:<24} {:>6} {:>8.2} {:>7.1}% {:>6.2} {:>8}  {}",
                     r["kind"].as_str().unwrap_or(""),
                     r["consequent"].as_str().unwrap_or(""),
+                    r["exact_pair_orders"].as_u64().unwrap_or(0),
                     r["pair_orders"].as_f64().unwrap_or(0.0),
                     r["confidence"].as_f64().unwrap_or(0.0) * 100.0,
                     r["lift"].as_f64().unwrap_or(0.0),

@@ -93,7 +93,7 @@ pub fn affinity_rebuild(
     let r = storage.rebuild_affinity(store, config.affinity.window_ms())?;
     Ok(json!({
         "store": store, "orders": r.orders, "transitions": r.transitions,
-        "new_products": r.products, "pairs": r.pairs, "passes": r.passes, "changed_rows": r.changed,
+        "new_products": r.products, "pairs": r.pairs, "passes": r.passes, "changed": r.changed,
         "seconds": started.elapsed().as_secs_f64(),
         "read_ms": r.read_ms, "count_ms": r.count_ms, "write_ms": r.write_ms,
     }))

@@ -297,7 +297,7 @@ fn main() {
     );
     println!(
         "  rebuild phases: read orders {} ms, count {} ms, write rows {} ms ({} rows changed)",
-        rebuilt["read_ms"], rebuilt["count_ms"], rebuilt["write_ms"], rebuilt["changed_rows"]
+        rebuilt["read_ms"], rebuilt["count_ms"], rebuilt["write_ms"], rebuilt["changed"]
     );
     let first = &summary["affinity"];
     println!(
