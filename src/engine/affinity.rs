@@ -37,17 +37,21 @@ pub enum Decay {
 }
 
 impl Decay {
-    pub fn weight(self, month: Month, now: Month) -> f64 {
+    /// What one month of age multiplies a count by.
+    fn per_month(self) -> f64 {
         match self {
             Decay::None => 1.0,
-            Decay::HalfLife { days } => {
-                let age = now.saturating_sub(month);
-                0.5f64
-                    .powf(MONTH_DAYS / days)
-                    .powi(i32::try_from(age).unwrap_or(i32::MAX))
-            }
+            Decay::HalfLife { days } => 0.5f64.powf(MONTH_DAYS / days),
         }
     }
+
+    pub fn weight(self, month: Month, now: Month) -> f64 {
+        age_weight(self.per_month(), month, now)
+    }
+}
+
+fn age_weight(per_month: f64, month: Month, now: Month) -> f64 {
+    per_month.powi(i32::try_from(now.saturating_sub(month)).unwrap_or(i32::MAX))
 }
 
 /// Exact counts per month, oldest first; what storage keeps for every counted thing
@@ -80,9 +84,10 @@ impl Monthly {
 
     /// The count weighted by age.
     pub fn weighted(&self, decay: Decay, now: Month) -> f64 {
+        let per_month = decay.per_month();
         self.0
             .iter()
-            .map(|&(m, n)| n as f64 * decay.weight(m, now))
+            .map(|&(m, n)| n as f64 * age_weight(per_month, m, now))
             .sum()
     }
 }
