@@ -426,6 +426,27 @@ pub fn rule(
     }
 }
 
+impl Rule {
+    /// Whether the rule may rank an offer: strong or moderate.
+    pub fn ranks(&self) -> bool {
+        self.tier >= Some(Tier::Moderate)
+    }
+}
+
+/// Whether A → B may rank, judged from the pair and A's weighted orders alone: confidence
+/// does not depend on B, so a reader can skip B's counts for pairs that cannot.
+pub fn may_rank(
+    pair: &Monthly,
+    antecedent: f64,
+    decay: Decay,
+    now: Month,
+    thresholds: &Thresholds,
+) -> bool {
+    antecedent > 0.0
+        && thresholds.tier(pair.weighted(decay, now) / antecedent, pair.total())
+            >= Some(Tier::Moderate)
+}
+
 /// Why a product is a candidate. A candidate carries every reason found for it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "source", rename_all = "snake_case")]

@@ -18,8 +18,8 @@ use super::records::{self, ItemRow, PairRow, PairingRow};
 use super::tables::*;
 use super::{Changes, Error, Snapshot, Storage};
 use crate::engine::affinity::{
-    tally_order, tally_transition, Feedback, Kind, Leaders, Month, OrderEvidence, ProductNo, Tally,
-    Tier, TOTAL,
+    may_rank, tally_order, tally_transition, Feedback, Kind, Leaders, Month, OrderEvidence,
+    ProductNo, Tally, TOTAL,
 };
 use crate::engine::catalog::{product_key, uncatalogued_key, Variant};
 use crate::engine::history::OrderState;
@@ -1310,10 +1310,9 @@ impl<'a> Names<'a> {
         ))
     }
 
-    /// The rule when it is strong or moderate (what may rank), reading B's side only
-    /// then: most of a popular product's pairs are weak, and confidence needs only the pair
-    /// and A's side.
-    fn tiered_rule(
+    /// The rule when it may rank, reading B's side only then: most of a popular product's
+    /// pairs are weak.
+    fn ranking_rule(
         &mut self,
         kind: Kind,
         a: ProductNo,
@@ -1321,17 +1320,11 @@ impl<'a> Names<'a> {
         pair: &PairRow,
     ) -> Result<Option<crate::engine::affinity::Rule>, Error> {
         let antecedent = self.side(kind, a)?.0;
-        let confidence = pair.months.weighted(self.rs.decay, self.rs.now) / antecedent;
-        if antecedent <= 0.0
-            || self
-                .rs
-                .thresholds
-                .tier(confidence, pair.months.total())
-                .is_none_or(|t| t < Tier::Moderate)
-        {
+        let rs = self.rs;
+        if !may_rank(&pair.months, antecedent, rs.decay, rs.now, &rs.thresholds) {
             return Ok(None);
         }
-        Ok(Some(self.rule(kind, a, b, pair)?).filter(|r| r.tier >= Some(Tier::Moderate)))
+        Ok(Some(self.rule(kind, a, b, pair)?).filter(|r| r.ranks()))
     }
 
     /// A rule with its product keys and titles.
@@ -1489,7 +1482,7 @@ impl Snapshot {
                         break;
                     }
                     let pair = self.pair_row(store, kind, a, b)?;
-                    let Some(rule) = names.tiered_rule(kind, a, b, &pair)? else {
+                    let Some(rule) = names.ranking_rule(kind, a, b, &pair)? else {
                         continue;
                     };
                     let conversion = feedback
