@@ -1091,17 +1091,15 @@ impl Storage {
                 want.push(((kind.code(), p), records::encode_item(&row)?));
             }
             want.sort_unstable_by_key(|w| w.0);
-            let mut have = Vec::new();
-            for item in snap
+            let have = snap
                 .items
                 .range((store, 0u8, 0u32)..=(store, u8::MAX, u32::MAX))?
-            {
-                let (key, v) = item?;
-                let (_, k, p) = key.value();
-                have.push(((k, p), v.value().to_vec()));
-            }
-            let (have, want) = (have.into_iter().map(Ok), want.into_iter().map(Ok));
-            out.changed += sync_rows(have, want, |&(k, p), bytes| {
+                .map(|item| {
+                    let (key, v) = item?;
+                    let (_, k, p) = key.value();
+                    Ok(((k, p), v.value().to_vec()))
+                });
+            out.changed += sync_rows(have, want.into_iter().map(Ok), |&(k, p), bytes| {
                 match bytes {
                     Some(x) => items_t.insert((store, k, p), x)?,
                     None => items_t.remove((store, k, p))?,
