@@ -265,13 +265,22 @@ fn rejected(path: &std::path::Path, errors: &[crate::import::RowError], total: u
     OpsError::Invalid(m)
 }
 
+/// The currency of a store in the config.
+fn store_currency(config: &Config, store: &str) -> Result<crate::engine::Currency, OpsError> {
+    config
+        .store(store)
+        .map(|s| s.currency)
+        .ok_or_else(|| OpsError::Invalid(format!("no store {store:?} in the config")))
+}
+
 /// Imports order history from a Shopify orders export or the native orders CSV.
 ///
 /// Two passes: the first reads the whole file and checks every row (nothing is written
 /// if one is bad, unless `skip_bad_rows`); the second applies orders in batches of
 /// 2,000, each its own transaction, then rebuilds the store's affinity once. A marker
-/// records the import while it runs: if it is interrupted, `status` says so and running
-/// the same import again completes it (applying an order twice changes nothing).
+/// records the import while it runs (nothing shows it yet: `status` should); if it is
+/// interrupted, running the same import again completes it (applying an order twice
+/// changes nothing).
 pub fn import_orders(
     storage: &Storage,
     config: &Config,
@@ -281,10 +290,7 @@ pub fn import_orders(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<serde_json::Value, OpsError> {
     use std::collections::HashSet;
-    let currency = config
-        .store(store)
-        .map(|s| s.currency)
-        .ok_or_else(|| OpsError::Invalid(format!("no store {store:?} in the config")))?;
+    let currency = store_currency(config, store)?;
     // Pass 1: check everything.
     let (f, total_bytes) = open_file(path)?;
     let mut reader = crate::import::OrdersReader::new(std::io::BufReader::new(f), currency)
@@ -414,10 +420,7 @@ pub fn import_catalog(
     store: &str,
     path: &std::path::Path,
 ) -> Result<serde_json::Value, OpsError> {
-    let currency = config
-        .store(store)
-        .map(|s| s.currency)
-        .ok_or_else(|| OpsError::Invalid(format!("no store {store:?} in the config")))?;
+    let currency = store_currency(config, store)?;
     let (f, _) = open_file(path)?;
     let reader = crate::import::CatalogReader::new(std::io::BufReader::new(f), currency)
         .map_err(|e| file_error(path, e))?;
