@@ -305,9 +305,16 @@ pub struct Leaders(pub Vec<(ProductNo, u64)>);
 impl Leaders {
     /// Builds the list from every pair count of one antecedent.
     pub fn from_counts(counts: impl IntoIterator<Item = (ProductNo, u64)>) -> Leaders {
+        let rank = |&(b, n): &(ProductNo, u64)| (std::cmp::Reverse(n), b);
         let mut all: Vec<(ProductNo, u64)> = counts.into_iter().filter(|c| c.1 > 0).collect();
-        all.sort_by_key(|&(b, n)| (std::cmp::Reverse(n), b));
-        all.truncate(LEADERS);
+        if all.len() > LEADERS {
+            all.select_nth_unstable_by_key(LEADERS - 1, rank);
+            all.truncate(LEADERS);
+        }
+        all.sort_by_key(rank);
+        // Rows of every product are held at once during a rebuild: keep 50, not the
+        // room for all of a product's pairs.
+        all.shrink_to_fit();
         Leaders(all)
     }
 
@@ -445,6 +452,16 @@ pub fn may_rank(
     antecedent > 0.0
         && thresholds.tier(pair.weighted(decay, now) / antecedent, pair.total())
             >= Some(Tier::Moderate)
+}
+
+/// Whether A → B could rank at all, judged from the pair's exact count before its months
+/// are read: no month weighs more than 1, so the weighted count never exceeds the exact
+/// one and confidence is at most exact / A's weighted orders. Leaders come most orders
+/// first, so a reader stops at the first one that cannot.
+pub fn could_rank(exact: u64, antecedent: f64, thresholds: &Thresholds) -> bool {
+    exact >= thresholds.min_pair_orders
+        && antecedent > 0.0
+        && exact as f64 / antecedent >= thresholds.moderate
 }
 
 /// Why a product is a candidate. A candidate carries every reason found for it.
@@ -619,6 +636,41 @@ mod tests {
         assert_eq!(t.tier(0.04, 3), Some(Tier::Moderate));
         assert_eq!(t.tier(0.039, 3), Some(Tier::Weak));
         assert_eq!(t.tier(0.9, 2), None, "below the minimum pair count");
+    }
+
+    /// The bound candidates stop on never stops early: whenever the months could rank,
+    /// the exact count alone says it could, whatever the decay and however old or new
+    /// (even future) the months are.
+    #[test]
+    fn could_rank_bounds_may_rank() {
+        let t = Thresholds::default();
+        let mut seed = 7u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..20_000 {
+            let mut pair = Monthly::default();
+            for _ in 0..1 + next(6) {
+                pair.add(600 + next(30) as Month, 1 + next(20) as i64);
+            }
+            let antecedent = 1.0 + next(2_000) as f64 / 3.0;
+            let decay = match next(3) {
+                0 => Decay::None,
+                d => Decay::HalfLife {
+                    days: 30.0 * d as f64,
+                },
+            };
+            let now = 600 + next(40) as Month;
+            if may_rank(&pair, antecedent, decay, now, &t) {
+                assert!(
+                    could_rank(pair.total(), antecedent, &t),
+                    "{pair:?} {antecedent}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct CatchUp {
     /// Time spent on the affinity model: computing its rows and writing them, not the
     /// commit.
     pub affinity: Duration,
+    /// Affinity and catalog rows written or removed.
+    pub affinity_rows: usize,
 }
 
 /// Applies every committed event not yet applied, in chunks, while `go_on` says so.
@@ -110,6 +112,7 @@ pub fn catch_up(
         let writing = storage.apply_changes(&changes)?;
         total.events += events.len();
         total.affinity += computing + writing;
+        total.affinity_rows += changes.affinity.rows();
         if events.len() < CHUNK || !go_on() {
             return Ok(total);
         }

@@ -253,10 +253,11 @@ pub struct Contribution {
 /// (variant id, SKU, product id): a rebuild keys millions of lines of a few thousand
 /// products. Valid for one snapshot and store.
 #[derive(Default)]
-pub struct LineKeys(HashMap<LineNames, Option<String>>);
-
-/// What a line item names its product with: variant id, SKU, product id.
-type LineNames = (Option<String>, Option<String>, Option<String>);
+pub struct LineKeys {
+    keys: rustc_hash::FxHashMap<String, Option<String>>,
+    /// The names of the line being looked up, length-prefixed (unambiguous), reused.
+    names: String,
+}
 
 impl LineKeys {
     fn key(
@@ -265,16 +266,20 @@ impl LineKeys {
         store: &str,
         line: &LineItem,
     ) -> Result<Option<String>, Error> {
-        let names = (
-            line.variant_id.clone(),
-            line.sku.clone(),
-            line.product_id.clone(),
-        );
-        if let Some(k) = self.0.get(&names) {
+        use std::fmt::Write;
+        self.names.clear();
+        for name in [&line.variant_id, &line.sku, &line.product_id] {
+            match name {
+                Some(n) => write!(self.names, "{}:{n}", n.len()),
+                None => write!(self.names, "-"),
+            }
+            .expect("writing to a String");
+        }
+        if let Some(k) = self.keys.get(self.names.as_str()) {
             return Ok(k.clone());
         }
         let k = snap.line_product_key(store, line)?;
-        self.0.insert(names, k.clone());
+        self.keys.insert(self.names.clone(), k.clone());
         Ok(k)
     }
 }
@@ -683,6 +688,17 @@ pub struct AffinityChanges {
 }
 
 impl AffinityChanges {
+    /// Rows this writes or removes.
+    pub fn rows(&self) -> usize {
+        self.items.len()
+            + self.pairs.len()
+            + self.evidence.len()
+            + self.timeline.len()
+            + self.products.len()
+            + self.next_product.len()
+            + self.catalog.len()
+    }
+
     pub(super) fn write(&self, tx: &redb::WriteTransaction) -> Result<(), Error> {
         let mut items = tx.open_table(AFF_ITEMS)?;
         for (s, k, p, bytes) in &self.items {
@@ -835,45 +851,73 @@ pub struct Rebuilt {
     pub write_ms: u64,
 }
 
-/// Pair counts of one slice of antecedents, in memory. Hashed with FxHash: these maps take
-/// tens of millions of small integer keys per rebuild, where SipHash's resistance to
-/// chosen keys buys nothing.
-#[derive(Default)]
+/// Pair counts of one slice of antecedents, in memory. Every pair count is one packed
+/// entry (see [`pack_pair`]); sorting them groups each row's months in key order, which
+/// takes less memory and time than a hash map of running sums (a map of millions of
+/// entries misses the cache on nearly every increment).
 struct SliceTally {
-    /// The first slice also counts items.
-    first: bool,
     /// Antecedents lo..hi.
     lo: ProductNo,
     hi: ProductNo,
-    items: rustc_hash::FxHashMap<(Kind, ProductNo, bool, Month), i64>,
-    pairs: rustc_hash::FxHashMap<(Kind, ProductNo, ProductNo, Month), i64>,
-    gaps: rustc_hash::FxHashMap<(Kind, ProductNo, ProductNo), i64>,
+    pairs: Vec<u128>,
 }
 
 impl Tally for SliceTally {
-    fn item(&mut self, kind: Kind, product: ProductNo, antecedent: bool, month: Month, n: i64) {
-        // Items are few: every slice pass counts them, the first one keeps them.
-        if self.first {
-            *self
-                .items
-                .entry((kind, product, antecedent, month))
-                .or_default() += n;
-        }
-    }
+    fn item(&mut self, _: Kind, _: ProductNo, _: bool, _: Month, _: i64) {}
 
     fn pair(&mut self, kind: Kind, a: ProductNo, b: ProductNo, month: Month, n: i64, gap: i64) {
         if a < self.lo || a >= self.hi {
             return;
         }
-        *self.pairs.entry((kind, a, b, month)).or_default() += n;
-        if kind == Kind::NextOrder {
-            *self.gaps.entry((kind, a, b)).or_default() += n * gap;
-        }
+        // A rebuild only adds.
+        debug_assert_eq!(n, 1);
+        self.pairs.push(pack_pair(kind, a, b, month, gap));
     }
 }
 
-/// Most pair-month counts held in memory at once during a rebuild (~30 bytes each).
-const SLICE_ENTRIES: u64 = 2_000_000;
+/// Item counts (a few per product and month), in one pass over every order.
+#[derive(Default)]
+struct ItemTally(HashMap<(Kind, ProductNo), ItemRow>);
+
+impl Tally for ItemTally {
+    fn item(&mut self, kind: Kind, product: ProductNo, antecedent: bool, month: Month, n: i64) {
+        let row = self.0.entry((kind, product)).or_default();
+        if antecedent {
+            row.antecedent.add(month, n);
+        } else {
+            row.consequent.add(month, n);
+        }
+    }
+
+    fn pair(&mut self, _: Kind, _: ProductNo, _: ProductNo, _: Month, _: i64, _: i64) {}
+}
+
+const MONTH_BITS: u32 = 24;
+const GAP_BITS: u32 = 39;
+
+/// One pair count as a number whose order is the pairs table's key order, then month:
+/// kind (1 bit), antecedent (32), consequent (32), month (24: months since 1970; chrono's
+/// last year is 262,143, month 3.1M), gap in seconds (39: the window is at most 3,650 days,
+/// 3.2e8 s).
+fn pack_pair(kind: Kind, a: ProductNo, b: ProductNo, month: Month, gap: i64) -> u128 {
+    let month = u128::from(month.min((1 << MONTH_BITS) - 1));
+    let gap = gap.clamp(0, (1 << GAP_BITS) - 1) as u128;
+    (u128::from(kind.code()) << 127)
+        | (u128::from(a) << 95)
+        | (u128::from(b) << 63)
+        | (month << GAP_BITS)
+        | gap
+}
+
+/// The row (kind code, antecedent, consequent) and month of a packed pair count.
+fn unpack_pair(x: u128) -> ((u8, ProductNo, ProductNo), Month, u64) {
+    let row = ((x >> 127) as u8, (x >> 95) as u32, (x >> 63) as u32);
+    let month = ((x >> GAP_BITS) & ((1 << MONTH_BITS) - 1)) as Month;
+    (row, month, (x & ((1 << GAP_BITS) - 1)) as u64)
+}
+
+/// Most pair counts held in memory at once during a rebuild (16 bytes each).
+const SLICE_ENTRIES: u64 = 1_000_000;
 
 impl Storage {
     /// Recomputes one store's affinity from its stored orders and the catalog as it is
@@ -883,7 +927,7 @@ impl Storage {
         let started = std::time::Instant::now();
         let snap = self.snapshot()?;
         let mut orders = Compact::default();
-        let mut numbers: HashMap<String, ProductNo> = HashMap::new();
+        let mut numbers: rustc_hash::FxHashMap<String, ProductNo> = Default::default();
         let mut next_no = snap.next_product_no(store)?;
         let mut new_products = Vec::new();
         let mut line_keys = LineKeys::default();
@@ -959,17 +1003,18 @@ impl Storage {
                 work[a as usize] += k;
             }
         }
-        let mut bounds: Vec<(ProductNo, ProductNo)> = Vec::new();
+        // (lo, hi, work): the work bounds the slice's pair counts.
+        let mut bounds: Vec<(ProductNo, ProductNo, u64)> = Vec::new();
         let (mut lo, mut sum) = (0 as ProductNo, 0u64);
         for (a, w) in work.iter().enumerate() {
             if sum > 0 && sum + w > SLICE_ENTRIES {
-                bounds.push((lo, a as ProductNo));
+                bounds.push((lo, a as ProductNo, sum));
                 (lo, sum) = (a as ProductNo, 0);
             }
             sum += w;
         }
         if next_no > lo {
-            bounds.push((lo, next_no));
+            bounds.push((lo, next_no, sum));
         }
         drop(work);
         let mut out = Rebuilt {
@@ -991,63 +1036,88 @@ impl Storage {
 
             let mut items_t = tx.open_table(AFF_ITEMS)?;
             let mut pairs_t = tx.open_table(AFF_PAIRS)?;
-            let mut item_rows: HashMap<(Kind, ProductNo), ItemRow> = HashMap::new();
-            for (slice, &(lo, hi)) in bounds.iter().enumerate() {
+            // Items first, in one pass; then pairs, one slice of antecedents at a time, each
+            // pass reading only the orders with a product in its slice.
+            let count_started = std::time::Instant::now();
+            let (mut from, mut to) = (OrderEvidence::default(), OrderEvidence::default());
+            let mut items = ItemTally::default();
+            for i in 0..orders.len() {
+                orders.evidence_into(i, &mut from);
+                tally_order(&mut items, &from, 1);
+            }
+            for &(x, y) in &transitions {
+                orders.evidence_into(x as usize, &mut from);
+                orders.evidence_into(y as usize, &mut to);
+                tally_transition(&mut items, &from, &to, window_ms, 1);
+            }
+            let mut item_rows = items.0;
+            out.transitions = item_rows
+                .get(&(Kind::NextOrder, TOTAL))
+                .map_or(0, |r| r.antecedent.total());
+            counting += count_started.elapsed();
+            // The pair counts of one slice, its allocation reused by the next.
+            let mut buffer = Vec::new();
+            for &(lo, hi, work) in &bounds {
+                let count_started = std::time::Instant::now();
+                let in_slice = |p: &[ProductNo]| p.iter().any(|&a| (lo..hi).contains(&a));
+                buffer.reserve_exact(work as usize);
                 let mut t = SliceTally {
-                    first: slice == 0,
                     lo,
                     hi,
-                    ..SliceTally::default()
+                    pairs: std::mem::take(&mut buffer),
                 };
-                let count_started = std::time::Instant::now();
-                let (mut from, mut to) = (OrderEvidence::default(), OrderEvidence::default());
                 for i in 0..orders.len() {
-                    orders.evidence_into(i, &mut from);
-                    tally_order(&mut t, &from, 1);
+                    if in_slice(orders.products(i)) {
+                        orders.evidence_into(i, &mut from);
+                        tally_order(&mut t, &from, 1);
+                    }
                 }
                 for &(x, y) in &transitions {
-                    orders.evidence_into(x as usize, &mut from);
-                    orders.evidence_into(y as usize, &mut to);
-                    tally_transition(&mut t, &from, &to, window_ms, 1);
-                }
-                if slice == 0 {
-                    out.transitions = t
-                        .items
-                        .iter()
-                        .filter(|(k, _)| k.0 == Kind::NextOrder && k.1 == TOTAL)
-                        .map(|(_, n)| *n as u64)
-                        .sum();
-                    for ((kind, p, ante, m), n) in t.items.drain() {
-                        let row = item_rows.entry((kind, p)).or_default();
-                        if ante {
-                            row.antecedent.add(m, n);
-                        } else {
-                            row.consequent.add(m, n);
-                        }
+                    if in_slice(orders.products(x as usize)) {
+                        orders.evidence_into(x as usize, &mut from);
+                        orders.evidence_into(y as usize, &mut to);
+                        tally_transition(&mut t, &from, &to, window_ms, 1);
                     }
                 }
-                let mut entries: Vec<_> = t.pairs.drain().filter(|e| e.1 > 0).collect();
-                entries.sort_unstable_by_key(|e| e.0);
+                let mut entries = std::mem::take(&mut t.pairs);
+                entries.sort_unstable();
                 counting += count_started.elapsed();
                 // Rows are made from the sorted counts as they are compared, never all held.
-                let mut leaders: HashMap<(Kind, ProductNo), Vec<(ProductNo, u64)>> = HashMap::new();
+                // One antecedent's pair counts while its rows go by (they are contiguous),
+                // made into its leaders when the next one starts.
+                let mut counts: ((Kind, ProductNo), Vec<(ProductNo, u64)>) =
+                    ((Kind::SameOrder, TOTAL), Vec::new());
+                let mut settle = |counts: &mut ((Kind, ProductNo), Vec<(ProductNo, u64)>)| {
+                    if !counts.1.is_empty() {
+                        item_rows.entry(counts.0).or_default().leaders =
+                            Leaders::from_counts(counts.1.drain(..));
+                    }
+                };
                 let mut i = 0;
                 let want = std::iter::from_fn(|| {
-                    let (kind, a, b, _) = entries.get(i)?.0;
+                    let (key, _, _) = unpack_pair(*entries.get(i)?);
                     let mut row = PairRow::default();
-                    while i < entries.len()
-                        && (entries[i].0 .0, entries[i].0 .1, entries[i].0 .2) == (kind, a, b)
-                    {
-                        row.months.0.push((entries[i].0 .3, entries[i].1 as u64));
+                    let mut gaps = 0;
+                    while let Some((k, month, gap)) = entries.get(i).map(|&x| unpack_pair(x)) {
+                        if k != key {
+                            break;
+                        }
+                        match row.months.0.last_mut() {
+                            Some((m, n)) if *m == month => *n += 1,
+                            _ => row.months.0.push((month, 1)),
+                        }
+                        gaps += gap;
                         i += 1;
                     }
-                    row.gap_secs = t.gaps.get(&(kind, a, b)).map_or(0, |g| (*g).max(0) as u64);
-                    leaders
-                        .entry((kind, a))
-                        .or_default()
-                        .push((b, row.months.total()));
+                    row.gap_secs = gaps;
+                    let kind = Kind::from_code(key.0).expect("packed from a Kind");
+                    if counts.0 != (kind, key.1) {
+                        settle(&mut counts);
+                        counts.0 = (kind, key.1);
+                    }
+                    counts.1.push((key.2, row.months.total()));
                     out.pairs += 1;
-                    Some(records::encode_pair(&row).map(|bytes| ((kind.code(), a, b), bytes)))
+                    Some(records::encode_pair(&row).map(|bytes| (key, bytes)))
                 });
                 // Stored rows of this slice: both kinds, antecedents lo..hi (hi > lo).
                 let mut have = Vec::new();
@@ -1070,10 +1140,9 @@ impl Storage {
                     };
                     Ok(())
                 })?;
-                drop(entries);
-                for (k, counts) in leaders {
-                    item_rows.entry(k).or_default().leaders = Leaders::from_counts(counts);
-                }
+                settle(&mut counts);
+                buffer = entries;
+                buffer.clear();
             }
             let popular = item_rows
                 .iter()
@@ -1447,7 +1516,9 @@ impl Snapshot {
         rs: &ReadSettings,
         limit: usize,
     ) -> Result<Vec<crate::engine::affinity::Candidate>, Error> {
-        use crate::engine::affinity::{rank, Evidence, FEEDBACK_PRIOR, FEEDBACK_STRENGTH};
+        use crate::engine::affinity::{
+            could_rank, rank, Evidence, FEEDBACK_PRIOR, FEEDBACK_STRENGTH,
+        };
         let mut names = Names::new(self, store, rs);
         let mut found: Vec<(String, Evidence)> = Vec::new();
         let mut categories = BTreeSet::new();
@@ -1474,9 +1545,10 @@ impl Snapshot {
             };
             let feedback = self.feedback_from(store, a)?;
             for kind in Kind::ALL {
+                let antecedent = names.side(kind, a)?.0;
                 for (b, exact) in self.item_row(store, kind, a)?.leaders.0 {
-                    // Leaders come most orders first: below the minimum none has a tier.
-                    if exact < rs.thresholds.min_pair_orders {
+                    // Leaders come most orders first: once one cannot rank, none after can.
+                    if !could_rank(exact, antecedent, &rs.thresholds) {
                         break;
                     }
                     let pair = self.pair_row(store, kind, a, b)?;
