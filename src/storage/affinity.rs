@@ -7,8 +7,9 @@
 //! touch, keeps them decoded while a batch of orders is applied, and hands the final rows
 //! to the write transaction, which only copies bytes.
 //!
-//! Rebuild: orders are read once into a compact form, then pair counts are tallied in
-//! memory one slice of antecedents at a time (bounded memory) and written in key order.
+//! Rebuild: orders are read once into a compact form and counted in one pass, each pair
+//! count appended to a temporary file per slice of antecedents; each slice is then read
+//! back, sorted and compared with the stored rows in key order (bounded memory).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -851,37 +852,23 @@ pub struct Rebuilt {
     pub write_ms: u64,
 }
 
-/// Pair counts of one slice of antecedents, in memory. Every pair count is one packed
-/// entry (see [`pack_pair`]); sorting them groups each row's months in key order, which
-/// takes less memory and time than a hash map of running sums (a map of millions of
-/// entries misses the cache on nearly every increment).
-struct SliceTally {
-    /// Antecedents lo..hi.
-    lo: ProductNo,
-    hi: ProductNo,
-    pairs: Vec<u128>,
+/// The rebuild's one pass over every order: item counts in memory (a few per product and
+/// month), and every pair count as one packed entry (see [`pack_pair`]) appended to the
+/// file of its antecedent's slice. Each slice is then read back, sorted (which groups a
+/// row's months in key order) and written, so memory holds one slice, and the orders are
+/// read once however many slices there are. Sorting packed entries also beats a hash map
+/// of running sums, which misses the cache on nearly every increment.
+struct Spill {
+    items: HashMap<(Kind, ProductNo), ItemRow>,
+    /// Each product's slice.
+    slice_of: Vec<u32>,
+    files: Vec<std::io::BufWriter<std::fs::File>>,
+    error: Option<std::io::Error>,
 }
 
-impl Tally for SliceTally {
-    fn item(&mut self, _: Kind, _: ProductNo, _: bool, _: Month, _: i64) {}
-
-    fn pair(&mut self, kind: Kind, a: ProductNo, b: ProductNo, month: Month, n: i64, gap: i64) {
-        if a < self.lo || a >= self.hi {
-            return;
-        }
-        // A rebuild only adds.
-        debug_assert_eq!(n, 1);
-        self.pairs.push(pack_pair(kind, a, b, month, gap));
-    }
-}
-
-/// Item counts (a few per product and month), in one pass over every order.
-#[derive(Default)]
-struct ItemTally(HashMap<(Kind, ProductNo), ItemRow>);
-
-impl Tally for ItemTally {
+impl Tally for Spill {
     fn item(&mut self, kind: Kind, product: ProductNo, antecedent: bool, month: Month, n: i64) {
-        let row = self.0.entry((kind, product)).or_default();
+        let row = self.items.entry((kind, product)).or_default();
         if antecedent {
             row.antecedent.add(month, n);
         } else {
@@ -889,7 +876,35 @@ impl Tally for ItemTally {
         }
     }
 
-    fn pair(&mut self, _: Kind, _: ProductNo, _: ProductNo, _: Month, _: i64, _: i64) {}
+    fn pair(&mut self, kind: Kind, a: ProductNo, b: ProductNo, month: Month, n: i64, gap: i64) {
+        use std::io::Write;
+        // A rebuild only adds.
+        debug_assert_eq!(n, 1);
+        let file = &mut self.files[self.slice_of[a as usize] as usize];
+        if let Err(e) = file.write_all(&pack_pair(kind, a, b, month, gap).to_le_bytes()) {
+            self.error.get_or_insert(e);
+        }
+    }
+}
+
+/// A slice's pair counts, read back from its file into `out` (cleared first).
+fn read_spilled(
+    file: std::io::BufWriter<std::fs::File>,
+    out: &mut Vec<u128>,
+) -> std::io::Result<()> {
+    use std::io::{Read, Seek};
+    let mut file = file.into_inner().map_err(|e| e.into_error())?;
+    let len = file.seek(std::io::SeekFrom::End(0))?;
+    file.rewind()?;
+    out.clear();
+    out.reserve_exact((len / 16) as usize);
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut entry = [0u8; 16];
+    for _ in 0..len / 16 {
+        reader.read_exact(&mut entry)?;
+        out.push(u128::from_le_bytes(entry));
+    }
+    Ok(())
 }
 
 const MONTH_BITS: u32 = 24;
@@ -1003,18 +1018,17 @@ impl Storage {
                 work[a as usize] += k;
             }
         }
-        // (lo, hi, work): the work bounds the slice's pair counts.
-        let mut bounds: Vec<(ProductNo, ProductNo, u64)> = Vec::new();
+        let mut bounds: Vec<(ProductNo, ProductNo)> = Vec::new();
         let (mut lo, mut sum) = (0 as ProductNo, 0u64);
         for (a, w) in work.iter().enumerate() {
             if sum > 0 && sum + w > SLICE_ENTRIES {
-                bounds.push((lo, a as ProductNo, sum));
+                bounds.push((lo, a as ProductNo));
                 (lo, sum) = (a as ProductNo, 0);
             }
             sum += w;
         }
         if next_no > lo {
-            bounds.push((lo, next_no, sum));
+            bounds.push((lo, next_no));
         }
         drop(work);
         let mut out = Rebuilt {
@@ -1036,50 +1050,49 @@ impl Storage {
 
             let mut items_t = tx.open_table(AFF_ITEMS)?;
             let mut pairs_t = tx.open_table(AFF_PAIRS)?;
-            // Items first, in one pass; then pairs, one slice of antecedents at a time, each
-            // pass reading only the orders with a product in its slice.
+            // One pass over the orders; then each slice of antecedents from its file.
             let count_started = std::time::Instant::now();
+            let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
+            let spill_error = |source| Error::Spill {
+                dir: dir.to_path_buf(),
+                source,
+            };
+            let mut spill = Spill {
+                items: HashMap::new(),
+                slice_of: vec![0; next_no as usize],
+                files: Vec::with_capacity(bounds.len()),
+                error: None,
+            };
+            for (n, &(lo, hi)) in bounds.iter().enumerate() {
+                spill.slice_of[lo as usize..hi as usize].fill(n as u32);
+                let file = tempfile::tempfile_in(dir).map_err(spill_error)?;
+                spill
+                    .files
+                    .push(std::io::BufWriter::with_capacity(1 << 16, file));
+            }
             let (mut from, mut to) = (OrderEvidence::default(), OrderEvidence::default());
-            let mut items = ItemTally::default();
             for i in 0..orders.len() {
                 orders.evidence_into(i, &mut from);
-                tally_order(&mut items, &from, 1);
+                tally_order(&mut spill, &from, 1);
             }
             for &(x, y) in &transitions {
                 orders.evidence_into(x as usize, &mut from);
                 orders.evidence_into(y as usize, &mut to);
-                tally_transition(&mut items, &from, &to, window_ms, 1);
+                tally_transition(&mut spill, &from, &to, window_ms, 1);
             }
-            let mut item_rows = items.0;
+            if let Some(e) = spill.error.take() {
+                return Err(spill_error(e));
+            }
+            let mut item_rows = spill.items;
             out.transitions = item_rows
                 .get(&(Kind::NextOrder, TOTAL))
                 .map_or(0, |r| r.antecedent.total());
             counting += count_started.elapsed();
             // The pair counts of one slice, its allocation reused by the next.
-            let mut buffer = Vec::new();
-            for &(lo, hi, work) in &bounds {
+            let mut entries = Vec::new();
+            for (file, &(lo, hi)) in spill.files.into_iter().zip(&bounds) {
                 let count_started = std::time::Instant::now();
-                let in_slice = |p: &[ProductNo]| p.iter().any(|&a| (lo..hi).contains(&a));
-                buffer.reserve_exact(work as usize);
-                let mut t = SliceTally {
-                    lo,
-                    hi,
-                    pairs: std::mem::take(&mut buffer),
-                };
-                for i in 0..orders.len() {
-                    if in_slice(orders.products(i)) {
-                        orders.evidence_into(i, &mut from);
-                        tally_order(&mut t, &from, 1);
-                    }
-                }
-                for &(x, y) in &transitions {
-                    if in_slice(orders.products(x as usize)) {
-                        orders.evidence_into(x as usize, &mut from);
-                        orders.evidence_into(y as usize, &mut to);
-                        tally_transition(&mut t, &from, &to, window_ms, 1);
-                    }
-                }
-                let mut entries = std::mem::take(&mut t.pairs);
+                read_spilled(file, &mut entries).map_err(spill_error)?;
                 entries.sort_unstable();
                 counting += count_started.elapsed();
                 // Rows are made from the sorted counts as they are compared, never all held.
@@ -1141,8 +1154,6 @@ impl Storage {
                     Ok(())
                 })?;
                 settle(&mut counts);
-                buffer = entries;
-                buffer.clear();
             }
             let popular = item_rows
                 .iter()

@@ -35,6 +35,11 @@ pub enum Error {
     Redb(Box<redb::Error>),
     #[error("stored record: {0}")]
     Codec(String),
+    #[error("cannot keep the affinity rebuild's temporary counts in {dir}: {source} (a rebuild needs about 16 bytes per pair count there, ~200 MB per million orders; free some space and run it again)")]
+    Spill {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("database {path} has schema version {found}, this build understands {expected}; upgrade upsell-appliance")]
     Schema {
         path: PathBuf,
