@@ -459,9 +459,7 @@ pub fn may_rank(
 /// one and confidence is at most exact / A's weighted orders. Leaders come most orders
 /// first, so a reader stops at the first one that cannot.
 pub fn could_rank(exact: u64, antecedent: f64, thresholds: &Thresholds) -> bool {
-    exact >= thresholds.min_pair_orders
-        && antecedent > 0.0
-        && exact as f64 / antecedent >= thresholds.moderate
+    antecedent > 0.0 && thresholds.tier(exact as f64 / antecedent, exact) >= Some(Tier::Moderate)
 }
 
 /// Why a product is a candidate. A candidate carries every reason found for it.

@@ -19,8 +19,8 @@ use super::records::{self, ItemRow, PairRow, PairingRow};
 use super::tables::*;
 use super::{Changes, Error, Snapshot, Storage};
 use crate::engine::affinity::{
-    may_rank, tally_order, tally_transition, Feedback, Kind, Leaders, Month, OrderEvidence,
-    ProductNo, Tally, TOTAL,
+    may_rank, tally_order, tally_transition, Feedback, Kind, Leaders, Month, Monthly,
+    OrderEvidence, ProductNo, Tally, TOTAL,
 };
 use crate::engine::catalog::{product_key, uncatalogued_key, Variant};
 use crate::engine::history::OrderState;
@@ -1350,13 +1350,21 @@ impl<'a> Names<'a> {
             return Ok(*s);
         }
         let row = self.snap.item_sides(self.store, kind, no)?;
+        Ok(self.remember_side(kind, no, &row.antecedent, &row.consequent))
+    }
+
+    /// Weighs and keeps the counts of an item row the caller has read anyway.
+    fn remember_side(
+        &mut self,
+        kind: Kind,
+        no: ProductNo,
+        antecedent: &Monthly,
+        consequent: &Monthly,
+    ) -> (f64, f64) {
         let (d, now) = (self.rs.decay, self.rs.now);
-        let s = (
-            row.antecedent.weighted(d, now),
-            row.consequent.weighted(d, now),
-        );
+        let s = (antecedent.weighted(d, now), consequent.weighted(d, now));
         self.sides.insert((kind, no), s);
-        Ok(s)
+        s
     }
 
     fn rule(
@@ -1556,8 +1564,11 @@ impl Snapshot {
             };
             let feedback = self.feedback_from(store, a)?;
             for kind in Kind::ALL {
-                let antecedent = names.side(kind, a)?.0;
-                for (b, exact) in self.item_row(store, kind, a)?.leaders.0 {
+                let row = self.item_row(store, kind, a)?;
+                let antecedent = names
+                    .remember_side(kind, a, &row.antecedent, &row.consequent)
+                    .0;
+                for (b, exact) in row.leaders.0 {
                     // Leaders come most orders first: once one cannot rank, none after can.
                     if !could_rank(exact, antecedent, &rs.thresholds) {
                         break;
