@@ -255,9 +255,10 @@ pub struct Contribution {
 /// products. Valid for one snapshot and store.
 #[derive(Default)]
 pub struct LineKeys {
-    keys: rustc_hash::FxHashMap<String, Option<String>>,
-    /// The names of the line being looked up, length-prefixed (unambiguous), reused.
-    names: String,
+    keys: rustc_hash::FxHashMap<Vec<u8>, Option<String>>,
+    /// The names of the line being looked up, each absent or length-prefixed (so the
+    /// bytes are unambiguous), reused.
+    names: Vec<u8>,
 }
 
 impl LineKeys {
@@ -267,16 +268,19 @@ impl LineKeys {
         store: &str,
         line: &LineItem,
     ) -> Result<Option<String>, Error> {
-        use std::fmt::Write;
         self.names.clear();
         for name in [&line.variant_id, &line.sku, &line.product_id] {
             match name {
-                Some(n) => write!(self.names, "{}:{n}", n.len()),
-                None => write!(self.names, "-"),
+                Some(n) => {
+                    self.names.push(1);
+                    self.names
+                        .extend_from_slice(&(n.len() as u64).to_le_bytes());
+                    self.names.extend_from_slice(n.as_bytes());
+                }
+                None => self.names.push(0),
             }
-            .expect("writing to a String");
         }
-        if let Some(k) = self.keys.get(self.names.as_str()) {
+        if let Some(k) = self.keys.get(self.names.as_slice()) {
             return Ok(k.clone());
         }
         let k = snap.line_product_key(store, line)?;
@@ -300,19 +304,21 @@ pub fn contribution(
     if order.cancelled_at.is_some() || order.financial_status.as_deref() == Some("voided") {
         return Ok(None);
     }
-    let mut keys = BTreeSet::new();
+    let mut keys = Vec::with_capacity(order.lines.len());
     for line in &order.lines {
         if let Some(k) = line_keys.key(snap, store, line)? {
-            keys.insert(k);
+            keys.push(k);
         }
     }
     if keys.is_empty() {
         return Ok(None);
     }
+    keys.sort_unstable();
+    keys.dedup();
     Ok(Some(Contribution {
         at: order.created_at,
         customer: state.customer,
-        keys: keys.into_iter().collect(),
+        keys,
     }))
 }
 
@@ -986,16 +992,14 @@ impl Storage {
         }
         drop(numbers);
         // Each customer's orders in time order (ties by order id), as the timeline keeps them.
+        // Orders were read in id order, so an order's index orders ties like its id does,
+        // and the sort compares integers, not strings.
         let mut seq: Vec<u32> = (0..orders.len() as u32)
             .filter(|&i| orders.has_customer[i as usize])
             .collect();
-        seq.sort_by(|&x, &y| {
-            let (x, y) = (x as usize, y as usize);
-            (orders.customer[x], orders.at[x], orders.id(x)).cmp(&(
-                orders.customer[y],
-                orders.at[y],
-                orders.id(y),
-            ))
+        seq.sort_unstable_by_key(|&i| {
+            let i = i as usize;
+            (orders.customer[i], orders.at[i], i)
         });
         let transitions: Vec<(u32, u32)> = seq
             .windows(2)
