@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod history;
 pub mod model;
 pub mod money;
+pub mod plan;
 
 pub use model::*;
 pub use money::{Currency, MoneyError};
