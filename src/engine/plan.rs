@@ -341,16 +341,17 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         touches: Vec::new(),
         reasons: Vec::new(),
     };
-    if ineligible.is_some() {
-    } else if holdout {
-        why.push(format!(
-            "holdout: this customer is in the {}% control group; no touches (the offer is kept for measurement)",
-            f64::from(input.policy.holdout_basis_points) / 100.0
-        ));
-    } else if let Some(stop) = suppression(input) {
-        why.push(format!("no touches: {stop}"));
-    } else if plan.offer.is_some() || recipe.is_none() {
-        plan.touches = touches(input, recipe, plan.offer.is_some(), replenish_at, &mut why);
+    if ineligible.is_none() {
+        if holdout {
+            why.push(format!(
+                "holdout: this customer is in the {}% control group; no touches (the offer is kept for measurement)",
+                f64::from(input.policy.holdout_basis_points) / 100.0
+            ));
+        } else if let Some(stop) = suppression(input) {
+            why.push(format!("no touches: {stop}"));
+        } else {
+            plan.touches = touches(input, recipe, plan.offer.is_some(), replenish_at, &mut why);
+        }
     }
     plan.reasons = why;
     plan
@@ -385,6 +386,9 @@ fn money(minor: i64, currency: Currency) -> String {
 fn ineligible(input: &PlanInput<'_>) -> Option<&'static str> {
     if input.order.cancelled_at.is_some() {
         return Some("the order is cancelled");
+    }
+    if input.basket.is_empty() {
+        return Some("no line of the order is a product (custom items only)");
     }
     if input.basket.iter().all(|l| l.gift_card) {
         return Some("the order holds only gift cards");
