@@ -1185,6 +1185,7 @@ mod tests {
             .order
             .lines
             .iter()
+            .filter(|l| l.sku.is_some())
             .map(|l| BasketLine {
                 product: l.sku.clone().unwrap(),
                 quantity: l.quantity,
@@ -1392,6 +1393,7 @@ mod tests {
         add("cancelled_order", &|c| {
             c.order.cancelled_at = Some(Timestamp(T0))
         });
+        add("custom_items_only", &|c| c.order.lines[0].sku = None);
         add("digital_order_review_without_delivery", &|c| {
             c.order = order(&[("EBOOK", 700, 1)]);
             c.candidates = vec![popular("STRAW")];
