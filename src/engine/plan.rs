@@ -43,10 +43,6 @@ impl Recipe {
             Recipe::CrossSell => "cross_sell",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Recipe> {
-        Recipe::ALL.into_iter().find(|r| r.as_str() == s)
-    }
 }
 
 /// Email consent policy for addresses outside the EU, UK and Canada (inside them consent
@@ -326,10 +322,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
 
     let ineligible = ineligible(input);
-    let (recipe, offer, replenish_at) = match &ineligible {
+    let (recipe, offer) = match &ineligible {
         Some(reason) => {
             why.push(format!("no offer and no touches: {reason}"));
-            (None, None, None)
+            (None, None)
         }
         None => choose(input, &mut why),
     };
@@ -350,7 +346,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         } else if let Some(stop) = suppression(input) {
             why.push(format!("no touches: {stop}"));
         } else {
-            plan.touches = touches(input, recipe, plan.offer.is_some(), replenish_at, &mut why);
+            plan.touches = touches(input, recipe, plan.offer.is_some(), &mut why);
         }
     }
     plan.reasons = why;
@@ -397,19 +393,16 @@ fn ineligible(input: &PlanInput<'_>) -> Option<&'static str> {
 }
 
 /// The first enabled recipe that applies and finds an offer passing its filters.
-fn choose(
-    input: &PlanInput<'_>,
-    why: &mut Vec<String>,
-) -> (Option<Recipe>, Option<Offer>, Option<Timestamp>) {
+fn choose(input: &PlanInput<'_>, why: &mut Vec<String>) -> (Option<Recipe>, Option<Offer>) {
     for &recipe in &input.policy.recipes {
         let picked = match recipe {
             Recipe::Welcome => welcome(input, why),
             Recipe::Replenishment => replenishment(input, why),
             Recipe::Upgrade => upgrade(input, why),
             Recipe::Bundle => bundle(input, why),
-            Recipe::CrossSell => Some((candidate_keys(input), None)),
+            Recipe::CrossSell => Some(candidate_keys(input)),
         };
-        let Some((products, replenish_at)) = picked else {
+        let Some(products) = picked else {
             continue;
         };
         if let Some(offer) = first_passing(input, recipe, &products, why) {
@@ -420,7 +413,7 @@ fn choose(
                 offer.title,
                 money(offer.price, offer.currency)
             ));
-            return (Some(recipe), Some(offer), replenish_at);
+            return (Some(recipe), Some(offer));
         }
         why.push(format!(
             "recipe {}: applies, but no product passed its filters",
@@ -428,7 +421,7 @@ fn choose(
         ));
     }
     why.push("no offer: no enabled recipe found a product to offer".into());
-    (None, None, None)
+    (None, None)
 }
 
 /// A product a recipe proposes: its key, why, and its rank group (the add-on price
@@ -483,7 +476,8 @@ fn describe(c: &Candidate) -> String {
     }
 }
 
-type Picked = Option<(Vec<Proposal>, Option<Timestamp>)>;
+/// The products a recipe proposes, best first; `None` when the recipe does not apply.
+type Picked = Option<Vec<Proposal>>;
 
 fn welcome(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
     if input.shopper.prior_orders > 0 {
@@ -506,7 +500,7 @@ fn welcome(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
         ));
         return None;
     }
-    Some((candidate_keys(input), None))
+    Some(candidate_keys(input))
 }
 
 /// The consumable in the order that runs out first: its line, how many days it lasts,
@@ -526,7 +520,7 @@ fn depletion<'a>(input: &'a PlanInput<'_>) -> Option<(&'a BasketLine, i64, Times
 }
 
 fn replenishment(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
-    let Some((line, lasts, due)) = depletion(input) else {
+    let Some((line, lasts, _)) = depletion(input) else {
         why.push("recipe replenishment: nothing in the order is a consumable".into());
         return None;
     };
@@ -537,13 +531,10 @@ fn replenishment(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
         line.quantity,
         lasts / i64::from(line.quantity.max(1))
     ));
-    Some((
-        vec![proposal(
-            &line.product,
-            "the same product, to reorder".into(),
-        )],
-        Some(due),
-    ))
+    Some(vec![proposal(
+        &line.product,
+        "the same product, to reorder".into(),
+    )])
 }
 
 fn category_of<'a>(input: &'a PlanInput<'_>, product: &str) -> Option<&'a str> {
@@ -585,7 +576,7 @@ fn upgrade(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
         why.push("recipe upgrade: no 3rd+ purchase in a category with a premium tier".into());
         return None;
     }
-    Some((out, None))
+    Some(out)
 }
 
 fn bundle(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
@@ -624,7 +615,7 @@ fn bundle(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
         why.push("recipe bundle: nothing in the order is part of a bundle".into());
         return None;
     }
-    Some((out, None))
+    Some(out)
 }
 
 /// The first product that passes the recipe's filters, in the order given, except that
@@ -647,6 +638,10 @@ fn first_passing(
         ));
     }
     let (low, high, preferred) = input.policy.price_window;
+    let first_time = input.shopper.prior_orders == 0;
+    let top_buyer = input
+        .top_fifth_order
+        .is_some_and(|top| input.order.total >= top);
     let mut passing: Vec<(u8, bool, Offer)> = Vec::new();
     for Proposal {
         product,
@@ -688,10 +683,6 @@ fn first_passing(
             }
             cheap = share <= f64::from(preferred);
         }
-        let first_time = input.shopper.prior_orders == 0;
-        let top_buyer = input
-            .top_fifth_order
-            .is_some_and(|top| input.order.total >= top);
         passing.push((
             *group,
             cheap,
@@ -850,7 +841,6 @@ fn touches(
     input: &PlanInput<'_>,
     recipe: Option<Recipe>,
     has_offer: bool,
-    replenish_at: Option<Timestamp>,
     why: &mut Vec<String>,
 ) -> Vec<Touch> {
     let c = &input.policy.cadence;
@@ -881,7 +871,7 @@ fn touches(
     };
     match recipe {
         Some(Recipe::Replenishment) => {
-            let due = replenish_at.map_or(at, |t| t.0);
+            let due = consumable_at.map_or(at, |t| t.0);
             if email.is_ok() {
                 add(TouchKind::Touch3, Channel::Email, due, false);
             }
