@@ -146,9 +146,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         .spawn(move || writer::respond(answers_rx))?;
     let processor = {
         let (storage, stop) = (storage.clone(), stop.clone());
-        let settings = processor::Settings {
-            next_order_window_ms: config.affinity.window_ms(),
-        };
+        let settings = processor::Settings::service(config.clone(), opts.clock.clone());
         std::thread::Builder::new()
             .name("processor".into())
             .spawn(move || processor::run(storage, settings, committed_rx, stop))?

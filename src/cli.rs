@@ -55,6 +55,20 @@ enum Command {
         #[command(subcommand)]
         action: AffinityAction,
     },
+    /// An order's offer plan and every reason behind it
+    Explain {
+        /// The platform order id, or the order name such as #1042
+        order: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One customer: suppress or unsuppress them, or show what is known of them
+    Customer {
+        #[command(subcommand)]
+        action: CustomerAction,
+    },
     /// Webhook, order and customer figures per store
     Status {
         /// Only this store
@@ -89,6 +103,46 @@ enum ImportWhat {
     /// Manual pairings (antecedent, consequent, priority, mode); replaces the store's table
     Pairings {
         file: PathBuf,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A suppression list (columns email and/or phone, optional reason); adds to the list
+    Suppressions {
+        file: PathBuf,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CustomerAction {
+    /// Never message this email address or phone number again
+    Suppress {
+        /// An email address or a phone number
+        contact: String,
+        /// unsubscribed, complained, or any note (a manual suppression)
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an email address or phone number off the suppression list
+    Unsuppress {
+        contact: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The suppression list entry, order history, consent and plans of a customer
+    Show {
+        contact: String,
         #[arg(long, value_name = "ID")]
         store: Option<String>,
         #[arg(long)]
@@ -162,6 +216,10 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Quarantine { action } => quarantine(&load(&cli.config)?, action),
         Command::Import { what } => import(&load(&cli.config)?, what),
         Command::Affinity { action } => affinity(&load(&cli.config)?, action),
+        Command::Explain { order, store, json } => {
+            explain(&load(&cli.config)?, &order, &store, json)
+        }
+        Command::Customer { action } => customer(&load(&cli.config)?, action),
     }
 }
 
@@ -171,6 +229,9 @@ fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let demo = config.origin == Origin::Demo;
+    if demo {
+        load_demo_data(&config)?;
+    }
     let summary = config.clone();
     let running = crate::app::start(config, crate::app::Options::default())?;
     let mut out = std::io::stdout().lock();
@@ -214,6 +275,33 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     running.shutdown()?;
     eprintln!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo store's catalog and order history, so that the first test order gets a real
+/// offer. Loaded once, into an empty demo store, before the service opens the database.
+fn load_demo_data(config: &Config) -> anyhow::Result<()> {
+    const CATALOG: &str = include_str!("../assets/demo/catalog.csv");
+    const ORDERS: &str = include_str!("../assets/demo/orders.csv");
+    let store = &config.stores[0].id;
+    let storage = open_db(config, true)?;
+    if storage.status(&[store])?[0].orders > 0 {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir_in(&config.data_dir)?;
+    let (catalog, orders) = (
+        dir.path().join("catalog.csv"),
+        dir.path().join("orders.csv"),
+    );
+    std::fs::write(&catalog, CATALOG)?;
+    std::fs::write(&orders, ORDERS)?;
+    let c = crate::ops::import_catalog(&storage, config, store, &catalog).map_err(ops_err)?;
+    let o = crate::ops::import_orders(&storage, config, store, &orders, false, &mut |_| {})
+        .map_err(ops_err)?;
+    println!(
+        "demo: loaded {} products and {} orders of history into store {store} (assets/demo)",
+        c["rows"], o["orders"]
+    );
+    Ok(())
 }
 
 /// systemd waits 90 s for a stop and then kills; we promise 15 s. The shutdown bounds
@@ -559,6 +647,9 @@ fn import(config: &Config, what: ImportWhat) -> anyhow::Result<ExitCode> {
             json,
         } => ("orders", file, store, *skip_bad_rows, *json),
         ImportWhat::Pairings { file, store, json } => ("pairings", file, store, false, *json),
+        ImportWhat::Suppressions { file, store, json } => {
+            ("suppressions", file, store, false, *json)
+        }
     };
     let store = store_of(config, store)?;
     if !file.is_file() {
@@ -591,6 +682,12 @@ fn import(config: &Config, what: ImportWhat) -> anyhow::Result<ExitCode> {
             match kind {
                 "catalog" => crate::ops::import_catalog(s, config, &store, file),
                 "orders" => crate::ops::import_orders(s, config, &store, file, skip, &mut progress),
+                "suppressions" => crate::ops::import_suppressions(
+                    s,
+                    &store,
+                    file,
+                    crate::clock::Clock::now(&crate::clock::SystemClock),
+                ),
                 _ => crate::ops::import_pairings(s, &store, file),
             }
             .map_err(ops_err)
@@ -654,6 +751,12 @@ fn import(config: &Config, what: ImportWhat) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        "suppressions" => println!(
+            "suppression list: {} entries read from {}, {} new, in store {store} ({source})",
+            v["rows"],
+            file.display(),
+            v["new"]
+        ),
         _ => println!(
             "pairings: {} now in store {store} ({source})",
             v["pairings"]
@@ -783,4 +886,207 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+fn explain(
+    config: &Config,
+    order: &str,
+    store: &Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = store_of(config, store)?;
+    let api = format!("/api/explain?store={store}&order={}", percent_encode(order));
+    let (v, source) = via_service_or_file(config, "GET", &api, |s| {
+        crate::ops::explain(s, &store, order).map_err(ops_err)
+    })?;
+    if as_json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    println!(
+        "order {} ({}) in store {store}: plan revision {}, {}{} ({source})",
+        s(&v["name"]),
+        s(&v["order"]),
+        v["revision"],
+        s(&v["status"]),
+        match (v["ended_by"].as_str(), v["status_at"].as_str()) {
+            (Some(by), _) => format!(" by order {by}"),
+            (None, Some(at)) => format!(" at {at}"),
+            _ => String::new(),
+        }
+    );
+    println!("├─ recipe: {}", v["recipe"].as_str().unwrap_or("none"));
+    match v["offer"].as_object() {
+        Some(o) => {
+            let mut flags = Vec::new();
+            for f in ["trust", "urgency"] {
+                if o[f].as_bool() == Some(true) {
+                    flags.push(f.to_string());
+                }
+            }
+            if let Some(code) = o["discount_code"].as_str() {
+                flags.push(format!("code {code}"));
+            }
+            println!(
+                "├─ offer: {} \"{}\" at {} {}{}{}",
+                s(&o["product"]),
+                s(&o["title"]),
+                s(&o["price"]),
+                s(&o["currency"]),
+                o["sku"]
+                    .as_str()
+                    .map_or(String::new(), |k| format!(", SKU {k}")),
+                if flags.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", flags.join(", "))
+                }
+            );
+        }
+        None => println!("├─ offer: none"),
+    }
+    if v["holdout"].as_bool() == Some(true) {
+        println!("├─ holdout: yes (control group: nothing is sent)");
+    }
+    for (e, variant) in v["variants"].as_object().into_iter().flatten() {
+        println!("├─ experiment {e}: {}", variant.as_str().unwrap_or(""));
+    }
+    let touches = v["touches"].as_array().cloned().unwrap_or_default();
+    println!("├─ touches ({})", touches.len());
+    for (i, t) in touches.iter().enumerate() {
+        println!(
+            "│  {} {:<12} {:<7} {}{}{}",
+            if i + 1 == touches.len() {
+                "└─"
+            } else {
+                "├─"
+            },
+            s(&t["kind"]),
+            s(&t["channel"]),
+            s(&t["due_at"]),
+            if t["after_delivery"].as_bool() == Some(true) {
+                " (moves with delivery)"
+            } else {
+                ""
+            },
+            if t["sent"].as_bool() == Some(true) {
+                " sent"
+            } else {
+                ""
+            }
+        );
+    }
+    let reasons = v["reasons"].as_array().cloned().unwrap_or_default();
+    println!("├─ reasons");
+    for (i, r) in reasons.iter().enumerate() {
+        let last = i + 1 == reasons.len();
+        println!("│  {} {}", if last { "└─" } else { "├─" }, s(r));
+    }
+    let history = v["history"].as_array().cloned().unwrap_or_default();
+    println!("└─ history");
+    for (i, h) in history.iter().enumerate() {
+        let last = i + 1 == history.len();
+        println!("   {} {}", if last { "└─" } else { "├─" }, s(h));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn customer(config: &Config, action: CustomerAction) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let (method, verb, contact, store, as_json, reason) = match &action {
+        CustomerAction::Suppress {
+            contact,
+            reason,
+            store,
+            json,
+        } => ("POST", "suppress", contact, store, *json, reason.clone()),
+        CustomerAction::Unsuppress {
+            contact,
+            store,
+            json,
+        } => ("POST", "unsuppress", contact, store, *json, None),
+        CustomerAction::Show {
+            contact,
+            store,
+            json,
+        } => ("GET", "show", contact, store, *json, None),
+    };
+    let store = store_of(config, store)?;
+    let mut api = format!(
+        "/api/customer/{verb}?store={store}&contact={}",
+        percent_encode(contact)
+    );
+    if let Some(r) = &reason {
+        api += &format!("&reason={}", percent_encode(r));
+    }
+    let (v, source) = via_service_or_file(config, method, &api, |s| {
+        match verb {
+            "suppress" => crate::ops::customer_suppress(s, &store, contact, reason.as_deref(), now),
+            "unsuppress" => crate::ops::customer_unsuppress(s, &store, contact),
+            _ => crate::ops::customer_show(s, &store, contact),
+        }
+        .map_err(ops_err)
+    })?;
+    if as_json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let contact = v["contact"].as_str().unwrap_or("");
+    match verb {
+        "suppress" => println!(
+            "{contact} is on the suppression list of store {store}{} ({source})",
+            if v["new"].as_bool() == Some(true) {
+                ""
+            } else {
+                " (it already was; the reason is updated)"
+            }
+        ),
+        "unsuppress" => println!(
+            "{contact} {} ({source})",
+            if v["was_suppressed"].as_bool() == Some(true) {
+                "is off the suppression list"
+            } else {
+                "was not on the suppression list; nothing changed"
+            }
+        ),
+        _ => {
+            println!("{contact} in store {store} ({source})");
+            match v["suppressed"].as_object() {
+                Some(sup) => println!(
+                    "  suppressed: {}{} since {} ({})",
+                    sup["reason"].as_str().unwrap_or(""),
+                    sup.get("note")
+                        .and_then(|n| n.as_str())
+                        .map_or(String::new(), |n| format!(": {n}")),
+                    sup["at"].as_str().unwrap_or(""),
+                    sup["source"].as_str().unwrap_or("")
+                ),
+                None => println!("  suppressed: no"),
+            }
+            let c = &v["customer"];
+            if c.is_null() {
+                println!("  no orders from this contact");
+            } else {
+                println!(
+                    "  orders: {}  spent: {}  refunded: {}  email consent: {}  sms consent: {}",
+                    c["orders"],
+                    c["spent"],
+                    c["refunded"],
+                    c["email_consent"].as_str().unwrap_or(""),
+                    c["sms_consent"].as_str().unwrap_or("")
+                );
+                for p in c["plans"].as_array().into_iter().flatten() {
+                    println!(
+                        "  order {} {}: {} {}",
+                        p["order"].as_str().unwrap_or(""),
+                        p["at"].as_str().unwrap_or(""),
+                        p["status"].as_str().unwrap_or("not planned"),
+                        p["recipe"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -93,6 +93,8 @@ pub struct StoreConfig {
     pub webhook_secret_header: String,
     pub currency: Currency,
     pub timezone: chrono_tz::Tz,
+    /// `[stores.offers]`: how offers are decided.
+    pub offers: crate::engine::plan::Policy,
 }
 
 impl Config {
@@ -183,6 +185,216 @@ struct RawStore {
     currency: Option<String>,
     timezone: Option<String>,
     webhook_secret_header: Option<String>,
+    offers: Option<RawOffers>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOffers {
+    recipes: Option<Vec<String>>,
+    welcome_floor: Option<String>,
+    min_order_value: Option<String>,
+    #[serde(default)]
+    discount_codes: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    urgency: Vec<String>,
+    stock_threshold: Option<i64>,
+    price_window: Option<Vec<i64>>,
+    min_rating: Option<f64>,
+    b2b_tags: Option<Vec<String>>,
+    vip_tags: Option<Vec<String>>,
+    refund_cooldown_days: Option<i64>,
+    email_consent: Option<String>,
+    holdout_percent: Option<f64>,
+    #[serde(default)]
+    experiments: Vec<RawExperiment>,
+    #[serde(default)]
+    exchange_rates: std::collections::BTreeMap<String, f64>,
+    replenish_lead_days: Option<i64>,
+    max_order_age_days: Option<i64>,
+    cadence: Option<RawCadence>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExperiment {
+    name: String,
+    variants: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCadence {
+    touch1_minutes: Option<i64>,
+    sms_minutes: Option<i64>,
+    touch2_days: Option<i64>,
+    review_days_after_delivery: Option<i64>,
+    expected_delivery_days: Option<i64>,
+    touch3_days: Option<i64>,
+    winback_days: Option<i64>,
+    anticipation_days: Option<i64>,
+}
+
+/// `[stores.offers]` into a policy; `key` names the table in messages.
+fn offers(
+    raw: RawOffers,
+    currency: Currency,
+    key: &str,
+) -> Result<crate::engine::plan::Policy, String> {
+    use crate::engine::plan::{EmailConsent, Experiment, Policy, Recipe};
+    let mut p = Policy::default();
+    let names = Recipe::ALL.map(Recipe::as_str).join(", ");
+    let recipe = |k: &str, r: &str| {
+        Recipe::parse(r)
+            .ok_or_else(|| format!("{key}.{k}: {r:?} is not a recipe; use one of {names}"))
+    };
+    if let Some(list) = raw.recipes {
+        p.recipes.clear();
+        for r in &list {
+            let r = recipe("recipes", r)?;
+            if p.recipes.contains(&r) {
+                return Err(format!("{key}.recipes lists {} twice", r.as_str()));
+            }
+            p.recipes.push(r);
+        }
+    }
+    let money = |k: &str, v: Option<String>| -> Result<Option<i64>, String> {
+        v.map(|v| {
+            currency.parse_minor(v.trim()).map_err(|e| {
+                format!(
+                    "{key}.{k} = {v:?}: {e}; write an amount in {} such as \"25.00\"",
+                    currency.as_str()
+                )
+            })
+        })
+        .transpose()
+    };
+    if let Some(v) = money("welcome_floor", raw.welcome_floor)? {
+        p.welcome_floor = v;
+    }
+    if let Some(v) = money("min_order_value", raw.min_order_value)? {
+        p.min_order_value = v;
+    }
+    for (r, code) in raw.discount_codes {
+        let r = recipe("discount_codes", &r)?;
+        if code.trim().is_empty() {
+            return Err(format!("{key}.discount_codes.{} is empty", r.as_str()));
+        }
+        p.discount_codes.insert(r, code);
+    }
+    for r in &raw.urgency {
+        p.urgency.insert(recipe("urgency", r)?);
+    }
+    let ranged = |k: &str, v: Option<i64>, default: i64, lo: i64, hi: i64| -> Result<i64, String> {
+        let v = v.unwrap_or(default);
+        if v < lo || v > hi {
+            return Err(format!("{key}.{k} = {v} is out of range; use {lo} to {hi}"));
+        }
+        Ok(v)
+    };
+    p.stock_threshold = ranged("stock_threshold", raw.stock_threshold, 10, 0, 1_000_000)?;
+    if let Some(w) = raw.price_window {
+        let ok = w.len() == 3
+            && w[0] >= 0
+            && w[0] <= w[1]
+            && w[1] <= 1000
+            && w[2] >= w[0]
+            && w[2] <= w[1];
+        if !ok {
+            return Err(format!("{key}.price_window = {w:?} must be [least %, most %, preferred at or under %] with least <= preferred <= most, e.g. [25, 50, 40]"));
+        }
+        p.price_window = (w[0] as u32, w[1] as u32, w[2] as u32);
+    }
+    if let Some(r) = raw.min_rating {
+        if !(0.0..=5.0).contains(&r) {
+            return Err(format!(
+                "{key}.min_rating = {r} must be between 0 and 5 stars"
+            ));
+        }
+        p.min_rating = Some((r * 100.0).round() as u16);
+    }
+    if let Some(t) = raw.b2b_tags {
+        p.b2b_tags = t;
+    }
+    if let Some(t) = raw.vip_tags {
+        p.vip_tags = t;
+    }
+    p.refund_cooldown_days = ranged(
+        "refund_cooldown_days",
+        raw.refund_cooldown_days,
+        30,
+        0,
+        3650,
+    )?;
+    p.email_consent = match raw.email_consent.as_deref() {
+        None | Some("soft_opt_in") => EmailConsent::SoftOptIn,
+        Some("required") => EmailConsent::Required,
+        Some(o) => return Err(format!("{key}.email_consent = {o:?}: use \"required\" or \"soft_opt_in\" (consent is always required for EU, UK and Canadian addresses)")),
+    };
+    let holdout = raw.holdout_percent.unwrap_or(10.0);
+    if !(0.0..=50.0).contains(&holdout) {
+        return Err(format!(
+            "{key}.holdout_percent = {holdout} must be between 0 and 50 (10-20 is usual)"
+        ));
+    }
+    p.holdout_basis_points = (holdout * 100.0).round() as u32;
+    for (i, e) in raw.experiments.into_iter().enumerate() {
+        if e.name.trim().is_empty() || e.variants.len() < 2 {
+            return Err(format!(
+                "{key}.experiments[{i}] needs a name and at least two variants"
+            ));
+        }
+        p.experiments.push(Experiment {
+            name: e.name,
+            variants: e.variants,
+        });
+    }
+    for (code, rate) in raw.exchange_rates {
+        let c = Currency::parse(&code).map_err(|e| format!("{key}.exchange_rates.{code}: {e}"))?;
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(format!(
+                "{key}.exchange_rates.{code} = {rate} must be a positive number of {code} per {}",
+                currency.as_str()
+            ));
+        }
+        p.exchange_rates.insert(c, rate);
+    }
+    p.replenish_lead_days = ranged("replenish_lead_days", raw.replenish_lead_days, 3, 0, 365)?;
+    p.max_order_age_days = ranged("max_order_age_days", raw.max_order_age_days, 7, 1, 3650)?;
+    let c = raw.cadence.unwrap_or_default();
+    let d = crate::engine::plan::Cadence::default();
+    let ck = |k: &str, v: Option<i64>, default: i64, hi: i64| {
+        ranged(&format!("cadence.{k}"), v, default, 0, hi)
+    };
+    p.cadence = crate::engine::plan::Cadence {
+        touch1_minutes: ck(
+            "touch1_minutes",
+            c.touch1_minutes,
+            d.touch1_minutes,
+            7 * 1440,
+        )?,
+        sms_minutes: ck("sms_minutes", c.sms_minutes, d.sms_minutes, 7 * 1440)?,
+        touch2_days: ck("touch2_days", c.touch2_days, d.touch2_days, 365)?,
+        review_days_after_delivery: ck(
+            "review_days_after_delivery",
+            c.review_days_after_delivery,
+            d.review_days_after_delivery,
+            365,
+        )?,
+        expected_delivery_days: ck(
+            "expected_delivery_days",
+            c.expected_delivery_days,
+            d.expected_delivery_days,
+            365,
+        )?,
+        touch3_durable_days: ck("touch3_days", c.touch3_days, d.touch3_durable_days, 365)?,
+        winback_days: ck("winback_days", c.winback_days, d.winback_days, 3650)?,
+        anticipation_days: match ck("anticipation_days", c.anticipation_days, 0, 365)? {
+            0 => None,
+            n => Some(n),
+        },
+    };
+    Ok(p)
 }
 
 /// Loads the configuration the way every subcommand does.
@@ -476,7 +688,9 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
             }
             (_, None) => String::new(),
         };
+        let offers = offers(s.offers.unwrap_or_default(), currency, &key("offers"))?;
         stores.push(StoreConfig {
+            offers,
             id,
             platform,
             domain,
@@ -527,4 +741,55 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::plan::{EmailConsent, Recipe};
+
+    fn with_offers(offers: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "admin_token = \"0123456789abcdef0123\"\n[[stores]]\nid = \"s\"\nplatform = \"shopify\"\ndomain = \"s.myshopify.com\"\nwebhook_secrets = [\"x\"]\ncurrency = \"EUR\"\n[stores.offers]\n{offers}"
+        );
+        parse(&text, Path::new("/"), Origin::Demo)
+    }
+
+    #[test]
+    fn offers_are_read_into_the_store_policy() {
+        let c = with_offers(
+            "recipes = [\"cross_sell\", \"welcome\"]\nwelcome_floor = \"30.00\"\ndiscount_codes = { welcome = \"HI10\" }\nprice_window = [20, 60, 30]\nmin_rating = 3.5\nemail_consent = \"required\"\nholdout_percent = 15\nexchange_rates = { USD = 1.08 }\n[stores.offers.cadence]\ntouch1_minutes = 30\nanticipation_days = 2\n",
+        )
+        .unwrap();
+        let p = &c.stores[0].offers;
+        assert_eq!(p.recipes, [Recipe::CrossSell, Recipe::Welcome]);
+        assert_eq!(p.welcome_floor, 3000);
+        assert_eq!(p.discount_codes[&Recipe::Welcome], "HI10");
+        assert_eq!(p.price_window, (20, 60, 30));
+        assert_eq!(p.min_rating, Some(350));
+        assert_eq!(p.email_consent, EmailConsent::Required);
+        assert_eq!(p.holdout_basis_points, 1500);
+        assert_eq!(p.exchange_rates[&Currency::parse("USD").unwrap()], 1.08);
+        assert_eq!(p.cadence.touch1_minutes, 30);
+        assert_eq!(p.cadence.anticipation_days, Some(2));
+        assert_eq!(p.cadence.touch2_days, 4, "unset keys keep their defaults");
+    }
+
+    #[test]
+    fn bad_offers_name_the_key_and_what_to_write() {
+        for (offers, says) in [
+            ("recipes = [\"upsell\"]", "stores[0].offers.recipes: \"upsell\" is not a recipe; use one of welcome, replenishment, upgrade, bundle, cross_sell"),
+            ("recipes = [\"welcome\", \"welcome\"]", "lists welcome twice"),
+            ("welcome_floor = \"12.345\"", "stores[0].offers.welcome_floor = \"12.345\""),
+            ("price_window = [50, 25, 40]", "must be [least %, most %, preferred"),
+            ("holdout_percent = 80", "between 0 and 50"),
+            ("email_consent = \"maybe\"", "use \"required\" or \"soft_opt_in\""),
+            ("exchange_rates = { USD = 0 }", "must be a positive number of USD per EUR"),
+            ("[stores.offers.cadence]\ntouch2_days = -1", "cadence.touch2_days = -1 is out of range"),
+            ("typo = 1", "unknown field `typo`"),
+        ] {
+            let err = with_offers(offers).unwrap_err().to_string();
+            assert!(err.contains(says), "{offers}: {err}");
+        }
+    }
 }

@@ -11,8 +11,10 @@ use serde_json::json;
 
 use crate::config::{AffinityConfig, Config};
 use crate::engine::affinity::{month_of, Decay, Month};
+use crate::engine::plan::Suppressed;
 use crate::engine::Timestamp;
 use crate::storage::affinity::{ReadSettings, RuleRow};
+use crate::storage::plans::{suppression_key, SuppressionRow};
 use crate::storage::{self, Storage};
 
 /// How many candidates `affinity show` lists.
@@ -522,4 +524,210 @@ pub fn import_pairings(
     drop(snap);
     storage.replace_pairings(store, &out)?;
     Ok(json!({"store": store, "file": path.display().to_string(), "pairings": out.len()}))
+}
+
+/// Adds a suppression list CSV to a store's list: all rows or none.
+pub fn import_suppressions(
+    storage: &Storage,
+    store: &str,
+    path: &std::path::Path,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let (f, _) = open_file(path)?;
+    let (rows, errors) = crate::import::suppressions::read_suppressions(std::io::BufReader::new(f))
+        .map_err(|e| file_error(path, e))?;
+    if !errors.is_empty() {
+        let n = errors.len() as u64;
+        return Err(rejected(path, &errors[..errors.len().min(LIST_ERRORS)], n));
+    }
+    let source = format!(
+        "import {}",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let entries: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.key.clone(),
+                SuppressionRow {
+                    reason: suppression_reason(r.reason.as_deref()),
+                    at: now,
+                    source: source.clone(),
+                },
+            )
+        })
+        .collect();
+    let new = storage.suppress(store, &entries)?;
+    Ok(json!({"store": store, "file": path.display().to_string(), "rows": rows.len(), "new": new}))
+}
+
+/// A reason as the CLI and CSV files give it.
+pub fn suppression_reason(r: Option<&str>) -> Suppressed {
+    match r.map(str::trim) {
+        Some(r) if r.eq_ignore_ascii_case("unsubscribed") => Suppressed::Unsubscribed,
+        Some(r) if r.eq_ignore_ascii_case("complained") => Suppressed::Complained,
+        Some(r) if !r.is_empty() => Suppressed::Manual(r.to_string()),
+        _ => Suppressed::Manual("suppressed by the store".into()),
+    }
+}
+
+fn reason_json(r: &Suppressed) -> serde_json::Value {
+    match r {
+        Suppressed::Unsubscribed => json!({"reason": "unsubscribed"}),
+        Suppressed::Complained => json!({"reason": "complained"}),
+        Suppressed::Manual(m) => json!({"reason": "manual", "note": m}),
+    }
+}
+
+fn contact_key(contact: &str) -> Result<String, OpsError> {
+    suppression_key(contact).map_err(|e| {
+        OpsError::Invalid(format!(
+            "{e}; give the customer's email address or phone number"
+        ))
+    })
+}
+
+/// `customer suppress`: never message this contact again (durable before it returns).
+pub fn customer_suppress(
+    storage: &Storage,
+    store: &str,
+    contact: &str,
+    reason: Option<&str>,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let key = contact_key(contact)?;
+    let row = SuppressionRow {
+        reason: suppression_reason(reason),
+        at: now,
+        source: "cli".into(),
+    };
+    let new = storage.suppress(store, &[(key.clone(), row.clone())])? == 1;
+    Ok(
+        json!({"store": store, "contact": key, "suppressed": true, "new": new,
+        "reason": reason_json(&row.reason)}),
+    )
+}
+
+/// `customer unsuppress`: takes a contact off the list.
+pub fn customer_unsuppress(
+    storage: &Storage,
+    store: &str,
+    contact: &str,
+) -> Result<serde_json::Value, OpsError> {
+    let key = contact_key(contact)?;
+    let was = storage.unsuppress(store, &key)?;
+    Ok(json!({"store": store, "contact": key, "suppressed": false, "was_suppressed": was}))
+}
+
+/// `customer show`: what the appliance knows of one contact: the suppression list, the
+/// customer's history and consent, and the plans of their orders.
+pub fn customer_show(
+    storage: &Storage,
+    store: &str,
+    contact: &str,
+) -> Result<serde_json::Value, OpsError> {
+    let key = contact_key(contact)?;
+    let snap = storage.snapshot()?;
+    let suppression = snap.suppression(store, &key)?.map(|r| {
+        let mut v = reason_json(&r.reason);
+        v["at"] = json!(r.at.to_rfc3339());
+        v["source"] = json!(r.source);
+        v
+    });
+    let customer = match key.split_once(':') {
+        Some(("email", e)) => storage.customer_by(store, &storage::Lookup::Email(e.into()))?,
+        _ => None,
+    };
+    let customer_json = match &customer {
+        None => serde_json::Value::Null,
+        Some(c) => {
+            let mut plans = Vec::new();
+            for (at, order) in snap.customer_orders(store, c.id, 50)? {
+                let p = snap.plan(store, &order)?;
+                plans.push(json!({
+                    "order": order, "at": Timestamp(at).to_rfc3339(),
+                    "name": p.as_ref().map(|p| p.order_name.clone()),
+                    "status": p.as_ref().map(|p| p.status.as_str()),
+                    "recipe": p.as_ref().and_then(|p| p.plan.recipe).map(|r| r.as_str()),
+                    "holdout": p.as_ref().map(|p| p.plan.holdout),
+                }));
+            }
+            json!({
+                "id": c.id, "orders": c.order_count, "spent": c.spent, "refunded": c.refunded,
+                "currency": c.currency.map(|c| c.as_str().to_string()),
+                "first_order_at": c.first_order_at.map(|t| t.to_rfc3339()),
+                "last_order_at": c.last_order_at.map(|t| t.to_rfc3339()),
+                "last_refund_at": snap.last_refund(store, c.id)?.map(|t| t.to_rfc3339()),
+                "email_consent": format!("{:?}", c.email_consent).to_lowercase(),
+                "sms_consent": format!("{:?}", c.sms_consent).to_lowercase(),
+                "tags": c.tags, "plans": plans,
+            })
+        }
+    };
+    Ok(
+        json!({"store": store, "contact": key, "suppressed": suppression, "customer": customer_json}),
+    )
+}
+
+/// `explain ORDER`: an order's plan and every reason behind it. The JSON is a contract
+/// (README "explain").
+pub fn explain(storage: &Storage, store: &str, order: &str) -> Result<serde_json::Value, OpsError> {
+    let snap = storage.snapshot()?;
+    let Some(rec) = snap.find_plan(store, order)? else {
+        let known = snap
+            .order(store, order)?
+            .and_then(|s| s.order.map(|o| (o, s.source)));
+        let why = match known {
+            Some((_, Some(crate::engine::Source::Import))) => {
+                "it was imported; imported orders are history and are never planned".to_string()
+            }
+            Some(_) if !snap.plan_queue(usize::MAX)?.iter().any(|q| q.1 == order) => {
+                "it is not planned yet; try again in a moment".to_string()
+            }
+            Some(_) => "it is waiting to be planned; try again in a moment".to_string(),
+            None => format!(
+                "no order {order:?} in store {store}; give the platform order id or its name such as #1042"
+            ),
+        };
+        return Err(OpsError::Invalid(format!(
+            "no plan for order {order}: {why}"
+        )));
+    };
+    let p = &rec.plan;
+    let offer = p.offer.as_ref().map(|o| {
+        json!({
+            "product": o.product, "sku": o.sku, "variant_id": o.variant_id, "title": o.title,
+            "price": o.currency.format_minor(o.price), "currency": o.currency.as_str(),
+            "discount_code": o.discount_code, "trust": o.trust, "urgency": o.urgency,
+        })
+    });
+    let touches: Vec<_> = p
+        .touches
+        .iter()
+        .map(|t| {
+            json!({"kind": t.kind.as_str(), "channel": t.channel.as_str(),
+                "due_at": t.due_at.to_rfc3339(), "after_delivery": t.after_delivery,
+                "sent": rec.sent.contains(&t.kind)})
+        })
+        .collect();
+    let variants: serde_json::Map<String, serde_json::Value> = p
+        .variants
+        .iter()
+        .map(|(e, v)| (e.clone(), json!(v)))
+        .collect();
+    let (status_at, ended_by) = match &rec.status {
+        crate::engine::lifecycle::Status::Active => (None, None),
+        crate::engine::lifecycle::Status::Cancelled { at } => (Some(at.to_rfc3339()), None),
+        crate::engine::lifecycle::Status::Ended { at, by_order } => {
+            (Some(at.to_rfc3339()), Some(by_order.clone()))
+        }
+    };
+    Ok(json!({
+        "store": store, "order": rec.order_id, "name": rec.order_name,
+        "recipe": p.recipe.map(|r| r.as_str()), "offer": offer, "holdout": p.holdout,
+        "variants": variants, "touches": touches, "reasons": p.reasons,
+        "status": rec.status.as_str(), "status_at": status_at, "ended_by": ended_by,
+        "revision": rec.revision, "refunded_at": rec.refunded_at.map(|t| t.to_rfc3339()),
+        "history": rec.history,
+    }))
 }

@@ -6,6 +6,7 @@
 pub mod affinity;
 pub mod catalog;
 pub mod history;
+pub mod lifecycle;
 pub mod model;
 pub mod money;
 pub mod plan;

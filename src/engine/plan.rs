@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hmac::{Hmac, Mac};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::affinity::{Candidate, Evidence, Kind, Tier};
@@ -15,7 +15,7 @@ use super::model::{Consent, Order, Timestamp};
 use super::money::Currency;
 
 /// The recipes, in their default priority.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Recipe {
     Welcome,
@@ -42,6 +42,10 @@ impl Recipe {
             Recipe::Bundle => "bundle",
             Recipe::CrossSell => "cross_sell",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Recipe> {
+        Recipe::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 
@@ -119,6 +123,12 @@ pub struct Policy {
     pub experiments: Vec<Experiment>,
     pub cadence: Cadence,
     pub replenish_lead_days: i64,
+    /// Units of an order currency per unit of the catalog currency, for stores that sell
+    /// in several currencies: an offer's price is always stated in the order's currency.
+    pub exchange_rates: BTreeMap<Currency, f64>,
+    /// Orders older than this when first seen (a late webhook, an edit months later) get
+    /// no touches: the moment has passed.
+    pub max_order_age_days: i64,
 }
 
 impl Default for Policy {
@@ -140,12 +150,14 @@ impl Default for Policy {
             experiments: Vec::new(),
             cadence: Cadence::default(),
             replenish_lead_days: 3,
+            exchange_rates: BTreeMap::new(),
+            max_order_age_days: 7,
         }
     }
 }
 
 /// Why a customer is on the suppression list.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Suppressed {
     Unsubscribed,
@@ -206,7 +218,7 @@ pub struct PlanInput<'a> {
     pub now: Timestamp,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TouchKind {
     Page,
@@ -234,7 +246,7 @@ impl TouchKind {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     Page,
@@ -254,7 +266,7 @@ impl Channel {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Touch {
     pub kind: TouchKind,
     pub channel: Channel,
@@ -263,13 +275,13 @@ pub struct Touch {
     pub after_delivery: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Offer {
     pub product: String,
     pub sku: Option<String>,
     pub variant_id: Option<String>,
     pub title: String,
-    /// Minor units of `currency`.
+    /// Minor units of `currency`, the order's.
     pub price: i64,
     pub currency: Currency,
     pub discount_code: Option<String>,
@@ -278,7 +290,7 @@ pub struct Offer {
     pub urgency: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub recipe: Option<Recipe>,
     pub offer: Option<Offer>,
@@ -378,22 +390,61 @@ fn money(minor: i64, currency: Currency) -> String {
     format!("{} {}", currency.format_minor(minor), currency.as_str())
 }
 
+/// Whether the platform says the order is paid (Shopify's financial status, WooCommerce's
+/// order status).
+pub fn paid(order: &Order) -> bool {
+    order.financial_status.as_deref().is_some_and(|s| {
+        matches!(
+            s.to_ascii_lowercase().as_str(),
+            "paid" | "partially_paid" | "partially_refunded" | "processing" | "completed"
+        )
+    })
+}
+
 /// Why an order gets nothing at all, if so.
-fn ineligible(input: &PlanInput<'_>) -> Option<&'static str> {
+fn ineligible(input: &PlanInput<'_>) -> Option<String> {
     if input.order.cancelled_at.is_some() {
-        return Some("the order is cancelled");
+        return Some("the order is cancelled".into());
+    }
+    if !paid(input.order) {
+        return Some(format!(
+            "the order is not paid (status {}); it is planned when it is",
+            input.order.financial_status.as_deref().unwrap_or("unknown")
+        ));
+    }
+    let age_days = (input.now.0 - input.order.created_at.0) / DAY;
+    if age_days > input.policy.max_order_age_days {
+        return Some(format!(
+            "the order is {age_days} days old, over the {}-day limit for following up",
+            input.policy.max_order_age_days
+        ));
     }
     if input.basket.is_empty() {
-        return Some("no line of the order is a product (custom items only)");
+        return Some("no line of the order is a product (custom items only)".into());
     }
     if input.basket.iter().all(|l| l.gift_card) {
-        return Some("the order holds only gift cards");
+        return Some("the order holds only gift cards".into());
     }
     None
 }
 
 /// The first enabled recipe that applies and finds an offer passing its filters.
 fn choose(input: &PlanInput<'_>, why: &mut Vec<String>) -> (Option<Recipe>, Option<Offer>) {
+    let rate = match exchange_rate(input) {
+        Ok(rate) => rate,
+        Err(reason) => {
+            why.push(format!("no offer: {reason}"));
+            return (None, None);
+        }
+    };
+    if let Some(r) = rate {
+        why.push(format!(
+            "prices converted from {} at {r} {} per {}",
+            input.currency.as_str(),
+            input.order.currency.as_str(),
+            input.currency.as_str()
+        ));
+    }
     for &recipe in &input.policy.recipes {
         let picked = match recipe {
             Recipe::Welcome => welcome(input, why),
@@ -405,7 +456,7 @@ fn choose(input: &PlanInput<'_>, why: &mut Vec<String>) -> (Option<Recipe>, Opti
         let Some(products) = picked else {
             continue;
         };
-        if let Some(offer) = first_passing(input, recipe, &products, why) {
+        if let Some(offer) = first_passing(input, recipe, &products, rate, why) {
             why.push(format!(
                 "recipe {}: offer {} ({}) at {}",
                 recipe.as_str(),
@@ -422,6 +473,32 @@ fn choose(input: &PlanInput<'_>, why: &mut Vec<String>) -> (Option<Recipe>, Opti
     }
     why.push("no offer: no enabled recipe found a product to offer".into());
     (None, None)
+}
+
+/// The rate from the catalog's currency to the order's: `None` when they are the same.
+fn exchange_rate(input: &PlanInput<'_>) -> Result<Option<f64>, String> {
+    let (from, to) = (input.currency, input.order.currency);
+    if from == to {
+        return Ok(None);
+    }
+    match input.policy.exchange_rates.get(&to) {
+        Some(&r) => Ok(Some(r)),
+        None => Err(format!(
+            "the order is in {}, the catalog in {}, and no exchange rate is configured (set offers.exchange_rates.{} in the store's config)",
+            to.as_str(),
+            from.as_str(),
+            to.as_str()
+        )),
+    }
+}
+
+/// A catalog price in the order's currency.
+fn convert(price: i64, rate: Option<f64>, from: Currency, to: Currency) -> i64 {
+    let Some(rate) = rate else {
+        return price;
+    };
+    let scale = 10f64.powi(to.exponent() as i32 - from.exponent() as i32);
+    (price as f64 * rate * scale).round() as i64
 }
 
 /// A product a recipe proposes: its key, why, and its rank group (the add-on price
@@ -500,6 +577,19 @@ fn welcome(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
         ));
         return None;
     }
+    why.push(format!(
+        "recipe welcome: first order of {} is at or over the threshold {}{}",
+        money(value, input.order.currency),
+        money(threshold, input.order.currency),
+        if input
+            .median_order
+            .is_some_and(|m| m >= input.policy.welcome_floor)
+        {
+            " (the store's median order)"
+        } else {
+            " (the configured floor)"
+        }
+    ));
     Some(candidate_keys(input))
 }
 
@@ -625,18 +715,12 @@ fn first_passing(
     input: &PlanInput<'_>,
     recipe: Recipe,
     products: &[Proposal],
+    rate: Option<f64>,
     why: &mut Vec<String>,
 ) -> Option<Offer> {
     let windowed = matches!(recipe, Recipe::Welcome | Recipe::CrossSell);
     let value = bought_value(input.basket);
-    let same_currency = input.order.currency == input.currency;
-    if windowed && !same_currency && !products.is_empty() {
-        why.push(format!(
-            "price window not applied: the order is in {}, the catalog in {}",
-            input.order.currency.as_str(),
-            input.currency.as_str()
-        ));
-    }
+    let currency = input.order.currency;
     let (low, high, preferred) = input.policy.price_window;
     let first_time = input.shopper.prior_orders == 0;
     let top_buyer = input
@@ -663,20 +747,21 @@ fn first_passing(
             rejected(why, "the catalog has no price for it".into());
             continue;
         };
+        let price = convert(price, rate, input.currency, currency);
         if let Some(reason) = unfit(input, recipe, product, v) {
             rejected(why, reason);
             continue;
         }
         let mut cheap = false;
-        if windowed && same_currency && value > 0 {
+        if windowed && value > 0 {
             let share = price as f64 * 100.0 / value as f64;
             if share < f64::from(low) || share > f64::from(high) {
                 rejected(
                     why,
                     format!(
                         "{} is {share:.0}% of the {} bought, outside {low}-{high}%",
-                        money(price, input.currency),
-                        money(value, input.order.currency)
+                        money(price, currency),
+                        money(value, currency)
                     ),
                 );
                 continue;
@@ -692,7 +777,7 @@ fn first_passing(
                 variant_id: v.variant_id.clone(),
                 title: v.title.clone(),
                 price,
-                currency: input.currency,
+                currency,
                 discount_code: input.policy.discount_codes.get(&recipe).cloned(),
                 trust: first_time,
                 urgency: input.policy.urgency.contains(&recipe) && !top_buyer,
@@ -1196,7 +1281,7 @@ mod tests {
             bundles: &c.bundles,
             median_order: c.median,
             top_fifth_order: c.top_fifth,
-            now: c.order.created_at,
+            now: Timestamp(T0),
         })
     }
 
@@ -1351,8 +1436,25 @@ mod tests {
         add("urgency_where_configured", &|c| {
             c.policy.urgency.insert(Recipe::CrossSell);
         });
-        add("multi_currency_skips_price_window", &|c| {
+        add("multi_currency_without_rate_offers_nothing", &|c| {
             c.order.currency = Currency::parse("EUR").unwrap();
+        });
+        add("multi_currency_prices_in_order_currency", &|c| {
+            let eur = Currency::parse("EUR").unwrap();
+            c.order.currency = eur;
+            c.policy.exchange_rates.insert(eur, 0.9);
+        });
+        add("multi_currency_to_zero_decimal_currency", &|c| {
+            let jpy = Currency::parse("JPY").unwrap();
+            c.order = order(&[("MUG", 3000, 1)]);
+            c.order.currency = jpy;
+            c.policy.exchange_rates.insert(jpy, 150.0);
+        });
+        add("not_paid_yet", &|c| {
+            c.order.financial_status = Some("pending".into())
+        });
+        add("too_old_to_follow_up", &|c| {
+            c.order.created_at = Timestamp(T0 - 8 * DAY)
         });
         add("new_store_manual_then_category_then_popularity", &|c| {
             c.candidates = vec![

@@ -101,6 +101,31 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
             Ok(store) => crate::ops::affinity_rebuild(&ctx.storage, &ctx.config, &store),
             Err(e) => Err(e),
         },
+        (Method::Get, "/api/explain") => pick(ctx, &query).and_then(|store| {
+            let order = super::page::form_value(query.as_bytes(), "order").unwrap_or_default();
+            crate::ops::explain(&ctx.storage, &store, &order)
+        }),
+        (Method::Get | Method::Post, p) if p.starts_with("/api/customer/") => {
+            let action = &p["/api/customer/".len()..];
+            let arg = |k: &str| super::page::form_value(query.as_bytes(), k);
+            let contact = arg("contact").unwrap_or_default();
+            pick(ctx, &query).and_then(|store| match (rq.method(), action) {
+                (Method::Get, "show") => crate::ops::customer_show(&ctx.storage, &store, &contact),
+                (Method::Post, "suppress") => crate::ops::customer_suppress(
+                    &ctx.storage,
+                    &store,
+                    &contact,
+                    arg("reason").as_deref(),
+                    ctx.clock.now(),
+                ),
+                (Method::Post, "unsuppress") => {
+                    crate::ops::customer_unsuppress(&ctx.storage, &store, &contact)
+                }
+                _ => Err(crate::ops::OpsError::Invalid(
+                    "use GET /api/customer/show, POST /api/customer/suppress or POST /api/customer/unsuppress".into(),
+                )),
+            })
+        }
         (Method::Post, p) if p.starts_with("/api/import/") => {
             let kind = p["/api/import/".len()..].to_string();
             return import(ctx, rq, &kind, &query);
@@ -183,10 +208,13 @@ fn import(ctx: &AdminCtx, mut rq: Request, kind: &str, query: &str) {
         Ok(s) => s,
         Err(e) => return respond(rq, json(400, &json!({"error": e.to_string()}))),
     };
-    if !matches!(kind, "orders" | "catalog" | "pairings") {
+    if !matches!(kind, "orders" | "catalog" | "pairings" | "suppressions") {
         return respond(
             rq,
-            text(404, "no such import: use orders, catalog or pairings\n"),
+            text(
+                404,
+                "no such import: use orders, catalog, pairings or suppressions\n",
+            ),
         );
     }
     let skip = super::page::form_value(query.as_bytes(), "skip_bad_rows").as_deref() == Some("1");
@@ -210,6 +238,7 @@ fn import(ctx: &AdminCtx, mut rq: Request, kind: &str, query: &str) {
     let result = match kind {
         "orders" => crate::ops::import_orders(storage, config, &store, &spool, skip, &mut |_| {}),
         "catalog" => crate::ops::import_catalog(storage, config, &store, &spool),
+        "suppressions" => crate::ops::import_suppressions(storage, &store, &spool, ctx.clock.now()),
         _ => crate::ops::import_pairings(storage, &store, &spool),
     };
     let _ = std::fs::remove_file(&spool);

@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod orders;
 pub mod pairings;
+pub mod suppressions;
 
 use std::collections::HashMap;
 use std::fmt;

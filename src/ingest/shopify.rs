@@ -76,9 +76,15 @@ pub fn normalize(topic: &str, body: &[u8]) -> Parsed {
         _ => None,
     };
     let result = if let Some(topic) = order_topic {
-        parse_order(body).map(|order| Event::Order {
-            topic,
-            order: Box::new(order),
+        parse_order(body).map(|mut order| {
+            // `orders/paid` says the order is paid even when its body leaves the status out.
+            if topic == OrderTopic::Paid && order.financial_status.is_none() {
+                order.financial_status = Some("paid".into());
+            }
+            Event::Order {
+                topic,
+                order: Box::new(order),
+            }
         })
     } else {
         match topic {

@@ -23,17 +23,36 @@ use crate::storage::affinity::{contribution, AffinityBatch, LineKeys};
 use crate::storage::records::{EventHead, ParsedRecord};
 use crate::storage::{Changes, Error, Lookup, Snapshot, Storage};
 
+use super::planner::{self, Planning};
+
 /// What the processor needs from the configuration.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Settings {
     /// Next-order evidence: the longest gap between a customer's orders that counts.
     pub next_order_window_ms: i64,
+    /// How to plan offers for live orders; `None` plans nothing (tools and benchmarks).
+    pub planning: Option<Arc<Planning>>,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
             next_order_window_ms: 90 * 86_400_000,
+            planning: None,
+        }
+    }
+}
+
+impl Settings {
+    /// The service's settings: affinity from `[affinity]`, offers from each store's
+    /// `[stores.offers]`, time from `clock`.
+    pub fn service(
+        config: Arc<crate::config::Config>,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Settings {
+        Settings {
+            next_order_window_ms: config.affinity.window_ms(),
+            planning: Some(Arc::new(Planning { config, clock })),
         }
     }
 }
@@ -85,6 +104,8 @@ pub struct CatchUp {
     pub affinity: Duration,
     /// Affinity and catalog rows written or removed.
     pub affinity_rows: usize,
+    /// Orders planned (or planned again).
+    pub planned: usize,
 }
 
 /// Applies every committed event not yet applied, in chunks, while `go_on` says so.
@@ -102,6 +123,8 @@ pub fn catch_up(
         let from = snap.processed_seq()?;
         let events = storage.event_heads_after(from, CHUNK)?;
         let Some(&(last, _)) = events.last() else {
+            // Orders queued before a crash (the queue is in the processor's commits).
+            plan(storage, settings, &mut total)?;
             return Ok(total);
         };
         let mut batch = Batch::new(&snap);
@@ -113,10 +136,18 @@ pub fn catch_up(
         total.events += events.len();
         total.affinity += computing + writing;
         total.affinity_rows += changes.affinity.rows();
+        plan(storage, settings, &mut total)?;
         if events.len() < CHUNK || !go_on() {
             return Ok(total);
         }
     }
+}
+
+fn plan(storage: &Storage, settings: &Settings, total: &mut CatchUp) -> Result<(), Error> {
+    if let Some(p) = &settings.planning {
+        total.planned += planner::plan_pending(storage, p)?;
+    }
+    Ok(())
 }
 
 /// Applies imported orders (`Source::Import`) to order state and customer history in one
@@ -160,6 +191,12 @@ struct Batch<'s> {
     orders: HashMap<(String, String), OrderState>,
     /// Orders whose content was already known before this batch.
     known_before: std::collections::HashSet<(String, String)>,
+    /// What each order counted for before this batch, for the order-value histogram.
+    counted_before: HashMap<(String, String), Option<i64>>,
+    /// Live orders to plan (again), with the time of a refund this batch saw.
+    replan: HashMap<(String, String), Option<crate::engine::Timestamp>>,
+    /// (store, customer, time) of refunds.
+    refunds: Vec<(String, CustomerId, crate::engine::Timestamp)>,
     customers: HashMap<(String, CustomerId), Customer>,
     links: HashMap<(String, Lookup), CustomerId>,
     next_ids: HashMap<String, CustomerId>,
@@ -175,6 +212,9 @@ impl<'s> Batch<'s> {
             snap,
             orders: HashMap::new(),
             known_before: Default::default(),
+            counted_before: HashMap::new(),
+            replan: HashMap::new(),
+            refunds: Vec::new(),
             customers: HashMap::new(),
             links: HashMap::new(),
             next_ids: HashMap::new(),
@@ -196,6 +236,8 @@ impl<'s> Batch<'s> {
                 if loaded.order.is_some() {
                     self.known_before.insert(key.clone());
                 }
+                self.counted_before
+                    .insert(key.clone(), loaded.counted.map(|c| c.total));
                 loaded
             }
         };
@@ -204,8 +246,23 @@ impl<'s> Batch<'s> {
             (None, Event::Order { order, .. }) => self.resolve(store, order)?,
             (None, _) => None,
         };
+        let refunds_before = state.refunds.len();
         if history::apply(&mut state, customer.as_mut(), event, head.source) == Applied::Unchanged {
             return Ok(());
+        }
+        let refund_at = match event {
+            _ if state.refunds.len() == refunds_before => None,
+            Event::Refund(r) => Some(r.created_at),
+            Event::Order { order, .. } => Some(order.updated_at),
+            _ => Some(head.received_at),
+        };
+        if let (Some(at), Some(c)) = (refund_at, &customer) {
+            self.refunds.push((store.to_string(), c.id, at));
+        }
+        if head.source == Source::Webhook && matches!(event, Event::Order { .. } | Event::Refund(_))
+        {
+            let entry = self.replan.entry(key.clone()).or_default();
+            *entry = (*entry).max(refund_at);
         }
         if let (Event::Order { order, .. }, Source::Webhook) = (event, head.source) {
             self.learn.push((store.to_string(), (**order).clone()));
@@ -289,6 +346,16 @@ impl<'s> Batch<'s> {
         let computing = started.elapsed();
         for (key, state) in &self.orders {
             changes.put_order(&key.0, &key.1, state, self.newly_known(key, state))?;
+            let before = self.counted_before.get(key).copied().flatten();
+            changes
+                .plans
+                .order_value(&key.0, before, state.counted.map(|c| c.total));
+        }
+        for ((store, order), refund_at) in &self.replan {
+            changes.plans.enqueue(store, order, *refund_at);
+        }
+        for (store, customer, at) in &self.refunds {
+            changes.plans.refund(store, *customer, *at);
         }
         for ((store, _), c) in &self.customers {
             changes.put_customer(store, c)?;

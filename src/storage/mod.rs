@@ -7,6 +7,7 @@
 pub mod affinity;
 mod backend;
 mod codec;
+pub mod plans;
 pub mod records;
 mod tables;
 
@@ -247,6 +248,12 @@ impl Storage {
             tx.open_table(TIMELINE)?;
             tx.open_table(PAIRINGS)?;
             tx.open_table(FEEDBACK)?;
+            tx.open_table(PLANS)?;
+            tx.open_table(PLAN_QUEUE)?;
+            tx.open_table(SUPPRESSIONS)?;
+            tx.open_table(STORE_KEYS)?;
+            tx.open_table(CUSTOMER_REFUNDS)?;
+            tx.open_table(ORDER_VALUES)?;
         }
         tx.commit()?;
         Ok(())
@@ -508,6 +515,12 @@ impl Storage {
             timeline: tx.open_table(TIMELINE)?,
             pairings: tx.open_table(PAIRINGS)?,
             feedback: tx.open_table(FEEDBACK)?,
+            plans: tx.open_table(PLANS)?,
+            plan_queue: tx.open_table(PLAN_QUEUE)?,
+            suppressions: tx.open_table(SUPPRESSIONS)?,
+            store_keys: tx.open_table(STORE_KEYS)?,
+            refunds: tx.open_table(CUSTOMER_REFUNDS)?,
+            order_values: tx.open_table(ORDER_VALUES)?,
         })
     }
 
@@ -548,6 +561,7 @@ impl Storage {
             tx.open_table(META)?
                 .insert("processed_seq", &changes.processed.to_le_bytes()[..])?;
         }
+        changes.plans.write(&tx)?;
         let started = std::time::Instant::now();
         changes.affinity.write(&tx)?;
         let affinity = started.elapsed();
@@ -657,6 +671,12 @@ pub struct Snapshot {
     timeline: redb::ReadOnlyTable<(&'static str, u64, i64, &'static str), ()>,
     pairings: redb::ReadOnlyTable<(&'static str, &'static str, &'static str), &'static [u8]>,
     feedback: redb::ReadOnlyTable<(&'static str, u32, u32, &'static str), &'static [u8]>,
+    plans: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    plan_queue: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
+    suppressions: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    store_keys: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    refunds: redb::ReadOnlyTable<(&'static str, u64), i64>,
+    order_values: redb::ReadOnlyTable<(&'static str, u16), u64>,
 }
 
 impl Snapshot {
@@ -706,6 +726,7 @@ pub struct Changes {
     links: Vec<(String, String, CustomerId)>,
     next_customer: Vec<(String, CustomerId)>,
     pub affinity: affinity::AffinityChanges,
+    pub plans: plans::PlanChanges,
     processed: u64,
 }
 

@@ -52,4 +52,21 @@ pub const PAIRINGS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition
 pub const FEEDBACK: TableDefinition<(&str, u32, u32, &str), &[u8]> =
     TableDefinition::new("feedback");
 
+/// (store, order id) -> the order's plan record (`engine::lifecycle::PlanRecord`).
+pub const PLANS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("plans");
+/// (store, order id) -> latest refund time ms (0: none): orders the processor has changed
+/// and the planner has not yet looked at. Filled in the processor's transaction, drained
+/// in the planner's, so a crash between the two loses nothing.
+pub const PLAN_QUEUE: TableDefinition<(&str, &str), i64> = TableDefinition::new("plan_queue");
+/// (store, "email:<normalized>" | "phone:<digits>") -> suppression record.
+pub const SUPPRESSIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("suppressions");
+/// (store, name) -> a per-store secret generated once ("holdout_salt").
+pub const STORE_KEYS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("store_keys");
+/// (store, customer id) -> time of the customer's latest refund, ms.
+pub const CUSTOMER_REFUNDS: TableDefinition<(&str, u64), i64> =
+    TableDefinition::new("customer_refunds");
+/// (store, bucket) -> counted orders in the store currency whose total falls in the bucket
+/// (5% wide): the store's median and top-fifth order values without a scan.
+pub const ORDER_VALUES: TableDefinition<(&str, u16), u64> = TableDefinition::new("order_values");
+
 pub const SCHEMA_VERSION: u32 = 1;

@@ -188,6 +188,7 @@ fn main() {
     let z = Zipf::new(products);
     let settings = Settings {
         next_order_window_ms: cfg.affinity.window_ms(),
+        ..Settings::default()
     };
     // `--batch K`: the processor catches up after every K live orders (as it does under
     // load, in chunks of at most 512), and each order is charged 1/K of the chunk.

@@ -108,6 +108,7 @@ fn open() -> (tempfile::TempDir, Arc<Storage>) {
 fn settings() -> Settings {
     Settings {
         next_order_window_ms: 90 * DAY,
+        ..Settings::default()
     }
 }
 

@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod fixtures;
 mod hardening;
+mod plans;
 mod quarantine;
 mod status_page;
 mod support;

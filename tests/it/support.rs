@@ -38,6 +38,10 @@ webhook_secrets = ["{SECRET}", "{OLD_SECRET}"]
 currency = "USD"
 timezone = "America/Toronto"
 
+[stores.offers]
+# Plans in tests must not depend on the random salt's holdout draw.
+holdout_percent = 0
+
 [[stores]]
 id = "{WOO_STORE}"
 platform = "woocommerce"
@@ -177,17 +181,39 @@ impl TestServer {
         (status, resp.body_mut().read_to_string().unwrap_or_default())
     }
 
-    /// `GET /api/status` on the admin listener.
-    pub fn status(&self) -> serde_json::Value {
-        let url = format!("http://{}/api/status", self.running().admin_addr);
+    /// A GET on the admin listener with the admin token.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.running().admin_addr);
+        let auth = format!("Bearer {TOKEN}");
         let mut resp = self
             .agent
             .get(&url)
-            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .header("Authorization", &auth)
             .call()
             .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    /// An empty POST on the admin listener with the admin token.
+    pub fn admin_post(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.running().admin_addr);
+        let auth = format!("Bearer {TOKEN}");
+        let mut resp = self
+            .agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .send_empty()
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    /// `GET /api/status` on the admin listener.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.admin_get("/api/status");
+        assert_eq!(code, 200);
+        serde_json::from_str(&body).unwrap()
     }
 
     pub fn store_status(&self) -> serde_json::Value {

@@ -1,0 +1,381 @@
+//! Offer plans and what deciding them reads: the planning queue, the suppression list,
+//! each store's holdout salt, customers' latest refunds and the order-value histogram.
+
+use redb::{Durability, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::tables::*;
+use super::{codec, Error, Snapshot, Storage};
+use crate::engine::lifecycle::PlanRecord;
+use crate::engine::plan::Suppressed;
+use crate::engine::Timestamp;
+
+const PLAN_V1: u8 = 1;
+const SUPPRESSION_V1: u8 = 1;
+const SALT: &str = "holdout_salt";
+
+/// One entry of the suppression list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressionRow {
+    pub reason: Suppressed,
+    pub at: Timestamp,
+    /// Where it came from: "cli", "import <file>", "unsubscribe link", ...
+    pub source: String,
+}
+
+/// The suppression-list key of an email address or phone number, or what is wrong with it.
+pub fn suppression_key(input: &str) -> Result<String, String> {
+    let t = input.trim();
+    if t.contains('@') {
+        return crate::engine::history::normalize_email(t)
+            .map(|e| format!("email:{e}"))
+            .ok_or_else(|| format!("{t:?} is not an email address"));
+    }
+    phone_key(t)
+        .map(|p| format!("phone:{p}"))
+        .ok_or_else(|| format!("{t:?} is neither an email address nor a phone number (7-15 digits, optionally with a leading +)"))
+}
+
+/// A phone number as digits with its leading `+`, separators dropped.
+fn phone_key(t: &str) -> Option<String> {
+    let (plus, rest) = match t.strip_prefix('+') {
+        Some(r) => ("+", r),
+        None => ("", t),
+    };
+    let digits: String = rest
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
+        .collect();
+    (digits.len() >= 7 && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| format!("{plus}{digits}"))
+}
+
+/// The histogram bucket of an order total: 5% wide, so the median read from it is within
+/// 5% of the true one.
+pub fn value_bucket(total: i64) -> Option<u16> {
+    (total > 0).then(|| ((total as f64).ln() / 1.05f64.ln()).floor() as u16)
+}
+
+fn bucket_floor(b: u16) -> i64 {
+    1.05f64.powi(i32::from(b)).ceil() as i64
+}
+
+/// The processor's planning-related rows for one batch, written in its transaction.
+#[derive(Default)]
+pub struct PlanChanges {
+    queue: Vec<(String, String, i64)>,
+    refunds: Vec<(String, u64, i64)>,
+    values: Vec<(String, u16, i64)>,
+}
+
+impl PlanChanges {
+    /// Asks the planner to look at an order again; `refund_at` when a refund arrived.
+    pub fn enqueue(&mut self, store: &str, order: &str, refund_at: Option<Timestamp>) {
+        self.queue
+            .push((store.into(), order.into(), refund_at.map_or(0, |t| t.0)));
+    }
+
+    pub fn refund(&mut self, store: &str, customer: u64, at: Timestamp) {
+        self.refunds.push((store.into(), customer, at.0));
+    }
+
+    /// An order's counted total changed from `before` to `after`.
+    pub fn order_value(&mut self, store: &str, before: Option<i64>, after: Option<i64>) {
+        if before == after {
+            return;
+        }
+        for (v, delta) in [(before, -1), (after, 1)] {
+            if let Some(b) = v.and_then(value_bucket) {
+                self.values.push((store.into(), b, delta));
+            }
+        }
+    }
+
+    pub(super) fn write(&self, tx: &redb::WriteTransaction) -> Result<(), Error> {
+        let mut queue = tx.open_table(PLAN_QUEUE)?;
+        for (store, order, at) in &self.queue {
+            let k = (store.as_str(), order.as_str());
+            let cur = queue.get(k)?.map_or(0, |v| v.value());
+            queue.insert(k, cur.max(*at))?;
+        }
+        let mut refunds = tx.open_table(CUSTOMER_REFUNDS)?;
+        for (store, customer, at) in &self.refunds {
+            let k = (store.as_str(), *customer);
+            let cur = refunds.get(k)?.map_or(0, |v| v.value());
+            refunds.insert(k, cur.max(*at))?;
+        }
+        let mut values = tx.open_table(ORDER_VALUES)?;
+        for (store, b, delta) in &self.values {
+            let k = (store.as_str(), *b);
+            let cur = values.get(k)?.map_or(0, |v| v.value());
+            let next = (cur as i64 + delta).max(0) as u64;
+            if next == 0 {
+                values.remove(k)?;
+            } else {
+                values.insert(k, next)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn encode_plan(rec: &PlanRecord) -> Result<Vec<u8>, Error> {
+    codec::encode(PLAN_V1, rec)
+}
+
+pub fn decode_plan(bytes: &[u8]) -> Result<PlanRecord, Error> {
+    codec::decode("plan record", PLAN_V1, bytes)
+}
+
+impl Snapshot {
+    pub fn plan(&self, store: &str, order: &str) -> Result<Option<PlanRecord>, Error> {
+        self.plans
+            .get((store, order))?
+            .map(|v| decode_plan(v.value()))
+            .transpose()
+    }
+
+    /// Orders waiting to be planned, in key order, with their latest refund time (0: none).
+    pub fn plan_queue(&self, limit: usize) -> Result<Vec<(String, String, i64)>, Error> {
+        let mut out = Vec::new();
+        for item in self.plan_queue.iter()?.take(limit) {
+            let (k, v) = item?;
+            let (s, o) = k.value();
+            out.push((s.to_string(), o.to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    pub fn suppression(&self, store: &str, key: &str) -> Result<Option<SuppressionRow>, Error> {
+        self.suppressions
+            .get((store, key))?
+            .map(|v| codec::decode("suppression", SUPPRESSION_V1, v.value()))
+            .transpose()
+    }
+
+    pub fn salt(&self, store: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self
+            .store_keys
+            .get((store, SALT))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    pub fn last_refund(&self, store: &str, customer: u64) -> Result<Option<Timestamp>, Error> {
+        Ok(self
+            .refunds
+            .get((store, customer))?
+            .map(|v| Timestamp(v.value())))
+    }
+
+    /// The store's median and 80th-percentile order total (minor units, store currency),
+    /// to within 5%; `None` before the first counted order.
+    pub fn order_value_quantiles(&self, store: &str) -> Result<(Option<i64>, Option<i64>), Error> {
+        let mut buckets = Vec::new();
+        for item in self.order_values.range((store, 0u16)..=(store, u16::MAX))? {
+            let (k, v) = item?;
+            buckets.push((k.value().1, v.value()));
+        }
+        let total: u64 = buckets.iter().map(|b| b.1).sum();
+        let at = |q: f64| {
+            let want = (total as f64 * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            buckets.iter().find_map(|&(b, n)| {
+                seen += n;
+                (seen >= want).then(|| bucket_floor(b))
+            })
+        };
+        Ok((at(0.5), at(0.8)))
+    }
+
+    /// A customer's counted orders, newest first, at most `limit`: (order time ms, id).
+    pub fn customer_orders(
+        &self,
+        store: &str,
+        customer: u64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, Error> {
+        let mut out = Vec::new();
+        let range = self
+            .timeline
+            .range((store, customer, i64::MIN, "")..=(store, customer, i64::MAX, "\u{10FFFF}"))?;
+        for item in range.rev().take(limit) {
+            let (k, _) = item?;
+            let (_, _, at, id) = k.value();
+            out.push((at, id.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// The product keys of each bundle id given, from one scan of the store's catalog.
+    pub fn bundle_members(
+        &self,
+        store: &str,
+        ids: &std::collections::BTreeSet<String>,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
+        let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        for item in self.catalog.range((store, "")..)? {
+            let (k, v) = item?;
+            if k.value().0 != store {
+                break;
+            }
+            let v = super::records::decode_variant(v.value())?;
+            let (Some(sku), true) = (v.sku.as_deref(), v.bundles.iter().any(|b| ids.contains(b)))
+            else {
+                continue;
+            };
+            let key = self
+                .resolve_product(store, sku)?
+                .unwrap_or_else(|| sku.to_string());
+            for id in v.bundles.iter().filter(|b| ids.contains(*b)) {
+                let members = out.entry(id.clone()).or_default();
+                if !members.contains(&key) {
+                    members.push(key.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finds a plan by platform order id, else by order name (`#1042` or `1042`).
+    pub fn find_plan(&self, store: &str, order: &str) -> Result<Option<PlanRecord>, Error> {
+        if let Some(p) = self.plan(store, order)? {
+            return Ok(Some(p));
+        }
+        let name = order.trim();
+        let with_hash = if name.starts_with('#') {
+            name.to_string()
+        } else {
+            format!("#{name}")
+        };
+        for item in self.plans.range((store, "")..)? {
+            let (k, v) = item?;
+            if k.value().0 != store {
+                break;
+            }
+            let rec = decode_plan(v.value())?;
+            if rec.order_name == name || rec.order_name == with_hash {
+                return Ok(Some(rec));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// What one planning pass writes: plan records, and the queue entries it handled.
+#[derive(Default)]
+pub struct PlanWrites {
+    pub plans: Vec<(String, PlanRecord)>,
+    pub done: Vec<(String, String)>,
+}
+
+impl Storage {
+    /// Writes a planning pass in one transaction. Not synced by itself, like the
+    /// processor's batches: a crash before the next durable commit leaves the queue
+    /// entries in place, and planning them again changes nothing.
+    pub fn write_plans(&self, w: &PlanWrites) -> Result<(), Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::None)?;
+        {
+            let mut plans = tx.open_table(PLANS)?;
+            for (store, rec) in &w.plans {
+                plans.insert(
+                    (store.as_str(), rec.order_id.as_str()),
+                    encode_plan(rec)?.as_slice(),
+                )?;
+            }
+            let mut queue = tx.open_table(PLAN_QUEUE)?;
+            for (store, order) in &w.done {
+                queue.remove((store.as_str(), order.as_str()))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The store's holdout salt, generated (32 random bytes) and stored durably the first
+    /// time. Kept in the database, not the config: regenerating the config must not
+    /// reshuffle who is held out.
+    pub fn salt(&self, store: &str) -> Result<Vec<u8>, Error> {
+        if let Some(s) = self.snapshot()?.salt(store)? {
+            return Ok(s);
+        }
+        let tx = self.db.begin_write()?;
+        let salt = {
+            let mut keys = tx.open_table(STORE_KEYS)?;
+            let existing = keys.get((store, SALT))?.map(|v| v.value().to_vec());
+            match existing {
+                Some(s) => s,
+                None => {
+                    let mut b = [0u8; 32];
+                    getrandom::fill(&mut b)
+                        .map_err(|e| Error::Codec(format!("the OS random source failed: {e}")))?;
+                    keys.insert((store, SALT), &b[..])?;
+                    b.to_vec()
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(salt)
+    }
+
+    /// Adds entries to a store's suppression list in one durable transaction (all or
+    /// none). Returns how many were new.
+    pub fn suppress(&self, store: &str, rows: &[(String, SuppressionRow)]) -> Result<usize, Error> {
+        let tx = self.db.begin_write()?;
+        let mut new = 0;
+        {
+            let mut t = tx.open_table(SUPPRESSIONS)?;
+            for (key, row) in rows {
+                let bytes = codec::encode(SUPPRESSION_V1, row)?;
+                if t.insert((store, key.as_str()), bytes.as_slice())?.is_none() {
+                    new += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(new)
+    }
+
+    /// Removes an entry; returns whether there was one.
+    pub fn unsuppress(&self, store: &str, key: &str) -> Result<bool, Error> {
+        let tx = self.db.begin_write()?;
+        let was = tx.open_table(SUPPRESSIONS)?.remove((store, key))?.is_some();
+        tx.commit()?;
+        Ok(was)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suppression_keys_normalize_and_reject() {
+        assert_eq!(
+            suppression_key(" Ann@Example.COM ").unwrap(),
+            "email:ann@example.com"
+        );
+        assert_eq!(
+            suppression_key("+1 (555) 123-4567").unwrap(),
+            "phone:+15551234567"
+        );
+        assert!(suppression_key("12").unwrap_err().contains("neither"));
+        assert!(suppression_key("a@").unwrap_err().contains("not an email"));
+    }
+
+    #[test]
+    fn buckets_are_five_percent_wide() {
+        for v in [1i64, 99, 1000, 5400, 123_456] {
+            let b = value_bucket(v).unwrap();
+            let lo = bucket_floor(b);
+            assert!(
+                lo <= v + 1 && (v as f64) < lo as f64 * 1.05 + 1.0,
+                "{v}: {lo}"
+            );
+        }
+        assert_eq!(value_bucket(0), None);
+    }
+}
