@@ -1066,13 +1066,14 @@ fn customer(config: &Config, action: CustomerAction) -> anyhow::Result<ExitCode>
             }
             let c = &v["customer"];
             if c.is_null() {
-                println!("  no orders from this contact");
+                println!("  no orders found for this contact (customers are looked up by email)");
             } else {
+                let cur = c["currency"].as_str().unwrap_or("");
                 println!(
-                    "  orders: {}  spent: {}  refunded: {}  email consent: {}  sms consent: {}",
+                    "  orders: {}  spent: {} {cur}  refunded: {} {cur}  email consent: {}  sms consent: {}",
                     c["orders"],
-                    c["spent"],
-                    c["refunded"],
+                    c["spent"].as_str().unwrap_or("0"),
+                    c["refunded"].as_str().unwrap_or("0"),
                     c["email_consent"].as_str().unwrap_or(""),
                     c["sms_consent"].as_str().unwrap_or("")
                 );

@@ -652,8 +652,10 @@ pub fn customer_show(
                     "holdout": p.as_ref().map(|p| p.plan.holdout),
                 }));
             }
+            let money = |minor: i64| c.currency.map(|cur| cur.format_minor(minor));
             json!({
-                "id": c.id, "orders": c.order_count, "spent": c.spent, "refunded": c.refunded,
+                "id": c.id, "orders": c.order_count, "spent": money(c.spent),
+                "refunded": money(c.refunded),
                 "currency": c.currency.map(|c| c.as_str().to_string()),
                 "first_order_at": c.first_order_at.map(|t| t.to_rfc3339()),
                 "last_order_at": c.last_order_at.map(|t| t.to_rfc3339()),

@@ -303,6 +303,8 @@ pub struct Plan {
 }
 
 const MINUTE: i64 = 60_000;
+/// A same-order pair counts as a frequent bundle from this lift on.
+const FREQUENT_BUNDLE_LIFT: f64 = 2.0;
 const DAY: i64 = 86_400_000;
 
 /// Decides the offer and the touches for one order.
@@ -445,20 +447,29 @@ fn choose(input: &PlanInput<'_>, why: &mut Vec<String>) -> (Option<Recipe>, Opti
             input.currency.as_str()
         ));
     }
+    // Welcome and cross-sell weigh the same candidates through the same filters.
+    let mut candidates_failed = false;
     for &recipe in &input.policy.recipes {
         let picked = match recipe {
             Recipe::Welcome => welcome(input, why),
             Recipe::Replenishment => replenishment(input, why),
             Recipe::Upgrade => upgrade(input, why),
             Recipe::Bundle => bundle(input, why),
+            Recipe::CrossSell if candidates_failed => {
+                why.push(
+                    "recipe cross_sell: the same candidates and filters as welcome; none passed"
+                        .into(),
+                );
+                continue;
+            }
             Recipe::CrossSell => Some(candidate_keys(input)),
         };
         let Some(products) = picked else {
             continue;
         };
-        if let Some(offer) = first_passing(input, recipe, &products, rate, why) {
+        if let Some((offer, evidence)) = first_passing(input, recipe, &products, rate, why) {
             why.push(format!(
-                "recipe {}: offer {} ({}) at {}",
+                "recipe {}: offer {} ({}) at {}: {evidence}",
                 recipe.as_str(),
                 offer.product,
                 offer.title,
@@ -466,6 +477,7 @@ fn choose(input: &PlanInput<'_>, why: &mut Vec<String>) -> (Option<Recipe>, Opti
             ));
             return (Some(recipe), Some(offer));
         }
+        candidates_failed |= recipe == Recipe::Welcome;
         why.push(format!(
             "recipe {}: applies, but no product passed its filters",
             recipe.as_str()
@@ -503,27 +515,42 @@ fn convert(price: i64, rate: Option<f64>, from: Currency, to: Currency) -> i64 {
 
 /// A product a recipe proposes: its key, why, and its rank group (the add-on price
 /// preference reorders only within a group: it never outranks a store's own pairing).
-struct Proposal {
-    product: String,
-    why: String,
+struct Proposal<'a> {
+    product: &'a str,
+    why: Why<'a>,
     group: u8,
 }
 
-fn proposal(product: &str, why: String) -> Proposal {
+/// Why a product was proposed; written out only when a reason needs it.
+enum Why<'a> {
+    Candidate(&'a Candidate),
+    Text(String),
+}
+
+impl std::fmt::Display for Why<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Candidate(c) => f.write_str(&describe(c)),
+            Why::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+fn proposal(product: &str, why: String) -> Proposal<'_> {
     Proposal {
-        product: product.to_string(),
-        why,
+        product,
+        why: Why::Text(why),
         group: 0,
     }
 }
 
-fn candidate_keys(input: &PlanInput<'_>) -> Vec<Proposal> {
+fn candidate_keys<'a>(input: &PlanInput<'a>) -> Vec<Proposal<'a>> {
     input
         .candidates
         .iter()
         .map(|c| Proposal {
-            product: c.product.clone(),
-            why: describe(c),
+            product: &c.product,
+            why: Why::Candidate(c),
             group: c.group,
         })
         .collect()
@@ -554,9 +581,9 @@ fn describe(c: &Candidate) -> String {
 }
 
 /// The products a recipe proposes, best first; `None` when the recipe does not apply.
-type Picked = Option<Vec<Proposal>>;
+type Picked<'a> = Option<Vec<Proposal<'a>>>;
 
-fn welcome(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
+fn welcome<'a>(input: &PlanInput<'a>, why: &mut Vec<String>) -> Picked<'a> {
     if input.shopper.prior_orders > 0 {
         why.push(format!(
             "recipe welcome: not a first order ({} before)",
@@ -595,7 +622,7 @@ fn welcome(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
 
 /// The consumable in the order that runs out first: its line, how many days it lasts,
 /// and when to remind (the lead time before it runs out, at least a day after the order).
-fn depletion<'a>(input: &'a PlanInput<'_>) -> Option<(&'a BasketLine, i64, Timestamp)> {
+fn depletion<'a>(input: &PlanInput<'a>) -> Option<(&'a BasketLine, i64, Timestamp)> {
     let (lasts, line) = input
         .basket
         .iter()
@@ -609,7 +636,7 @@ fn depletion<'a>(input: &'a PlanInput<'_>) -> Option<(&'a BasketLine, i64, Times
     Some((line, lasts, due))
 }
 
-fn replenishment(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
+fn replenishment<'a>(input: &PlanInput<'a>, why: &mut Vec<String>) -> Picked<'a> {
     let Some((line, lasts, _)) = depletion(input) else {
         why.push("recipe replenishment: nothing in the order is a consumable".into());
         return None;
@@ -627,7 +654,7 @@ fn replenishment(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
     )])
 }
 
-fn category_of<'a>(input: &'a PlanInput<'_>, product: &str) -> Option<&'a str> {
+fn category_of<'a>(input: &PlanInput<'a>, product: &str) -> Option<&'a str> {
     input
         .catalog
         .get(product)?
@@ -636,14 +663,14 @@ fn category_of<'a>(input: &'a PlanInput<'_>, product: &str) -> Option<&'a str> {
         .filter(|c| !c.is_empty())
 }
 
-fn upgrade(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
+fn upgrade<'a>(input: &PlanInput<'a>, why: &mut Vec<String>) -> Picked<'a> {
     let mut out = Vec::new();
     for line in input.basket.iter().filter(|l| !l.gift_card) {
         let Some(category) = category_of(input, &line.product) else {
             continue;
         };
         let before = input.shopper.categories.get(category).copied().unwrap_or(0);
-        let Some(to) = input.catalog[&line.product].upgrade_to.clone() else {
+        let Some(to) = input.catalog[&line.product].upgrade_to.as_deref() else {
             continue;
         };
         if before + 1 < 3 {
@@ -654,7 +681,7 @@ fn upgrade(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
             continue;
         }
         out.push(proposal(
-            &to,
+            to,
             format!(
                 "premium tier of {} (purchase {} in {category})",
                 line.product,
@@ -669,17 +696,16 @@ fn upgrade(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
     Some(out)
 }
 
-fn bundle(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
+fn bundle<'a>(input: &PlanInput<'a>, why: &mut Vec<String>) -> Picked<'a> {
     let in_order: BTreeSet<&str> = input.basket.iter().map(|l| l.product.as_str()).collect();
-    let mut out: Vec<Proposal> = Vec::new();
+    let mut out: Vec<Proposal<'a>> = Vec::new();
     for line in input.basket {
         let Some(v) = input.catalog.get(&line.product) else {
             continue;
         };
         for id in &v.bundles {
             for member in input.bundles.get(id).into_iter().flatten() {
-                if !in_order.contains(member.as_str()) && !out.iter().any(|p| p.product == *member)
-                {
+                if !in_order.contains(member.as_str()) && !out.iter().any(|p| p.product == member) {
                     out.push(proposal(
                         member,
                         format!("completes bundle {id} with {}", line.product),
@@ -688,17 +714,21 @@ fn bundle(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
             }
         }
     }
-    // Frequent bundles: pairs strong enough in orders to count as one.
+    // Frequent bundles: pairs bought together often and far more than chance (a strong
+    // confidence alone is met by any best-seller).
     for c in input.candidates {
         let strong_pair = c.evidence.iter().any(|e| {
             matches!(e, Evidence::Affinity { rule, .. }
-                if rule.kind == Kind::SameOrder && rule.tier == Some(Tier::Strong))
+                if rule.kind == Kind::SameOrder
+                    && rule.tier == Some(Tier::Strong)
+                    && rule.lift >= FREQUENT_BUNDLE_LIFT)
         });
         if strong_pair && !out.iter().any(|p| p.product == c.product) {
-            out.push(proposal(
-                &c.product,
-                format!("frequent bundle: {}", describe(c)),
-            ));
+            out.push(Proposal {
+                product: &c.product,
+                why: Why::Text(format!("frequent bundle: {}", describe(c))),
+                group: 0,
+            });
         }
     }
     if out.is_empty() {
@@ -714,10 +744,10 @@ fn bundle(input: &PlanInput<'_>, why: &mut Vec<String>) -> Picked {
 fn first_passing(
     input: &PlanInput<'_>,
     recipe: Recipe,
-    products: &[Proposal],
+    products: &[Proposal<'_>],
     rate: Option<f64>,
     why: &mut Vec<String>,
-) -> Option<Offer> {
+) -> Option<(Offer, String)> {
     let windowed = matches!(recipe, Recipe::Welcome | Recipe::CrossSell);
     let value = bought_value(input.basket);
     let currency = input.order.currency;
@@ -726,16 +756,21 @@ fn first_passing(
     let top_buyer = input
         .top_fifth_order
         .is_some_and(|top| input.order.total >= top);
-    let mut passing: Vec<(u8, bool, Offer)> = Vec::new();
-    for Proposal {
-        product,
-        why: evidence,
-        group,
-    } in products
-    {
+    // (rank group, cheap add-on, product, its catalog entry, its price).
+    let mut passing: Vec<(u8, bool, &Proposal<'_>, &Variant, i64)> = Vec::new();
+    for proposal in products {
+        let Proposal { product, group, .. } = proposal;
+        // Only the first rank group that has a passing product competes, and in it the
+        // first add-on at or under the preferred share wins: nothing after can change that.
+        if let Some((first, ..)) = passing.first() {
+            if *group != *first || passing.iter().any(|p| p.1) {
+                break;
+            }
+        }
+        let product = *product;
         let rejected = |why: &mut Vec<String>, reason: String| {
             why.push(format!(
-                "candidate {product} ({evidence}) rejected for {}: {reason}",
+                "candidate {product} rejected for {}: {reason}",
                 recipe.as_str()
             ));
         };
@@ -768,28 +803,14 @@ fn first_passing(
             }
             cheap = share <= f64::from(preferred);
         }
-        passing.push((
-            *group,
-            cheap,
-            Offer {
-                product: product.clone(),
-                sku: v.sku.clone(),
-                variant_id: v.variant_id.clone(),
-                title: v.title.clone(),
-                price,
-                currency,
-                discount_code: input.policy.discount_codes.get(&recipe).cloned(),
-                trust: first_time,
-                urgency: input.policy.urgency.contains(&recipe) && !top_buyer,
-            },
-        ));
+        passing.push((*group, cheap, proposal, v, price));
     }
     // The first that passed, unless one of its rank group is a cheaper add-on.
     let first_group = passing.first()?.0;
     let pick = passing
         .iter()
-        .take_while(|(g, _, _)| *g == first_group)
-        .position(|(_, cheap, _)| *cheap)
+        .take_while(|p| p.0 == first_group)
+        .position(|p| p.1)
         .unwrap_or(0);
     if pick > 0 {
         why.push(format!(
@@ -797,7 +818,19 @@ fn first_passing(
             passing[pick].2.product, passing[0].2.product
         ));
     }
-    Some(passing.swap_remove(pick).2)
+    let (_, _, proposal, v, price) = passing[pick];
+    let offer = Offer {
+        product: proposal.product.to_string(),
+        sku: v.sku.clone(),
+        variant_id: v.variant_id.clone(),
+        title: v.title.clone(),
+        price,
+        currency,
+        discount_code: input.policy.discount_codes.get(&recipe).cloned(),
+        trust: first_time,
+        urgency: input.policy.urgency.contains(&recipe) && !top_buyer,
+    };
+    Some((offer, proposal.why.to_string()))
 }
 
 /// Why a product may not be offered by `recipe`, if it may not.
@@ -1350,6 +1383,13 @@ mod tests {
                 .discount_codes
                 .insert(Recipe::Welcome, "WELCOME10".into());
         });
+        add(
+            "welcome_and_cross_sell_share_one_look_at_candidates",
+            &|c| {
+                c.shopper.prior_orders = 0;
+                c.candidates = vec![popular("STRAW"), popular("GIFT")];
+            },
+        );
         add("welcome_not_under_threshold", &|c| {
             c.shopper.prior_orders = 0;
             c.median = Some(2500);
@@ -1382,6 +1422,14 @@ mod tests {
             c.candidates[0] = affinity("KETTLE", Tier::Strong, 0.4);
             c.policy.recipes = vec![Recipe::Bundle];
         });
+        add("bundle_best_seller_is_not_a_frequent_bundle", &|c| {
+            let mut best_seller = affinity("KETTLE", Tier::Strong, 0.4);
+            if let Evidence::Affinity { rule, .. } = &mut best_seller.evidence[0] {
+                rule.lift = 1.1;
+            }
+            c.candidates[0] = best_seller;
+            c.policy.recipes = vec![Recipe::Bundle];
+        });
         add("filters_reject_each_kind", &|c| {
             c.candidates = ["GIFT", "EBOOK", "LOW", "MEH", "MUG", "STRAW", "NOPE", "LID"]
                 .into_iter()
@@ -1401,6 +1449,12 @@ mod tests {
         });
         add("suppressed_manual", &|c| {
             c.shopper.suppressed = Some(Suppressed::Manual("asked by phone".into()))
+        });
+        add("suppressed_complained", &|c| {
+            c.shopper.suppressed = Some(Suppressed::Complained)
+        });
+        add("under_min_order_value", &|c| {
+            c.policy.min_order_value = 2500
         });
         add("b2b_tag", &|c| c.shopper.tags = vec!["Wholesale".into()]);
         add("vip_tag_on_order", &|c| c.order.tags = vec!["VIP".into()]);

@@ -167,6 +167,9 @@ impl Pass<'_> {
             lifecycle::revise(old, fresh, order, state.customer, &loaded.basket, self.now);
         if refund_at > 0 {
             lifecycle::refunded(&mut rec, Timestamp(refund_at));
+        } else if !state.refunds.is_empty() && rec.refunded_at.is_none() {
+            // A refund that overtook its order: its time is not kept, the order's is.
+            lifecycle::refunded(&mut rec, order.updated_at);
         }
         if first && rec.status == lifecycle::Status::Active {
             if let Some(c) = state.customer {

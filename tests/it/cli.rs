@@ -336,7 +336,18 @@ fn demo_default_serves_a_signed_test_order() {
         lines.iter().any(|l| l.starts_with("demo admin token: ")),
         "{lines:?}"
     );
-    let body = order_json(&OrderSpec::three_lines(41));
+    assert!(
+        lines[0].starts_with("demo: loaded 25 products and 566 orders"),
+        "{lines:?}"
+    );
+    // README "Try it": the newcomer's first order, placed now.
+    let body = serde_json::to_vec(&serde_json::json!({
+        "id": 9001, "name": "#9001", "email": "jane@example.com",
+        "created_at": chrono::Utc::now().to_rfc3339(), "currency": "USD", "total_price": "54.00",
+        "line_items": [{"id": 1, "product_id": 632910392, "variant_id": 1, "sku": "KIT-POUR",
+            "quantity": 1, "price": "54.00", "title": "Pour-over Kit"}]
+    }))
+    .unwrap();
     let resp = agent()
         .post("http://127.0.0.1:8080/webhooks/demo")
         .header("X-Shopify-Topic", "orders/paid")
@@ -349,12 +360,72 @@ fn demo_default_serves_a_signed_test_order() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["stores"][0]["webhooks"]["accepted"], 1);
+    // The first order gets a real offer, explained by the running service.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let live = loop {
+        let (code, out, err) = run(&["explain", "#9001", "--json"], tmp.path());
+        if code == 0 {
+            break serde_json::from_str::<serde_json::Value>(&out).unwrap();
+        }
+        assert!(Instant::now() < deadline, "{err}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(live["order"], "9001");
+    assert_eq!(live["offer"]["sku"], "SCALE-MINI", "{live:#}");
+    assert_eq!(live["offer"]["price"], "19.00");
+    // One customer in ten is held out (the salt is random per installation).
+    let touches = live["touches"].as_array().unwrap().len();
+    assert_eq!(touches == 0, live["holdout"] == true, "{live:#}");
+    let (code, out, _) = run(&["explain", "9001"], tmp.path());
+    assert_eq!(code, 0);
+    assert!(out.contains("from the running service"), "{out}");
+    assert!(
+        out.contains("offer: SCALE-MINI \"Coffee Scale\" at 19.00 USD"),
+        "{out}"
+    );
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(child.wait().unwrap().success());
-    // A second start reuses the generated secrets.
+    // The same plan from the file; a customer suppressed from the file.
+    let (code, out, err) = run(&["explain", "9001", "--json"], tmp.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        live
+    );
+    let (code, out, err) = run(
+        &[
+            "customer",
+            "suppress",
+            "Jane@Example.com",
+            "--reason",
+            "complained",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("email:jane@example.com is on the suppression list"),
+        "{out}"
+    );
+    let (code, out, err) = run(
+        &["customer", "show", "jane@example.com", "--json"],
+        tmp.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["suppressed"]["reason"], "complained", "{v:#}");
+    assert_eq!(v["customer"]["plans"][0]["order"], "9001", "{v:#}");
+    let (code, _, err) = run(&["customer", "show", "not a contact"], tmp.path());
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("neither an email address nor a phone number"),
+        "{err}"
+    );
+    // A second start reuses the generated secrets and does not load the demo data again.
     let (mut child, lines2) = spawn_serve(&[], tmp.path());
     assert!(lines2.contains(secret_line), "{lines2:?}");
+    assert!(!lines2[0].starts_with("demo: loaded"), "{lines2:?}");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
