@@ -374,7 +374,8 @@ pub fn import_orders(
         }
         if batch.len() >= IMPORT_BATCH || (done && !batch.is_empty()) {
             new_orders +=
-                crate::pipeline::processor::apply_imported(storage, store, &batch)? as u64;
+                crate::pipeline::processor::apply_imported(storage, store, currency, &batch)?
+                    as u64;
             applied += batch.len() as u64;
             batch.clear();
             progress(Progress {
@@ -642,7 +643,7 @@ pub fn customer_show(
         None => serde_json::Value::Null,
         Some(c) => {
             let mut plans = Vec::new();
-            for (at, order) in snap.customer_orders(store, c.id, 50)? {
+            for (at, order) in snap.customer_orders(store, c.id, None, 50)? {
                 let p = snap.plan(store, &order)?;
                 plans.push(json!({
                     "order": order, "at": Timestamp(at).to_rfc3339(),
@@ -683,10 +684,11 @@ pub fn explain(storage: &Storage, store: &str, order: &str) -> Result<serde_json
             Some((_, Some(crate::engine::Source::Import))) => {
                 "it was imported; imported orders are history and are never planned".to_string()
             }
-            Some(_) if !snap.plan_queue(usize::MAX)?.iter().any(|q| q.1 == order) => {
-                "it is not planned yet; try again in a moment".to_string()
+            Some(_) if snap.plan_queue(usize::MAX)?.iter().any(|q| q.0 == store && q.1 == order) => {
+                "it is waiting to be planned; try again in a moment".to_string()
             }
-            Some(_) => "it is waiting to be planned; try again in a moment".to_string(),
+            Some(_) => "it arrived before this version planned offers, and has not changed since"
+                .to_string(),
             None => format!(
                 "no order {order:?} in store {store}; give the platform order id or its name such as #1042"
             ),

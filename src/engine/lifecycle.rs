@@ -16,6 +16,8 @@ pub struct PlanRecord {
     pub customer: Option<u64>,
     /// When the order was placed: sequences end in order-time order.
     pub order_at: Timestamp,
+    /// When the order was first planned (the age limit counts to then).
+    pub first_planned_at: Timestamp,
     /// 1 for the first plan; each replacement adds one.
     pub revision: u32,
     pub plan: Plan,
@@ -75,6 +77,7 @@ pub fn revise(
             order_name: order.name.clone(),
             customer,
             order_at: order.created_at,
+            first_planned_at: now,
             revision: 1,
             plan: fresh,
             sent: Vec::new(),
@@ -105,7 +108,7 @@ pub fn revise(
         return rec;
     }
     if rec.sent.is_empty() {
-        if rec.plan == fresh {
+        if same_decision(&rec.plan, &fresh) {
             return rec;
         }
         rec.revision += 1;
@@ -142,6 +145,16 @@ pub fn revise(
         )),
     }
     rec
+}
+
+/// Whether two plans decide the same (their reasons may differ in live figures such as a
+/// confidence that moved with the latest orders).
+fn same_decision(a: &Plan, b: &Plan) -> bool {
+    a.recipe == b.recipe
+        && a.offer == b.offer
+        && a.holdout == b.holdout
+        && a.variants == b.variants
+        && a.touches == b.touches
 }
 
 /// Ends `rec`'s sequence because the same customer placed `by_order`, unless it already
@@ -253,10 +266,13 @@ mod tests {
         let o = order("1");
         let first = revise(None, plan("COASTER"), &o, Some(7), &[], Timestamp(T0));
         assert_eq!((first.revision, first.status.clone()), (1, Status::Active));
-        // Same decision again (a duplicate update): nothing changes.
+        // Same decision again (a duplicate update, or only a live figure in a reason
+        // moved): nothing changes.
+        let mut again = plan("COASTER");
+        again.reasons = vec!["offer COASTER (confidence now 21%)".into()];
         let same = revise(
             Some(first.clone()),
-            plan("COASTER"),
+            again,
             &o,
             Some(7),
             &[],

@@ -168,8 +168,9 @@ pub enum Suppressed {
 /// The customer as known before this order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Shopper {
-    /// Who the holdout and A/B groups are keyed on: the normalized email, else the phone,
-    /// else the platform customer id (a guest who later opens an account keeps the group).
+    /// Who the holdout and A/B groups are keyed on: the customer record (a guest who later
+    /// opens an account resolves to the same one by email, and it outlives a changed email),
+    /// else a guest's normalized email; `None` keys on the order.
     pub identity: Option<String>,
     pub prior_orders: u32,
     /// Product keys bought in earlier orders.
@@ -216,6 +217,9 @@ pub struct PlanInput<'a> {
     pub median_order: Option<i64>,
     pub top_fifth_order: Option<i64>,
     pub now: Timestamp,
+    /// When the order was first planned: the age limit counts up to then, so a plan is
+    /// not dropped when the order is edited weeks later.
+    pub seen_at: Timestamp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -379,6 +383,18 @@ fn bucket(salt: &[u8], parts: &[&str], n: u64) -> u64 {
     x % n.max(1)
 }
 
+/// The order's total in the store's currency (what the median, the top fifth and the
+/// configured amounts are in); `None` for another currency without a configured rate.
+fn store_value(input: &PlanInput<'_>) -> Option<i64> {
+    let (from, to) = (input.order.currency, input.currency);
+    if from == to {
+        return Some(input.order.total);
+    }
+    let rate = *input.policy.exchange_rates.get(&from)?;
+    let scale = 10f64.powi(to.exponent() as i32 - from.exponent() as i32);
+    Some((input.order.total as f64 / rate * scale).round() as i64)
+}
+
 /// The value of what was bought that counts for offers: gift cards excluded.
 fn bought_value(basket: &[BasketLine]) -> i64 {
     basket
@@ -414,7 +430,7 @@ fn ineligible(input: &PlanInput<'_>) -> Option<String> {
             input.order.financial_status.as_deref().unwrap_or("unknown")
         ));
     }
-    let age_days = (input.now.0 - input.order.created_at.0) / DAY;
+    let age_days = (input.seen_at.0 - input.order.created_at.0) / DAY;
     if age_days > input.policy.max_order_age_days {
         return Some(format!(
             "the order is {age_days} days old, over the {}-day limit for following up",
@@ -595,19 +611,25 @@ fn welcome<'a>(input: &PlanInput<'a>, why: &mut Vec<String>) -> Picked<'a> {
         .median_order
         .unwrap_or(0)
         .max(input.policy.welcome_floor);
-    let value = bought_value(input.basket);
+    let Some(value) = store_value(input) else {
+        why.push(format!(
+            "recipe welcome: the order is in {} and no exchange rate is configured, so its value cannot be compared with the store's median",
+            input.order.currency.as_str()
+        ));
+        return None;
+    };
     if value < threshold {
         why.push(format!(
             "recipe welcome: first order of {} is under the threshold {}",
-            money(value, input.order.currency),
-            money(threshold, input.order.currency)
+            money(value, input.currency),
+            money(threshold, input.currency)
         ));
         return None;
     }
     why.push(format!(
         "recipe welcome: first order of {} is at or over the threshold {}{}",
-        money(value, input.order.currency),
-        money(threshold, input.order.currency),
+        money(value, input.currency),
+        money(threshold, input.currency),
         if input
             .median_order
             .is_some_and(|m| m >= input.policy.welcome_floor)
@@ -632,7 +654,13 @@ fn depletion<'a>(input: &PlanInput<'a>) -> Option<(&'a BasketLine, i64, Timestam
         })
         .min_by(|x, y| (x.0, &x.1.product).cmp(&(y.0, &y.1.product)))?;
     let lead = input.policy.replenish_lead_days;
-    let due = Timestamp(input.order.created_at.0 + (lasts - lead).max(1) * DAY);
+    let due = Timestamp(
+        input
+            .order
+            .created_at
+            .0
+            .saturating_add((lasts - lead).max(1).saturating_mul(DAY)),
+    );
     Some((line, lasts, due))
 }
 
@@ -753,9 +781,10 @@ fn first_passing(
     let currency = input.order.currency;
     let (low, high, preferred) = input.policy.price_window;
     let first_time = input.shopper.prior_orders == 0;
-    let top_buyer = input
-        .top_fifth_order
-        .is_some_and(|top| input.order.total >= top);
+    let top_buyer = match (input.top_fifth_order, store_value(input)) {
+        (Some(top), Some(value)) => value >= top,
+        _ => false,
+    };
     // (rank group, cheap add-on, product, its catalog entry, its price).
     let mut passing: Vec<(u8, bool, &Proposal<'_>, &Variant, i64)> = Vec::new();
     for proposal in products {
@@ -908,15 +937,14 @@ fn suppression(input: &PlanInput<'_>) -> Option<String> {
             ));
         }
     }
-    let value = bought_value(input.basket);
-    if value < input.policy.min_order_value {
-        return Some(format!(
+    match store_value(input) {
+        Some(value) if value < input.policy.min_order_value => Some(format!(
             "order value {} is under the minimum {}",
-            money(value, input.order.currency),
-            money(input.policy.min_order_value, input.order.currency)
-        ));
+            money(value, input.currency),
+            money(input.policy.min_order_value, input.currency)
+        )),
+        _ => None,
     }
-    None
 }
 
 /// Countries whose law requires consent before marketing email.
@@ -1315,6 +1343,7 @@ mod tests {
             median_order: c.median,
             top_fifth_order: c.top_fifth,
             now: Timestamp(T0),
+            seen_at: Timestamp(T0),
         })
     }
 
@@ -1498,6 +1527,12 @@ mod tests {
             c.order.currency = eur;
             c.policy.exchange_rates.insert(eur, 0.9);
         });
+        add("multi_currency_welcome_compares_in_store_currency", &|c| {
+            let eur = Currency::parse("EUR").unwrap();
+            c.shopper.prior_orders = 0;
+            c.order.currency = eur;
+            c.policy.exchange_rates.insert(eur, 0.9);
+        });
         add("multi_currency_to_zero_decimal_currency", &|c| {
             let jpy = Currency::parse("JPY").unwrap();
             c.order = order(&[("MUG", 3000, 1)]);
@@ -1617,8 +1652,8 @@ mod tests {
         );
 
         // The same customer is in the same group on every order: a guest and the account
-        // they open later share the email the identity is keyed on.
-        c.shopper.identity = Some("guest@example.com".into());
+        // they open later resolve to one customer record, which the identity names.
+        c.shopper.identity = Some("customer:42".into());
         let first = decide(&c);
         c.shopper.prior_orders = 4;
         c.order.id = "2002".into();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::{Config, StoreConfig};
 use crate::engine::affinity::Month;
-use crate::engine::history::{normalize_email, Customer, OrderState};
+use crate::engine::history::{normalize_email, Customer};
 use crate::engine::lifecycle::{self, PlanRecord};
 use crate::engine::plan::{self, BasketLine, PlanInput, Shopper, Suppressed};
 use crate::engine::{Order, Source, Timestamp};
@@ -61,8 +61,12 @@ pub fn plan_pending(storage: &Storage, planning: &Planning) -> Result<usize, Err
             let (Some(cfg), Some(salt)) = (planning.config.store(store), salts.get(store)) else {
                 continue; // a store no longer configured: nothing to plan
             };
-            pass.plan_order(cfg, salt, order, *refund_at)?;
-            total += 1;
+            // One order that cannot be planned (a damaged record) must not stall history
+            // for every store: it is reported and left unplanned.
+            match pass.plan_order(cfg, salt, order, *refund_at) {
+                Ok(()) => total += 1,
+                Err(e) => eprintln!("planner: store {store}, order {order}: {e}; not planned"),
+            }
         }
         let writes = PlanWrites {
             plans: pass
@@ -111,7 +115,7 @@ impl Pass<'_> {
             Some(id) => self.snap.customer(store, id)?,
             None => None,
         };
-        let loaded = load(self.snap, cfg, order, &state, customer.as_ref())?;
+        let loaded = load(self.snap, cfg, order, customer.as_ref())?;
         if !self.values.contains_key(store) {
             let q = self.snap.order_value_quantiles(store)?;
             self.values.insert(store.to_string(), q);
@@ -146,6 +150,8 @@ impl Pass<'_> {
                 }
             }
         }
+        let old = self.record(store, order_id)?;
+        let seen_at = old.as_ref().map_or(self.now, |r| r.first_planned_at);
         let fresh = plan::plan(&PlanInput {
             store,
             salt,
@@ -160,9 +166,8 @@ impl Pass<'_> {
             median_order: median,
             top_fifth_order: top_fifth,
             now: self.now,
+            seen_at,
         });
-        let old = self.record(store, order_id)?;
-        let first = old.is_none();
         let mut rec =
             lifecycle::revise(old, fresh, order, state.customer, &loaded.basket, self.now);
         if refund_at > 0 {
@@ -171,7 +176,11 @@ impl Pass<'_> {
             // A refund that overtook its order: its time is not kept, the order's is.
             lifecycle::refunded(&mut rec, order.updated_at);
         }
-        if first && rec.status == lifecycle::Status::Active {
+        // Only a paid, live order starts a sequence: a pending one that may be voided
+        // must not end the customer's running one. Ending is idempotent, so this runs on
+        // every re-plan and catches the moment an order becomes paid.
+        let starts = plan::paid(order) && order.cancelled_at.is_none();
+        if starts && rec.status == lifecycle::Status::Active {
             if let Some(c) = state.customer {
                 self.exclusive(store, c, &mut rec)?;
             }
@@ -184,7 +193,7 @@ impl Pass<'_> {
     /// Sequence exclusivity: the customer's newest order runs its sequence; every older
     /// one still running ends. A late webhook for an older order ends its own at once.
     fn exclusive(&mut self, store: &str, customer: u64, rec: &mut PlanRecord) -> Result<(), Error> {
-        for (_, other_id) in self.snap.customer_orders(store, customer, HISTORY)? {
+        for (_, other_id) in self.snap.customer_orders(store, customer, None, HISTORY)? {
             if other_id == rec.order_id {
                 continue;
             }
@@ -216,7 +225,6 @@ fn load(
     snap: &Snapshot,
     cfg: &StoreConfig,
     order: &Order,
-    state: &OrderState,
     customer: Option<&Customer>,
 ) -> Result<Loaded, Error> {
     let store = cfg.id.as_str();
@@ -241,25 +249,19 @@ fn load(
     }
     let mut shopper = Shopper::default();
     if let Some(c) = customer {
-        shopper.identity = c
-            .email
-            .as_deref()
-            .and_then(normalize_email)
-            .or_else(|| c.phone.clone())
-            .or_else(|| c.platform_ids.first().map(|p| format!("id:{p}")));
-        shopper.prior_orders = c
-            .order_count
-            .saturating_sub(u32::from(state.counted.is_some()));
+        // Groups are keyed on the customer record, which outlives a changed email or phone
+        // and which a guest's later account resolves to (by email).
+        shopper.identity = Some(format!("customer:{}", c.id));
+        let before = (order.created_at.0, order.id.as_str());
+        let earlier = snap.customer_orders(store, c.id, Some(before), usize::MAX)?;
+        shopper.prior_orders = earlier.len() as u32;
         shopper.tags = c.tags.clone();
         shopper.email = c.email.is_some();
         shopper.phone = c.phone.is_some();
         shopper.email_consent = c.email_consent;
         shopper.sms_consent = c.sms_consent;
         shopper.last_refund_at = snap.last_refund(store, c.id)?;
-        for (_, other) in snap.customer_orders(store, c.id, HISTORY)? {
-            if other == order.id {
-                continue;
-            }
+        for (_, other) in earlier.into_iter().take(HISTORY) {
             let Some(o) = snap.order(store, &other)?.and_then(|s| s.order) else {
                 continue;
             };
@@ -281,7 +283,10 @@ fn load(
             }
         }
     } else {
-        shopper.identity = order.contact_email().and_then(normalize_email);
+        shopper.identity = order
+            .contact_email()
+            .and_then(normalize_email)
+            .map(|e| format!("email:{e}"));
         shopper.email = order.contact_email().is_some();
         shopper.phone = order.phone.is_some();
     }

@@ -128,6 +128,11 @@ pub fn catch_up(
             return Ok(total);
         };
         let mut batch = Batch::new(&snap);
+        if let Some(p) = &settings.planning {
+            for s in &p.config.stores {
+                batch.currencies.insert(s.id.clone(), s.currency);
+            }
+        }
         for (_, head) in &events {
             batch.apply(head)?;
         }
@@ -154,11 +159,17 @@ fn plan(storage: &Storage, settings: &Settings, total: &mut CatchUp) -> Result<(
 /// transaction, like live orders but without touching affinity (the import rebuilds it
 /// once at the end) and without planning anything. Returns how many orders were new.
 /// Callers hold the apply lock.
-pub fn apply_imported(storage: &Storage, store: &str, orders: &[Order]) -> Result<usize, Error> {
+pub fn apply_imported(
+    storage: &Storage,
+    store: &str,
+    currency: crate::engine::Currency,
+    orders: &[Order],
+) -> Result<usize, Error> {
     let snap = storage.snapshot()?;
     let processed = snap.processed_seq()?;
     let mut batch = Batch::new(&snap);
     batch.affinity = false;
+    batch.currencies.insert(store.to_string(), currency);
     for order in orders {
         let head = EventHead {
             store: store.to_string(),
@@ -197,6 +208,8 @@ struct Batch<'s> {
     replan: HashMap<(String, String), Option<crate::engine::Timestamp>>,
     /// (store, customer, time) of refunds.
     refunds: Vec<(String, CustomerId, crate::engine::Timestamp)>,
+    /// Each store's currency: only orders in it count for the store's order values.
+    currencies: HashMap<String, crate::engine::Currency>,
     customers: HashMap<(String, CustomerId), Customer>,
     links: HashMap<(String, Lookup), CustomerId>,
     next_ids: HashMap<String, CustomerId>,
@@ -215,6 +228,7 @@ impl<'s> Batch<'s> {
             counted_before: HashMap::new(),
             replan: HashMap::new(),
             refunds: Vec::new(),
+            currencies: HashMap::new(),
             customers: HashMap::new(),
             links: HashMap::new(),
             next_ids: HashMap::new(),
@@ -247,6 +261,7 @@ impl<'s> Batch<'s> {
             (None, _) => None,
         };
         let refunds_before = state.refunds.len();
+        let had_customer = state.customer.is_some();
         if history::apply(&mut state, customer.as_mut(), event, head.source) == Applied::Unchanged {
             return Ok(());
         }
@@ -256,7 +271,15 @@ impl<'s> Batch<'s> {
             Event::Order { order, .. } => Some(order.updated_at),
             _ => Some(head.received_at),
         };
-        if let (Some(at), Some(c)) = (refund_at, &customer) {
+        // A refund that overtook its order counts for the customer once the order names
+        // them (its own time is not kept: the order's is used).
+        let refund_at_customer = match (refund_at, event) {
+            (None, Event::Order { order, .. }) if !had_customer && !state.refunds.is_empty() => {
+                Some(order.updated_at)
+            }
+            (at, _) => at,
+        };
+        if let (Some(at), Some(c)) = (refund_at_customer, &customer) {
             self.refunds.push((store.to_string(), c.id, at));
         }
         if head.source == Source::Webhook && matches!(event, Event::Order { .. } | Event::Refund(_))
@@ -346,10 +369,17 @@ impl<'s> Batch<'s> {
         let computing = started.elapsed();
         for (key, state) in &self.orders {
             changes.put_order(&key.0, &key.1, state, self.newly_known(key, state))?;
+            // Only orders in the store's currency count (unknown currency: all do).
+            let in_store_currency = |s: &OrderState| {
+                s.order
+                    .as_ref()
+                    .is_none_or(|o| self.currencies.get(&key.0).is_none_or(|c| *c == o.currency))
+            };
             let before = self.counted_before.get(key).copied().flatten();
-            changes
-                .plans
-                .order_value(&key.0, before, state.counted.map(|c| c.total));
+            let after = state.counted.map(|c| c.total);
+            if in_store_currency(state) {
+                changes.plans.order_value(&key.0, before, after);
+            }
         }
         for ((store, order), refund_at) in &self.replan {
             changes.plans.enqueue(store, order, *refund_at);

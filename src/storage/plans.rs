@@ -33,21 +33,19 @@ pub fn suppression_key(input: &str) -> Result<String, String> {
     }
     phone_key(t)
         .map(|p| format!("phone:{p}"))
-        .ok_or_else(|| format!("{t:?} is neither an email address nor a phone number (7-15 digits, optionally with a leading +)"))
+        .ok_or_else(|| format!("{t:?} is neither an email address nor a phone number with its country code (+ and 7-15 digits, e.g. +15551234567, as the platforms send them)"))
 }
 
-/// A phone number as digits with its leading `+`, separators dropped.
+/// A phone number in E.164 form (`+` and digits, separators dropped), the form the
+/// platforms send; a number without its country code could never match one.
 fn phone_key(t: &str) -> Option<String> {
-    let (plus, rest) = match t.strip_prefix('+') {
-        Some(r) => ("+", r),
-        None => ("", t),
-    };
+    let rest = t.strip_prefix('+')?;
     let digits: String = rest
         .chars()
         .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
         .collect();
     (digits.len() >= 7 && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| format!("{plus}{digits}"))
+        .then(|| format!("+{digits}"))
 }
 
 /// The histogram bucket of an order total: 5% wide, so the median read from it is within
@@ -187,17 +185,23 @@ impl Snapshot {
         Ok((at(0.5), at(0.8)))
     }
 
-    /// A customer's counted orders, newest first, at most `limit`: (order time ms, id).
+    /// A customer's counted orders, newest first, at most `limit`: (order time ms, id);
+    /// with `before`, only those placed before that (time ms, order id).
     pub fn customer_orders(
         &self,
         store: &str,
         customer: u64,
+        before: Option<(i64, &str)>,
         limit: usize,
     ) -> Result<Vec<(i64, String)>, Error> {
         let mut out = Vec::new();
-        let range = self
-            .timeline
-            .range((store, customer, i64::MIN, "")..=(store, customer, i64::MAX, "\u{10FFFF}"))?;
+        let from = (store, customer, i64::MIN, "");
+        let range = match before {
+            Some((at, id)) => self.timeline.range(from..(store, customer, at, id))?,
+            None => self
+                .timeline
+                .range(from..=(store, customer, i64::MAX, "\u{10FFFF}"))?,
+        };
         for item in range.rev().take(limit) {
             let (k, _) = item?;
             let (_, _, at, id) = k.value();
@@ -329,10 +333,29 @@ impl Storage {
         {
             let mut t = tx.open_table(SUPPRESSIONS)?;
             for (key, row) in rows {
-                let bytes = codec::encode(SUPPRESSION_V1, row)?;
-                if t.insert((store, key.as_str()), bytes.as_slice())?.is_none() {
-                    new += 1;
-                }
+                let old: Option<SuppressionRow> = t
+                    .get((store, key.as_str()))?
+                    .map(|v| codec::decode("suppression", SUPPRESSION_V1, v.value()))
+                    .transpose()?;
+                let row = match old {
+                    None => {
+                        new += 1;
+                        row.clone()
+                    }
+                    // The customer's own unsubscribe or complaint outranks a note, and the
+                    // entry keeps its first date.
+                    Some(old) => SuppressionRow {
+                        reason: match (&old.reason, &row.reason) {
+                            (Suppressed::Manual(_), _) => row.reason.clone(),
+                            (_, Suppressed::Manual(_)) => old.reason.clone(),
+                            _ => row.reason.clone(),
+                        },
+                        at: old.at.min(row.at),
+                        source: old.source,
+                    },
+                };
+                let bytes = codec::encode(SUPPRESSION_V1, &row)?;
+                t.insert((store, key.as_str()), bytes.as_slice())?;
             }
         }
         tx.commit()?;
@@ -363,6 +386,10 @@ mod tests {
             "phone:+15551234567"
         );
         assert!(suppression_key("12").unwrap_err().contains("neither"));
+        assert!(
+            suppression_key("555 123 4567").is_err(),
+            "without its country code a number never matches what platforms send"
+        );
         assert!(suppression_key("a@").unwrap_err().contains("not an email"));
     }
 

@@ -538,6 +538,7 @@ fn main() {
                 median_order: Some(median),
                 top_fifth_order: Some(top_fifth),
                 now: l.order.created_at,
+                seen_at: l.order.created_at,
             })
             .collect();
         (name, plan_inputs, targeted)

@@ -273,6 +273,19 @@ fn a_suppressed_customer_gets_a_plan_without_touches() {
     assert_eq!(v["suppressed"]["reason"], "manual", "{v:#}");
     assert_eq!(v["customer"]["plans"][0]["order"], "9101", "{v:#}");
 
+    // A later note does not overwrite the customer's own complaint.
+    for reason in ["complained", "just%20a%20note"] {
+        let (code, body) = s.admin_post(&format!(
+            "/api/customer/suppress?store={STORE}&contact=%2B15550100000&reason={reason}"
+        ));
+        assert_eq!(code, 200, "{body}");
+    }
+    let (_, body) = s.admin_get(&format!(
+        "/api/customer/show?store={STORE}&contact=%2B1%20555%20010%200000"
+    ));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["contact"], "phone:+15550100000");
+    assert_eq!(v["suppressed"]["reason"], "complained", "{v:#}");
     let (code, _) = s.admin_post(&format!("/api/customer/suppress?store={STORE}&contact=12"));
     assert_eq!(
         code, 400,
@@ -293,4 +306,63 @@ fn the_holdout_salt_is_kept_in_the_database_across_restarts() {
     assert_eq!(s.storage.salt(STORE).unwrap(), first);
     assert_eq!(first.len(), 32);
     s.shutdown().unwrap();
+}
+
+#[test]
+fn a_pending_order_ends_nothing_until_it_is_paid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(tmp.path());
+    let first = order(
+        9201,
+        "kim@example.com",
+        &[("KIT-POUR", "54.00")],
+        0,
+        json!({}),
+    );
+    assert_eq!(s.webhook("orders/paid", "k1", &first), 200);
+    assert_eq!(explain(&s, "9201", 1)["status"], "active");
+    let pending = order(
+        9202,
+        "kim@example.com",
+        &[("BEANS-HOUSE", "16.00")],
+        60_000,
+        json!({"financial_status": "pending"}),
+    );
+    assert_eq!(s.webhook("orders/create", "k2", &pending), 200);
+    let v = explain(&s, "9202", 1);
+    assert_eq!(v["offer"], Value::Null);
+    assert_eq!(v["touches"], json!([]));
+    assert!(
+        v["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("not paid (status pending)"),
+        "{v:#}"
+    );
+    assert_eq!(
+        explain(&s, "9201", 1)["status"],
+        "active",
+        "a pending order ends nothing"
+    );
+    // Paid: its plan replaces the "not paid" one, and Kim's first sequence ends.
+    let paid = order(
+        9202,
+        "kim@example.com",
+        &[("BEANS-HOUSE", "16.00")],
+        120_000,
+        json!({}),
+    );
+    assert_eq!(s.webhook("orders/paid", "k3", &paid), 200);
+    let v = explain(&s, "9202", 2);
+    assert_eq!(v["recipe"], "replenishment", "{v:#}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let first = explain(&s, "9201", 1);
+        if first["status"] == "ended" {
+            assert_eq!(first["ended_by"], "9202");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{first:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
