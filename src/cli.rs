@@ -655,8 +655,13 @@ fn import(config: &Config, what: ImportWhat) -> anyhow::Result<ExitCode> {
     if !file.is_file() {
         bail!("{}: no such file", file.display());
     }
+    let name = file.file_name().map_or_else(
+        || file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let api = format!(
-        "/api/import/{kind}?store={store}{}",
+        "/api/import/{kind}?store={store}&name={}{}",
+        percent_encode(&name),
         if skip { "&skip_bad_rows=1" } else { "" }
     );
     if !Storage::exists(&config.data_dir)
@@ -686,6 +691,7 @@ fn import(config: &Config, what: ImportWhat) -> anyhow::Result<ExitCode> {
                     s,
                     &store,
                     file,
+                    &name,
                     crate::clock::Clock::now(&crate::clock::SystemClock),
                 ),
                 _ => crate::ops::import_pairings(s, &store, file),

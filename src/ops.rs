@@ -251,7 +251,13 @@ fn file_error(path: &std::path::Path, e: crate::import::FileError) -> OpsError {
     OpsError::Invalid(format!("{}: {e}; nothing was imported", path.display()))
 }
 
-fn rejected(path: &std::path::Path, errors: &[crate::import::RowError], total: u64) -> OpsError {
+/// `skippable`: the import takes `--skip-bad-rows` (orders only).
+fn rejected(
+    path: &std::path::Path,
+    errors: &[crate::import::RowError],
+    total: u64,
+    skippable: bool,
+) -> OpsError {
     let mut m = format!(
         "{}: {total} row{} rejected; nothing was imported:\n",
         path.display(),
@@ -263,7 +269,11 @@ fn rejected(path: &std::path::Path, errors: &[crate::import::RowError], total: u
     if total > errors.len() as u64 {
         m.push_str(&format!("  ... and {} more\n", total - errors.len() as u64));
     }
-    m.push_str("fix them and run the import again, or pass --skip-bad-rows to import the rest");
+    m.push_str(if skippable {
+        "fix them and run the import again, or pass --skip-bad-rows to import the rest"
+    } else {
+        "fix them and run the import again"
+    });
     OpsError::Invalid(m)
 }
 
@@ -355,7 +365,7 @@ pub fn import_orders(
     }
     drop(snap);
     if error_count > 0 && !skip_bad_rows {
-        return Err(rejected(path, &errors, error_count));
+        return Err(rejected(path, &errors, error_count, true));
     }
     // Pass 2: apply.
     let started = std::time::Instant::now();
@@ -460,7 +470,7 @@ pub fn import_catalog(
         }
     }
     if error_count > 0 {
-        return Err(rejected(path, &errors, error_count));
+        return Err(rejected(path, &errors, error_count, false));
     }
     let _applying = storage.apply_lock();
     type Patch<'a> = Box<dyn Fn(&mut crate::engine::catalog::Variant) + 'a>;
@@ -499,7 +509,12 @@ pub fn import_pairings(
         .map_err(|e| file_error(path, e))?;
     if !errors.is_empty() {
         let n = errors.len() as u64;
-        return Err(rejected(path, &errors[..errors.len().min(LIST_ERRORS)], n));
+        return Err(rejected(
+            path,
+            &errors[..errors.len().min(LIST_ERRORS)],
+            n,
+            false,
+        ));
     }
     let snap = storage.snapshot()?;
     let mut out = Vec::new();
@@ -532,6 +547,7 @@ pub fn import_suppressions(
     storage: &Storage,
     store: &str,
     path: &std::path::Path,
+    name: &str,
     now: Timestamp,
 ) -> Result<serde_json::Value, OpsError> {
     let (f, _) = open_file(path)?;
@@ -539,12 +555,14 @@ pub fn import_suppressions(
         .map_err(|e| file_error(path, e))?;
     if !errors.is_empty() {
         let n = errors.len() as u64;
-        return Err(rejected(path, &errors[..errors.len().min(LIST_ERRORS)], n));
+        return Err(rejected(
+            path,
+            &errors[..errors.len().min(LIST_ERRORS)],
+            n,
+            false,
+        ));
     }
-    let source = format!(
-        "import {}",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    );
+    let source = format!("import {name}");
     let entries: Vec<_> = rows
         .iter()
         .map(|r| {

@@ -235,17 +235,30 @@ fn import(ctx: &AdminCtx, mut rq: Request, kind: &str, query: &str) {
         );
     }
     let (storage, config) = (&ctx.storage, &ctx.config);
+    // Messages and records name the operator's file, not the spool copy.
+    let name = super::page::form_value(query.as_bytes(), "name").unwrap_or_else(|| "upload".into());
+    let spool_name = spool.display().to_string();
     let result = match kind {
         "orders" => crate::ops::import_orders(storage, config, &store, &spool, skip, &mut |_| {}),
         "catalog" => crate::ops::import_catalog(storage, config, &store, &spool),
-        "suppressions" => crate::ops::import_suppressions(storage, &store, &spool, ctx.clock.now()),
+        "suppressions" => {
+            crate::ops::import_suppressions(storage, &store, &spool, &name, ctx.clock.now())
+        }
         _ => crate::ops::import_pairings(storage, &store, &spool),
     };
     let _ = std::fs::remove_file(&spool);
+    let named = |m: String| m.replace(&spool_name, &name);
     match result {
-        Ok(v) => respond(rq, json(200, &v)),
-        Err(crate::ops::OpsError::Invalid(m)) => respond(rq, json(400, &json!({"error": m}))),
-        Err(e) => respond(rq, json(500, &json!({"error": e.to_string()}))),
+        Ok(mut v) => {
+            if v.get("file").is_some() {
+                v["file"] = json!(name);
+            }
+            respond(rq, json(200, &v))
+        }
+        Err(crate::ops::OpsError::Invalid(m)) => {
+            respond(rq, json(400, &json!({"error": named(m)})))
+        }
+        Err(e) => respond(rq, json(500, &json!({"error": named(e.to_string())}))),
     }
 }
 

@@ -376,6 +376,18 @@ fn demo_default_serves_a_signed_test_order() {
     // One customer in ten is held out (the salt is random per installation).
     let touches = live["touches"].as_array().unwrap().len();
     assert_eq!(touches == 0, live["holdout"] == true, "{live:#}");
+    // Imports through the service name the operator's file, not the service's copy.
+    std::fs::write(tmp.path().join("bad.csv"), "email\nbad-one\n").unwrap();
+    let (code, _, err) = run(&["import", "suppressions", "bad.csv"], tmp.path());
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("bad.csv: 1 row rejected; nothing was imported"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("upload-") && !err.contains("--skip-bad-rows"),
+        "{err}"
+    );
     let (code, out, _) = run(&["explain", "9001"], tmp.path());
     assert_eq!(code, 0);
     assert!(out.contains("from the running service"), "{out}");
