@@ -5,6 +5,7 @@
 
 pub mod affinity;
 pub mod catalog;
+pub mod due;
 pub mod history;
 pub mod lifecycle;
 pub mod model;
