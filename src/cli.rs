@@ -32,7 +32,12 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service: webhooks on `listen`, admin API on `admin_listen`
-    Serve,
+    Serve {
+        /// Run virtual time N times faster than real time (86400: a day per second), to
+        /// watch a cadence in minutes; it resumes where it stood, even after a crash
+        #[arg(long, value_name = "N")]
+        time_scale: Option<f64>,
+    },
     /// Write a commented configuration with a fresh admin token (never overwrites)
     Init,
     /// Validate the configuration and say what it would do
@@ -209,7 +214,7 @@ enum QuarantineAction {
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve => serve(load(&cli.config)?),
+        Command::Serve { time_scale } => serve(load(&cli.config)?, time_scale),
         Command::Init => init(cli.config),
         Command::CheckConfig { json } => check_config(&load(&cli.config)?, json),
         Command::Status { store, json } => status(&load(&cli.config)?, store.as_deref(), json),
@@ -227,13 +232,32 @@ fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
     Ok(config::load(path.as_deref())?)
 }
 
-fn serve(config: Config) -> anyhow::Result<ExitCode> {
+fn serve(config: Config, time_scale: Option<f64>) -> anyhow::Result<ExitCode> {
     let demo = config.origin == Origin::Demo;
     if demo {
         load_demo_data(&config)?;
     }
     let summary = config.clone();
-    let running = crate::app::start(config, crate::app::Options::default())?;
+    let mut options = crate::app::Options::default();
+    if let Some(scale) = time_scale {
+        if !(scale.is_finite() && scale >= 1.0) {
+            bail!(
+                "--time-scale {scale}: give a number of at least 1 (86400 runs a day per second)"
+            );
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let path = config.data_dir.join("clock");
+        let clock = crate::clock::ScaledClock::open(&path, scale)
+            .with_context(|| format!("--time-scale: the clock position in {}", path.display()))?;
+        println!(
+            "virtual time {} running {scale}x real time (position kept in {})",
+            crate::clock::Clock::now(&clock).to_rfc3339(),
+            path.display()
+        );
+        options.clock = std::sync::Arc::new(clock);
+    }
+    let running = crate::app::start(config, options)?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
