@@ -11,5 +11,6 @@ pub mod http;
 pub mod import;
 pub mod ingest;
 pub mod ops;
+pub mod outbound;
 pub mod pipeline;
 pub mod storage;
