@@ -15,6 +15,7 @@ use crate::engine::plan::Suppressed;
 use crate::engine::Timestamp;
 use crate::storage::affinity::{ReadSettings, RuleRow};
 use crate::storage::plans::{suppression_key, SuppressionRow};
+use crate::storage::touches::TouchState;
 use crate::storage::{self, Storage};
 
 /// How many candidates `affinity show` lists.
@@ -723,13 +724,33 @@ pub fn explain(storage: &Storage, store: &str, order: &str) -> Result<serde_json
             "discount_code": o.discount_code, "trust": o.trust, "urgency": o.urgency,
         })
     });
+    let timers = snap.touches_of(store, &rec.order_id)?;
     let touches: Vec<_> = p
         .touches
         .iter()
         .map(|t| {
+            // The timer of this touch, if it has one (the page is served, not scheduled).
+            let timer = timers
+                .iter()
+                .rev()
+                .find(|(_, x)| x.kind == t.kind && x.planned_due == t.due_at)
+                .map(|(id, x)| (id, x));
+            let (state, note) = match timer.map(|(_, x)| &x.state) {
+                None => (None, None),
+                Some(s) => (
+                    Some(s.as_str()),
+                    match s {
+                        TouchState::Deferred { reason }
+                        | TouchState::Skipped { reason }
+                        | TouchState::Dead { reason } => Some(reason.clone()),
+                        _ => None,
+                    },
+                ),
+            };
             json!({"kind": t.kind.as_str(), "channel": t.channel.as_str(),
                 "due_at": t.due_at.to_rfc3339(), "after_delivery": t.after_delivery,
-                "sent": rec.sent.contains(&t.kind)})
+                "sent": rec.sent.contains(&t.kind),
+                "touch_id": timer.map(|(id, _)| id), "state": state, "state_reason": note})
         })
         .collect();
     let variants: serde_json::Map<String, serde_json::Value> = p

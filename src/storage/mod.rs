@@ -10,6 +10,7 @@ mod codec;
 pub mod plans;
 pub mod records;
 mod tables;
+pub mod touches;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -254,6 +255,9 @@ impl Storage {
             tx.open_table(STORE_KEYS)?;
             tx.open_table(CUSTOMER_REFUNDS)?;
             tx.open_table(ORDER_VALUES)?;
+            tx.open_table(TOUCHES)?;
+            tx.open_table(TIMERS)?;
+            tx.open_table(ORDER_TOUCHES)?;
         }
         tx.commit()?;
         Ok(())
@@ -521,6 +525,9 @@ impl Storage {
             store_keys: tx.open_table(STORE_KEYS)?,
             refunds: tx.open_table(CUSTOMER_REFUNDS)?,
             order_values: tx.open_table(ORDER_VALUES)?,
+            touches: tx.open_table(TOUCHES)?,
+            timers: tx.open_table(TIMERS)?,
+            order_touches: tx.open_table(ORDER_TOUCHES)?,
         })
     }
 
@@ -677,6 +684,9 @@ pub struct Snapshot {
     store_keys: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
     refunds: redb::ReadOnlyTable<(&'static str, u64), i64>,
     order_values: redb::ReadOnlyTable<(&'static str, u16), u64>,
+    touches: redb::ReadOnlyTable<u64, &'static [u8]>,
+    timers: redb::ReadOnlyTable<(i64, u64), ()>,
+    order_touches: redb::ReadOnlyTable<(&'static str, &'static str, u64), ()>,
 }
 
 impl Snapshot {

@@ -289,6 +289,7 @@ impl Storage {
                     (store.as_str(), rec.order_id.as_str()),
                     encode_plan(rec)?.as_slice(),
                 )?;
+                super::touches::sync(&tx, store, rec)?;
             }
             let mut queue = tx.open_table(PLAN_QUEUE)?;
             for (store, order) in &w.done {

@@ -3,7 +3,7 @@
 
 use redb::TableDefinition;
 
-/// "schema_version" -> u32 LE; "processed_seq" -> u64 LE.
+/// "schema_version" -> u32 LE; "processed_seq" -> u64 LE; "next_touch_id" -> u64 LE.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Commit sequence number -> event head (who sent it, headers, the normalized form).
 /// Append-only; only the writer thread appends.
@@ -68,5 +68,13 @@ pub const CUSTOMER_REFUNDS: TableDefinition<(&str, u64), i64> =
 /// (store, bucket) -> counted orders in the store currency whose total falls in the bucket
 /// (5% wide): the store's median and top-fifth order values without a scan.
 pub const ORDER_VALUES: TableDefinition<(&str, u16), u64> = TableDefinition::new("order_values");
+
+/// Touch id -> touch record (`storage::touches`).
+pub const TOUCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("touches");
+/// (due time ms, touch id): the pending touches in due order.
+pub const TIMERS: TableDefinition<(i64, u64), ()> = TableDefinition::new("timers");
+/// (store, order id, touch id): each order's touches.
+pub const ORDER_TOUCHES: TableDefinition<(&str, &str, u64), ()> =
+    TableDefinition::new("order_touches");
 
 pub const SCHEMA_VERSION: u32 = 1;

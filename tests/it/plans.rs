@@ -146,6 +146,10 @@ fn a_live_order_gets_an_explained_offer_and_its_plan_follows_the_order() {
         ]
     );
     assert_eq!(v["touches"][0]["due_at"], at(T0));
+    // Durable timers for every touch but the page (served, not scheduled).
+    assert_eq!(v["touches"][0]["state"], Value::Null);
+    assert_eq!(v["touches"][1]["state"], "scheduled", "{v:#}");
+    let first_touch1 = v["touches"][1]["touch_id"].as_u64().unwrap();
     assert_eq!(v["touches"][1]["due_at"], at(T0 + 20 * 60_000));
     assert_eq!(
         v["reasons"][0],
@@ -172,6 +176,13 @@ fn a_live_order_gets_an_explained_offer_and_its_plan_follows_the_order() {
     assert_eq!(s.webhook("orders/updated", "e2", &edited), 200);
     let v = explain(&s, "9001", 2);
     assert_eq!(v["offer"]["sku"], "GRINDER-HAND", "{v:#}");
+    // Same touches at the same times: the timers stay (they read the offer when due).
+    assert_eq!(v["touches"][1]["state"], "scheduled");
+    assert_eq!(
+        v["touches"][1]["touch_id"].as_u64(),
+        Some(first_touch1),
+        "{v:#}"
+    );
     assert!(
         v["history"][1]
             .as_str()
