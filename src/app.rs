@@ -88,6 +88,7 @@ pub struct Running {
     writer: JoinHandle<()>,
     responder: JoinHandle<()>,
     processor: JoinHandle<()>,
+    scheduler: JoinHandle<()>,
 }
 
 pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
@@ -151,6 +152,27 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
             .name("processor".into())
             .spawn(move || processor::run(storage, settings, committed_rx, stop))?
     };
+    let scheduler = {
+        let (storage, stop, config, clock) = (
+            storage.clone(),
+            stop.clone(),
+            config.clone(),
+            opts.clock.clone(),
+        );
+        let outbox =
+            crate::outbound::outbox::Outbox::open(&config.data_dir).with_context(|| {
+                format!(
+                    "opening {}",
+                    config
+                        .data_dir
+                        .join(crate::outbound::outbox::Outbox::FILE)
+                        .display()
+                )
+            })?;
+        std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || crate::pipeline::scheduler::run(storage, config, clock, outbox, stop))?
+    };
 
     let public_ctx = Arc::new(PublicCtx {
         config: config.clone(),
@@ -199,6 +221,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         writer,
         responder,
         processor,
+        scheduler,
     })
 }
 
@@ -240,6 +263,9 @@ impl Running {
         }
         if self.processor.join().is_err() {
             panicked.push("processor".into());
+        }
+        if self.scheduler.join().is_err() {
+            panicked.push("scheduler".into());
         }
         self.storage.sync().context("final sync")?;
         if panicked.is_empty() {

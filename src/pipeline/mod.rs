@@ -7,6 +7,7 @@
 
 pub mod planner;
 pub mod processor;
+pub mod scheduler;
 pub mod writer;
 
 use crate::ingest::Parsed;

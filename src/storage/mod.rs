@@ -258,6 +258,8 @@ impl Storage {
             tx.open_table(TOUCHES)?;
             tx.open_table(TIMERS)?;
             tx.open_table(ORDER_TOUCHES)?;
+            tx.open_table(SENDING)?;
+            tx.open_table(SENT_LOG)?;
         }
         tx.commit()?;
         Ok(())
@@ -528,6 +530,8 @@ impl Storage {
             touches: tx.open_table(TOUCHES)?,
             timers: tx.open_table(TIMERS)?,
             order_touches: tx.open_table(ORDER_TOUCHES)?,
+            sending: tx.open_table(SENDING)?,
+            sent_log: tx.open_table(SENT_LOG)?,
         })
     }
 
@@ -687,6 +691,8 @@ pub struct Snapshot {
     touches: redb::ReadOnlyTable<u64, &'static [u8]>,
     timers: redb::ReadOnlyTable<(i64, u64), ()>,
     order_touches: redb::ReadOnlyTable<(&'static str, &'static str, u64), ()>,
+    sending: redb::ReadOnlyTable<u64, ()>,
+    sent_log: redb::ReadOnlyTable<(&'static str, u64, i64, u64), &'static str>,
 }
 
 impl Snapshot {

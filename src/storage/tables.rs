@@ -77,4 +77,10 @@ pub const TIMERS: TableDefinition<(i64, u64), ()> = TableDefinition::new("timers
 pub const ORDER_TOUCHES: TableDefinition<(&str, &str, u64), ()> =
     TableDefinition::new("order_touches");
 
+/// Touch id: touches handed to a channel and not yet recorded as sent (reconciled at start).
+pub const SENDING: TableDefinition<u64, ()> = TableDefinition::new("sending");
+/// (store, customer id, sent at ms, touch id) -> channel: each customer's messages, for
+/// the frequency caps.
+pub const SENT_LOG: TableDefinition<(&str, u64, i64, u64), &str> = TableDefinition::new("sent_log");
+
 pub const SCHEMA_VERSION: u32 = 1;

@@ -3,11 +3,11 @@
 //! Every state change is a committed transaction (issue 6; the scheduler that fires them
 //! is built on these).
 
-use redb::ReadableTable;
+use redb::{Durability, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::tables::*;
-use super::{codec, Error, Snapshot};
+use super::{codec, Error, Snapshot, Storage};
 use crate::engine::lifecycle::{PlanRecord, Status};
 use crate::engine::plan::{Channel, TouchKind};
 use crate::engine::Timestamp;
@@ -205,6 +205,188 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    pub fn touch(&self, id: u64) -> Result<Option<TouchRecord>, Error> {
+        self.touches.get(id)?.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Touches handed to a channel and not recorded as sent.
+    pub fn sending(&self) -> Result<Vec<u64>, Error> {
+        let mut out = Vec::new();
+        for item in self.sending.iter()? {
+            out.push(item?.0.value());
+        }
+        Ok(out)
+    }
+
+    /// A customer's messages since `since`: (when, channel).
+    pub fn sent_messages(
+        &self,
+        store: &str,
+        customer: u64,
+        since: Timestamp,
+    ) -> Result<Vec<(Timestamp, Channel)>, Error> {
+        let mut out = Vec::new();
+        for item in self
+            .sent_log
+            .range((store, customer, since.0, 0u64)..=(store, customer, i64::MAX, u64::MAX))?
+        {
+            let (k, v) = item?;
+            let channel = match v.value() {
+                "sms" => Channel::Sms,
+                "webhook" => Channel::Webhook,
+                "page" => Channel::Page,
+                _ => Channel::Email,
+            };
+            out.push((Timestamp(k.value().2), channel));
+        }
+        Ok(out)
+    }
+}
+
+/// What the scheduler decided for a due touch, to record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settle {
+    Defer { until: Timestamp, reason: String },
+    Skip { reason: String },
+}
+
+impl Storage {
+    /// Marks due touches as being sent, durably, before any is handed to a channel (so a
+    /// crash leaves them in `sending`, to reconcile with the channel). Returns those that
+    /// were still pending.
+    pub fn begin_sending(&self, ids: &[u64]) -> Result<Vec<(u64, TouchRecord)>, Error> {
+        let tx = self.db.begin_write()?;
+        let mut out = Vec::new();
+        {
+            let mut touches = tx.open_table(TOUCHES)?;
+            let mut timers = tx.open_table(TIMERS)?;
+            let mut sending = tx.open_table(SENDING)?;
+            for &id in ids {
+                let Some(mut t) = touches.get(id)?.map(|v| decode(v.value())).transpose()? else {
+                    continue;
+                };
+                if !t.state.pending() {
+                    continue;
+                }
+                timers.remove((t.due_at.0, id))?;
+                t.state = TouchState::Sending;
+                touches.insert(id, encode(&t)?.as_slice())?;
+                sending.insert(id, ())?;
+                out.push((id, t));
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Records touches as sent at `at` (durably): their plans learn which kinds went out,
+    /// their customers' message logs grow.
+    pub fn finish_sent(&self, ids: &[u64], at: Timestamp) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut touches = tx.open_table(TOUCHES)?;
+            let mut sending = tx.open_table(SENDING)?;
+            let mut log = tx.open_table(SENT_LOG)?;
+            let mut plans = tx.open_table(PLANS)?;
+            for &id in ids {
+                let Some(mut t) = touches.get(id)?.map(|v| decode(v.value())).transpose()? else {
+                    continue;
+                };
+                if t.state != TouchState::Sending {
+                    continue;
+                }
+                t.state = TouchState::Sent { at };
+                touches.insert(id, encode(&t)?.as_slice())?;
+                sending.remove(id)?;
+                if let Some(c) = t.customer {
+                    log.insert((t.store.as_str(), c, at.0, id), t.channel.as_str())?;
+                }
+                let key = (t.store.as_str(), t.order.as_str());
+                let rec = plans
+                    .get(key)?
+                    .map(|v| super::plans::decode_plan(v.value()))
+                    .transpose()?;
+                if let Some(mut rec) = rec {
+                    if !rec.sent.contains(&t.kind) {
+                        rec.sent.push(t.kind);
+                        plans.insert(key, super::plans::encode_plan(&rec)?.as_slice())?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records deferrals (the touch is due again later) and skips.
+    pub fn settle(&self, decisions: &[(u64, Settle)]) -> Result<(), Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut touches = tx.open_table(TOUCHES)?;
+            let mut timers = tx.open_table(TIMERS)?;
+            let mut sending = tx.open_table(SENDING)?;
+            for (id, d) in decisions {
+                let Some(mut t) = touches.get(*id)?.map(|v| decode(v.value())).transpose()? else {
+                    continue;
+                };
+                if !(t.state.pending() || t.state == TouchState::Sending) {
+                    continue;
+                }
+                timers.remove((t.due_at.0, *id))?;
+                sending.remove(*id)?;
+                match d {
+                    Settle::Defer { until, reason } => {
+                        t.due_at = *until;
+                        t.state = TouchState::Deferred {
+                            reason: reason.clone(),
+                        };
+                        timers.insert((t.due_at.0, *id), ())?;
+                    }
+                    Settle::Skip { reason } => {
+                        t.state = TouchState::Skipped {
+                            reason: reason.clone(),
+                        };
+                    }
+                }
+                touches.insert(*id, encode(&t)?.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// After a crash: touches left in `sending` that the channel has (`delivered`) are
+    /// recorded as sent; the others are due again at once.
+    pub fn reconcile_sending(
+        &self,
+        delivered: &std::collections::HashSet<String>,
+        now: Timestamp,
+    ) -> Result<(usize, usize), Error> {
+        let ids = self.snapshot()?.sending()?;
+        let (sent, again): (Vec<u64>, Vec<u64>) = ids
+            .into_iter()
+            .partition(|id| delivered.contains(&id.to_string()));
+        self.finish_sent(&sent, now)?;
+        let retry: Vec<(u64, Settle)> = again
+            .iter()
+            .map(|&id| {
+                (
+                    id,
+                    Settle::Defer {
+                        until: now,
+                        reason: "interrupted while sending; not in the outbox, so sent again"
+                            .into(),
+                    },
+                )
+            })
+            .collect();
+        self.settle(&retry)?;
+        Ok((sent.len(), again.len()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +522,40 @@ mod tests {
         crate::engine::lifecycle::end(&mut ended, "9002", Timestamp(T0 + 2));
         write(&s, &ended);
         assert_eq!(s.snapshot().unwrap().pending_touches().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_crash_while_sending_is_reconciled_against_the_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &Options::default()).unwrap();
+        let rec = revise(None, plan(4, false), &order(), Some(7), &[], Timestamp(T0));
+        write(&s, &rec);
+        // Touches 1 and 2 were handed to the channel; only 1 reached it before the crash.
+        let handed = s.begin_sending(&[1, 2]).unwrap();
+        assert_eq!(handed.len(), 2);
+        assert!(s.begin_sending(&[1]).unwrap().is_empty(), "not twice");
+        let delivered = std::collections::HashSet::from(["1".to_string()]);
+        let now = Timestamp(T0 + 4 * 86_400_000);
+        assert_eq!(s.reconcile_sending(&delivered, now).unwrap(), (1, 1));
+        assert_eq!(
+            states(&s),
+            ["1 touch1 sent", "2 touch2 deferred", "3 winback scheduled"]
+        );
+        let snap = s.snapshot().unwrap();
+        assert!(snap.sending().unwrap().is_empty());
+        assert_eq!(
+            snap.due_before(Timestamp(now.0 + 1), 10).unwrap(),
+            [(now, 2)]
+        );
+        // The plan knows touch-1 went out, and the customer's log has it for the caps.
+        assert_eq!(
+            snap.plan("demo", "9001").unwrap().unwrap().sent,
+            [TouchKind::Touch1]
+        );
+        assert_eq!(
+            snap.sent_messages("demo", 7, Timestamp(T0)).unwrap(),
+            [(now, Channel::Email)]
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod fixtures;
 mod hardening;
 mod plans;
 mod quarantine;
+mod scheduler;
 mod status_page;
 mod support;
 mod webhooks;

@@ -14,11 +14,13 @@ use upsell_appliance::engine::Timestamp;
 
 use crate::support::{test_config, TestServer, STORE};
 
-/// The service's clock for these tests: an hour after the orders were placed.
+/// The service's clock for these tests: five minutes after the orders were placed, before
+/// any touch after the page is due (the scheduler would send it, and a sent plan is only
+/// adjusted).
 struct Fixed;
 impl Clock for Fixed {
     fn now(&self) -> Timestamp {
-        Timestamp(T0 + 3_600_000)
+        Timestamp(T0 + 5 * 60_000)
     }
 }
 
