@@ -5,6 +5,11 @@ use crate::engine::Timestamp;
 
 pub trait Clock: Send + Sync {
     fn now(&self) -> Timestamp;
+
+    /// How many times faster than real time this clock runs (1 but for the demo's).
+    fn scale(&self) -> f64 {
+        1.0
+    }
 }
 
 pub struct SystemClock;
@@ -117,6 +122,10 @@ impl ScaledClock {
 }
 
 impl Clock for ScaledClock {
+    fn scale(&self) -> f64 {
+        self.scale
+    }
+
     fn now(&self) -> Timestamp {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let elapsed = s.started.elapsed().as_secs_f64() * 1000.0 * self.scale;

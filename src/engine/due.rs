@@ -52,6 +52,9 @@ pub struct Rules {
     pub quiet_until: u32,
     /// How late a touch may still go out after downtime.
     pub grace: Grace,
+    /// Lateness below this is the scheduler's own latency, never stale (on a fast demo
+    /// clock a second of real time is hours).
+    pub latency_ms: i64,
     /// How long touch-1 waits after the order for a page-offer acceptance to arrive.
     pub page_signal_buffer_ms: i64,
     /// How often a touch held by an open ticket or a missing delivery is looked at again.
@@ -99,6 +102,7 @@ impl Default for Rules {
             quiet_from: 21,
             quiet_until: 8,
             grace: Grace::default(),
+            latency_ms: 0,
             page_signal_buffer_ms: 5 * MINUTE,
             recheck_ms: 6 * HOUR,
             stock_threshold: 10,
@@ -175,7 +179,7 @@ pub fn on_due(touch: &Due, state: &State<'_>, rules: &Rules, now: Timestamp) -> 
         return skip("the thank-you page offer was accepted".into());
     }
     let late = now.0 - touch.due_at.0;
-    let grace = rules.grace.of(touch.kind);
+    let grace = rules.grace.of(touch.kind).max(rules.latency_ms);
     if late > grace {
         return skip(format!(
             "stale: due {}, {} late, over the {} grace for {}",
@@ -654,6 +658,36 @@ mod tests {
             }
         }
         assert!(failed.is_empty(), "{}", failed.join("\n"));
+    }
+
+    #[test]
+    fn on_a_fast_demo_clock_the_schedulers_own_latency_is_not_stale() {
+        let c = case();
+        let state = State {
+            status: &c.status,
+            refunded_at: None,
+            suppressed: None,
+            page_offer_accepted: false,
+            tickets: &[],
+            recent_opens: None,
+            offer_stock: None,
+            delivered_at: None,
+            sent: &[],
+            tz: c.tz,
+        };
+        let three_hours_late = Timestamp(c.touch.due_at.0 + 3 * HOUR);
+        let fast = Rules {
+            latency_ms: (1.1 * 86_400_000.0) as i64,
+            ..Rules::default()
+        };
+        assert_eq!(
+            on_due(&c.touch, &state, &fast, three_hours_late),
+            Action::Send
+        );
+        assert!(matches!(
+            on_due(&c.touch, &state, &Rules::default(), three_hours_late),
+            Action::Skip { .. }
+        ));
     }
 
     #[test]

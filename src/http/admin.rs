@@ -317,6 +317,7 @@ pub fn status_json(
     let r = report(config, storage, writable, now)?;
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "now": now.to_rfc3339(),
         "stores": r.stores,
         "events": {
             "stored": r.stored,

@@ -27,6 +27,8 @@ const BATCH: usize = 1024;
 /// How much of the outbox's tail a reconciliation reads (well over one round's lines).
 const TAIL_BYTES: u64 = 8 << 20;
 const POLL: Duration = Duration::from_millis(100);
+/// The scheduler's own latency, in real time: a touch this late is not stale.
+const LATENCY: Duration = Duration::from_millis(1100);
 const WEEK: i64 = 7 * 86_400_000;
 
 /// What a round did.
@@ -112,6 +114,8 @@ pub fn fire_due(
     outbox: &mut Outbox,
 ) -> Result<Round, Error> {
     let now = clock.now();
+    // A second of real time: from the webhook to the plan, and between two rounds.
+    let latency_ms = (LATENCY.as_secs_f64() * 1000.0 * clock.scale()) as i64;
     let snap = storage.snapshot()?;
     let due = snap.due_before(Timestamp(now.0 + 1), BATCH)?;
     if due.is_empty() {
@@ -124,7 +128,7 @@ pub fn fire_due(
     let mut overlay: HashMap<(String, u64), Vec<(Timestamp, Channel)>> = HashMap::new();
     for (_, id) in due {
         let Some(t) = snap.touch(id)? else { continue };
-        let action = decide(&snap, config, &t, &overlay, now)?;
+        let action = decide(&snap, config, latency_ms, &t, &overlay, now)?;
         match action {
             Action::Send => {
                 if let Some(c) = t.customer {
@@ -171,6 +175,7 @@ pub fn fire_due(
 fn decide(
     snap: &Snapshot,
     config: &Config,
+    latency_ms: i64,
     t: &TouchRecord,
     overlay: &HashMap<(String, u64), Vec<(Timestamp, Channel)>>,
     now: Timestamp,
@@ -243,6 +248,7 @@ fn decide(
     };
     let rules = Rules {
         stock_threshold: store.offers.stock_threshold,
+        latency_ms,
         ..Rules::default()
     };
     Ok(on_due(&touch, &state, &rules, now))
