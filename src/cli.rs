@@ -74,6 +74,16 @@ enum Command {
         #[command(subcommand)]
         action: CustomerAction,
     },
+    /// The thank-you page offer of an order: accepted (cancels touch-1) or declined
+    Offer {
+        #[command(subcommand)]
+        action: OfferAction,
+    },
+    /// Facts about an order told by hand: its delivery
+    Order {
+        #[command(subcommand)]
+        action: OrderAction,
+    },
     /// Webhook, order and customer figures per store
     Status {
         /// Only this store
@@ -124,6 +134,42 @@ enum ImportWhat {
 }
 
 #[derive(Subcommand)]
+enum OfferAction {
+    /// The customer took the page offer
+    Accept {
+        /// The platform order id, or the order name such as #1042
+        order: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The customer declined the page offer
+    Decline {
+        order: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrderAction {
+    /// The order was delivered (for stores without delivery events); the review waits for it
+    Delivered {
+        order: String,
+        /// When (RFC 3339), default now
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum CustomerAction {
     /// Never message this email address or phone number again
     Suppress {
@@ -140,6 +186,28 @@ enum CustomerAction {
     /// Take an email address or phone number off the suppression list
     Unsuppress {
         contact: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A support ticket opened: the customer's touches wait until it closes
+    TicketOpen {
+        contact: String,
+        #[arg(long, value_name = "ID")]
+        ticket: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A support ticket closed, with its satisfaction rating (1-2 routes to a person)
+    TicketClose {
+        contact: String,
+        #[arg(long, value_name = "ID")]
+        ticket: String,
+        #[arg(long, value_name = "1-5")]
+        csat: Option<u8>,
         #[arg(long, value_name = "ID")]
         store: Option<String>,
         #[arg(long)]
@@ -225,6 +293,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
             explain(&load(&cli.config)?, &order, &store, json)
         }
         Command::Customer { action } => customer(&load(&cli.config)?, action),
+        Command::Offer { action } => offer(&load(&cli.config)?, action),
+        Command::Order { action } => order(&load(&cli.config)?, action),
     }
 }
 
@@ -233,6 +303,10 @@ fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn serve(config: Config, time_scale: Option<f64>) -> anyhow::Result<ExitCode> {
+    // Handlers first: a stop that arrives while starting (or as soon as we say ready) is
+    // remembered and becomes a clean stop, not the default kill.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
     let demo = config.origin == Origin::Demo;
     if demo {
         load_demo_data(&config)?;
@@ -291,8 +365,6 @@ fn serve(config: Config, time_scale: Option<f64>) -> anyhow::Result<ExitCode> {
     writeln!(out, "ready: Ctrl-C or SIGTERM stops it cleanly")?;
     out.flush()?;
     drop(out);
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .context("installing signal handlers")?;
     signals.forever().next();
     eprintln!("stopping: answering what has arrived, draining the writer, joining threads");
     spawn_stop_watchdog(signals)?;
@@ -1041,6 +1113,19 @@ fn customer(config: &Config, action: CustomerAction) -> anyhow::Result<ExitCode>
             store,
             json,
         } => ("GET", "show", contact, store, *json, None),
+        CustomerAction::TicketOpen {
+            contact,
+            ticket,
+            store,
+            json,
+        } => return ticket_cmd(config, contact, ticket, None, true, store, *json),
+        CustomerAction::TicketClose {
+            contact,
+            ticket,
+            csat,
+            store,
+            json,
+        } => return ticket_cmd(config, contact, ticket, *csat, false, store, *json),
     };
     let store = store_of(config, store)?;
     let mut api = format!(
@@ -1118,6 +1203,100 @@ fn customer(config: &Config, action: CustomerAction) -> anyhow::Result<ExitCode>
                 }
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ticket_cmd(
+    config: &Config,
+    contact: &str,
+    ticket: &str,
+    csat: Option<u8>,
+    open: bool,
+    store: &Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let store = store_of(config, store)?;
+    let verb = if open { "ticket-open" } else { "ticket-close" };
+    let mut api = format!(
+        "/api/customer/{verb}?store={store}&contact={}&ticket={}",
+        percent_encode(contact),
+        percent_encode(ticket)
+    );
+    if let Some(c) = csat {
+        api += &format!("&csat={c}");
+    }
+    let (v, source) = via_service_or_file(config, "POST", &api, |s| {
+        crate::ops::customer_ticket(s, &store, contact, ticket, open, csat, now).map_err(ops_err)
+    })?;
+    if as_json {
+        println!("{v}");
+    } else {
+        println!(
+            "ticket {ticket} of {} {}: {} open ticket(s) now ({source})",
+            v["contact"].as_str().unwrap_or(""),
+            if open { "opened" } else { "closed" },
+            v["open_tickets"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn offer(config: &Config, action: OfferAction) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let (accepted, order, store, as_json) = match &action {
+        OfferAction::Accept { order, store, json } => (true, order, store, *json),
+        OfferAction::Decline { order, store, json } => (false, order, store, *json),
+    };
+    let store = store_of(config, store)?;
+    let api = format!(
+        "/api/offer/{}?store={store}&order={}",
+        if accepted { "accept" } else { "decline" },
+        percent_encode(order)
+    );
+    let (v, source) = via_service_or_file(config, "POST", &api, |s| {
+        crate::ops::offer_response(s, &store, order, accepted, now).map_err(ops_err)
+    })?;
+    if as_json {
+        println!("{v}");
+    } else {
+        println!(
+            "order {}: page offer {} ({source})",
+            v["order"].as_str().unwrap_or(""),
+            if accepted { "accepted" } else { "declined" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn order(config: &Config, action: OrderAction) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let OrderAction::Delivered {
+        order,
+        at,
+        store,
+        json,
+    } = action;
+    let store = store_of(config, &store)?;
+    let mut api = format!(
+        "/api/order/delivered?store={store}&order={}",
+        percent_encode(&order)
+    );
+    if let Some(at) = &at {
+        api += &format!("&at={}", percent_encode(at));
+    }
+    let (v, source) = via_service_or_file(config, "POST", &api, |s| {
+        crate::ops::order_delivered(s, &store, &order, at.as_deref(), now).map_err(ops_err)
+    })?;
+    if json {
+        println!("{v}");
+    } else {
+        println!(
+            "order {}: delivered at {} ({source})",
+            v["order"].as_str().unwrap_or(""),
+            v["delivered_at"].as_str().unwrap_or("")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -774,3 +774,95 @@ pub fn explain(storage: &Storage, store: &str, order: &str) -> Result<serde_json
         "history": rec.history,
     }))
 }
+
+/// `customer ticket-open|ticket-close`: a support ticket pauses the customer's touches
+/// while open; closed with a poor rating (1-2) it routes them to a person.
+pub fn customer_ticket(
+    storage: &Storage,
+    store: &str,
+    contact: &str,
+    ticket: &str,
+    open: bool,
+    csat: Option<u8>,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let key = contact_key(contact)?;
+    let ticket = ticket.trim();
+    if ticket.is_empty() {
+        return Err(OpsError::Invalid(
+            "--ticket is empty: give the help desk's ticket id".into(),
+        ));
+    }
+    if let Some(c) = csat.filter(|c| !(1..=5).contains(c)) {
+        return Err(OpsError::Invalid(format!(
+            "--csat {c}: give a satisfaction rating from 1 to 5"
+        )));
+    }
+    if open && csat.is_some() {
+        return Err(OpsError::Invalid(
+            "--csat goes with ticket-close (a rating comes when a ticket is closed)".into(),
+        ));
+    }
+    storage.set_ticket(store, &key, ticket, open, csat, now)?;
+    let tickets = storage.snapshot()?.tickets(store, &key)?;
+    Ok(
+        json!({"store": store, "contact": key, "ticket": ticket, "open": open, "csat": csat,
+        "open_tickets": tickets.iter().filter(|t| t.open).count()}),
+    )
+}
+
+/// The order an intake names must exist: a platform order id or a name such as `#1042`.
+fn known_order(storage: &Storage, store: &str, order: &str) -> Result<String, OpsError> {
+    let snap = storage.snapshot()?;
+    if let Some(p) = snap.find_plan(store, order)? {
+        return Ok(p.order_id);
+    }
+    if snap.order(store, order)?.is_some() {
+        return Ok(order.to_string());
+    }
+    Err(OpsError::Invalid(format!(
+        "no order {order:?} in store {store}; give the platform order id or its name such as #1042"
+    )))
+}
+
+/// `offer accept|decline ORDER`: what the customer did with the thank-you page offer
+/// (an accepted one cancels touch-1).
+pub fn offer_response(
+    storage: &Storage,
+    store: &str,
+    order: &str,
+    accepted: bool,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let id = known_order(storage, store, order)?;
+    storage.set_offer_response(
+        store,
+        &id,
+        &crate::storage::intake::OfferResponse { accepted, at: now },
+    )?;
+    Ok(json!({"store": store, "order": id, "accepted": accepted, "at": now.to_rfc3339()}))
+}
+
+/// `order delivered ORDER [--at TIME]`: a delivery told by hand (for stores without
+/// delivery events); the review request waits for one.
+pub fn order_delivered(
+    storage: &Storage,
+    store: &str,
+    order: &str,
+    at: Option<&str>,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let id = known_order(storage, store, order)?;
+    let at = match at {
+        None => now,
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text.trim())
+            .map(|t| Timestamp(t.timestamp_millis()))
+            .map_err(|_| {
+                OpsError::Invalid(format!(
+                    "--at {text:?} is not a time such as 2026-11-25T14:00:00Z"
+                ))
+            })?,
+    };
+    storage.set_delivered(store, &id, at)?;
+    Ok(json!({"store": store, "order": id, "delivered_at": at.to_rfc3339()}))
+}

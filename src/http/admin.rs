@@ -121,11 +121,48 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 (Method::Post, "unsuppress") => {
                     crate::ops::customer_unsuppress(&ctx.storage, &store, &contact)
                 }
+                (Method::Post, "ticket-open" | "ticket-close") => {
+                    let csat = match arg("csat").map(|c| c.parse::<u8>()) {
+                        None => Ok(None),
+                        Some(Ok(c)) => Ok(Some(c)),
+                        Some(Err(_)) => Err(crate::ops::OpsError::Invalid(
+                            "csat must be a rating from 1 to 5".into(),
+                        )),
+                    };
+                    csat.and_then(|csat| {
+                        crate::ops::customer_ticket(
+                            &ctx.storage,
+                            &store,
+                            &contact,
+                            &arg("ticket").unwrap_or_default(),
+                            action == "ticket-open",
+                            csat,
+                            ctx.clock.now(),
+                        )
+                    })
+                }
                 _ => Err(crate::ops::OpsError::Invalid(
                     "use GET /api/customer/show, POST /api/customer/suppress or POST /api/customer/unsuppress".into(),
                 )),
             })
         }
+        (Method::Post, "/api/offer/accept" | "/api/offer/decline") => {
+            let accepted = path == "/api/offer/accept";
+            pick(ctx, &query).and_then(|store| {
+                let order = super::page::form_value(query.as_bytes(), "order").unwrap_or_default();
+                crate::ops::offer_response(&ctx.storage, &store, &order, accepted, ctx.clock.now())
+            })
+        }
+        (Method::Post, "/api/order/delivered") => pick(ctx, &query).and_then(|store| {
+            let arg = |k: &str| super::page::form_value(query.as_bytes(), k);
+            crate::ops::order_delivered(
+                &ctx.storage,
+                &store,
+                &arg("order").unwrap_or_default(),
+                arg("at").as_deref(),
+                ctx.clock.now(),
+            )
+        }),
         (Method::Post, p) if p.starts_with("/api/import/") => {
             let kind = p["/api/import/".len()..].to_string();
             return import(ctx, rq, &kind, &query);

@@ -205,14 +205,22 @@ fn decide(
         customer.as_ref().and_then(|c| c.phone.clone()),
     ];
     let mut suppressed: Option<Suppressed> = None;
+    let mut tickets = Vec::new();
     for contact in contacts.into_iter().flatten() {
         if let Ok(key) = suppression_key(&contact) {
             if let Some(row) = snap.suppression(&t.store, &key)? {
-                suppressed = Some(row.reason);
-                break;
+                suppressed.get_or_insert(row.reason);
             }
+            tickets.extend(snap.tickets(&t.store, &key)?);
         }
     }
+    let page_offer_accepted = snap
+        .offer_response(&t.store, &t.order)?
+        .is_some_and(|r| r.accepted);
+    let delivered_at = order
+        .as_ref()
+        .and_then(|o| o.delivered_at)
+        .or(snap.delivered_by_hand(&t.store, &t.order)?);
     let offer_stock = match &plan.plan.offer {
         Some(o) => snap
             .variant_of_key(&t.store, &o.product)?
@@ -230,11 +238,11 @@ fn decide(
         status: &plan.status,
         refunded_at: plan.refunded_at,
         suppressed: suppressed.as_ref(),
-        page_offer_accepted: false,
-        tickets: &[],
+        page_offer_accepted,
+        tickets: &tickets,
         recent_opens: None,
         offer_stock,
-        delivered_at: order.as_ref().and_then(|o| o.delivered_at),
+        delivered_at,
         sent: &sent,
         tz: store.timezone,
     };

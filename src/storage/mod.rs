@@ -7,6 +7,7 @@
 pub mod affinity;
 mod backend;
 mod codec;
+pub mod intake;
 pub mod plans;
 pub mod records;
 mod tables;
@@ -260,6 +261,9 @@ impl Storage {
             tx.open_table(ORDER_TOUCHES)?;
             tx.open_table(SENDING)?;
             tx.open_table(SENT_LOG)?;
+            tx.open_table(TICKETS)?;
+            tx.open_table(OFFER_RESPONSES)?;
+            tx.open_table(DELIVERIES)?;
         }
         tx.commit()?;
         Ok(())
@@ -532,6 +536,9 @@ impl Storage {
             order_touches: tx.open_table(ORDER_TOUCHES)?,
             sending: tx.open_table(SENDING)?,
             sent_log: tx.open_table(SENT_LOG)?,
+            tickets: tx.open_table(TICKETS)?,
+            offer_responses: tx.open_table(OFFER_RESPONSES)?,
+            deliveries: tx.open_table(DELIVERIES)?,
         })
     }
 
@@ -693,6 +700,9 @@ pub struct Snapshot {
     order_touches: redb::ReadOnlyTable<(&'static str, &'static str, u64), ()>,
     sending: redb::ReadOnlyTable<u64, ()>,
     sent_log: redb::ReadOnlyTable<(&'static str, u64, i64, u64), &'static str>,
+    tickets: redb::ReadOnlyTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    offer_responses: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    deliveries: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
 }
 
 impl Snapshot {

@@ -83,4 +83,12 @@ pub const SENDING: TableDefinition<u64, ()> = TableDefinition::new("sending");
 /// the frequency caps.
 pub const SENT_LOG: TableDefinition<(&str, u64, i64, u64), &str> = TableDefinition::new("sent_log");
 
+/// (store, contact key, ticket id) -> support ticket (`storage::intake`).
+pub const TICKETS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("tickets");
+/// (store, order id) -> the thank-you page offer's response.
+pub const OFFER_RESPONSES: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("offer_responses");
+/// (store, order id) -> delivery time ms told by hand.
+pub const DELIVERIES: TableDefinition<(&str, &str), i64> = TableDefinition::new("deliveries");
+
 pub const SCHEMA_VERSION: u32 = 1;

@@ -74,8 +74,9 @@ fn explain(s: &TestServer, order: &str) -> Value {
 fn wait_state(s: &TestServer, order: &str, kind: &str, state: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = explain(s, order);
-        if touch(&v, kind)["state"] == state {
+        let (code, body) = s.admin_get(&format!("/api/explain?store={STORE}&order={order}"));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if code == 200 && touch(&v, kind)["state"] == state {
             return v;
         }
         assert!(Instant::now() < deadline, "{kind} never {state}: {v:#}");
@@ -175,4 +176,73 @@ fn a_durable_orders_cadence_goes_out_on_time_exactly_once() {
         let reason = t["state_reason"].as_str().unwrap_or("");
         assert!(!reason.contains("frequency cap"), "{t}");
     }
+}
+
+#[test]
+fn page_offers_tickets_and_deliveries_told_by_hand_steer_the_touches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
+    let s = start(tmp.path(), clock.clone());
+    let body = serde_json::to_vec(&json!({
+        "id": 9401, "name": "#9401", "email": "max@example.com",
+        "created_at": Timestamp(T0).to_rfc3339(), "updated_at": Timestamp(T0).to_rfc3339(),
+        "currency": "USD", "total_price": "54.00", "financial_status": "paid",
+        "line_items": [{"id": 1, "sku": "KIT-POUR", "quantity": 1, "price": "54.00",
+            "title": "Pour-over Kit", "requires_shipping": true}],
+        "customer": {"id": 8802, "email": "max@example.com",
+            "email_marketing_consent": {"state": "subscribed"}}
+    }))
+    .unwrap();
+    assert_eq!(s.webhook("orders/paid", "m1", &body), 200);
+    wait_state(&s, "9401", "touch1", "scheduled");
+    let post = |path: &str| {
+        let (code, body) = s.admin_post(path);
+        assert_eq!(code, 200, "{path}: {body}");
+    };
+    // The page offer was taken: touch-1 is not sent.
+    post(&format!("/api/offer/accept?store={STORE}&order=%239401"));
+    clock.set(Timestamp(T0 + 21 * MIN));
+    let v = wait_state(&s, "9401", "touch1", "skipped");
+    assert_eq!(
+        touch(&v, "touch1")["state_reason"],
+        "the thank-you page offer was accepted"
+    );
+    // A ticket opened on day 3 holds touch-2; closing it well lets it go.
+    post(&format!(
+        "/api/customer/ticket-open?store={STORE}&contact=max%40example.com&ticket=T-9"
+    ));
+    clock.set(Timestamp(T0 + 4 * DAY + MIN));
+    let v = wait_state(&s, "9401", "touch2", "deferred");
+    assert!(
+        touch(&v, "touch2")["state_reason"]
+            .as_str()
+            .unwrap()
+            .contains("ticket T-9 is open"),
+        "{v:#}"
+    );
+    post(&format!(
+        "/api/customer/ticket-close?store={STORE}&contact=max%40example.com&ticket=T-9&csat=5"
+    ));
+    clock.set(Timestamp(T0 + 4 * DAY + 7 * 60 * MIN));
+    wait_state(&s, "9401", "touch2", "sent");
+    // Delivered on day 5 (told by hand): the review goes out on day 15.
+    post(&format!(
+        "/api/order/delivered?store={STORE}&order=9401&at=2026-11-25T15:00:00Z"
+    ));
+    clock.set(Timestamp(T0 + 15 * DAY + MIN));
+    wait_state(&s, "9401", "review", "sent");
+    let kinds: Vec<String> = outbox(tmp.path())
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["touch2", "review"]);
+    // Bad input is refused with what to do.
+    let (code, body) = s.admin_post(&format!(
+        "/api/customer/ticket-close?store={STORE}&contact=max%40example.com&ticket=T-9&csat=9"
+    ));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("from 1 to 5"), "{body}");
+    let (code, body) = s.admin_post(&format!("/api/order/delivered?store={STORE}&order=nope"));
+    assert_eq!(code, 400);
+    assert!(body.contains("no order"), "{body}");
 }

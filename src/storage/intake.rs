@@ -1,0 +1,121 @@
+//! State that decisions at a touch's due time read and that later intakes (help desk,
+//! thank-you page, email engagement, carriers) will write; until then the CLI and the
+//! admin API set it: support tickets, page-offer responses, deliveries told by hand.
+
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use super::tables::*;
+use super::{codec, Error, Snapshot, Storage};
+use crate::engine::due::Ticket;
+use crate::engine::Timestamp;
+
+const TICKET_V1: u8 = 1;
+const RESPONSE_V1: u8 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct TicketRow {
+    open: bool,
+    csat: Option<u8>,
+    opened_at: Timestamp,
+    closed_at: Option<Timestamp>,
+}
+
+/// What the customer did with the thank-you page offer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferResponse {
+    pub accepted: bool,
+    pub at: Timestamp,
+}
+
+impl Snapshot {
+    /// The tickets of a contact (a suppression-list key: `email:...` or `phone:...`).
+    pub fn tickets(&self, store: &str, contact: &str) -> Result<Vec<Ticket>, Error> {
+        let mut out = Vec::new();
+        for item in self.tickets.range((store, contact, "")..)? {
+            let (k, v) = item?;
+            let (s, c, id) = k.value();
+            if s != store || c != contact {
+                break;
+            }
+            let row: TicketRow = codec::decode("ticket", TICKET_V1, v.value())?;
+            out.push(Ticket {
+                id: id.to_string(),
+                open: row.open,
+                csat: row.csat,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn offer_response(&self, store: &str, order: &str) -> Result<Option<OfferResponse>, Error> {
+        self.offer_responses
+            .get((store, order))?
+            .map(|v| codec::decode("offer response", RESPONSE_V1, v.value()))
+            .transpose()
+    }
+
+    /// A delivery told by hand (`order delivered`).
+    pub fn delivered_by_hand(&self, store: &str, order: &str) -> Result<Option<Timestamp>, Error> {
+        Ok(self
+            .deliveries
+            .get((store, order))?
+            .map(|v| Timestamp(v.value())))
+    }
+}
+
+impl Storage {
+    /// Opens a ticket, or closes it with an optional satisfaction rating (1-5).
+    pub fn set_ticket(
+        &self,
+        store: &str,
+        contact: &str,
+        ticket: &str,
+        open: bool,
+        csat: Option<u8>,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(TICKETS)?;
+            let old: Option<TicketRow> = t
+                .get((store, contact, ticket))?
+                .map(|v| codec::decode("ticket", TICKET_V1, v.value()))
+                .transpose()?;
+            let row = TicketRow {
+                open,
+                csat: if open { None } else { csat },
+                opened_at: old.as_ref().map_or(now, |o| o.opened_at),
+                closed_at: (!open).then_some(now),
+            };
+            t.insert(
+                (store, contact, ticket),
+                codec::encode(TICKET_V1, &row)?.as_slice(),
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_offer_response(
+        &self,
+        store: &str,
+        order: &str,
+        response: &OfferResponse,
+    ) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(OFFER_RESPONSES)?.insert(
+            (store, order),
+            codec::encode(RESPONSE_V1, response)?.as_slice(),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_delivered(&self, store: &str, order: &str, at: Timestamp) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(DELIVERIES)?.insert((store, order), at.0)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
