@@ -246,3 +246,141 @@ fn page_offers_tickets_and_deliveries_told_by_hand_steer_the_touches() {
     assert_eq!(code, 400);
     assert!(body.contains("no order"), "{body}");
 }
+
+/// Crash test (subprocess, fast real clock): `kill -9` while touches fire, 20 times;
+/// afterwards every touch recorded sent is in the outbox exactly once, the outbox holds
+/// nothing else, nothing is left half-sent, and nothing due is left behind.
+#[test]
+fn kill_9_while_touches_fire_sends_each_exactly_once() {
+    use crate::cli::bin;
+    use crate::crash::{start_cmd, temp_config};
+    use crate::support::{agent, SECRET};
+    use upsell_appliance::storage::touches::TouchState;
+    use upsell_appliance::storage::{Options as StorageOptions, Storage};
+
+    let (tmp, data, config) = temp_config();
+    {
+        // The demo catalog and history, so the orders get offers and a full cadence.
+        let storage = Storage::open(&data, &StorageOptions::default()).unwrap();
+        let cfg = upsell_appliance::config::load_file(Path::new(&config)).unwrap();
+        let assets = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo"));
+        upsell_appliance::ops::import_catalog(&storage, &cfg, STORE, &assets.join("catalog.csv"))
+            .unwrap();
+        upsell_appliance::ops::import_orders(
+            &storage,
+            &cfg,
+            STORE,
+            &assets.join("orders.csv"),
+            false,
+            &mut |_| {},
+        )
+        .unwrap();
+    }
+    // Two virtual days per real second: touch-3 (day 35) comes within the test.
+    let serve = || {
+        let mut cmd = bin();
+        cmd.args(["serve", "--config", &config, "--time-scale", "172800"])
+            .current_dir(tmp.path());
+        start_cmd(cmd)
+    };
+    let orders: Vec<u64> = (9500..9520).collect();
+    let (mut child, addr) = serve();
+    let created = chrono::Utc::now().to_rfc3339();
+    for &id in &orders {
+        let body = serde_json::to_vec(&json!({
+            "id": id, "name": format!("#{id}"), "email": format!("c{id}@example.com"),
+            "created_at": created, "currency": "USD", "total_price": "54.00",
+            "financial_status": "paid",
+            "line_items": [{"id": 1, "sku": "KIT-POUR", "quantity": 1, "price": "54.00",
+                "title": "Pour-over Kit", "requires_shipping": false}],
+            "customer": {"id": 700_000 + id, "email": format!("c{id}@example.com"),
+                "email_marketing_consent": {"state": "subscribed"}}
+        }))
+        .unwrap();
+        let sig = upsell_appliance::ingest::shopify::sign(&body, SECRET);
+        let resp = agent()
+            .post(&format!("http://{addr}/webhooks/{STORE}"))
+            .header("X-Shopify-Topic", "orders/paid")
+            .header("X-Shopify-Hmac-Sha256", &sig)
+            .header("X-Shopify-Event-Id", &format!("crash-{id}"))
+            .send(&body[..])
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    let mut seed = (chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1) as u64) | 1;
+    eprintln!("scheduler crash test seed {seed}");
+    for _ in 0..20 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(150 + seed % 600));
+        child.kill().unwrap(); // SIGKILL, mid-firing or not
+        child.wait().unwrap();
+        (child, _) = serve();
+    }
+    // Run on until day 40 of the orders has passed, then stop cleanly.
+    let clock_file = data.join("clock");
+    let created_ms = chrono::DateTime::parse_from_rfc3339(&created)
+        .unwrap()
+        .timestamp_millis();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at: i64 = std::fs::read_to_string(&clock_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if at > created_ms + 40 * DAY {
+            break;
+        }
+        assert!(Instant::now() < deadline, "virtual time stuck at {at}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    crate::crash::sigterm(&child);
+    assert!(child.wait().unwrap().success());
+
+    let lines = outbox(&data);
+    let mut in_outbox = std::collections::BTreeMap::new();
+    for l in &lines {
+        *in_outbox
+            .entry(l["touch_id"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    let storage = Storage::open(&data, &StorageOptions::default()).unwrap();
+    let snap = storage.snapshot().unwrap();
+    let mut sent = std::collections::BTreeSet::new();
+    let (mut skipped, mut pending) = (Vec::new(), 0);
+    for &id in &orders {
+        for (tid, t) in snap.touches_of(STORE, &id.to_string()).unwrap() {
+            match &t.state {
+                TouchState::Sent { .. } => {
+                    sent.insert(tid.to_string());
+                }
+                TouchState::Sending => panic!("touch {tid} left in sending"),
+                TouchState::Skipped { reason } => skipped.push(reason.clone()),
+                s if s.pending() => {
+                    assert!(
+                        t.due_at.0 > created_ms + 40 * DAY,
+                        "touch {tid} ({}) due {} left pending",
+                        t.kind.as_str(),
+                        t.due_at.to_rfc3339()
+                    );
+                    pending += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    let dup: Vec<_> = in_outbox.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dup.is_empty(), "sent twice: {dup:?}");
+    let outbox_ids: std::collections::BTreeSet<String> = in_outbox.keys().cloned().collect();
+    assert_eq!(outbox_ids, sent, "the outbox and the recorded sends differ");
+    eprintln!(
+        "{} sent, {} skipped ({skipped:?}), {pending} pending after 20 kills",
+        sent.len(),
+        skipped.len()
+    );
+    // Each order: touch-1, touch-2, the review and touch-3 (no holdout in the test store).
+    assert!(sent.len() >= 40, "only {} touches went out", sent.len());
+}
