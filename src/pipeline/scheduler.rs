@@ -86,6 +86,11 @@ pub fn run(
             Err(e) => {
                 eprintln!("scheduler: {e}; retrying in 1 s");
                 std::thread::sleep(Duration::from_secs(1));
+                // Touches a failed round left in `sending` are settled against the outbox
+                // before the next one, not only at the next start.
+                if let Err(e) = reconcile(&storage, &mut outbox, clock.now()) {
+                    eprintln!("scheduler: reconciling touches left in sending: {e}");
+                }
             }
         }
     }
