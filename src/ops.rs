@@ -718,11 +718,10 @@ pub fn explain(storage: &Storage, store: &str, order: &str) -> Result<serde_json
     };
     let p = &rec.plan;
     let offer = p.offer.as_ref().map(|o| {
-        json!({
-            "product": o.product, "sku": o.sku, "variant_id": o.variant_id, "title": o.title,
-            "price": o.currency.format_minor(o.price), "currency": o.currency.as_str(),
-            "discount_code": o.discount_code, "trust": o.trust, "urgency": o.urgency,
-        })
+        let mut v = crate::outbound::offer_json(o);
+        v["trust"] = json!(o.trust);
+        v["urgency"] = json!(o.urgency);
+        v
     });
     let timers = snap.touches_of(store, &rec.order_id)?;
     let touches: Vec<_> = p
@@ -733,8 +732,7 @@ pub fn explain(storage: &Storage, store: &str, order: &str) -> Result<serde_json
             let timer = timers
                 .iter()
                 .rev()
-                .find(|(_, x)| x.kind == t.kind && x.planned_due == t.due_at)
-                .map(|(id, x)| (id, x));
+                .find(|(_, x)| x.kind == t.kind && x.planned_due == t.due_at);
             let (state, note) = match timer.map(|(_, x)| &x.state) {
                 None => (None, None),
                 Some(s) => (

@@ -13,10 +13,10 @@ use crate::config::{Config, StoreConfig};
 use crate::engine::affinity::Month;
 use crate::engine::history::{normalize_email, Customer};
 use crate::engine::lifecycle::{self, PlanRecord};
-use crate::engine::plan::{self, BasketLine, PlanInput, Shopper, Suppressed};
+use crate::engine::plan::{self, BasketLine, PlanInput, Shopper};
 use crate::engine::{Order, Source, Timestamp};
 use crate::storage::affinity::ReadSettings;
-use crate::storage::plans::{suppression_key, PlanWrites};
+use crate::storage::plans::{contact_keys, PlanWrites};
 use crate::storage::{Error, Snapshot, Storage};
 
 /// What planning needs besides the database.
@@ -231,10 +231,9 @@ fn load(
     let mut basket = Vec::new();
     let mut catalog = BTreeMap::new();
     for line in &order.lines {
-        let Some(key) = snap.line_product_key(store, line)? else {
+        let Some((key, variant)) = snap.line_product(store, line)? else {
             continue;
         };
-        let variant = snap.variant_of_line(store, line)?.map(|(_, v)| v);
         let gift_card = line.gift_card || variant.as_ref().is_some_and(|v| v.gift_card);
         if let Some(mut v) = variant {
             resolve_upgrade(snap, store, &mut v, &mut catalog)?;
@@ -267,9 +266,8 @@ fn load(
             };
             let mut categories = BTreeSet::new();
             for line in &o.lines {
-                if let Some(key) = snap.line_product_key(store, line)? {
-                    if let Some(cat) = snap
-                        .variant_of_key(store, &key)?
+                if let Some((key, variant)) = snap.line_product(store, line)? {
+                    if let Some(cat) = variant
                         .and_then(|v| v.product_type)
                         .filter(|c| !c.is_empty())
                     {
@@ -290,23 +288,7 @@ fn load(
         shopper.email = order.contact_email().is_some();
         shopper.phone = order.phone.is_some();
     }
-    let contacts = [
-        customer
-            .and_then(|c| c.email.clone())
-            .or(order.contact_email().map(str::to_string)),
-        customer
-            .and_then(|c| c.phone.clone())
-            .or(order.phone.clone()),
-    ];
-    for contact in contacts.into_iter().flatten() {
-        let Ok(key) = suppression_key(&contact) else {
-            continue;
-        };
-        if let Some(row) = snap.suppression(store, &key)? {
-            shopper.suppressed = Some(row.reason);
-            break;
-        }
-    }
+    shopper.suppressed = snap.suppressed(store, &contact_keys(customer, Some(order)))?;
     Ok(Loaded {
         basket,
         catalog,
@@ -331,13 +313,4 @@ fn resolve_upgrade(
     }
     v.upgrade_to = Some(key);
     Ok(())
-}
-
-/// Suppressed reasons as the CLI and the API name them.
-pub fn reason_name(r: &Suppressed) -> String {
-    match r {
-        Suppressed::Unsubscribed => "unsubscribed".into(),
-        Suppressed::Complained => "complained".into(),
-        Suppressed::Manual(m) => format!("manual: {m}"),
-    }
 }

@@ -10,15 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use crate::engine::lifecycle::PlanRecord;
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::due::{on_due, Action, Due, Rules, State};
-use crate::engine::plan::{Channel, Suppressed};
+use crate::engine::plan::{Channel, Offer};
 use crate::engine::Timestamp;
 use crate::outbound::outbox::{Outbox, OutboxLine};
-use crate::storage::plans::suppression_key;
+use crate::storage::plans::contact_keys;
 use crate::storage::touches::{Settle, TouchRecord};
 use crate::storage::{Error, Snapshot, Storage};
 
@@ -129,13 +129,18 @@ pub fn fire_due(
     let mut round = Round::default();
     let mut settle = Vec::new();
     let mut send = Vec::new();
+    // The offer each touch being sent carries, from the plan read to decide it.
+    let mut offers: HashMap<u64, Option<Offer>> = HashMap::new();
     // Messages decided in this round count for the caps of the next ones.
     let mut overlay: HashMap<(String, u64), Vec<(Timestamp, Channel)>> = HashMap::new();
     for (_, id) in due {
         let Some(t) = snap.touch(id)? else { continue };
-        let action = decide(&snap, config, latency_ms, &t, &overlay, now)?;
+        let plan = snap.plan(&t.store, &t.order)?;
+        let action = decide(&snap, config, latency_ms, &t, plan.as_ref(), &overlay, now)?;
         match action {
             Action::Send => {
+                let offer = plan.and_then(|p| p.plan.offer).filter(|_| t.carries_offer);
+                offers.insert(id, offer);
                 if let Some(c) = t.customer {
                     overlay
                         .entry((t.store.clone(), c))
@@ -158,7 +163,8 @@ pub fn fire_due(
     let sending = storage.begin_sending(&send)?;
     let mut lines = Vec::with_capacity(sending.len());
     for (id, t) in &sending {
-        lines.push(line(&snap, *id, t, now)?);
+        let offer = offers.remove(id).flatten();
+        lines.push(line(*id, t, offer.as_ref(), now));
     }
     if let Err(e) = outbox.send(&lines) {
         // Some lines may be durable: the ones that are count as sent, the rest are due
@@ -182,6 +188,7 @@ fn decide(
     config: &Config,
     latency_ms: i64,
     t: &TouchRecord,
+    plan: Option<&PlanRecord>,
     overlay: &HashMap<(String, u64), Vec<(Timestamp, Channel)>>,
     now: Timestamp,
 ) -> Result<Action, Error> {
@@ -190,7 +197,7 @@ fn decide(
             reason: format!("store {} is no longer configured", t.store),
         });
     };
-    let Some(plan) = snap.plan(&t.store, &t.order)? else {
+    let Some(plan) = plan else {
         return Ok(Action::Skip {
             reason: "its plan is gone".into(),
         });
@@ -200,24 +207,14 @@ fn decide(
         Some(id) => snap.customer(&t.store, id)?,
         None => None,
     };
-    let contacts = [
-        customer.as_ref().and_then(|c| c.email.clone()).or_else(|| {
-            order
-                .as_ref()
-                .and_then(|o| o.order.as_ref())
-                .and_then(|o| o.contact_email().map(str::to_string))
-        }),
-        customer.as_ref().and_then(|c| c.phone.clone()),
-    ];
-    let mut suppressed: Option<Suppressed> = None;
+    let keys = contact_keys(
+        customer.as_ref(),
+        order.as_ref().and_then(|o| o.order.as_ref()),
+    );
+    let suppressed = snap.suppressed(&t.store, &keys)?;
     let mut tickets = Vec::new();
-    for contact in contacts.into_iter().flatten() {
-        if let Ok(key) = suppression_key(&contact) {
-            if let Some(row) = snap.suppression(&t.store, &key)? {
-                suppressed.get_or_insert(row.reason);
-            }
-            tickets.extend(snap.tickets(&t.store, &key)?);
-        }
+    for key in &keys {
+        tickets.extend(snap.tickets(&t.store, key)?);
     }
     let page_offer_accepted = snap
         .offer_response(&t.store, &t.order)?
@@ -268,16 +265,8 @@ fn decide(
 }
 
 /// The outbox line of a touch (README "Outbox").
-fn line(snap: &Snapshot, id: u64, t: &TouchRecord, now: Timestamp) -> Result<OutboxLine, Error> {
-    let offer = snap
-        .plan(&t.store, &t.order)?
-        .and_then(|p| p.plan.offer)
-        .map(|o| {
-            json!({"product": o.product, "sku": o.sku, "variant_id": o.variant_id,
-            "title": o.title, "price": o.currency.format_minor(o.price),
-            "currency": o.currency.as_str(), "discount_code": o.discount_code})
-        });
-    Ok(OutboxLine {
+fn line(id: u64, t: &TouchRecord, offer: Option<&Offer>, now: Timestamp) -> OutboxLine {
+    OutboxLine {
         touch_id: id.to_string(),
         store: t.store.clone(),
         order: t.order.clone(),
@@ -286,6 +275,6 @@ fn line(snap: &Snapshot, id: u64, t: &TouchRecord, now: Timestamp) -> Result<Out
         channel: t.channel.as_str().into(),
         due_at: t.due_at.to_rfc3339(),
         sent_at: now.to_rfc3339(),
-        offer: if t.carries_offer { offer } else { None },
-    })
+        offer: offer.map(crate::outbound::offer_json),
+    }
 }

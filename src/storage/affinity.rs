@@ -80,15 +80,24 @@ impl Snapshot {
 
     /// The product key affinity counts a line under (see `engine::catalog`).
     pub fn line_product_key(&self, store: &str, line: &LineItem) -> Result<Option<String>, Error> {
+        Ok(self.line_product(store, line)?.map(|(key, _)| key))
+    }
+
+    /// A line's product key with its catalog entry, where the catalog knows the line.
+    pub fn line_product(
+        &self,
+        store: &str,
+        line: &LineItem,
+    ) -> Result<Option<(String, Option<Variant>)>, Error> {
         match self.variant_of_line(store, line)? {
             Some((_, v)) => {
                 let n = match &v.handle {
                     Some(h) => self.handle_members(store, h)?.len(),
                     None => 1,
                 };
-                Ok(product_key(&v, n))
+                Ok(product_key(&v, n).map(|key| (key, Some(v))))
             }
-            None => Ok(uncatalogued_key(line)),
+            None => Ok(uncatalogued_key(line).map(|key| (key, None))),
         }
     }
 

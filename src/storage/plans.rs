@@ -36,6 +36,25 @@ pub fn suppression_key(input: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{t:?} is neither an email address nor a phone number with its country code (+ and 7-15 digits, e.g. +15551234567, as the platforms send them)"))
 }
 
+/// The suppression-list keys a customer is known by: their email and phone, else the
+/// order's.
+pub fn contact_keys(
+    customer: Option<&crate::engine::history::Customer>,
+    order: Option<&crate::engine::Order>,
+) -> Vec<String> {
+    let email = customer
+        .and_then(|c| c.email.as_deref())
+        .or_else(|| order.and_then(|o| o.contact_email()));
+    let phone = customer
+        .and_then(|c| c.phone.as_deref())
+        .or_else(|| order.and_then(|o| o.phone.as_deref()));
+    [email, phone]
+        .into_iter()
+        .flatten()
+        .filter_map(|c| suppression_key(c).ok())
+        .collect()
+}
+
 /// A phone number in E.164 form (`+` and digits, separators dropped), the form the
 /// platforms send; a number without its country code could never match one.
 fn phone_key(t: &str) -> Option<String> {
@@ -142,6 +161,16 @@ impl Snapshot {
             out.push((s.to_string(), o.to_string(), v.value()));
         }
         Ok(out)
+    }
+
+    /// Why the first of `keys` on the suppression list is there, if one is.
+    pub fn suppressed(&self, store: &str, keys: &[String]) -> Result<Option<Suppressed>, Error> {
+        for key in keys {
+            if let Some(row) = self.suppression(store, key)? {
+                return Ok(Some(row.reason));
+            }
+        }
+        Ok(None)
     }
 
     pub fn suppression(&self, store: &str, key: &str) -> Result<Option<SuppressionRow>, Error> {
