@@ -278,6 +278,28 @@ fn rejected(
     OpsError::Invalid(m)
 }
 
+/// Reads a small import file whole with `read`: its rows, or, if any row is refused, an
+/// error listing them (such imports are all rows or none).
+fn read_whole<T>(
+    path: &std::path::Path,
+    read: impl FnOnce(
+        std::io::BufReader<std::fs::File>,
+    ) -> Result<(Vec<T>, Vec<crate::import::RowError>), crate::import::FileError>,
+) -> Result<Vec<T>, OpsError> {
+    let (f, _) = open_file(path)?;
+    let (rows, errors) = read(std::io::BufReader::new(f)).map_err(|e| file_error(path, e))?;
+    if !errors.is_empty() {
+        let n = errors.len() as u64;
+        return Err(rejected(
+            path,
+            &errors[..errors.len().min(LIST_ERRORS)],
+            n,
+            false,
+        ));
+    }
+    Ok(rows)
+}
+
 /// The currency of a store in the config.
 fn store_currency(config: &Config, store: &str) -> Result<crate::engine::Currency, OpsError> {
     config
@@ -505,18 +527,7 @@ pub fn import_pairings(
     path: &std::path::Path,
 ) -> Result<serde_json::Value, OpsError> {
     use crate::engine::affinity::PairingMode;
-    let (f, _) = open_file(path)?;
-    let (rows, errors) = crate::import::read_pairings(std::io::BufReader::new(f))
-        .map_err(|e| file_error(path, e))?;
-    if !errors.is_empty() {
-        let n = errors.len() as u64;
-        return Err(rejected(
-            path,
-            &errors[..errors.len().min(LIST_ERRORS)],
-            n,
-            false,
-        ));
-    }
+    let rows = read_whole(path, crate::import::read_pairings)?;
     let snap = storage.snapshot()?;
     let mut out = Vec::new();
     for r in &rows {
@@ -551,18 +562,7 @@ pub fn import_suppressions(
     name: &str,
     now: Timestamp,
 ) -> Result<serde_json::Value, OpsError> {
-    let (f, _) = open_file(path)?;
-    let (rows, errors) = crate::import::suppressions::read_suppressions(std::io::BufReader::new(f))
-        .map_err(|e| file_error(path, e))?;
-    if !errors.is_empty() {
-        let n = errors.len() as u64;
-        return Err(rejected(
-            path,
-            &errors[..errors.len().min(LIST_ERRORS)],
-            n,
-            false,
-        ));
-    }
+    let rows = read_whole(path, crate::import::suppressions::read_suppressions)?;
     let source = format!("import {name}");
     let entries: Vec<_> = rows
         .iter()

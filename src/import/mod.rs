@@ -273,6 +273,25 @@ impl<R: Read> Rows<R> {
             .max(1)
     }
 
+    /// Reads the rest of a small file whole: what `each` makes of every row, and every row
+    /// it refused or that could not be read.
+    fn read_all<T>(
+        mut self,
+        mut each: impl FnMut(&Row<'_>) -> Result<T, RowError>,
+    ) -> (Vec<T>, Vec<RowError>) {
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        while let Some(next) = self.next_record() {
+            match next {
+                Next::Row(rec) => match each(&Row::new(&rec)) {
+                    Ok(t) => ok.push(t),
+                    Err(e) => bad.push(e),
+                },
+                Next::BadUtf8(_, e) | Next::Fatal(e) => bad.push(e),
+            }
+        }
+        (ok, bad)
+    }
+
     fn next_record(&mut self) -> Option<Next> {
         if self.done {
             return None;

@@ -8,7 +8,7 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
-use super::{FileError, Next, Row, RowError, Rows};
+use super::{FileError, RowError, Rows};
 
 /// How a manual pairing combines with what the engine learned from order history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,59 +38,43 @@ pub const COLUMNS: &[&str] = &["antecedent", "consequent", "priority", "mode"];
 
 /// Reads a whole pairings file: the usable pairings and the rows that were not.
 pub fn read_pairings(r: impl Read) -> Result<(Vec<ManualPairing>, Vec<RowError>), FileError> {
-    let mut rows = Rows::open(r)?;
+    let rows = Rows::open(r)?;
     let h = &rows.header;
     let antecedent = h.require("antecedent")?;
     let consequent = h.require("consequent")?;
     let priority = h.col("priority");
     let mode = h.col("mode");
-    let (mut ok, mut bad) = (Vec::new(), Vec::new());
-    while let Some(next) = rows.next_record() {
-        let rec = match next {
-            Next::Row(rec) => rec,
-            Next::BadUtf8(_, e) | Next::Fatal(e) => {
-                bad.push(e);
-                continue;
-            }
-        };
-        let row = Row::new(&rec);
-        let pairing = (|| {
-            let a = row
-                .text(Some(&antecedent))
-                .ok_or_else(|| row.err(&antecedent, "", "is empty: name a SKU or product key"))?;
-            let c = row
-                .text(Some(&consequent))
-                .ok_or_else(|| row.err(&consequent, "", "is empty: name a SKU or product key"))?;
-            if a == c {
-                return Err(row.err(
-                    &consequent,
-                    &c,
-                    "is the same as the antecedent: a product cannot be paired with itself",
-                ));
-            }
-            let priority = row.parse(priority.as_ref(), |s| {
-                s.parse::<i32>()
-                    .map_err(|_| "not a whole number such as \"10\" or \"-1\"".to_string())
-            })?;
-            let mode = row.parse(mode.as_ref(), |s| match s.to_ascii_lowercase().as_str() {
-                "override" => Ok(PairingMode::Override),
-                "fallback" => Ok(PairingMode::Fallback),
-                _ => Err("not \"override\" or \"fallback\"".to_string()),
-            })?;
-            Ok(ManualPairing {
-                line: row.line,
-                antecedent: a,
-                consequent: c,
-                priority: priority.unwrap_or(0),
-                mode: mode.unwrap_or(PairingMode::Fallback),
-            })
-        })();
-        match pairing {
-            Ok(p) => ok.push(p),
-            Err(e) => bad.push(e),
+    Ok(rows.read_all(|row| {
+        let a = row
+            .text(Some(&antecedent))
+            .ok_or_else(|| row.err(&antecedent, "", "is empty: name a SKU or product key"))?;
+        let c = row
+            .text(Some(&consequent))
+            .ok_or_else(|| row.err(&consequent, "", "is empty: name a SKU or product key"))?;
+        if a == c {
+            return Err(row.err(
+                &consequent,
+                &c,
+                "is the same as the antecedent: a product cannot be paired with itself",
+            ));
         }
-    }
-    Ok((ok, bad))
+        let priority = row.parse(priority.as_ref(), |s| {
+            s.parse::<i32>()
+                .map_err(|_| "not a whole number such as \"10\" or \"-1\"".to_string())
+        })?;
+        let mode = row.parse(mode.as_ref(), |s| match s.to_ascii_lowercase().as_str() {
+            "override" => Ok(PairingMode::Override),
+            "fallback" => Ok(PairingMode::Fallback),
+            _ => Err("not \"override\" or \"fallback\"".to_string()),
+        })?;
+        Ok(ManualPairing {
+            line: row.line,
+            antecedent: a,
+            consequent: c,
+            priority: priority.unwrap_or(0),
+            mode: mode.unwrap_or(PairingMode::Fallback),
+        })
+    }))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 
-use super::{FileError, Next, Row, RowError, Rows};
+use super::{FileError, RowError, Rows};
 
 /// One usable row: a contact (email or phone, as written) and its reason, if given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct SuppressionEntry {
 pub fn read_suppressions(
     r: impl Read,
 ) -> Result<(Vec<SuppressionEntry>, Vec<RowError>), FileError> {
-    let mut rows = Rows::open(r)?;
+    let rows = Rows::open(r)?;
     let h = &rows.header;
     let email = h.col("email");
     let phone = h.col("phone");
@@ -33,16 +33,7 @@ pub fn read_suppressions(
         });
     }
     let reason = h.col("reason");
-    let (mut ok, mut bad) = (Vec::new(), Vec::new());
-    while let Some(next) = rows.next_record() {
-        let rec = match next {
-            Next::Row(rec) => rec,
-            Next::BadUtf8(_, e) | Next::Fatal(e) => {
-                bad.push(e);
-                continue;
-            }
-        };
-        let row = Row::new(&rec);
+    let (found, bad) = rows.read_all(|row| {
         let why = row.text(reason.as_ref());
         let mut found = Vec::new();
         let mut failed = None;
@@ -61,17 +52,17 @@ pub fn read_suppressions(
             }
         }
         match (failed, found.is_empty()) {
-            (Some(e), _) => bad.push(e),
-            (None, true) => bad.push(RowError {
+            (Some(e), _) => Err(e),
+            (None, true) => Err(RowError {
                 line: row.line,
                 column: String::new(),
                 value: String::new(),
                 message: "has neither an email nor a phone number".into(),
             }),
-            (None, false) => ok.extend(found),
+            (None, false) => Ok(found),
         }
-    }
-    Ok((ok, bad))
+    });
+    Ok((found.into_iter().flatten().collect(), bad))
 }
 
 #[cfg(test)]
