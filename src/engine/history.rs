@@ -272,24 +272,9 @@ mod tests {
         Event::Order {
             topic: OrderTopic::Paid,
             order: Box::new(Order {
-                id: id.into(),
-                name: format!("#{id}"),
-                created_at: Timestamp(1_000),
                 updated_at: Timestamp(updated),
-                currency: Currency::parse("USD").unwrap(),
-                total,
-                subtotal: total,
-                financial_status: Some("paid".into()),
-                cancelled_at: None,
                 email: Some("A@Example.com".into()),
-                phone: None,
-                customer: None,
-                lines: vec![],
-                tags: vec![],
-                discount_codes: vec![],
-                shipping: None,
-                billing: None,
-                refunds: vec![],
+                ..Order::sample(id, Timestamp(1_000), total)
             }),
         }
     }

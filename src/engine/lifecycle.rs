@@ -194,26 +194,7 @@ mod tests {
     const T0: i64 = 1_790_000_000_000;
 
     fn order(id: &str) -> Order {
-        Order {
-            id: id.into(),
-            name: format!("#{id}"),
-            created_at: Timestamp(T0),
-            updated_at: Timestamp(T0),
-            currency: Currency::parse("USD").unwrap(),
-            total: 2000,
-            subtotal: 2000,
-            financial_status: Some("paid".into()),
-            cancelled_at: None,
-            email: None,
-            phone: None,
-            customer: None,
-            lines: vec![],
-            tags: vec![],
-            discount_codes: vec![],
-            shipping: None,
-            billing: None,
-            refunds: vec![],
-        }
+        Order::sample(id, Timestamp(T0), 2000)
     }
 
     fn plan(offer: &str) -> Plan {

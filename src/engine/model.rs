@@ -132,6 +132,33 @@ impl Order {
     }
 }
 
+#[cfg(test)]
+impl Order {
+    /// For tests: a paid order in USD, placed and last updated at `at`, with no lines.
+    pub(crate) fn sample(id: &str, at: Timestamp, total: i64) -> Order {
+        Order {
+            id: id.into(),
+            name: format!("#{id}"),
+            created_at: at,
+            updated_at: at,
+            currency: Currency::parse("USD").expect("a valid code"),
+            total,
+            subtotal: total,
+            financial_status: Some("paid".into()),
+            cancelled_at: None,
+            email: None,
+            phone: None,
+            customer: None,
+            lines: vec![],
+            tags: vec![],
+            discount_codes: vec![],
+            shipping: None,
+            billing: None,
+            refunds: vec![],
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderTopic {
     Created,

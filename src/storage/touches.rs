@@ -399,26 +399,7 @@ mod tests {
     const T0: i64 = 1_795_186_800_000;
 
     fn order() -> Order {
-        Order {
-            id: "9001".into(),
-            name: "#9001".into(),
-            created_at: Timestamp(T0),
-            updated_at: Timestamp(T0),
-            currency: Currency::parse("USD").unwrap(),
-            total: 5400,
-            subtotal: 5400,
-            financial_status: Some("paid".into()),
-            cancelled_at: None,
-            email: None,
-            phone: None,
-            customer: None,
-            lines: vec![],
-            tags: vec![],
-            discount_codes: vec![],
-            shipping: None,
-            billing: None,
-            refunds: vec![],
-        }
+        Order::sample("9001", Timestamp(T0), 5400)
     }
 
     fn plan(touch2_days: i64, holdout: bool) -> Plan {

@@ -54,50 +54,18 @@ fn order(id: u64, email: &str, lines: &[(&str, &str)], updated: i64, extra: Valu
 }
 
 fn start(dir: &Path) -> TestServer {
-    let s = TestServer::start_with(
-        dir,
-        Options {
-            clock: Arc::new(Fixed),
-            ..Options::default()
-        },
-    );
-    let config = test_config(dir);
-    let storage = &s.running().storage;
-    let assets = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
-    upsell_appliance::ops::import_catalog(
-        storage,
-        &config,
-        STORE,
-        &Path::new(assets).join("catalog.csv"),
-    )
-    .unwrap();
-    upsell_appliance::ops::import_orders(
-        storage,
-        &config,
-        STORE,
-        &Path::new(assets).join("orders.csv"),
-        false,
-        &mut |_| {},
-    )
-    .unwrap();
-    s
+    TestServer::start_demo(dir, Arc::new(Fixed))
 }
 
 /// `GET /api/explain`, waiting (briefly) for the planner.
 fn explain(s: &TestServer, order: &str, revision: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (code, body) = s.admin_get(&format!("/api/explain?store={STORE}&order={order}"));
-        if code == 200 {
-            let v: Value = serde_json::from_str(&body).unwrap();
-            if v["revision"].as_u64() >= Some(revision) {
-                return v;
-            }
+        let (code, v) = s.explain(order);
+        if code == 200 && v["revision"].as_u64() >= Some(revision) {
+            return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no plan for {order}: {code} {body}"
-        );
+        assert!(Instant::now() < deadline, "no plan for {order}: {code} {v}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

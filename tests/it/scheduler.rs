@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use upsell_appliance::app::Options;
 use upsell_appliance::clock::TestClock;
 use upsell_appliance::engine::Timestamp;
 
-use crate::support::{test_config, TestServer, STORE};
+use crate::support::{TestServer, STORE};
 
 /// 2026-11-20T15:00:00Z
 const T0: i64 = 1_795_186_800_000;
@@ -18,28 +17,7 @@ const MIN: i64 = 60_000;
 const DAY: i64 = 86_400_000;
 
 fn start(dir: &Path, clock: Arc<TestClock>) -> TestServer {
-    let s = TestServer::start_with(
-        dir,
-        Options {
-            clock,
-            ..Options::default()
-        },
-    );
-    let config = test_config(dir);
-    let assets = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo"));
-    let storage = &s.running().storage;
-    upsell_appliance::ops::import_catalog(storage, &config, STORE, &assets.join("catalog.csv"))
-        .unwrap();
-    upsell_appliance::ops::import_orders(
-        storage,
-        &config,
-        STORE,
-        &assets.join("orders.csv"),
-        false,
-        &mut |_| {},
-    )
-    .unwrap();
-    s
+    TestServer::start_demo(dir, clock)
 }
 
 fn outbox(dir: &Path) -> Vec<Value> {
@@ -66,16 +44,15 @@ fn wait_outbox(dir: &Path, n: usize) -> Vec<Value> {
 }
 
 fn explain(s: &TestServer, order: &str) -> Value {
-    let (code, body) = s.admin_get(&format!("/api/explain?store={STORE}&order={order}"));
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+    let (code, v) = s.explain(order);
+    assert_eq!(code, 200, "{v}");
+    v
 }
 
 fn wait_state(s: &TestServer, order: &str, kind: &str, state: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (code, body) = s.admin_get(&format!("/api/explain?store={STORE}&order={order}"));
-        let v: Value = serde_json::from_str(&body).unwrap();
+        let (code, v) = s.explain(order);
         if code == 200 && touch(&v, kind)["state"] == state {
             return v;
         }
@@ -109,15 +86,7 @@ fn a_durable_orders_cadence_goes_out_on_time_exactly_once() {
     }))
     .unwrap();
     assert_eq!(s.webhook("orders/paid", "l1", &body), 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s
-        .admin_get(&format!("/api/explain?store={STORE}&order=9301"))
-        .0
-        != 200
-    {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_state(&s, "9301", "touch1", "scheduled");
     std::thread::sleep(Duration::from_millis(300));
     assert!(outbox(tmp.path()).is_empty(), "nothing is due yet");
 
@@ -263,18 +232,7 @@ fn kill_9_while_touches_fire_sends_each_exactly_once() {
         // The demo catalog and history, so the orders get offers and a full cadence.
         let storage = Storage::open(&data, &StorageOptions::default()).unwrap();
         let cfg = upsell_appliance::config::load_file(Path::new(&config)).unwrap();
-        let assets = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo"));
-        upsell_appliance::ops::import_catalog(&storage, &cfg, STORE, &assets.join("catalog.csv"))
-            .unwrap();
-        upsell_appliance::ops::import_orders(
-            &storage,
-            &cfg,
-            STORE,
-            &assets.join("orders.csv"),
-            false,
-            &mut |_| {},
-        )
-        .unwrap();
+        crate::support::import_demo(&storage, &cfg, STORE);
     }
     // Two virtual days per real second: touch-3 (day 35) comes within the test.
     let serve = || {

@@ -78,6 +78,22 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// Imports the demo store's catalog and order history (`assets/demo`) into `store`.
+pub fn import_demo(storage: &upsell_appliance::storage::Storage, config: &Config, store: &str) {
+    let assets = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo"));
+    upsell_appliance::ops::import_catalog(storage, config, store, &assets.join("catalog.csv"))
+        .unwrap();
+    upsell_appliance::ops::import_orders(
+        storage,
+        config,
+        store,
+        &assets.join("orders.csv"),
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+}
+
 pub struct TestServer {
     pub running: Option<Running>,
     pub data_dir: PathBuf,
@@ -112,6 +128,28 @@ impl TestServer {
             agent: agent(),
             _tmp: None,
         }
+    }
+
+    /// Starts on `clock` with the demo catalog and history imported into the Shopify store.
+    pub fn start_demo(
+        data_dir: &Path,
+        clock: Arc<dyn upsell_appliance::clock::Clock>,
+    ) -> TestServer {
+        let s = TestServer::start_with(
+            data_dir,
+            Options {
+                clock,
+                ..Options::default()
+            },
+        );
+        import_demo(&s.running().storage, &test_config(data_dir), STORE);
+        s
+    }
+
+    /// `GET /api/explain` for an order of the Shopify store: the status and the answer.
+    pub fn explain(&self, order: &str) -> (u16, serde_json::Value) {
+        let (code, body) = self.admin_get(&format!("/api/explain?store={STORE}&order={order}"));
+        (code, serde_json::from_str(&body).unwrap())
     }
 
     pub fn running(&self) -> &Running {
