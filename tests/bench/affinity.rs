@@ -20,42 +20,9 @@ use upsell_appliance::storage::affinity::ReadSettings;
 use upsell_appliance::storage::records::{EventHead, EventRecord, ParsedRecord};
 use upsell_appliance::storage::{self, NewEvent, Storage};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// Zipf(s = 1) over `n` products by inverse CDF on a table.
-struct Zipf(Vec<f64>);
-impl Zipf {
-    fn new(n: usize) -> Zipf {
-        let mut c = Vec::with_capacity(n);
-        let mut sum = 0.0;
-        for k in 1..=n {
-            sum += 1.0 / k as f64;
-            c.push(sum);
-        }
-        for x in &mut c {
-            *x /= sum;
-        }
-        Zipf(c)
-    }
-    fn draw(&self, r: &mut Rng) -> usize {
-        let u = r.unit();
-        self.0.partition_point(|&x| x < u).min(self.0.len() - 1)
-    }
-}
-
-const START_MS: i64 = 1_735_689_600_000; // 2025-01-01
-const SPAN_DAYS: i64 = 690;
+#[path = "synthetic.rs"]
+mod synthetic;
+use synthetic::{pct, Rng, Zipf, SPAN_DAYS, START_MS};
 
 fn basket(r: &mut Rng, z: &Zipf) -> Vec<usize> {
     // 1-8 items, mean ~3.
@@ -114,10 +81,6 @@ fn peak_rss_mb() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn main() {

@@ -32,39 +32,9 @@ use upsell_appliance::ops;
 use upsell_appliance::storage::affinity::ReadSettings;
 use upsell_appliance::storage::{self, Storage};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// Zipf(s = 1) over `n` products by inverse CDF on a table.
-struct Zipf(Vec<f64>);
-impl Zipf {
-    fn new(n: usize) -> Zipf {
-        let mut c = Vec::with_capacity(n);
-        let mut sum = 0.0;
-        for k in 1..=n {
-            sum += 1.0 / k as f64;
-            c.push(sum);
-        }
-        for x in &mut c {
-            *x /= sum;
-        }
-        Zipf(c)
-    }
-    fn draw(&self, r: &mut Rng) -> usize {
-        let u = r.unit();
-        self.0.partition_point(|&x| x < u).min(self.0.len() - 1)
-    }
-}
+#[path = "synthetic.rs"]
+mod synthetic;
+use synthetic::{pct, Rng, Zipf, SPAN_DAYS, START_MS};
 
 /// A fixed hash, for attributes of a product or a customer that stay the same everywhere.
 fn mix(x: u64) -> u64 {
@@ -74,8 +44,6 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-const START_MS: i64 = 1_735_689_600_000; // 2025-01-01
-const SPAN_DAYS: i64 = 690;
 const DAY: i64 = 86_400_000;
 const CATEGORIES: usize = 25;
 const STORE: &str = "bench";
@@ -273,10 +241,6 @@ fn baseline(salt: &[u8], identity: &str) -> u64 {
     }
     let bytes = mac.finalize().into_bytes();
     u64::from_le_bytes(bytes[..8].try_into().expect("32 bytes")) % 10_000
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn main() {
