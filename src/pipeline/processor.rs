@@ -370,14 +370,13 @@ impl<'s> Batch<'s> {
         for (key, state) in &self.orders {
             changes.put_order(&key.0, &key.1, state, self.newly_known(key, state))?;
             // Only orders in the store's currency count (unknown currency: all do).
-            let in_store_currency = |s: &OrderState| {
-                s.order
-                    .as_ref()
-                    .is_none_or(|o| self.currencies.get(&key.0).is_none_or(|c| *c == o.currency))
-            };
+            let in_store_currency = state
+                .order
+                .as_ref()
+                .is_none_or(|o| self.currencies.get(&key.0).is_none_or(|c| *c == o.currency));
             let before = self.counted_before.get(key).copied().flatten();
             let after = state.counted.map(|c| c.total);
-            if in_store_currency(state) {
+            if in_store_currency {
                 changes.plans.order_value(&key.0, before, after);
             }
         }

@@ -80,6 +80,14 @@ fn decode(b: &[u8]) -> Result<TouchRecord, Error> {
     codec::decode("touch record", TOUCH_V1, b)
 }
 
+/// A touch's record from any handle on the touches table.
+fn read(
+    touches: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Option<TouchRecord>, Error> {
+    touches.get(id)?.map(|v| decode(v.value())).transpose()
+}
+
 /// The touches a plan wants pending: none while held out or once the sequence is over;
 /// the thank-you page is served, not scheduled; what was sent stays sent.
 fn wanted(store: &str, rec: &PlanRecord) -> Vec<TouchRecord> {
@@ -129,11 +137,8 @@ pub(super) fn sync(
         .range((store, rec.order_id.as_str(), 0u64)..=(store, rec.order_id.as_str(), u64::MAX))?
     {
         let id = item?.0.value().2;
-        if let Some(t) = touches.get(id)? {
-            let t = decode(t.value())?;
-            if t.state.pending() {
-                pending.push((id, t));
-            }
+        if let Some(t) = read(&touches, id)?.filter(|t| t.state.pending()) {
+            pending.push((id, t));
         }
     }
     let want = wanted(store, rec);
@@ -173,8 +178,8 @@ impl Snapshot {
             .range((store, order, 0u64)..=(store, order, u64::MAX))?
         {
             let id = item?.0.value().2;
-            if let Some(t) = self.touches.get(id)? {
-                out.push((id, decode(t.value())?));
+            if let Some(t) = read(&self.touches, id)? {
+                out.push((id, t));
             }
         }
         Ok(out)
@@ -207,7 +212,7 @@ impl Snapshot {
 
 impl Snapshot {
     pub fn touch(&self, id: u64) -> Result<Option<TouchRecord>, Error> {
-        self.touches.get(id)?.map(|v| decode(v.value())).transpose()
+        read(&self.touches, id)
     }
 
     /// Touches handed to a channel and not recorded as sent.
@@ -263,7 +268,7 @@ impl Storage {
             let mut timers = tx.open_table(TIMERS)?;
             let mut sending = tx.open_table(SENDING)?;
             for &id in ids {
-                let Some(mut t) = touches.get(id)?.map(|v| decode(v.value())).transpose()? else {
+                let Some(mut t) = read(&touches, id)? else {
                     continue;
                 };
                 if !t.state.pending() {
@@ -290,7 +295,7 @@ impl Storage {
             let mut log = tx.open_table(SENT_LOG)?;
             let mut plans = tx.open_table(PLANS)?;
             for &id in ids {
-                let Some(mut t) = touches.get(id)?.map(|v| decode(v.value())).transpose()? else {
+                let Some(mut t) = read(&touches, id)? else {
                     continue;
                 };
                 if t.state != TouchState::Sending {
@@ -328,7 +333,7 @@ impl Storage {
             let mut timers = tx.open_table(TIMERS)?;
             let mut sending = tx.open_table(SENDING)?;
             for (id, d) in decisions {
-                let Some(mut t) = touches.get(*id)?.map(|v| decode(v.value())).transpose()? else {
+                let Some(mut t) = read(&touches, *id)? else {
                     continue;
                 };
                 if !(t.state.pending() || t.state == TouchState::Sending) {
