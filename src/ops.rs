@@ -703,7 +703,7 @@ pub fn explain(storage: &Storage, store: &str, order: &str) -> Result<serde_json
             Some((_, Some(crate::engine::Source::Import))) => {
                 "it was imported; imported orders are history and are never planned".to_string()
             }
-            Some(_) if snap.plan_queue(usize::MAX)?.iter().any(|q| q.0 == store && q.1 == order) => {
+            Some(_) if snap.queued(store, order)? => {
                 "it is waiting to be planned; try again in a moment".to_string()
             }
             Some(_) => "it arrived before this version planned offers, and has not changed since"

@@ -163,6 +163,11 @@ impl Snapshot {
         Ok(out)
     }
 
+    /// Whether an order waits to be planned.
+    pub fn queued(&self, store: &str, order: &str) -> Result<bool, Error> {
+        Ok(self.plan_queue.get((store, order))?.is_some())
+    }
+
     /// Why the first of `keys` on the suppression list is there, if one is.
     pub fn suppressed(&self, store: &str, keys: &[String]) -> Result<Option<Suppressed>, Error> {
         for key in keys {
