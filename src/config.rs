@@ -235,6 +235,15 @@ struct RawCadence {
     anticipation_days: Option<i64>,
 }
 
+/// An integer setting, or its default, if within `lo..=hi`; else what to write.
+fn in_range(key: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Result<i64, String> {
+    let v = v.unwrap_or(default);
+    if v < lo || v > hi {
+        return Err(format!("{key} = {v} is out of range; use {lo} to {hi}"));
+    }
+    Ok(v)
+}
+
 /// `[stores.offers]` into a policy; `key` names the table in messages.
 fn offers(
     raw: RawOffers,
@@ -285,12 +294,8 @@ fn offers(
     for r in &raw.urgency {
         p.urgency.insert(recipe("urgency", r)?);
     }
-    let ranged = |k: &str, v: Option<i64>, default: i64, lo: i64, hi: i64| -> Result<i64, String> {
-        let v = v.unwrap_or(default);
-        if v < lo || v > hi {
-            return Err(format!("{key}.{k} = {v} is out of range; use {lo} to {hi}"));
-        }
-        Ok(v)
+    let ranged = |k: &str, v: Option<i64>, default: i64, lo: i64, hi: i64| {
+        in_range(&format!("{key}.{k}"), v, default, lo, hi)
     };
     p.stock_threshold = ranged("stock_threshold", raw.stock_threshold, 10, 0, 1_000_000)?;
     if let Some(w) = raw.price_window {
@@ -549,17 +554,10 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
     if admin_token.len() < 16 || admin_token.starts_with(PLACEHOLDER) {
         return Err("admin_token is too short or still the placeholder; use at least 16 random characters (e.g. `openssl rand -hex 32`)".into());
     }
-    let ranged =
-        |key: &str, v: Option<i64>, default: i64, lo: i64, hi: i64| -> Result<usize, String> {
-            let v = v.unwrap_or(default);
-            if v < lo || v > hi {
-                return Err(format!("{key} = {v} is out of range; use {lo} to {hi}"));
-            }
-            Ok(v as usize)
-        };
-    let cache_size_mb = ranged("cache_size_mb", raw.cache_size_mb, 16, 1, 65_536)?;
-    let max_body_bytes = ranged("max_body_kb", raw.max_body_kb, 2048, 1, 1_048_576)? * 1024;
-    let http_workers = ranged("http_workers", raw.http_workers, 4, 1, 256)?;
+    let cache_size_mb = in_range("cache_size_mb", raw.cache_size_mb, 16, 1, 65_536)? as usize;
+    let max_body_bytes =
+        in_range("max_body_kb", raw.max_body_kb, 2048, 1, 1_048_576)? as usize * 1024;
+    let http_workers = in_range("http_workers", raw.http_workers, 4, 1, 256)? as usize;
     let a = raw.affinity.unwrap_or_default();
     let fraction = |key: &str, v: Option<f64>, default: f64| -> Result<f64, String> {
         let v = v.unwrap_or(default);
@@ -571,18 +569,19 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         Ok(v)
     };
     let affinity = AffinityConfig {
-        next_order_window_days: ranged(
+        next_order_window_days: in_range(
             "affinity.next_order_window_days",
             a.next_order_window_days,
             90,
             1,
             3650,
         )? as u32,
-        half_life_days: ranged("affinity.half_life_days", a.half_life_days, 180, 0, 36_500)? as u32,
+        half_life_days: in_range("affinity.half_life_days", a.half_life_days, 180, 0, 36_500)?
+            as u32,
         thresholds: crate::engine::affinity::Thresholds {
             strong: fraction("strong_confidence", a.strong_confidence, 0.10)?,
             moderate: fraction("moderate_confidence", a.moderate_confidence, 0.04)?,
-            min_pair_orders: ranged(
+            min_pair_orders: in_range(
                 "affinity.min_pair_orders",
                 a.min_pair_orders,
                 3,
