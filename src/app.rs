@@ -79,6 +79,8 @@ pub struct Running {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub storage: Arc<Storage>,
+    /// What the scheduler reports (start-up catch-up, rounds, errors).
+    pub scheduler_report: crate::pipeline::scheduler::SharedReport,
     stop: Arc<AtomicBool>,
     listeners: [Arc<Listener>; 2],
     workers: [Arc<Workers>; 2],
@@ -88,7 +90,7 @@ pub struct Running {
     writer: JoinHandle<()>,
     responder: JoinHandle<()>,
     processor: JoinHandle<()>,
-    scheduler: JoinHandle<()>,
+    scheduler: crate::pipeline::scheduler::Scheduler,
 }
 
 pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
@@ -152,12 +154,14 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
             .name("processor".into())
             .spawn(move || processor::run(storage, settings, committed_rx, stop))?
     };
+    let scheduler_report = crate::pipeline::scheduler::SharedReport::default();
     let scheduler = {
-        let (storage, stop, config, clock) = (
+        let (storage, stop, config, clock, scheduler_report) = (
             storage.clone(),
             stop.clone(),
             config.clone(),
             opts.clock.clone(),
+            scheduler_report.clone(),
         );
         let outbox =
             crate::outbound::outbox::Outbox::open(&config.data_dir).with_context(|| {
@@ -169,9 +173,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
                         .display()
                 )
             })?;
-        std::thread::Builder::new()
-            .name("scheduler".into())
-            .spawn(move || crate::pipeline::scheduler::run(storage, config, clock, outbox, stop))?
+        crate::pipeline::scheduler::start(storage, config, clock, outbox, scheduler_report, stop)?
     };
 
     let public_ctx = Arc::new(PublicCtx {
@@ -213,6 +215,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         public_addr: public.local_addr(),
         admin_addr: admin.local_addr(),
         storage,
+        scheduler_report,
         stop,
         listeners: [public, admin],
         workers,

@@ -28,6 +28,8 @@ pub struct Config {
     pub cache_size_mb: usize,
     pub max_body_bytes: usize,
     pub http_workers: usize,
+    /// Threads that decide and send due touches.
+    pub touch_workers: usize,
     pub stores: Vec<StoreConfig>,
     pub affinity: AffinityConfig,
     /// Where this configuration came from, for messages.
@@ -157,6 +159,7 @@ struct RawConfig {
     cache_size_mb: Option<i64>,
     max_body_kb: Option<i64>,
     http_workers: Option<i64>,
+    touch_workers: Option<i64>,
     #[allow(dead_code)] // consumed by the merge before deserializing
     secrets_file: Option<String>,
     #[serde(default)]
@@ -558,6 +561,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
     let max_body_bytes =
         in_range("max_body_kb", raw.max_body_kb, 2048, 1, 1_048_576)? as usize * 1024;
     let http_workers = in_range("http_workers", raw.http_workers, 4, 1, 256)? as usize;
+    let touch_workers = in_range("touch_workers", raw.touch_workers, 2, 1, 64)? as usize;
     let a = raw.affinity.unwrap_or_default();
     let fraction = |key: &str, v: Option<f64>, default: f64| -> Result<f64, String> {
         let v = v.unwrap_or(default);
@@ -708,6 +712,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         cache_size_mb,
         max_body_bytes,
         http_workers,
+        touch_workers,
         stores,
         affinity,
         origin,

@@ -1,131 +1,514 @@
-//! Fires due touches (issue 6, first version): every 100 ms (real time) it reads the
-//! touches due by the clock's now from the durable due index, decides again for each with
-//! `engine::due::on_due`, records deferrals and skips, and sends the rest through the
-//! outbox: marked `sending` durably, appended and synced, then recorded `sent`. At start it
-//! reconciles touches left in `sending` by a crash against the outbox's tail, so each
-//! touch goes out exactly once.
+//! Fires due touches. The durable timers (`storage::touches`) hold every pending touch;
+//! this module keeps only the near horizon in memory:
+//!
+//! - The `scheduler` thread holds a wheel: the timer keys due in the next [`HORIZON`] (at
+//!   most [`WHEEL_MAX`] of them), refilled by range scans as time moves and told of timers
+//!   written inside the loaded range (a new order's, a deferral's) by the storage's timer
+//!   feed. It sleeps until the next due time (or [`TICK`], so a test clock set by hand is
+//!   noticed) and hands due touches to the workers over crossbeam channels.
+//! - `touches-N` workers decide again with `engine::due::on_due`, record deferrals and
+//!   skips, and send the rest through the outbox: marked `sending` durably, appended and
+//!   synced, then recorded `sent`. Each customer's touches always go to the same worker, so
+//!   the caps see every earlier decision.
+//!
+//! At start, touches left in `sending` by a crash are reconciled against the outbox's tail,
+//! so each touch goes out exactly once; touches that fell due while stopped are counted and
+//! the misfire policy's outcome is logged and kept for `/api/status`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crate::engine::lifecycle::PlanRecord;
+use crossbeam_channel::{Receiver, Sender};
+use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::due::{on_due, Action, Due, Rules, State};
+use crate::engine::lifecycle::PlanRecord;
 use crate::engine::plan::{Channel, Offer};
 use crate::engine::Timestamp;
 use crate::outbound::outbox::{Outbox, OutboxLine};
 use crate::storage::plans::contact_keys;
-use crate::storage::touches::{Settle, TouchRecord};
+use crate::storage::touches::{Settle, TimerKey, TouchRecord};
 use crate::storage::{Error, Snapshot, Storage};
 
-/// Touches decided per round.
+/// Touches a worker decides in one round (three syncs: sending, the outbox, sent).
 const BATCH: usize = 1024;
+/// Touches handed to workers and not yet reported back, at most (per worker).
+const IN_FLIGHT: usize = 2 * BATCH;
+/// How far ahead, in clock time, the wheel holds timers.
+const HORIZON: i64 = 10 * 60_000;
+/// Most timer keys held in memory (16 bytes each, plus the tree's overhead).
+const WHEEL_MAX: usize = 100_000;
 /// How much of the outbox's tail a reconciliation reads (well over one round's lines).
 const TAIL_BYTES: u64 = 8 << 20;
-const POLL: Duration = Duration::from_millis(100);
+/// Longest sleep between two looks at the clock (real time).
+const TICK: Duration = Duration::from_millis(50);
+/// Pause after a failed round before the next (real time).
+const BACKOFF: Duration = Duration::from_secs(1);
 /// The scheduler's own latency, in real time: a touch this late is not stale.
 const LATENCY: Duration = Duration::from_millis(1100);
 const WEEK: i64 = 7 * 86_400_000;
 
 /// What a round did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Round {
     pub sent: usize,
     pub deferred: usize,
     pub skipped: usize,
 }
 
-/// Runs until `stop` is set: reconciles, reports what fell due while stopped, then fires.
-pub fn run(
+impl Round {
+    fn add(&mut self, o: Round) {
+        self.sent += o.sent;
+        self.deferred += o.deferred;
+        self.skipped += o.skipped;
+    }
+
+    fn total(&self) -> usize {
+        self.sent + self.deferred + self.skipped
+    }
+}
+
+/// What the scheduler tells `/api/status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub started_at: Option<String>,
+    /// Touches that fell due while the service was stopped.
+    pub late_at_start: u64,
+    /// What became of those so far (the misfire policy: fired within grace, skipped as
+    /// stale beyond it, deferred by the other rules).
+    pub late_outcome: Round,
+    /// Since start.
+    pub decided: Round,
+    pub in_memory: usize,
+    pub last_error: Option<String>,
+}
+
+pub type SharedReport = Arc<Mutex<Report>>;
+
+/// The scheduler's threads, to join at shutdown.
+pub struct Scheduler {
+    wheel: JoinHandle<()>,
+}
+
+impl Scheduler {
+    /// Joins the wheel thread, which joins its workers after they finish their round.
+    pub fn join(self) -> std::thread::Result<()> {
+        self.wheel.join()
+    }
+}
+
+/// Reconciles what a crash left in `sending`, then starts the wheel and `workers` workers.
+pub fn start(
     storage: Arc<Storage>,
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
-    mut outbox: Outbox,
+    outbox: Outbox,
+    report: SharedReport,
     stop: Arc<AtomicBool>,
-) {
+) -> std::io::Result<Scheduler> {
+    let outbox = Arc::new(Mutex::new(outbox));
     let started = clock.now();
-    match reconcile(&storage, &mut outbox, started) {
-        Ok((0, 0)) => {}
-        Ok((sent, again)) => eprintln!(
-            "scheduler: {sent} touches interrupted while sending were in the outbox (recorded sent), {again} were not (sent again)"
-        ),
-        Err(e) => eprintln!("scheduler: reconciling touches left in sending: {e}"),
-    }
-    let mut late = storage
-        .snapshot()
-        .and_then(|s| s.due_before(started, usize::MAX))
-        .map(|v| v.len())
-        .unwrap_or(0);
-    let mut catch_up = Round::default();
-    while !stop.load(Ordering::Relaxed) {
-        match fire_due(&storage, &config, clock.as_ref(), &mut outbox) {
-            Ok(r) => {
-                if late > 0 {
-                    catch_up.sent += r.sent;
-                    catch_up.deferred += r.deferred;
-                    catch_up.skipped += r.skipped;
-                    let done = r.sent + r.deferred + r.skipped;
-                    if done == 0 || done >= late {
-                        eprintln!(
-                            "scheduler: {late} touches came due while stopped: {} fired, {} deferred, {} skipped (misfire policy)",
-                            catch_up.sent, catch_up.deferred, catch_up.skipped
-                        );
-                        late = 0;
-                    } else {
-                        late -= done;
+    let wheel = std::thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || {
+            match reconcile_all(&storage, &outbox, started) {
+                Ok((0, 0)) => {}
+                Ok((sent, again)) => eprintln!(
+                    "scheduler: {sent} touches interrupted while sending were in the outbox (recorded sent), {again} were not (sent again)"
+                ),
+                Err(e) => eprintln!("scheduler: reconciling touches left in sending: {e}"),
+            }
+            let late = storage
+                .snapshot()
+                .and_then(|s| s.count_due_before(started))
+                .unwrap_or(0);
+            if late > 0 {
+                eprintln!(
+                    "scheduler: {late} touches fell due while the service was stopped; deciding them now (misfire policy)"
+                );
+            }
+            {
+                let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+                r.started_at = Some(started.to_rfc3339());
+                r.late_at_start = late;
+            }
+            let (done_tx, done_rx) = crossbeam_channel::unbounded();
+            let mut workers = Vec::new();
+            let mut queues = Vec::new();
+            for n in 0..config.touch_workers.max(1) {
+                let (tx, rx) = crossbeam_channel::unbounded::<Vec<u64>>();
+                let w = Worker {
+                    storage: storage.clone(),
+                    config: config.clone(),
+                    clock: clock.clone(),
+                    outbox: outbox.clone(),
+                    started,
+                };
+                let done = done_tx.clone();
+                match std::thread::Builder::new()
+                    .name(format!("touches-{n}"))
+                    .spawn(move || w.run(rx, done))
+                {
+                    Ok(h) => {
+                        workers.push(h);
+                        queues.push(tx);
                     }
-                }
-                if r == Round::default() {
-                    std::thread::sleep(POLL);
+                    Err(e) => eprintln!("scheduler: cannot start worker {n}: {e}"),
                 }
             }
-            Err(e) => {
-                eprintln!("scheduler: {e}; retrying in 1 s");
-                std::thread::sleep(Duration::from_secs(1));
-                // Touches a failed round left in `sending` are settled against the outbox
-                // before the next one, not only at the next start.
-                if let Err(e) = reconcile(&storage, &mut outbox, clock.now()) {
-                    eprintln!("scheduler: reconciling touches left in sending: {e}");
-                }
+            drop(done_tx);
+            if queues.is_empty() {
+                eprintln!("scheduler: no workers; touches are not sent");
+            } else {
+                Wheel::new(storage, clock, report, queues, done_rx, late).run(&stop);
             }
-        }
-    }
+            for w in workers {
+                let _ = w.join();
+            }
+        })?;
+    Ok(Scheduler { wheel })
 }
 
-/// Touches left in `sending`: recorded sent if the outbox has them, else due again now.
-pub fn reconcile(
+/// Touches left in `sending` (all of them: run before any worker starts).
+fn reconcile_all(
     storage: &Storage,
-    outbox: &mut Outbox,
+    outbox: &Mutex<Outbox>,
     now: Timestamp,
 ) -> Result<(usize, usize), Error> {
-    if storage.snapshot()?.sending()?.is_empty() {
+    let ids = storage.snapshot()?.sending()?;
+    reconcile(storage, outbox, &ids, now)
+}
+
+/// Of `ids`, those still in `sending`: recorded sent if the outbox has them, else due again
+/// now.
+fn reconcile(
+    storage: &Storage,
+    outbox: &Mutex<Outbox>,
+    ids: &[u64],
+    now: Timestamp,
+) -> Result<(usize, usize), Error> {
+    if ids.is_empty() {
         return Ok((0, 0));
     }
+    let mut outbox = outbox.lock().unwrap_or_else(|p| p.into_inner());
     let delivered = outbox
         .recent_ids(TAIL_BYTES)
         .map_err(|e| Error::Codec(format!("reading {}: {e}", outbox.path().display())))?;
-    storage.reconcile_sending(&delivered, now)
+    storage.reconcile_sending(ids, &delivered, now)
 }
 
-/// One round: every touch due now (at most [`BATCH`]), decided and recorded.
-pub fn fire_due(
+/// A worker's report on one round.
+struct Done {
+    ids: Vec<u64>,
+    result: Result<Round, String>,
+    /// Of those decided, the ones that fell due while the service was stopped.
+    late: Round,
+}
+
+/// The in-memory near horizon, and the dispatch to workers.
+struct Wheel {
+    storage: Arc<Storage>,
+    clock: Arc<dyn Clock>,
+    report: SharedReport,
+    queues: Vec<Sender<Vec<u64>>>,
+    done: Receiver<Done>,
+    due: BTreeSet<TimerKey>,
+    /// Every pending timer with a key below this is in `due`, `parked` or at a worker.
+    loaded: TimerKey,
+    /// Touches at a worker, per worker.
+    in_flight: HashMap<u64, usize>,
+    busy: Vec<usize>,
+    /// Keys popped while their touch was at a worker: back into `due` when it reports.
+    parked: Vec<TimerKey>,
+    /// Touches that fell due while stopped and are not decided yet.
+    late_left: u64,
+    paused_until: Option<Instant>,
+    /// Due touches wait for a worker to report back.
+    blocked: bool,
+}
+
+impl Wheel {
+    fn new(
+        storage: Arc<Storage>,
+        clock: Arc<dyn Clock>,
+        report: SharedReport,
+        queues: Vec<Sender<Vec<u64>>>,
+        done: Receiver<Done>,
+        late: u64,
+    ) -> Wheel {
+        let n = queues.len();
+        Wheel {
+            storage,
+            clock,
+            report,
+            queues,
+            done,
+            due: BTreeSet::new(),
+            loaded: (i64::MIN, 0),
+            in_flight: HashMap::new(),
+            busy: vec![0; n],
+            parked: Vec::new(),
+            late_left: late,
+            paused_until: None,
+            blocked: false,
+        }
+    }
+
+    fn run(mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(e) = self.step() {
+                self.failed(format!("scheduler: {e}; retrying in {BACKOFF:?}"));
+            }
+            self.wait();
+        }
+        // Dropping the queues ends the workers once their round is recorded.
+    }
+
+    /// Learns of new timers, refills, and dispatches what is due.
+    fn step(&mut self) -> Result<(), Error> {
+        if self.paused_until.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        self.paused_until = None;
+        let now = self.clock.now().0;
+        let feed = self.storage.take_new_timers();
+        let snap = self.storage.snapshot()?;
+        for k in feed.keys {
+            if k < self.loaded {
+                self.due.insert(k);
+            }
+        }
+        if let Some(from) = feed.rescan_from {
+            let keys = snap.timers_between((from, 0), self.loaded, usize::MAX)?;
+            self.due.extend(keys);
+        }
+        let end = (now.saturating_add(HORIZON), 0);
+        if self.loaded < end && self.due.len() < WHEEL_MAX {
+            let room = WHEEL_MAX - self.due.len();
+            let keys = snap.timers_between(self.loaded, end, room)?;
+            self.loaded = match keys.last() {
+                Some(&(due, id)) if keys.len() == room => (due, id + 1),
+                _ => end,
+            };
+            self.due.extend(keys);
+        }
+        self.dispatch(&snap, now)
+    }
+
+    /// Hands the due touches to their workers, in due order, until the next one's worker
+    /// is full (it reports back before more go its way).
+    fn dispatch(&mut self, snap: &Snapshot, now: i64) -> Result<(), Error> {
+        let n = self.queues.len();
+        let mut batches: Vec<Vec<u64>> = vec![Vec::new(); n];
+        self.blocked = false;
+        while let Some(&key) = self.due.first() {
+            if key.0 > now {
+                break;
+            }
+            let id = key.1;
+            if self.in_flight.contains_key(&id) {
+                self.due.pop_first();
+                self.parked.push(key);
+                continue;
+            }
+            let Some(t) = snap.touch(id)? else {
+                self.due.pop_first();
+                continue;
+            };
+            if !t.state.pending() || t.due_at.0 != key.0 {
+                // Sent, skipped or moved since this key was loaded: its current key (if
+                // any) is in the wheel or beyond it.
+                self.due.pop_first();
+                continue;
+            }
+            let w = shard(&t, n);
+            if self.busy[w] + batches[w].len() >= IN_FLIGHT {
+                self.blocked = true;
+                break;
+            }
+            self.due.pop_first();
+            batches[w].push(id);
+        }
+        for (w, ids) in batches.into_iter().enumerate() {
+            if ids.is_empty() {
+                continue;
+            }
+            for &id in &ids {
+                self.in_flight.insert(id, w);
+            }
+            self.busy[w] += ids.len();
+            if self.queues[w].send(ids).is_err() {
+                return Err(Error::Codec(format!("touch worker {w} has stopped")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps until the next due time, a worker's report, or a tick.
+    fn wait(&mut self) {
+        let now = self.clock.now().0;
+        let mut sleep = TICK;
+        if let (Some(&(due, _)), false) = (self.due.first(), self.blocked) {
+            let real_ms = ((due - now).max(0) as f64 / self.clock.scale()) as u64;
+            sleep = sleep.min(Duration::from_millis(real_ms));
+        }
+        if let Some(t) = self.paused_until {
+            sleep = t.saturating_duration_since(Instant::now()).min(TICK);
+        }
+        let mut first = true;
+        loop {
+            let got = if first {
+                self.done.recv_timeout(sleep).ok()
+            } else {
+                self.done.try_recv().ok()
+            };
+            first = false;
+            let Some(d) = got else { break };
+            self.finished(d);
+        }
+    }
+
+    fn finished(&mut self, d: Done) {
+        for id in &d.ids {
+            if let Some(w) = self.in_flight.remove(id) {
+                self.busy[w] -= 1;
+            }
+        }
+        if !self.parked.is_empty() {
+            let parked = std::mem::take(&mut self.parked);
+            for k in parked {
+                if self.in_flight.contains_key(&k.1) {
+                    self.parked.push(k);
+                } else {
+                    self.due.insert(k);
+                }
+            }
+        }
+        let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        r.in_memory = self.due.len();
+        match d.result {
+            Ok(round) => {
+                r.decided.add(round);
+                if d.late.total() > 0 {
+                    r.late_outcome.add(d.late);
+                    self.late_left = self.late_left.saturating_sub(d.late.total() as u64);
+                    if self.late_left == 0 {
+                        let o = r.late_outcome;
+                        eprintln!(
+                            "scheduler: of {} touches that fell due while stopped, {} fired, {} deferred, {} skipped (misfire policy)",
+                            r.late_at_start, o.sent, o.deferred, o.skipped
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                drop(r);
+                // The round's touches are pending again (or reconciled): back into the
+                // wheel at their keys as they stand, after a pause.
+                if let Ok(snap) = self.storage.snapshot() {
+                    for id in &d.ids {
+                        if let Ok(Some(t)) = snap.touch(*id) {
+                            if t.state.pending() && (t.due_at.0, *id) < self.loaded {
+                                self.due.insert((t.due_at.0, *id));
+                            }
+                        }
+                    }
+                }
+                self.failed(e);
+            }
+        }
+    }
+
+    fn failed(&mut self, e: String) {
+        eprintln!("{e}");
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(e);
+        self.paused_until = Some(Instant::now() + BACKOFF);
+    }
+}
+
+/// The worker a touch goes to: by customer (so one worker sees all of a customer's
+/// messages and the caps hold), else by order.
+fn shard(t: &TouchRecord, n: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.store.hash(&mut h);
+    match t.customer {
+        Some(c) => c.hash(&mut h),
+        None => t.order.hash(&mut h),
+    }
+    (h.finish() % n as u64) as usize
+}
+
+struct Worker {
+    storage: Arc<Storage>,
+    config: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    outbox: Arc<Mutex<Outbox>>,
+    started: Timestamp,
+}
+
+impl Worker {
+    fn run(self, rx: Receiver<Vec<u64>>, done: Sender<Done>) {
+        while let Ok(mut ids) = rx.recv() {
+            // Whatever queued up meanwhile goes in the same round.
+            while ids.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(more) => ids.extend(more),
+                    Err(_) => break,
+                }
+            }
+            let mut late = Round::default();
+            let result = self.fire(&ids, &mut late).map_err(|e| {
+                // What this round left in `sending` is settled against the outbox now.
+                if let Err(e) = reconcile(&self.storage, &self.outbox, &ids, self.clock.now()) {
+                    eprintln!("scheduler: reconciling touches left in sending: {e}");
+                }
+                format!("scheduler: {e}; retrying in {BACKOFF:?}")
+            });
+            if done.send(Done { ids, result, late }).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// One round: decides the touches `ids` that are still pending and due, and records
+    /// what became of each.
+    fn fire(&self, ids: &[u64], late: &mut Round) -> Result<Round, Error> {
+        fire(
+            &self.storage,
+            &self.config,
+            self.clock.as_ref(),
+            &self.outbox,
+            ids,
+            self.started,
+            late,
+        )
+    }
+}
+
+/// Decides and records the touches `ids` that are pending and due by the clock's now.
+/// `late` counts the outcome of those that fell due before `started`.
+pub fn fire(
     storage: &Storage,
     config: &Config,
     clock: &dyn Clock,
-    outbox: &mut Outbox,
+    outbox: &Mutex<Outbox>,
+    ids: &[u64],
+    started: Timestamp,
+    late: &mut Round,
 ) -> Result<Round, Error> {
     let now = clock.now();
     // A second of real time: from the webhook to the plan, and between two rounds.
     let latency_ms = (LATENCY.as_secs_f64() * 1000.0 * clock.scale()) as i64;
     let snap = storage.snapshot()?;
-    let due = snap.due_before(Timestamp(now.0 + 1), BATCH)?;
-    if due.is_empty() {
-        return Ok(Round::default());
-    }
     let mut round = Round::default();
     let mut settle = Vec::new();
     let mut send = Vec::new();
@@ -133,8 +516,16 @@ pub fn fire_due(
     let mut offers: HashMap<u64, Option<Offer>> = HashMap::new();
     // Messages decided in this round count for the caps of the next ones.
     let mut overlay: HashMap<(String, u64), Vec<(Timestamp, Channel)>> = HashMap::new();
-    for (_, id) in due {
+    let mut late_ids = HashSet::new();
+    for &id in ids {
         let Some(t) = snap.touch(id)? else { continue };
+        if !t.state.pending() || t.due_at > now {
+            continue;
+        }
+        let was_late = t.due_at < started;
+        if was_late {
+            late_ids.insert(id);
+        }
         let plan = snap.plan(&t.store, &t.order)?;
         let action = decide(&snap, config, latency_ms, &t, plan.as_ref(), &overlay, now)?;
         match action {
@@ -151,34 +542,39 @@ pub fn fire_due(
             }
             Action::Defer { until, reason } => {
                 round.deferred += 1;
+                late.deferred += usize::from(was_late);
                 settle.push((id, Settle::Defer { until, reason }));
             }
             Action::Skip { reason } => {
                 round.skipped += 1;
+                late.skipped += usize::from(was_late);
                 settle.push((id, Settle::Skip { reason }));
             }
         }
     }
     storage.settle(&settle)?;
-    let sending = storage.begin_sending(&send)?;
-    let mut lines = Vec::with_capacity(sending.len());
-    for (id, t) in &sending {
-        let offer = offers.remove(id).flatten();
-        lines.push(line(*id, t, offer.as_ref(), now));
+    if send.is_empty() {
+        return Ok(round);
     }
-    if let Err(e) = outbox.send(&lines) {
-        // Some lines may be durable: the ones that are count as sent, the rest are due
-        // again; nothing is lost and nothing goes out twice.
-        let (sent, _) = reconcile(storage, outbox, now)?;
-        return Err(Error::Codec(format!(
-            "writing {}: {e} ({sent} of {} touches made it)",
-            outbox.path().display(),
-            lines.len()
-        )));
+    let sending = storage.begin_sending(&send)?;
+    let lines: Vec<OutboxLine> = sending
+        .iter()
+        .map(|(id, t)| line(*id, t, offers.remove(id).flatten().as_ref(), now))
+        .collect();
+    {
+        let mut outbox = outbox.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = outbox.send(&lines) {
+            return Err(Error::Codec(format!(
+                "writing {}: {e} ({} touches to reconcile)",
+                outbox.path().display(),
+                lines.len()
+            )));
+        }
     }
     let ids: Vec<u64> = sending.iter().map(|(id, _)| *id).collect();
     storage.finish_sent(&ids, now)?;
     round.sent = ids.len();
+    late.sent += ids.iter().filter(|id| late_ids.contains(id)).count();
     Ok(round)
 }
 

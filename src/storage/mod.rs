@@ -164,6 +164,8 @@ pub struct Storage {
     /// Held by whoever applies orders (the processor, an import, a rebuild), so their
     /// snapshot-then-write batches never interleave.
     applying: std::sync::Mutex<()>,
+    /// Timers written since the scheduler last looked (see [`touches::TimerFeed`]).
+    pub(crate) timer_feed: touches::TimerFeed,
 }
 
 impl Storage {
@@ -198,6 +200,7 @@ impl Storage {
             db,
             path,
             applying: std::sync::Mutex::new(()),
+            timer_feed: Default::default(),
         };
         storage.init_schema()?;
         Ok(Arc::new(storage))

@@ -314,6 +314,7 @@ impl Storage {
     /// processor's batches: a crash before the next durable commit leaves the queue
     /// entries in place, and planning them again changes nothing.
     pub fn write_plans(&self, w: &PlanWrites) -> Result<(), Error> {
+        let mut timers = Vec::new();
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::None)?;
         {
@@ -323,7 +324,7 @@ impl Storage {
                     (store.as_str(), rec.order_id.as_str()),
                     encode_plan(rec)?.as_slice(),
                 )?;
-                super::touches::sync(&tx, store, rec)?;
+                super::touches::sync(&tx, store, rec, &mut timers)?;
             }
             let mut queue = tx.open_table(PLAN_QUEUE)?;
             for (store, order) in &w.done {
@@ -331,6 +332,7 @@ impl Storage {
             }
         }
         tx.commit()?;
+        self.timer_feed.push(&timers);
         Ok(())
     }
 

@@ -14,6 +14,49 @@ use crate::engine::Timestamp;
 
 const TOUCH_V1: u8 = 1;
 const NEXT_TOUCH_ID: &str = "next_touch_id";
+/// Timer keys the feed holds before it collapses them into "rescan from the earliest".
+const FEED_MAX: usize = 65_536;
+
+/// A timer's key: (due time ms, touch id).
+pub type TimerKey = (i64, u64);
+
+/// The timers written since the scheduler last looked, so its in-memory wheel learns of
+/// touches that fall due inside the horizon it already loaded (a new order's, a
+/// deferral's) without scanning. Filled after each commit that writes timers.
+#[derive(Default)]
+pub struct TimerFeed(std::sync::Mutex<Feed>);
+
+/// What the scheduler takes from the feed.
+#[derive(Debug, Default, PartialEq)]
+pub struct Feed {
+    pub keys: Vec<TimerKey>,
+    /// Set when more keys were written than the feed holds (nobody took them, or a flood):
+    /// every timer from this due time on may be new.
+    pub rescan_from: Option<i64>,
+}
+
+impl TimerFeed {
+    pub(super) fn push(&self, keys: &[TimerKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let earliest = keys.iter().map(|k| k.0).min();
+        if f.rescan_from.is_some() || f.keys.len() + keys.len() > FEED_MAX {
+            let from = f
+                .keys
+                .iter()
+                .map(|k| k.0)
+                .chain(earliest)
+                .chain(f.rescan_from)
+                .min();
+            f.keys = Vec::new();
+            f.rescan_from = from;
+        } else {
+            f.keys.extend_from_slice(keys);
+        }
+    }
+}
 
 /// Where a touch stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +131,13 @@ fn read(
     touches.get(id)?.map(|v| decode(v.value())).transpose()
 }
 
+/// The next touch id, from any handle on the meta table.
+fn next_id(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, Error> {
+    Ok(meta.get(NEXT_TOUCH_ID)?.map_or(1, |v| {
+        u64::from_le_bytes(v.value().try_into().unwrap_or([0; 8])).max(1)
+    }))
+}
+
 /// The touches a plan wants pending: none while held out or once the sequence is over;
 /// the thank-you page is served, not scheduled; what was sent stays sent.
 fn wanted(store: &str, rec: &PlanRecord) -> Vec<TouchRecord> {
@@ -125,6 +175,7 @@ pub(super) fn sync(
     tx: &redb::WriteTransaction,
     store: &str,
     rec: &PlanRecord,
+    written: &mut Vec<TimerKey>,
 ) -> Result<(), Error> {
     if rec.status != Status::Active {
         return Ok(());
@@ -155,14 +206,13 @@ pub(super) fn sync(
         touches.insert(id, encode(&t)?.as_slice())?;
     }
     let mut meta = tx.open_table(META)?;
-    let mut next = meta.get(NEXT_TOUCH_ID)?.map_or(1, |v| {
-        u64::from_le_bytes(v.value().try_into().unwrap_or([0; 8])).max(1)
-    });
+    let mut next = next_id(&meta)?;
     for t in want {
         let id = next;
         next += 1;
         touches.insert(id, encode(&t)?.as_slice())?;
         timers.insert((t.due_at.0, id), ())?;
+        written.push((t.due_at.0, id));
         by_order.insert((store, rec.order_id.as_str(), id), ())?;
     }
     meta.insert(NEXT_TOUCH_ID, &next.to_le_bytes()[..])?;
@@ -191,16 +241,38 @@ impl Snapshot {
         until: Timestamp,
         limit: usize,
     ) -> Result<Vec<(Timestamp, u64)>, Error> {
+        Ok(self
+            .timers_between((i64::MIN, 0), (until.0, 0), limit)?
+            .into_iter()
+            .map(|(due, id)| (Timestamp(due), id))
+            .collect())
+    }
+
+    /// Timer keys in `from..until`, in order, at most `limit`.
+    pub fn timers_between(
+        &self,
+        from: TimerKey,
+        until: TimerKey,
+        limit: usize,
+    ) -> Result<Vec<TimerKey>, Error> {
         let mut out = Vec::new();
-        for item in self
-            .timers
-            .range((i64::MIN, 0u64)..(until.0, 0u64))?
-            .take(limit)
-        {
-            let (due, id) = item?.0.value();
-            out.push((Timestamp(due), id));
+        if from >= until {
+            return Ok(out);
+        }
+        for item in self.timers.range(from..until)?.take(limit) {
+            out.push(item?.0.value());
         }
         Ok(out)
+    }
+
+    /// How many touches are pending with a due time before `until`.
+    pub fn count_due_before(&self, until: Timestamp) -> Result<u64, Error> {
+        let mut n = 0;
+        for item in self.timers.range((i64::MIN, 0u64)..(until.0, 0u64))? {
+            item?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// How many touches are pending.
@@ -211,6 +283,12 @@ impl Snapshot {
 }
 
 impl Snapshot {
+    /// The id the next scheduled touch gets (one planning pass numbers its touches in
+    /// order).
+    pub fn next_touch_id(&self) -> Result<u64, Error> {
+        next_id(&self.meta)
+    }
+
     pub fn touch(&self, id: u64) -> Result<Option<TouchRecord>, Error> {
         read(&self.touches, id)
     }
@@ -326,6 +404,7 @@ impl Storage {
 
     /// Records deferrals (the touch is due again later) and skips.
     pub fn settle(&self, decisions: &[(u64, Settle)]) -> Result<(), Error> {
+        let mut written = Vec::new();
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         {
@@ -348,6 +427,7 @@ impl Storage {
                             reason: reason.clone(),
                         };
                         timers.insert((t.due_at.0, *id), ())?;
+                        written.push((t.due_at.0, *id));
                     }
                     Settle::Skip { reason } => {
                         t.state = TouchState::Skipped {
@@ -359,19 +439,29 @@ impl Storage {
             }
         }
         tx.commit()?;
+        self.timer_feed.push(&written);
         Ok(())
     }
 
-    /// After a crash: touches left in `sending` that the channel has (`delivered`) are
-    /// recorded as sent; the others are due again at once.
+    /// The timers written since the last call.
+    pub fn take_new_timers(&self) -> Feed {
+        std::mem::take(&mut *self.timer_feed.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// After a crash or a failed send: of the touches `ids` (those in `sending`; others
+    /// are left alone), the ones the channel has (`delivered`) are recorded as sent, the
+    /// others are due again at once.
     pub fn reconcile_sending(
         &self,
+        ids: &[u64],
         delivered: &std::collections::HashSet<String>,
         now: Timestamp,
     ) -> Result<(usize, usize), Error> {
-        let ids = self.snapshot()?.sending()?;
+        let sending: std::collections::HashSet<u64> =
+            self.snapshot()?.sending()?.into_iter().collect();
         let (sent, again): (Vec<u64>, Vec<u64>) = ids
-            .into_iter()
+            .iter()
+            .filter(|id| sending.contains(id))
             .partition(|id| delivered.contains(&id.to_string()));
         self.finish_sent(&sent, now)?;
         let retry: Vec<(u64, Settle)> = again
@@ -522,7 +612,11 @@ mod tests {
         assert!(s.begin_sending(&[1]).unwrap().is_empty(), "not twice");
         let delivered = std::collections::HashSet::from(["1".to_string()]);
         let now = Timestamp(T0 + 4 * 86_400_000);
-        assert_eq!(s.reconcile_sending(&delivered, now).unwrap(), (1, 1));
+        let sending = s.snapshot().unwrap().sending().unwrap();
+        assert_eq!(
+            s.reconcile_sending(&sending, &delivered, now).unwrap(),
+            (1, 1)
+        );
         assert_eq!(
             states(&s),
             ["1 touch1 sent", "2 touch2 deferred", "3 winback scheduled"]
