@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod money;
 pub mod plan;
+pub mod tz;
 
 pub use model::*;
 pub use money::{Currency, MoneyError};
