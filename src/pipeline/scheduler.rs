@@ -632,6 +632,13 @@ fn decide(
     if let Some(c) = t.customer {
         sent.extend(overlay.get(&(t.store.clone(), c)).into_iter().flatten());
     }
+    // Quiet hours in the customer's zone: the shipping address's, else the store's.
+    let tz = order
+        .as_ref()
+        .and_then(|o| o.order.as_ref())
+        .and_then(|o| o.shipping.as_ref())
+        .and_then(|r| crate::engine::tz::of_address(r.country.as_deref()?, r.province.as_deref()))
+        .unwrap_or(store.timezone);
     let state = State {
         status: &plan.status,
         refunded_at: plan.refunded_at,
@@ -642,7 +649,7 @@ fn decide(
         offer_stock,
         delivered_at,
         sent: &sent,
-        tz: store.timezone,
+        tz,
     };
     let touch = Due {
         kind: t.kind,
