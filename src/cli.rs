@@ -1287,7 +1287,8 @@ fn order(config: &Config, action: OrderAction) -> anyhow::Result<ExitCode> {
         api += &format!("&at={}", percent_encode(at));
     }
     let (v, source) = via_service_or_file(config, "POST", &api, |s| {
-        crate::ops::order_delivered(s, &store, &order, at.as_deref(), now).map_err(ops_err)
+        let cfg = config.pick_store(Some(&store))?;
+        crate::ops::order_delivered(s, cfg, &order, at.as_deref(), now).map_err(ops_err)
     })?;
     if json {
         println!("{v}");

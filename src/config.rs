@@ -97,6 +97,9 @@ pub struct StoreConfig {
     pub timezone: chrono_tz::Tz,
     /// `[stores.offers]`: how offers are decided.
     pub offers: crate::engine::plan::Policy,
+    /// `[stores.touches]`: the rules a due touch is decided by (caps, quiet hours, grace).
+    pub rules: crate::engine::due::Rules,
+    pub delivery: crate::engine::due::DeliveryRules,
 }
 
 impl Config {
@@ -189,6 +192,131 @@ struct RawStore {
     timezone: Option<String>,
     webhook_secret_header: Option<String>,
     offers: Option<RawOffers>,
+    touches: Option<RawTouches>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTouches {
+    emails_per_week: Option<i64>,
+    sms_per_week: Option<i64>,
+    messages_per_week: Option<i64>,
+    sms_quiets_email_hours: Option<i64>,
+    quiet_from_hour: Option<i64>,
+    quiet_until_hour: Option<i64>,
+    grace_touch1_minutes: Option<i64>,
+    grace_sms_minutes: Option<i64>,
+    grace_later_hours: Option<i64>,
+    page_signal_minutes: Option<i64>,
+    delivery_events: Option<bool>,
+    transit_days: Option<i64>,
+}
+
+/// `[stores.touches]` into the due-time rules; `key` names the table in messages.
+fn touch_rules(
+    raw: RawTouches,
+    stock_threshold: i64,
+    key: &str,
+) -> Result<(crate::engine::due::Rules, crate::engine::due::DeliveryRules), String> {
+    use crate::engine::due::{Caps, DeliveryRules, Grace, Rules};
+    let (d, c, g) = (Rules::default(), Caps::default(), Grace::default());
+    let r = |k: &str, v: Option<i64>, default: i64, lo: i64, hi: i64| {
+        in_range(&format!("{key}.{k}"), v, default, lo, hi)
+    };
+    const MIN: i64 = 60_000;
+    let rules = Rules {
+        caps: Caps {
+            emails_per_week: r(
+                "emails_per_week",
+                raw.emails_per_week,
+                c.emails_per_week as i64,
+                1,
+                100,
+            )? as usize,
+            sms_per_week: r(
+                "sms_per_week",
+                raw.sms_per_week,
+                c.sms_per_week as i64,
+                1,
+                100,
+            )? as usize,
+            messages_per_week: r(
+                "messages_per_week",
+                raw.messages_per_week,
+                c.messages_per_week as i64,
+                1,
+                100,
+            )? as usize,
+            sms_quiets_email_hours: r(
+                "sms_quiets_email_hours",
+                raw.sms_quiets_email_hours,
+                c.sms_quiets_email_hours,
+                0,
+                168,
+            )?,
+        },
+        quiet_from: r(
+            "quiet_from_hour",
+            raw.quiet_from_hour,
+            d.quiet_from as i64,
+            0,
+            23,
+        )? as u32,
+        quiet_until: r(
+            "quiet_until_hour",
+            raw.quiet_until_hour,
+            d.quiet_until as i64,
+            0,
+            23,
+        )? as u32,
+        grace: Grace {
+            page: g.page,
+            touch1: r(
+                "grace_touch1_minutes",
+                raw.grace_touch1_minutes,
+                g.touch1 / MIN,
+                1,
+                7 * 1440,
+            )? * MIN,
+            sms: r(
+                "grace_sms_minutes",
+                raw.grace_sms_minutes,
+                g.sms / MIN,
+                1,
+                7 * 1440,
+            )? * MIN,
+            later: r(
+                "grace_later_hours",
+                raw.grace_later_hours,
+                g.later / (60 * MIN),
+                1,
+                60 * 24,
+            )? * 60
+                * MIN,
+        },
+        page_signal_buffer_ms: r(
+            "page_signal_minutes",
+            raw.page_signal_minutes,
+            d.page_signal_buffer_ms / MIN,
+            0,
+            1440,
+        )? * MIN,
+        stock_threshold,
+        ..d
+    };
+    let delivery = DeliveryRules {
+        events: raw
+            .delivery_events
+            .unwrap_or(DeliveryRules::default().events),
+        transit_days: r(
+            "transit_days",
+            raw.transit_days,
+            DeliveryRules::default().transit_days,
+            0,
+            90,
+        )?,
+    };
+    Ok((rules, delivery))
 }
 
 #[derive(Deserialize, Default)]
@@ -231,6 +359,7 @@ struct RawCadence {
     touch1_minutes: Option<i64>,
     sms_minutes: Option<i64>,
     touch2_days: Option<i64>,
+    touch2_days_after_delivery: Option<i64>,
     review_days_after_delivery: Option<i64>,
     expected_delivery_days: Option<i64>,
     touch3_days: Option<i64>,
@@ -383,6 +512,12 @@ fn offers(
         )?,
         sms_minutes: ck("sms_minutes", c.sms_minutes, d.sms_minutes, 7 * 1440)?,
         touch2_days: ck("touch2_days", c.touch2_days, d.touch2_days, 365)?,
+        touch2_days_after_delivery: ck(
+            "touch2_days_after_delivery",
+            c.touch2_days_after_delivery,
+            d.touch2_days_after_delivery,
+            365,
+        )?,
         review_days_after_delivery: ck(
             "review_days_after_delivery",
             c.review_days_after_delivery,
@@ -692,8 +827,15 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
             (_, None) => String::new(),
         };
         let offers = offers(s.offers.unwrap_or_default(), currency, &key("offers"))?;
+        let (rules, delivery) = touch_rules(
+            s.touches.unwrap_or_default(),
+            offers.stock_threshold,
+            &key("touches"),
+        )?;
         stores.push(StoreConfig {
             offers,
+            rules,
+            delivery,
             id,
             platform,
             domain,
@@ -794,6 +936,45 @@ mod tests {
         ] {
             let err = with_offers(offers).unwrap_err().to_string();
             assert!(err.contains(says), "{offers}: {err}");
+        }
+    }
+
+    #[test]
+    fn touch_rules_are_read_and_checked() {
+        let c = with_offers(
+            "[stores.touches]
+emails_per_week = 3
+quiet_from_hour = 20
+grace_touch1_minutes = 60
+delivery_events = false
+transit_days = 6
+",
+        )
+        .unwrap();
+        let s = &c.stores[0];
+        assert_eq!(s.rules.caps.emails_per_week, 3);
+        assert_eq!(
+            s.rules.caps.sms_per_week, 1,
+            "unset keys keep their defaults"
+        );
+        assert_eq!(s.rules.quiet_from, 20);
+        assert_eq!(s.rules.grace.touch1, 3_600_000);
+        assert_eq!(s.rules.stock_threshold, s.offers.stock_threshold);
+        assert!(!s.delivery.events);
+        assert_eq!(s.delivery.transit_days, 6);
+        for (touches, says) in [
+            (
+                "quiet_until_hour = 24",
+                "stores[0].touches.quiet_until_hour = 24 is out of range; use 0 to 23",
+            ),
+            ("emails_per_week = 0", "emails_per_week = 0 is out of range"),
+            ("delivery_events = \"no\"", "invalid type"),
+            ("grace = 1", "unknown field `grace`"),
+        ] {
+            let err = with_offers(&format!("[stores.touches]\n{touches}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{touches}: {err}");
         }
     }
 }

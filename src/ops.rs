@@ -748,7 +748,8 @@ pub fn explain(storage: &Storage, store: &str, order: &str) -> Result<serde_json
             json!({"kind": t.kind.as_str(), "channel": t.channel.as_str(),
                 "due_at": t.due_at.to_rfc3339(), "after_delivery": t.after_delivery,
                 "sent": rec.sent.contains(&t.kind),
-                "touch_id": timer.map(|(id, _)| id), "state": state, "state_reason": note})
+                "touch_id": timer.map(|(id, _)| id), "state": state, "state_reason": note,
+                "timer_due_at": timer.map(|(_, x)| x.due_at.to_rfc3339())})
         })
         .collect();
     let variants: serde_json::Map<String, serde_json::Value> = p
@@ -845,11 +846,13 @@ pub fn offer_response(
 /// delivery events); the review request waits for one.
 pub fn order_delivered(
     storage: &Storage,
-    store: &str,
+    store: &crate::config::StoreConfig,
     order: &str,
     at: Option<&str>,
     now: Timestamp,
 ) -> Result<serde_json::Value, OpsError> {
+    let cfg = store;
+    let store = cfg.id.as_str();
     let id = known_order(storage, store, order)?;
     let at = match at {
         None => now,
@@ -861,6 +864,12 @@ pub fn order_delivered(
                 ))
             })?,
     };
-    storage.set_delivered(store, &id, at)?;
+    // Moves the review request and touch-2 with the delivery.
+    let facts = crate::engine::due::DeliveryFacts {
+        delivered_at: Some(at),
+        ..Default::default()
+    };
+    let anchors = crate::engine::due::anchors(&facts, &cfg.delivery, &cfg.offers.cadence);
+    storage.set_delivered(store, &id, at, &anchors)?;
     Ok(json!({"store": store, "order": id, "delivered_at": at.to_rfc3339()}))
 }

@@ -110,6 +110,70 @@ impl Default for Rules {
     }
 }
 
+/// What a store says about its deliveries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliveryRules {
+    /// The platform sends delivery events (Shopify `fulfillment_events/create`). When it
+    /// does not, an order counts as delivered `transit_days` after it shipped.
+    pub events: bool,
+    pub transit_days: i64,
+}
+
+impl Default for DeliveryRules {
+    fn default() -> DeliveryRules {
+        DeliveryRules {
+            events: true,
+            transit_days: 4,
+        }
+    }
+}
+
+/// What is known of an order's delivery.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryFacts {
+    pub shipped_at: Option<Timestamp>,
+    pub delivered_at: Option<Timestamp>,
+    pub estimate: Option<Timestamp>,
+}
+
+impl DeliveryFacts {
+    /// When the order counts as delivered: the delivery event's time, or for a store
+    /// without delivery events, the shipping time plus the transit days.
+    pub fn delivered(&self, rules: &DeliveryRules) -> Option<Timestamp> {
+        self.delivered_at
+            .or_else(|| match (rules.events, self.shipped_at) {
+                (false, Some(s)) => Some(Timestamp(s.0 + rules.transit_days * DAY)),
+                _ => None,
+            })
+    }
+}
+
+/// Due times of the delivery-anchored touches, from what is known of the delivery.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Anchors {
+    /// The review request: days after delivery, or (provisionally) after the carrier's
+    /// estimate.
+    pub review: Option<Timestamp>,
+    /// Touch-2: days after delivery, once it is known.
+    pub touch2: Option<Timestamp>,
+}
+
+/// Where the delivery-anchored touches go, given the facts (`None`: where they are).
+pub fn anchors(
+    facts: &DeliveryFacts,
+    rules: &DeliveryRules,
+    cadence: &super::plan::Cadence,
+) -> Anchors {
+    let delivered = facts.delivered(rules);
+    let after = |t: Timestamp, days: i64| Timestamp(t.0 + days * DAY);
+    Anchors {
+        review: delivered
+            .or(facts.estimate)
+            .map(|t| after(t, cadence.review_days_after_delivery)),
+        touch2: delivered.map(|t| after(t, cadence.touch2_days_after_delivery)),
+    }
+}
+
 /// The touch that fell due.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Due {
@@ -218,6 +282,14 @@ pub fn on_due(touch: &Due, state: &State<'_>, rules: &Rules, now: Timestamp) -> 
             return skip(format!(
                 "the offered product is down to {n} in stock (threshold {})",
                 rules.stock_threshold
+            ));
+        }
+    }
+    if touch.kind == TouchKind::Anticipation {
+        if let Some(at) = state.delivered_at {
+            return skip(format!(
+                "already delivered on {}: nothing to anticipate",
+                at.to_rfc3339()
             ));
         }
     }
@@ -704,5 +776,64 @@ mod tests {
             |now: i64| capped(Channel::Email, &c.sent, &Caps::default(), Timestamp(now));
         let (until, _) = state_now(c.now).expect("held");
         assert_eq!(state_now(until.0), None, "free at {}", until.to_rfc3339());
+    }
+
+    #[test]
+    fn delivery_anchors_follow_the_facts() {
+        let cadence = crate::engine::plan::Cadence::default();
+        let events = DeliveryRules::default();
+        let no_events = DeliveryRules {
+            events: false,
+            transit_days: 3,
+        };
+        let t = |days: i64| Timestamp(T0 + days * DAY);
+        let a = |f: DeliveryFacts, r: &DeliveryRules| anchors(&f, r, &cadence);
+        // Nothing known: nothing moves.
+        assert_eq!(a(DeliveryFacts::default(), &events), Anchors::default());
+        // Shipped, with an estimate: the review follows the estimate; touch-2 stays.
+        let shipped = DeliveryFacts {
+            shipped_at: Some(t(1)),
+            estimate: Some(t(5)),
+            ..Default::default()
+        };
+        assert_eq!(
+            a(shipped, &events),
+            Anchors {
+                review: Some(t(15)),
+                touch2: None
+            }
+        );
+        // The estimate slips 5 days: the review moves 5 days.
+        let delayed = DeliveryFacts {
+            estimate: Some(t(10)),
+            ..shipped
+        };
+        assert_eq!(a(delayed, &events).review, Some(t(20)));
+        // Delivered: review 10 days and touch-2 2 days after it.
+        let delivered = DeliveryFacts {
+            delivered_at: Some(t(9)),
+            ..delayed
+        };
+        assert_eq!(
+            a(delivered, &events),
+            Anchors {
+                review: Some(t(19)),
+                touch2: Some(t(11))
+            }
+        );
+        // A store without delivery events: shipped + transit days counts as delivered.
+        let shipped_only = DeliveryFacts {
+            shipped_at: Some(t(1)),
+            ..Default::default()
+        };
+        assert_eq!(shipped_only.delivered(&no_events), Some(t(4)));
+        assert_eq!(shipped_only.delivered(&events), None, "waits for the event");
+        assert_eq!(
+            a(shipped_only, &no_events),
+            Anchors {
+                review: Some(t(14)),
+                touch2: Some(t(6))
+            }
+        );
     }
 }

@@ -34,6 +34,17 @@ pub struct OrderState {
     pub fetch_requested: Option<Timestamp>,
 }
 
+impl OrderState {
+    /// What is known of the order's delivery.
+    pub fn delivery(&self) -> super::due::DeliveryFacts {
+        super::due::DeliveryFacts {
+            shipped_at: self.shipped_at,
+            delivered_at: self.delivered_at,
+            estimate: self.delivery_estimate,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counted {
     pub total: i64,

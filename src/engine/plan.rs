@@ -65,6 +65,8 @@ pub struct Cadence {
     pub touch1_minutes: i64,
     pub sms_minutes: i64,
     pub touch2_days: i64,
+    /// Touch-2 moves to this many days after delivery once a delivery is known.
+    pub touch2_days_after_delivery: i64,
     pub review_days_after_delivery: i64,
     /// Used for the review's provisional due time while delivery is unknown.
     pub expected_delivery_days: i64,
@@ -80,6 +82,7 @@ impl Default for Cadence {
             touch1_minutes: 20,
             sms_minutes: 240,
             touch2_days: 4,
+            touch2_days_after_delivery: 2,
             review_days_after_delivery: 10,
             expected_delivery_days: 5,
             touch3_durable_days: 35,
@@ -1095,7 +1098,7 @@ fn touches(
                 TouchKind::Anticipation,
                 Channel::Email,
                 at + days * DAY,
-                true,
+                false,
             );
         }
     }

@@ -155,9 +155,12 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
         }
         (Method::Post, "/api/order/delivered") => pick(ctx, &query).and_then(|store| {
             let arg = |k: &str| super::page::form_value(query.as_bytes(), k);
+            let cfg = ctx.config.store(&store).ok_or_else(|| {
+                crate::ops::OpsError::Invalid(format!("no store {store:?} is configured"))
+            })?;
             crate::ops::order_delivered(
                 &ctx.storage,
-                &store,
+                cfg,
                 &arg("order").unwrap_or_default(),
                 arg("at").as_deref(),
                 ctx.clock.now(),

@@ -54,6 +54,7 @@ pub fn plan_pending(storage: &Storage, planning: &Planning) -> Result<usize, Err
             now,
             records: BTreeMap::new(),
             values: HashMap::new(),
+            anchors: Vec::new(),
         };
         let mut done = Vec::new();
         for (store, order, refund_at) in &queue {
@@ -75,6 +76,7 @@ pub fn plan_pending(storage: &Storage, planning: &Planning) -> Result<usize, Err
                 .map(|((store, _), rec)| (store, rec))
                 .collect(),
             done,
+            anchors: pass.anchors,
         };
         storage.write_plans(&writes)?;
     }
@@ -87,6 +89,9 @@ struct Pass<'a> {
     now: Timestamp,
     records: BTreeMap<(String, String), PlanRecord>,
     values: HashMap<String, (Option<i64>, Option<i64>)>,
+    /// Orders planned after their delivery facts arrived: where their delivery-anchored
+    /// touches go.
+    anchors: Vec<(String, String, crate::engine::due::Anchors)>,
 }
 
 impl Pass<'_> {
@@ -184,6 +189,12 @@ impl Pass<'_> {
             if let Some(c) = state.customer {
                 self.exclusive(store, c, &mut rec)?;
             }
+        }
+        let delivery = state.delivery();
+        if delivery != Default::default() {
+            let a = crate::engine::due::anchors(&delivery, &cfg.delivery, &cfg.offers.cadence);
+            self.anchors
+                .push((store.to_string(), order_id.to_string(), a));
         }
         self.records
             .insert((store.to_string(), order_id.to_string()), rec);

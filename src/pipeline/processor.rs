@@ -208,6 +208,8 @@ struct Batch<'s> {
     replan: HashMap<(String, String), Option<crate::engine::Timestamp>>,
     /// (store, customer, time) of refunds.
     refunds: Vec<(String, CustomerId, crate::engine::Timestamp)>,
+    /// Orders whose delivery facts changed: their delivery-anchored touches move.
+    reanchor: std::collections::HashSet<(String, String)>,
     /// Each store's currency: only orders in it count for the store's order values.
     currencies: HashMap<String, crate::engine::Currency>,
     customers: HashMap<(String, CustomerId), Customer>,
@@ -228,6 +230,7 @@ impl<'s> Batch<'s> {
             counted_before: HashMap::new(),
             replan: HashMap::new(),
             refunds: Vec::new(),
+            reanchor: Default::default(),
             currencies: HashMap::new(),
             customers: HashMap::new(),
             links: HashMap::new(),
@@ -286,6 +289,9 @@ impl<'s> Batch<'s> {
         {
             let entry = self.replan.entry(key.clone()).or_default();
             *entry = (*entry).max(refund_at);
+        }
+        if matches!(event, Event::Fulfillment(_) | Event::Delivery(_)) {
+            self.reanchor.insert(key.clone());
         }
         if let (Event::Order { order, .. }, Source::Webhook) = (event, head.source) {
             self.learn.push((store.to_string(), (**order).clone()));
@@ -385,6 +391,21 @@ impl<'s> Batch<'s> {
         }
         for (store, customer, at) in &self.refunds {
             changes.plans.refund(store, *customer, *at);
+        }
+        if let Some(planning) = &settings.planning {
+            for key in &self.reanchor {
+                let (Some(cfg), Some(state)) =
+                    (planning.config.store(&key.0), self.orders.get(key))
+                else {
+                    continue;
+                };
+                let anchors = crate::engine::due::anchors(
+                    &state.delivery(),
+                    &cfg.delivery,
+                    &cfg.offers.cadence,
+                );
+                changes.plans.reanchor(&key.0, &key.1, anchors);
+            }
         }
         for ((store, _), c) in &self.customers {
             changes.put_customer(store, c)?;

@@ -615,10 +615,11 @@ fn decide(
     let page_offer_accepted = snap
         .offer_response(&t.store, &t.order)?
         .is_some_and(|r| r.accepted);
-    let delivered_at = order
-        .as_ref()
-        .and_then(|o| o.delivered_at)
-        .or(snap.delivered_by_hand(&t.store, &t.order)?);
+    let delivered_at = match &order {
+        Some(o) => o.delivery().delivered(&store.delivery),
+        None => None,
+    }
+    .or(snap.delivered_by_hand(&t.store, &t.order)?);
     let offer_stock = match &plan.plan.offer {
         Some(o) => snap
             .variant_of_key(&t.store, &o.product)?
@@ -660,9 +661,8 @@ fn decide(
         carries_offer: t.carries_offer,
     };
     let rules = Rules {
-        stock_threshold: store.offers.stock_threshold,
         latency_ms,
-        ..Rules::default()
+        ..store.rules.clone()
     };
     Ok(on_due(&touch, &state, &rules, now))
 }

@@ -112,10 +112,21 @@ impl Storage {
         Ok(())
     }
 
-    pub fn set_delivered(&self, store: &str, order: &str, at: Timestamp) -> Result<(), Error> {
+    /// Records a delivery told by hand, and moves the order's delivery-anchored touches to
+    /// `anchors` (computed from it) in the same transaction.
+    pub fn set_delivered(
+        &self,
+        store: &str,
+        order: &str,
+        at: Timestamp,
+        anchors: &crate::engine::due::Anchors,
+    ) -> Result<(), Error> {
+        let mut timers = Vec::new();
         let tx = self.db.begin_write()?;
         tx.open_table(DELIVERIES)?.insert((store, order), at.0)?;
+        super::touches::reanchor(&tx, store, order, anchors, &mut timers)?;
         tx.commit()?;
+        self.timer_feed.push(&timers);
         Ok(())
     }
 }

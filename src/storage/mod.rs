@@ -582,11 +582,13 @@ impl Storage {
             tx.open_table(META)?
                 .insert("processed_seq", &changes.processed.to_le_bytes()[..])?;
         }
-        changes.plans.write(&tx)?;
+        let mut timers = Vec::new();
+        changes.plans.write(&tx, &mut timers)?;
         let started = std::time::Instant::now();
         changes.affinity.write(&tx)?;
         let affinity = started.elapsed();
         tx.commit()?;
+        self.timer_feed.push(&timers);
         Ok(affinity)
     }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tables::*;
 use super::{codec, Error, Snapshot, Storage};
+use crate::engine::due::Anchors;
 use crate::engine::lifecycle::PlanRecord;
 use crate::engine::plan::Suppressed;
 use crate::engine::Timestamp;
@@ -83,6 +84,7 @@ pub struct PlanChanges {
     queue: Vec<(String, String, i64)>,
     refunds: Vec<(String, u64, i64)>,
     values: Vec<(String, u16, i64)>,
+    anchors: Vec<(String, String, Anchors)>,
 }
 
 impl PlanChanges {
@@ -90,6 +92,11 @@ impl PlanChanges {
     pub fn enqueue(&mut self, store: &str, order: &str, refund_at: Option<Timestamp>) {
         self.queue
             .push((store.into(), order.into(), refund_at.map_or(0, |t| t.0)));
+    }
+
+    /// An order's delivery facts changed: its delivery-anchored touches move.
+    pub fn reanchor(&mut self, store: &str, order: &str, anchors: Anchors) {
+        self.anchors.push((store.into(), order.into(), anchors));
     }
 
     pub fn refund(&mut self, store: &str, customer: u64, at: Timestamp) {
@@ -108,7 +115,15 @@ impl PlanChanges {
         }
     }
 
-    pub(super) fn write(&self, tx: &redb::WriteTransaction) -> Result<(), Error> {
+    /// Writes the rows; the timers it moved are added to `timers`.
+    pub(super) fn write(
+        &self,
+        tx: &redb::WriteTransaction,
+        timers: &mut Vec<super::touches::TimerKey>,
+    ) -> Result<(), Error> {
+        for (store, order, a) in &self.anchors {
+            super::touches::reanchor(tx, store, order, a, timers)?;
+        }
         let mut queue = tx.open_table(PLAN_QUEUE)?;
         for (store, order, at) in &self.queue {
             let k = (store.as_str(), order.as_str());
@@ -307,6 +322,8 @@ impl Snapshot {
 pub struct PlanWrites {
     pub plans: Vec<(String, PlanRecord)>,
     pub done: Vec<(String, String)>,
+    /// (store, order, anchors): delivery-anchored touches to move once scheduled.
+    pub anchors: Vec<(String, String, Anchors)>,
 }
 
 impl Storage {
@@ -325,6 +342,9 @@ impl Storage {
                     encode_plan(rec)?.as_slice(),
                 )?;
                 super::touches::sync(&tx, store, rec, &mut timers)?;
+            }
+            for (store, order, a) in &w.anchors {
+                super::touches::reanchor(&tx, store, order, a, &mut timers)?;
             }
             let mut queue = tx.open_table(PLAN_QUEUE)?;
             for (store, order) in &w.done {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tables::*;
 use super::{codec, Error, Snapshot, Storage};
+use crate::engine::due::Anchors;
 use crate::engine::lifecycle::{PlanRecord, Status};
 use crate::engine::plan::{Channel, TouchKind};
 use crate::engine::Timestamp;
@@ -216,6 +217,42 @@ pub(super) fn sync(
         by_order.insert((store, rec.order_id.as_str(), id), ())?;
     }
     meta.insert(NEXT_TOUCH_ID, &next.to_le_bytes()[..])?;
+    Ok(())
+}
+
+/// Moves an order's pending delivery-anchored touches (the review request, touch-2) to
+/// where `anchors` puts them, inside the caller's transaction. A touch waiting for the
+/// delivery is scheduled again.
+pub(super) fn reanchor(
+    tx: &redb::WriteTransaction,
+    store: &str,
+    order: &str,
+    anchors: &Anchors,
+    written: &mut Vec<TimerKey>,
+) -> Result<(), Error> {
+    let by_order = tx.open_table(ORDER_TOUCHES)?;
+    let mut touches = tx.open_table(TOUCHES)?;
+    let mut timers = tx.open_table(TIMERS)?;
+    for item in by_order.range((store, order, 0u64)..=(store, order, u64::MAX))? {
+        let id = item?.0.value().2;
+        let Some(mut t) = read(&touches, id)?.filter(|t| t.state.pending()) else {
+            continue;
+        };
+        let to = match t.kind {
+            TouchKind::Review if t.after_delivery => anchors.review,
+            TouchKind::Touch2 => anchors.touch2,
+            _ => None,
+        };
+        let Some(to) = to.filter(|to| *to != t.due_at) else {
+            continue;
+        };
+        timers.remove((t.due_at.0, id))?;
+        t.due_at = to;
+        t.state = TouchState::Scheduled;
+        touches.insert(id, encode(&t)?.as_slice())?;
+        timers.insert((to.0, id), ())?;
+        written.push((to.0, id));
+    }
     Ok(())
 }
 
@@ -543,6 +580,7 @@ mod tests {
         s.write_plans(&PlanWrites {
             plans: vec![("demo".into(), rec.clone())],
             done: vec![],
+            anchors: vec![],
         })
         .unwrap();
     }

@@ -288,6 +288,7 @@ fn write_records(s: &Storage, first: u64, n: usize, mut rec: impl FnMut(u64) -> 
         s.write_plans(&PlanWrites {
             plans,
             done: vec![],
+            anchors: vec![],
         })
         .unwrap();
         order = upto;

@@ -342,3 +342,76 @@ fn kill_9_while_touches_fire_sends_each_exactly_once() {
     // Each order: touch-1, touch-2, the review and touch-3 (no holdout in the test store).
     assert!(sent.len() >= 40, "only {} touches went out", sent.len());
 }
+
+/// Fulfillment events move the delivery-anchored touches: a delivery delayed 5 days moves
+/// the review request 5 days; once delivered, touch-2 goes 2 days after and the review 10.
+#[test]
+fn delivery_events_move_the_review_request_and_touch_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
+    let s = start(tmp.path(), clock.clone());
+    let body = serde_json::to_vec(&json!({
+        "id": 9601, "name": "#9601", "email": "ana@example.com",
+        "created_at": Timestamp(T0).to_rfc3339(), "updated_at": Timestamp(T0).to_rfc3339(),
+        "currency": "USD", "total_price": "54.00", "financial_status": "paid",
+        "line_items": [{"id": 1, "sku": "KIT-POUR", "quantity": 1, "price": "54.00",
+            "title": "Pour-over Kit", "requires_shipping": true}],
+        "customer": {"id": 8803, "email": "ana@example.com",
+            "email_marketing_consent": {"state": "subscribed"}}
+    }))
+    .unwrap();
+    assert_eq!(s.webhook("orders/paid", "a1", &body), 200);
+    let v = wait_state(&s, "9601", "review", "scheduled");
+    // Provisional: 5 expected days of delivery plus 10.
+    let day = |d: i64| Timestamp(T0 + d * DAY).to_rfc3339();
+    assert_eq!(touch(&v, "review")["timer_due_at"], day(15));
+    let event = |id: &str, status: &str, happened: i64, estimate: i64| {
+        let body = serde_json::to_vec(&json!({
+            "id": id, "fulfillment_id": 77, "order_id": 9601, "status": status,
+            "happened_at": day(happened), "estimated_delivery_at": day(estimate)
+        }))
+        .unwrap();
+        assert_eq!(s.webhook("fulfillment_events/create", id, &body), 200);
+    };
+    let wait_due = |kind: &str, want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = explain(&s, "9601");
+            if touch(&v, kind)["timer_due_at"] == want {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{kind} never due {want}: {v:#}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    clock.set(Timestamp(T0 + 21 * MIN));
+    wait_state(&s, "9601", "touch1", "sent");
+    event("e1", "in_transit", 1, 6);
+    wait_due("review", &day(16));
+    // The carrier slips 5 days: the review moves 5 days.
+    event("e2", "delayed", 2, 11);
+    wait_due("review", &day(21));
+    assert_eq!(
+        touch(&explain(&s, "9601"), "touch2")["timer_due_at"],
+        day(4)
+    );
+    // Delivered on day 3 (early after all): touch-2 on day 5, the review on day 13.
+    event("e3", "delivered", 3, 11);
+    wait_due("review", &day(13));
+    wait_due("touch2", &day(5));
+    clock.set(Timestamp(T0 + 4 * DAY + MIN));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !outbox(tmp.path()).iter().any(|l| l["kind"] == "touch2"),
+        "touch-2 waits for 2 days after delivery"
+    );
+    clock.set(Timestamp(T0 + 5 * DAY + MIN));
+    wait_state(&s, "9601", "touch2", "sent");
+    clock.set(Timestamp(T0 + 13 * DAY + MIN));
+    wait_state(&s, "9601", "review", "sent");
+    let kinds: Vec<String> = outbox(tmp.path())
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["touch1", "touch2", "review"]);
+}
