@@ -4,6 +4,7 @@
 
 mod affinity;
 mod bigcommerce;
+mod cadence;
 mod cli;
 mod crash;
 mod fixtures;
