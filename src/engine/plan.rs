@@ -1024,8 +1024,15 @@ fn touches(
             if email.is_ok() {
                 add(TouchKind::Touch3, Channel::Email, due, false);
             }
+            // The SMS follows the email (as after the order): sent together, the SMS
+            // would hold the email for 48 hours under the default caps.
             if sms.is_ok() {
-                add(TouchKind::Sms, Channel::Sms, due, false);
+                add(
+                    TouchKind::Sms,
+                    Channel::Sms,
+                    due + c.sms_minutes * MINUTE,
+                    false,
+                );
             }
         }
         Some(r) if has_offer => {
