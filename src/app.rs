@@ -188,6 +188,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         health,
         started: Instant::now(),
         clock: opts.clock.clone(),
+        scheduler: scheduler_report.clone(),
     });
     let workers = [
         Workers::start(

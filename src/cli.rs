@@ -599,6 +599,37 @@ fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result
             s.customers,
             s.last_webhook_at.as_deref().unwrap_or("never")
         );
+        let t = &s.touches;
+        let next: Vec<String> = t
+            .pending_by_day
+            .iter()
+            .take(3)
+            .map(|d| format!("{} {}", d.day, d.total))
+            .collect();
+        println!(
+            "  touches: {} pending (next days: {})",
+            t.pending,
+            next.join(", ")
+        );
+        let by = |m: &std::collections::BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "  sent: [{}]  deferred: [{}]  skipped: [{}]",
+            by(&t.sent),
+            by(&t.deferred),
+            by(&t.skipped)
+        );
+    }
+    if let Some(late) = v["scheduler"]["late_at_start"].as_u64().filter(|n| *n > 0) {
+        let o = &v["scheduler"]["late_outcome"];
+        println!(
+            "at start-up {late} touches had fallen due while stopped: {} fired, {} deferred, {} skipped",
+            o["sent"], o["deferred"], o["skipped"]
+        );
     }
     println!(
         "events: {} stored, {} processed ({source})",

@@ -18,8 +18,16 @@ const DAY: i64 = 24 * HOUR;
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Send,
-    Defer { until: Timestamp, reason: String },
-    Skip { reason: String },
+    /// `code` names the rule (for counts on the status page), `reason` says it in words.
+    Defer {
+        until: Timestamp,
+        reason: String,
+        code: &'static str,
+    },
+    Skip {
+        reason: String,
+        code: &'static str,
+    },
 }
 
 /// Frequency caps per customer, over any 7 days.
@@ -219,84 +227,111 @@ pub struct State<'a> {
 
 /// Decides what to do with a touch that is due at `now`.
 pub fn on_due(touch: &Due, state: &State<'_>, rules: &Rules, now: Timestamp) -> Action {
-    let skip = |reason: String| Action::Skip { reason };
+    let skip = |code: &'static str, reason: String| Action::Skip { reason, code };
     match state.status {
-        Status::Cancelled { .. } => return skip("the order was cancelled".into()),
+        Status::Cancelled { .. } => return skip("cancelled", "the order was cancelled".into()),
         Status::Ended { by_order, .. } => {
-            return skip(format!(
-                "the customer bought again (order {by_order}): this sequence ended"
-            ))
+            return skip(
+                "bought_again",
+                format!("the customer bought again (order {by_order}): this sequence ended"),
+            )
         }
         Status::Active => {}
     }
     if let Some(s) = state.suppressed {
-        return skip(match s {
-            Suppressed::Unsubscribed => "the customer unsubscribed".into(),
-            Suppressed::Complained => "the customer complained (marked as spam)".into(),
-            Suppressed::Manual(r) => format!("suppressed by the store: {r}"),
-        });
+        return skip(
+            "suppressed",
+            match s {
+                Suppressed::Unsubscribed => "the customer unsubscribed".into(),
+                Suppressed::Complained => "the customer complained (marked as spam)".into(),
+                Suppressed::Manual(r) => format!("suppressed by the store: {r}"),
+            },
+        );
     }
     if let Some(at) = state.refunded_at {
-        return skip(format!("the order was refunded on {}", at.to_rfc3339()));
+        return skip(
+            "refunded",
+            format!("the order was refunded on {}", at.to_rfc3339()),
+        );
     }
     if touch.kind == TouchKind::Touch1 && state.page_offer_accepted {
-        return skip("the thank-you page offer was accepted".into());
+        return skip(
+            "page_offer_accepted",
+            "the thank-you page offer was accepted".into(),
+        );
     }
     let late = now.0 - touch.due_at.0;
     let grace = rules.grace.of(touch.kind).max(rules.latency_ms);
     if late > grace {
-        return skip(format!(
-            "stale: due {}, {} late, over the {} grace for {}",
-            touch.due_at.to_rfc3339(),
-            span(late),
-            span(grace),
-            touch.kind.as_str()
-        ));
+        return skip(
+            "stale",
+            format!(
+                "stale: due {}, {} late, over the {} grace for {}",
+                touch.due_at.to_rfc3339(),
+                span(late),
+                span(grace),
+                touch.kind.as_str()
+            ),
+        );
     }
     if let Some(t) = state
         .tickets
         .iter()
         .find(|t| !t.open && t.csat.is_some_and(|c| c <= 2))
     {
-        return skip(format!(
-            "ticket {} closed with a poor rating ({}/5): a person follows up, never marketing",
-            t.id,
-            t.csat.unwrap_or_default()
-        ));
+        return skip(
+            "poor_rating",
+            format!(
+                "ticket {} closed with a poor rating ({}/5): a person follows up, never marketing",
+                t.id,
+                t.csat.unwrap_or_default()
+            ),
+        );
     }
     if let Some(t) = state.tickets.iter().find(|t| t.open) {
         return Action::Defer {
             until: Timestamp(now.0 + rules.recheck_ms),
             reason: format!("support ticket {} is open: waits until it closes", t.id),
+            code: "ticket_open",
         };
     }
     let engagement_rule = matches!(touch.kind, TouchKind::Touch2 | TouchKind::Touch3)
         && touch.channel == Channel::Email;
     if let (true, Some(opens)) = (engagement_rule, state.recent_opens) {
         if opens.len() >= 4 && opens[..4].iter().all(|o| !o) {
-            return skip("no opens on the customer's last 4 emails".into());
+            return skip(
+                "not_engaged",
+                "no opens on the customer's last 4 emails".into(),
+            );
         }
     }
     if let (true, Some(n)) = (touch.carries_offer, state.offer_stock) {
         if n < rules.stock_threshold {
-            return skip(format!(
-                "the offered product is down to {n} in stock (threshold {})",
-                rules.stock_threshold
-            ));
+            return skip(
+                "low_stock",
+                format!(
+                    "the offered product is down to {n} in stock (threshold {})",
+                    rules.stock_threshold
+                ),
+            );
         }
     }
     if touch.kind == TouchKind::Anticipation {
         if let Some(at) = state.delivered_at {
-            return skip(format!(
-                "already delivered on {}: nothing to anticipate",
-                at.to_rfc3339()
-            ));
+            return skip(
+                "already_delivered",
+                format!(
+                    "already delivered on {}: nothing to anticipate",
+                    at.to_rfc3339()
+                ),
+            );
         }
     }
     if touch.after_delivery && state.delivered_at.is_none() {
         return Action::Defer {
             until: Timestamp(now.0 + rules.recheck_ms),
             reason: "not delivered yet: the review request waits for a delivery event".into(),
+            code: "awaiting_delivery",
         };
     }
     if touch.kind == TouchKind::Touch1 {
@@ -305,6 +340,7 @@ pub fn on_due(touch: &Due, state: &State<'_>, rules: &Rules, now: Timestamp) -> 
             return Action::Defer {
                 until: Timestamp(signal),
                 reason: "waits for a page-offer acceptance to arrive".into(),
+                code: "page_signal",
             };
         }
     }
@@ -312,6 +348,7 @@ pub fn on_due(touch: &Due, state: &State<'_>, rules: &Rules, now: Timestamp) -> 
         return Action::Defer {
             until,
             reason: format!("frequency cap: {why}"),
+            code: "frequency_cap",
         };
     }
     if touch.channel == Channel::Sms {
@@ -324,6 +361,7 @@ pub fn on_due(touch: &Due, state: &State<'_>, rules: &Rules, now: Timestamp) -> 
                     rules.quiet_until,
                     state.tz.name()
                 ),
+                code: "quiet_hours",
             };
         }
     }
@@ -496,10 +534,10 @@ mod tests {
     fn render(a: &Action) -> String {
         match a {
             Action::Send => "send".into(),
-            Action::Defer { until, reason } => {
+            Action::Defer { until, reason, .. } => {
                 format!("defer until {}: {reason}", until.to_rfc3339())
             }
-            Action::Skip { reason } => format!("skip: {reason}"),
+            Action::Skip { reason, .. } => format!("skip: {reason}"),
         }
     }
 

@@ -27,6 +27,8 @@ pub struct AdminCtx {
     pub health: Arc<Health>,
     pub started: Instant,
     pub clock: Arc<dyn Clock>,
+    /// What the scheduler reports (start-up catch-up, rounds, its last error).
+    pub scheduler: crate::pipeline::scheduler::SharedReport,
 }
 
 pub fn handle(ctx: &AdminCtx, rq: Request) {
@@ -504,6 +506,7 @@ fn status(ctx: &AdminCtx, rq: Request) {
     match status_json(&ctx.config, &ctx.storage, Some(writable), ctx.clock.now()) {
         Ok(mut v) => {
             v["uptime_seconds"] = json!(ctx.started.elapsed().as_secs());
+            v["scheduler"] = json!(*ctx.scheduler.lock().unwrap_or_else(|p| p.into_inner()));
             respond(rq, json(200, &v))
         }
         Err(e) => respond(rq, json(500, &json!({"error": e.to_string()}))),

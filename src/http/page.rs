@@ -97,7 +97,27 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
         for (name, value) in figures {
             main.push_str(&format!("<div><dt>{name}</dt><dd>{value}</dd></div>"));
         }
-        main.push_str("</dl></section>");
+        main.push_str("</dl>");
+        main.push_str(&touch_figures(&st.touches));
+        main.push_str("</section>");
+    }
+    let sched = ctx
+        .scheduler
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if sched.late_at_start > 0 {
+        let o = sched.late_outcome;
+        main.push_str(&format!(
+            "<p class=\"touches\">At start-up {} touches had fallen due while the service was stopped: {} fired, {} deferred, {} skipped (misfire policy).</p>",
+            sched.late_at_start, o.sent, o.deferred, o.skipped
+        ));
+    }
+    if let Some(e) = &sched.last_error {
+        main.push_str(&format!(
+            "<ul class=\"notices\"><li class=\"warn\">The scheduler's last error: {}</li></ul>",
+            esc(e)
+        ));
     }
     let meta = format!(
         "version {} &middot; up {} &middot; {} events stored, {} processed &middot; database {}",
@@ -112,6 +132,52 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
         }
     );
     respond(rq, html(200, &fill_page("Status", &meta, &main, true)));
+}
+
+/// A store's touches: pending by day (the next 14 days with any) and kind, then what was
+/// sent, deferred and skipped, by rule.
+fn touch_figures(t: &crate::storage::TouchFigures) -> String {
+    let mut out = format!(
+        "<h3>Touches</h3><p class=\"touches\">{} pending</p>",
+        t.pending
+    );
+    if !t.pending_by_day.is_empty() {
+        out.push_str(
+            "<table class=\"touches\"><tr><th>due (UTC)</th><th>touches</th><th>kinds</th></tr>",
+        );
+        for d in t.pending_by_day.iter().take(14) {
+            let kinds: Vec<String> = d.kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            out.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&d.day),
+                d.total,
+                esc(&kinds.join(", "))
+            ));
+        }
+        let later: u64 = t.pending_by_day.iter().skip(14).map(|d| d.total).sum();
+        if later > 0 {
+            out.push_str(&format!("<tr><td>later</td><td>{later}</td><td></td></tr>"));
+        }
+        out.push_str("</table>");
+    }
+    for (name, map) in [
+        ("Sent", &t.sent),
+        ("Deferred", &t.deferred),
+        ("Skipped", &t.skipped),
+    ] {
+        if map.is_empty() {
+            continue;
+        }
+        let parts: Vec<String> = map
+            .iter()
+            .map(|(k, n)| format!("{} {n}", k.replace('_', " ")))
+            .collect();
+        out.push_str(&format!(
+            "<p class=\"touches\">{name}: {}</p>",
+            esc(&parts.join(", "))
+        ));
+    }
+    out
 }
 
 /// `POST /login` with the form's `token`.

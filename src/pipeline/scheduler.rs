@@ -540,15 +540,26 @@ pub fn fire(
                 }
                 send.push(id);
             }
-            Action::Defer { until, reason } => {
+            Action::Defer {
+                until,
+                reason,
+                code,
+            } => {
                 round.deferred += 1;
                 late.deferred += usize::from(was_late);
-                settle.push((id, Settle::Defer { until, reason }));
+                settle.push((
+                    id,
+                    Settle::Defer {
+                        until,
+                        reason,
+                        code,
+                    },
+                ));
             }
-            Action::Skip { reason } => {
+            Action::Skip { reason, code } => {
                 round.skipped += 1;
                 late.skipped += usize::from(was_late);
-                settle.push((id, Settle::Skip { reason }));
+                settle.push((id, Settle::Skip { reason, code }));
             }
         }
     }
@@ -590,11 +601,13 @@ fn decide(
 ) -> Result<Action, Error> {
     let Some(store) = config.store(&t.store) else {
         return Ok(Action::Skip {
+            code: "store_removed",
             reason: format!("store {} is no longer configured", t.store),
         });
     };
     let Some(plan) = plan else {
         return Ok(Action::Skip {
+            code: "plan_gone",
             reason: "its plan is gone".into(),
         });
     };

@@ -136,6 +136,26 @@ pub struct StoreStatus {
     /// Deliveries in quarantine now (the `quarantined` counter also counts those since
     /// replayed).
     pub in_quarantine: i64,
+    pub touches: TouchFigures,
+}
+
+/// A store's touches: pending by due day (UTC) and kind; sent by kind, deferred and
+/// skipped by rule, since the start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TouchFigures {
+    pub pending: u64,
+    pub pending_by_day: Vec<DayCount>,
+    pub sent: std::collections::BTreeMap<String, u64>,
+    pub deferred: std::collections::BTreeMap<String, u64>,
+    pub skipped: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DayCount {
+    /// YYYY-MM-DD (UTC).
+    pub day: String,
+    pub total: u64,
+    pub kinds: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -267,7 +287,9 @@ impl Storage {
             tx.open_table(TICKETS)?;
             tx.open_table(OFFER_RESPONSES)?;
             tx.open_table(DELIVERIES)?;
+            tx.open_table(OUTCOME_COUNTS)?;
         }
+        touches::count_pending_once(&tx)?;
         tx.commit()?;
         Ok(())
     }
@@ -632,6 +654,7 @@ impl Storage {
                 last_webhook_at: time(C_LAST_WEBHOOK)?,
                 last_rejected_at: time(C_LAST_REJECTED)?,
                 in_quarantine: in_quarantine.get(s).copied().unwrap_or(0),
+                touches: touches::figures(&tx, s)?,
             });
         }
         Ok(out)

@@ -77,6 +77,13 @@ pub const TIMERS: TableDefinition<(i64, u64), ()> = TableDefinition::new("timers
 pub const ORDER_TOUCHES: TableDefinition<(&str, &str, u64), ()> =
     TableDefinition::new("order_touches");
 
+/// (store, due day (days since 1970-01-01 UTC), touch kind) -> pending touches: the status
+/// page's figures without a scan. Kept in step with `TIMERS` by `storage::touches`.
+pub const PENDING_COUNTS: TableDefinition<(&str, i64, &str), u64> =
+    TableDefinition::new("pending_counts");
+/// (store, "sent" | "deferred" | "skipped", rule code) -> how many times since the start.
+pub const OUTCOME_COUNTS: TableDefinition<(&str, &str, &str), u64> =
+    TableDefinition::new("outcome_counts");
 /// Touch id: touches handed to a channel and not yet recorded as sent (reconciled at start).
 pub const SENDING: TableDefinition<u64, ()> = TableDefinition::new("sending");
 /// (store, customer id, sent at ms, touch id) -> channel: each customer's messages, for

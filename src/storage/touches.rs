@@ -7,7 +7,7 @@ use redb::{Durability, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::tables::*;
-use super::{codec, Error, Snapshot, Storage};
+use super::{codec, DayCount, Error, Snapshot, Storage, TouchFigures};
 use crate::engine::due::Anchors;
 use crate::engine::lifecycle::{PlanRecord, Status};
 use crate::engine::plan::{Channel, TouchKind};
@@ -132,6 +132,135 @@ fn read(
     touches.get(id)?.map(|v| decode(v.value())).transpose()
 }
 
+const DAY: i64 = 86_400_000;
+
+/// The pending-timer index and its per-day counts, kept in step inside one transaction.
+struct Timers<'t> {
+    keys: redb::Table<'t, (i64, u64), ()>,
+    counts: redb::Table<'t, (&'static str, i64, &'static str), u64>,
+}
+
+impl<'t> Timers<'t> {
+    fn open(tx: &'t redb::WriteTransaction) -> Result<Timers<'t>, Error> {
+        Ok(Timers {
+            keys: tx.open_table(TIMERS)?,
+            counts: tx.open_table(PENDING_COUNTS)?,
+        })
+    }
+
+    /// `t` pending at its `due_at`.
+    fn add(&mut self, id: u64, t: &TouchRecord) -> Result<(), Error> {
+        if self.keys.insert((t.due_at.0, id), ())?.is_none() {
+            self.count(t, 1)?;
+        }
+        Ok(())
+    }
+
+    /// `t` (as it was when added) no longer pending there.
+    fn remove(&mut self, id: u64, t: &TouchRecord) -> Result<(), Error> {
+        if self.keys.remove((t.due_at.0, id))?.is_some() {
+            self.count(t, -1)?;
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, t: &TouchRecord, delta: i64) -> Result<(), Error> {
+        let k = (
+            t.store.as_str(),
+            t.due_at.0.div_euclid(DAY),
+            t.kind.as_str(),
+        );
+        let n = self.counts.get(k)?.map_or(0, |v| v.value());
+        match n.saturating_add_signed(delta) {
+            0 => self.counts.remove(k)?,
+            n => self.counts.insert(k, n)?,
+        };
+        Ok(())
+    }
+}
+
+/// A store's touch figures for the status.
+pub(super) fn figures(tx: &redb::ReadTransaction, store: &str) -> Result<TouchFigures, Error> {
+    let mut f = TouchFigures::default();
+    for item in tx
+        .open_table(PENDING_COUNTS)?
+        .range((store, i64::MIN, "")..=(store, i64::MAX, "~"))?
+    {
+        let (k, v) = item?;
+        let (_, day, kind) = k.value();
+        let n = v.value();
+        let day = Timestamp(day * DAY).to_rfc3339()[..10].to_string();
+        if f.pending_by_day.last().is_none_or(|d| d.day != day) {
+            f.pending_by_day.push(DayCount {
+                day,
+                ..Default::default()
+            });
+        }
+        let d = f.pending_by_day.last_mut().expect("pushed above");
+        d.total += n;
+        *d.kinds.entry(kind.to_string()).or_default() += n;
+        f.pending += n;
+    }
+    for item in tx
+        .open_table(OUTCOME_COUNTS)?
+        .range((store, "", "")..=(store, "~", "~"))?
+    {
+        let (k, v) = item?;
+        let (_, outcome, code) = k.value();
+        let map = match outcome {
+            "sent" => &mut f.sent,
+            "deferred" => &mut f.deferred,
+            _ => &mut f.skipped,
+        };
+        map.insert(code.to_string(), v.value());
+    }
+    Ok(f)
+}
+
+/// Counts the pending timers per day and kind, once: a database whose timers were written
+/// before the counts were kept gets them here (at open).
+pub(super) fn count_pending_once(tx: &redb::WriteTransaction) -> Result<(), Error> {
+    const FLAG: &str = "pending_counts_v1";
+    let mut meta = tx.open_table(META)?;
+    if meta.get(FLAG)?.is_some() {
+        return Ok(());
+    }
+    let touches = tx.open_table(TOUCHES)?;
+    let keys: Vec<TimerKey> = {
+        let timers = tx.open_table(TIMERS)?;
+        let mut v = Vec::new();
+        for item in timers.iter()? {
+            v.push(item?.0.value());
+        }
+        v
+    };
+    let mut timers = Timers::open(tx)?;
+    for (due, id) in keys {
+        if let Some(t) = read(&touches, id)? {
+            // Counted under the key the timer has (a stale record keeps its index entry).
+            let t = TouchRecord {
+                due_at: Timestamp(due),
+                ..t
+            };
+            timers.count(&t, 1)?;
+        }
+    }
+    meta.insert(FLAG, &[1u8][..])?;
+    Ok(())
+}
+
+/// Counts one outcome of a touch of `store` under its rule `code`.
+fn count_outcome(
+    table: &mut redb::Table<'_, (&'static str, &'static str, &'static str), u64>,
+    store: &str,
+    outcome: &str,
+    code: &str,
+) -> Result<(), Error> {
+    let n = table.get((store, outcome, code))?.map_or(0, |v| v.value());
+    table.insert((store, outcome, code), n + 1)?;
+    Ok(())
+}
+
 /// The next touch id, from any handle on the meta table.
 fn next_id(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, Error> {
     Ok(meta.get(NEXT_TOUCH_ID)?.map_or(1, |v| {
@@ -183,7 +312,8 @@ pub(super) fn sync(
     }
     let mut by_order = tx.open_table(ORDER_TOUCHES)?;
     let mut touches = tx.open_table(TOUCHES)?;
-    let mut timers = tx.open_table(TIMERS)?;
+    let mut timers = Timers::open(tx)?;
+    let mut outcomes = tx.open_table(OUTCOME_COUNTS)?;
     let mut pending: Vec<(u64, TouchRecord)> = Vec::new();
     for item in by_order
         .range((store, rec.order_id.as_str(), 0u64)..=(store, rec.order_id.as_str(), u64::MAX))?
@@ -200,7 +330,8 @@ pub(super) fn sync(
         return Ok(());
     }
     for (id, mut t) in pending {
-        timers.remove((t.due_at.0, id))?;
+        timers.remove(id, &t)?;
+        count_outcome(&mut outcomes, store, "skipped", "replanned")?;
         t.state = TouchState::Skipped {
             reason: format!("replaced by plan revision {}", rec.revision),
         };
@@ -212,7 +343,7 @@ pub(super) fn sync(
         let id = next;
         next += 1;
         touches.insert(id, encode(&t)?.as_slice())?;
-        timers.insert((t.due_at.0, id), ())?;
+        timers.add(id, &t)?;
         written.push((t.due_at.0, id));
         by_order.insert((store, rec.order_id.as_str(), id), ())?;
     }
@@ -232,7 +363,7 @@ pub(super) fn reanchor(
 ) -> Result<(), Error> {
     let by_order = tx.open_table(ORDER_TOUCHES)?;
     let mut touches = tx.open_table(TOUCHES)?;
-    let mut timers = tx.open_table(TIMERS)?;
+    let mut timers = Timers::open(tx)?;
     for item in by_order.range((store, order, 0u64)..=(store, order, u64::MAX))? {
         let id = item?.0.value().2;
         let Some(mut t) = read(&touches, id)?.filter(|t| t.state.pending()) else {
@@ -246,11 +377,11 @@ pub(super) fn reanchor(
         let Some(to) = to.filter(|to| *to != t.due_at) else {
             continue;
         };
-        timers.remove((t.due_at.0, id))?;
+        timers.remove(id, &t)?;
         t.due_at = to;
         t.state = TouchState::Scheduled;
         touches.insert(id, encode(&t)?.as_slice())?;
-        timers.insert((to.0, id), ())?;
+        timers.add(id, &t)?;
         written.push((to.0, id));
     }
     Ok(())
@@ -367,8 +498,15 @@ impl Snapshot {
 /// What the scheduler decided for a due touch, to record.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Settle {
-    Defer { until: Timestamp, reason: String },
-    Skip { reason: String },
+    Defer {
+        until: Timestamp,
+        reason: String,
+        code: &'static str,
+    },
+    Skip {
+        reason: String,
+        code: &'static str,
+    },
 }
 
 impl Storage {
@@ -380,7 +518,7 @@ impl Storage {
         let mut out = Vec::new();
         {
             let mut touches = tx.open_table(TOUCHES)?;
-            let mut timers = tx.open_table(TIMERS)?;
+            let mut timers = Timers::open(&tx)?;
             let mut sending = tx.open_table(SENDING)?;
             for &id in ids {
                 let Some(mut t) = read(&touches, id)? else {
@@ -389,7 +527,7 @@ impl Storage {
                 if !t.state.pending() {
                     continue;
                 }
-                timers.remove((t.due_at.0, id))?;
+                timers.remove(id, &t)?;
                 t.state = TouchState::Sending;
                 touches.insert(id, encode(&t)?.as_slice())?;
                 sending.insert(id, ())?;
@@ -409,6 +547,7 @@ impl Storage {
             let mut sending = tx.open_table(SENDING)?;
             let mut log = tx.open_table(SENT_LOG)?;
             let mut plans = tx.open_table(PLANS)?;
+            let mut outcomes = tx.open_table(OUTCOME_COUNTS)?;
             for &id in ids {
                 let Some(mut t) = read(&touches, id)? else {
                     continue;
@@ -418,6 +557,7 @@ impl Storage {
                 }
                 t.state = TouchState::Sent { at };
                 touches.insert(id, encode(&t)?.as_slice())?;
+                count_outcome(&mut outcomes, &t.store, "sent", t.kind.as_str())?;
                 sending.remove(id)?;
                 if let Some(c) = t.customer {
                     log.insert((t.store.as_str(), c, at.0, id), t.channel.as_str())?;
@@ -446,8 +586,9 @@ impl Storage {
         tx.set_durability(Durability::Immediate)?;
         {
             let mut touches = tx.open_table(TOUCHES)?;
-            let mut timers = tx.open_table(TIMERS)?;
+            let mut timers = Timers::open(&tx)?;
             let mut sending = tx.open_table(SENDING)?;
+            let mut outcomes = tx.open_table(OUTCOME_COUNTS)?;
             for (id, d) in decisions {
                 let Some(mut t) = read(&touches, *id)? else {
                     continue;
@@ -455,18 +596,24 @@ impl Storage {
                 if !(t.state.pending() || t.state == TouchState::Sending) {
                     continue;
                 }
-                timers.remove((t.due_at.0, *id))?;
+                timers.remove(*id, &t)?;
                 sending.remove(*id)?;
                 match d {
-                    Settle::Defer { until, reason } => {
+                    Settle::Defer {
+                        until,
+                        reason,
+                        code,
+                    } => {
+                        count_outcome(&mut outcomes, &t.store, "deferred", code)?;
                         t.due_at = *until;
                         t.state = TouchState::Deferred {
                             reason: reason.clone(),
                         };
-                        timers.insert((t.due_at.0, *id), ())?;
+                        timers.add(*id, &t)?;
                         written.push((t.due_at.0, *id));
                     }
-                    Settle::Skip { reason } => {
+                    Settle::Skip { reason, code } => {
+                        count_outcome(&mut outcomes, &t.store, "skipped", code)?;
                         t.state = TouchState::Skipped {
                             reason: reason.clone(),
                         };
@@ -510,6 +657,7 @@ impl Storage {
                         until: now,
                         reason: "interrupted while sending; not in the outbox, so sent again"
                             .into(),
+                        code: "interrupted",
                     },
                 )
             })

@@ -89,6 +89,15 @@ fn a_durable_orders_cadence_goes_out_on_time_exactly_once() {
     wait_state(&s, "9301", "touch1", "scheduled");
     std::thread::sleep(Duration::from_millis(300));
     assert!(outbox(tmp.path()).is_empty(), "nothing is due yet");
+    let (_, body) = s.admin_get("/api/status");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    let t = &st["stores"][0]["touches"];
+    assert_eq!(t["pending"], 4, "touch-1, touch-2, review, touch-3: {t}");
+    assert_eq!(
+        t["pending_by_day"][0],
+        json!({"day": "2026-11-20", "total": 1, "kinds": {"touch1": 1}}),
+        "{t}"
+    );
 
     // +21 min: touch-1, with the offer.
     clock.set(Timestamp(T0 + 21 * MIN));
@@ -145,6 +154,25 @@ fn a_durable_orders_cadence_goes_out_on_time_exactly_once() {
         let reason = t["state_reason"].as_str().unwrap_or("");
         assert!(!reason.contains("frequency cap"), "{t}");
     }
+    // The status counts them: sent by kind, deferred by rule, what is still pending.
+    let (code, body) = s.admin_get("/api/status");
+    assert_eq!(code, 200, "{body}");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    let t = &st["stores"][0]["touches"];
+    assert_eq!(
+        t["sent"],
+        json!({"touch1": 1, "touch2": 1, "touch3": 1}),
+        "{t}"
+    );
+    assert!(
+        t["deferred"]["awaiting_delivery"].as_u64() >= Some(1),
+        "{t}"
+    );
+    // The review's recheck (day 15 + 6 h) was 20 days past when the clock jumped to day 35.
+    assert_eq!(t["skipped"], json!({"stale": 1}), "{t}");
+    assert_eq!(t["pending"], 0, "{t}");
+    assert_eq!(t["pending_by_day"], json!([]), "{t}");
+    assert_eq!(st["scheduler"]["late_at_start"], 0, "{st}");
 }
 
 #[test]
