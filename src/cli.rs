@@ -451,6 +451,9 @@ fn init(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let j = &config.jobs;
+    let next = |c: &config::Cron| c.next_after(now).map(|t| t.to_rfc3339());
     if as_json {
         let stores: Vec<_> = config
             .stores
@@ -466,7 +469,10 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
             "{}",
             json!({"ok": true, "origin": config.origin.to_string(),
             "listen": config.listen, "admin_listen": config.admin_listen,
-            "public_url": config.public_url, "data_dir": config.data_dir, "stores": stores})
+            "public_url": config.public_url, "data_dir": config.data_dir, "stores": stores,
+            "jobs": {"purge": {"schedule": j.purge.as_str(), "next": next(&j.purge)},
+                "affinity_check": {"schedule": j.affinity_check.as_str(), "next": next(&j.affinity_check)},
+                "payload_retention_days": j.payload_retention_days}})
         );
     } else {
         println!("config {} is valid", config.origin);
@@ -492,6 +498,15 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
                 }
             );
         }
+        let next = |c: &config::Cron| next(c).unwrap_or_else(|| "never".into());
+        println!(
+            "  jobs (UTC): purge {:?} (next {}), affinity_check {:?} (next {}), raw payloads kept {} days",
+            j.purge.as_str(),
+            next(&j.purge),
+            j.affinity_check.as_str(),
+            next(&j.affinity_check),
+            j.payload_retention_days
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
