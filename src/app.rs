@@ -13,8 +13,8 @@ use anyhow::{anyhow, Context};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{self, admin::AdminCtx, public::PublicCtx, Listener, Workers};
-use crate::pipeline::processor;
 use crate::pipeline::writer::{self, Health, Rejections};
+use crate::pipeline::{jobs, processor};
 use crate::storage::{self, Storage};
 
 /// How long accepted sockets may sit idle in a read or write.
@@ -79,6 +79,8 @@ pub struct Running {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub storage: Arc<Storage>,
+    /// The scheduled jobs' last results.
+    pub jobs: Arc<jobs::Status>,
     stop: Arc<AtomicBool>,
     listeners: [Arc<Listener>; 2],
     workers: [Arc<Workers>; 2],
@@ -89,6 +91,7 @@ pub struct Running {
     responder: JoinHandle<()>,
     processor: JoinHandle<()>,
     scheduler: JoinHandle<()>,
+    jobs_thread: JoinHandle<()>,
 }
 
 pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
@@ -174,6 +177,20 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
             .spawn(move || crate::pipeline::scheduler::run(storage, config, clock, outbox, stop))?
     };
 
+    let jobs = Arc::new(jobs::Status::default());
+    let jobs_thread = {
+        let (storage, stop, config, clock, jobs) = (
+            storage.clone(),
+            stop.clone(),
+            config.clone(),
+            opts.clock.clone(),
+            jobs.clone(),
+        );
+        std::thread::Builder::new()
+            .name("jobs".into())
+            .spawn(move || jobs::run(storage, config, clock, jobs, stop))?
+    };
+
     let public_ctx = Arc::new(PublicCtx {
         config: config.clone(),
         jobs: jobs_tx,
@@ -213,6 +230,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         public_addr: public.local_addr(),
         admin_addr: admin.local_addr(),
         storage,
+        jobs,
         stop,
         listeners: [public, admin],
         workers,
@@ -222,6 +240,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         responder,
         processor,
         scheduler,
+        jobs_thread,
     })
 }
 
@@ -266,6 +285,9 @@ impl Running {
         }
         if self.scheduler.join().is_err() {
             panicked.push("scheduler".into());
+        }
+        if self.jobs_thread.join().is_err() {
+            panicked.push("jobs".into());
         }
         self.storage.sync().context("final sync")?;
         if panicked.is_empty() {

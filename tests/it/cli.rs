@@ -136,6 +136,10 @@ fn malformed_config_names_the_key() {
         "listen = \"127.0.0.1:0\"\nadmin_token = \"0123456789abcdef0123\"\n",
         "no [[stores]] configured",
     );
+    check_config_fails(
+        &format!("{good}\n[jobs]\npurge = \"17 3 * *\"\n"),
+        "jobs.purge = \"17 3 * *\" has 4 fields; write minute hour day-of-month month day-of-week (UTC); e.g. \"17 3 * * *\"",
+    );
     let (code, _, err) = run(
         &["check-config", "--config", "/nonexistent/x.toml"],
         tmp.path(),
