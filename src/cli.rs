@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         action: OrderAction,
     },
+    /// Give the database file's free space back to the disk; needs the service stopped
+    Compact {
+        #[arg(long)]
+        json: bool,
+    },
     /// Webhook, order and customer figures per store
     Status {
         /// Only this store
@@ -295,6 +300,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Customer { action } => customer(&load(&cli.config)?, action),
         Command::Offer { action } => offer(&load(&cli.config)?, action),
         Command::Order { action } => order(&load(&cli.config)?, action),
+        Command::Compact { json } => compact(&load(&cli.config)?, json),
     }
 }
 
@@ -582,6 +588,45 @@ fn open_db(config: &Config, create: bool) -> anyhow::Result<std::sync::Arc<Stora
         e => e.into(),
     })?;
     Ok(storage)
+}
+
+/// redb's file only grows (freed pages are reused, not returned), and it compacts only
+/// with the file to itself: this is the one command that needs the service stopped.
+fn compact(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    let file = config.data_dir.join(Storage::FILE_NAME);
+    if !Storage::exists(&config.data_dir) {
+        bail!("no database in {} to compact", config.data_dir.display());
+    }
+    let options = storage::Options {
+        cache_size_mb: config.cache_size_mb,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let (before, after) = Storage::compact(&config.data_dir, &options).map_err(|e| match e {
+        storage::Error::Locked(p) => anyhow!(
+            "{} is in use by the running service, and compacting needs it to itself: stop the service first (`systemctl stop upsell-appliance`), run compact, then start it again",
+            p.display()
+        ),
+        e => anyhow::Error::from(e).context(format!("compacting {}", file.display())),
+    })?;
+    if as_json {
+        println!(
+            "{}",
+            json!({"file": file, "bytes_before": before, "bytes_after": after,
+                "seconds": started.elapsed().as_secs_f64()})
+        );
+    } else {
+        let mb = |b: u64| b as f64 / 1e6;
+        println!(
+            "compacted {}: {:.1} MB -> {:.1} MB ({:.1} MB given back) in {:.1} s",
+            file.display(),
+            mb(before),
+            mb(after),
+            mb(before.saturating_sub(after)),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result<ExitCode> {

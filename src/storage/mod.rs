@@ -69,7 +69,8 @@ from_redb!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    redb::SetDurabilityError
+    redb::SetDurabilityError,
+    redb::CompactionError
 );
 
 /// How to open the database.
@@ -183,6 +184,10 @@ impl Storage {
 
     /// Opens (or creates) the database in `data_dir`.
     pub fn open(data_dir: &Path, opts: &Options) -> Result<Arc<Storage>, Error> {
+        Self::open_owned(data_dir, opts).map(Arc::new)
+    }
+
+    fn open_owned(data_dir: &Path, opts: &Options) -> Result<Storage, Error> {
         std::fs::create_dir_all(data_dir).map_err(|source| Error::DataDir {
             path: data_dir.to_path_buf(),
             source,
@@ -212,7 +217,28 @@ impl Storage {
             applying: std::sync::Mutex::new(()),
         };
         storage.init_schema()?;
-        Ok(Arc::new(storage))
+        Ok(storage)
+    }
+
+    /// Compacts the database file in `data_dir`, which must exist and not be open
+    /// elsewhere ([`Error::Locked`] while a service runs): redb hands freed pages back to
+    /// the file system only this way, with the file to itself. Returns the file's size in
+    /// bytes before and after.
+    pub fn compact(data_dir: &Path, opts: &Options) -> Result<(u64, u64), Error> {
+        let path = data_dir.join(Self::FILE_NAME);
+        let size = |path: &Path| {
+            std::fs::metadata(path)
+                .map(|m| m.len())
+                .map_err(|source| Error::DataDir {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        };
+        let before = size(&path)?;
+        let mut storage = Storage::open_owned(data_dir, opts)?;
+        storage.db.compact()?;
+        drop(storage);
+        Ok((before, size(&path)?))
     }
 
     /// Waits until no one else applies orders, and holds that until the guard drops.
