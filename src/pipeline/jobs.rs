@@ -21,7 +21,9 @@ use crate::storage::{Error, Storage};
 
 const POLL: Duration = Duration::from_millis(200);
 /// Bodies looked at per purge transaction: the writer waits for at most one such removal.
-const PURGE_BATCH: usize = 10_000;
+/// Measured in a debug build: removing 1,000 bodies took 0.11-0.13 s, 10,000 in one
+/// transaction 3.2-4.8 s (a transaction costs more per row as it grows).
+const PURGE_BATCH: usize = 1_000;
 /// Stored pair rows the affinity check compares per store (at least; whole antecedents).
 const CHECK_PAIR_ROWS: usize = 1_000;
 const DAY_MS: i64 = 86_400_000;

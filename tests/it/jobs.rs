@@ -143,3 +143,54 @@ fn the_nightly_affinity_check_finds_the_demo_stores_counts_equal_to_a_recount() 
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(jobs.last_affinity_check().unwrap().at, slot);
 }
+
+/// Purge batches look at a bounded number of bodies, resume after the last one looked at,
+/// skip quarantined ones, and end at the first body young enough to keep.
+#[test]
+fn purge_batches_resume_where_they_stopped_and_end_at_the_first_young_body() {
+    use upsell_appliance::storage::records::{EventHead, EventRecord, ParsedRecord};
+    use upsell_appliance::storage::{NewEvent, Storage};
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = Storage::open(tmp.path(), &Default::default()).unwrap();
+    let cutoff = Timestamp(T0 + DAY);
+    // seq: 1-5 old, 6 old and quarantined, 7-8 old, 9 young, 10 old (behind a young one).
+    let events: Vec<NewEvent> = (1..=10)
+        .map(|seq| {
+            let received_at = if seq == 9 { cutoff } else { Timestamp(T0) };
+            NewEvent::encode(&EventRecord {
+                head: EventHead {
+                    store: STORE.into(),
+                    platform: upsell_appliance::engine::Platform::Shopify,
+                    source: upsell_appliance::engine::Source::Webhook,
+                    received_at,
+                    topic: "orders/paid".into(),
+                    dedupe_key: format!("k{seq}"),
+                    headers: vec![],
+                    parsed: if seq == 6 {
+                        ParsedRecord::Unparseable("a newer build may read it".into())
+                    } else {
+                        ParsedRecord::Ignored
+                    },
+                },
+                body: format!("body {seq}").into_bytes(),
+            })
+            .unwrap()
+        })
+        .collect();
+    storage
+        .commit_deliveries(&events, &[], Timestamp(T0))
+        .unwrap();
+    let batch = |after| {
+        let b = storage.purge_bodies(cutoff, after, 3).unwrap();
+        (b.removed, b.last, b.done)
+    };
+    assert_eq!(batch(0), (3, 3, false));
+    assert_eq!(batch(3), (2, 6, false), "6 is quarantined: looked at, kept");
+    assert_eq!(batch(6), (2, 8, true), "9 is young: the end");
+    assert_eq!(batch(8), (0, 8, true));
+    assert_eq!(storage.stored_bodies().unwrap(), (3, 1));
+    for (seq, kept) in [(1, false), (6, true), (8, false), (9, true), (10, true)] {
+        assert_eq!(storage.event(seq).is_ok(), kept, "{seq}");
+    }
+    assert_eq!(storage.event_heads_after(0, usize::MAX).unwrap().len(), 10);
+}
