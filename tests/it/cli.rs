@@ -173,6 +173,12 @@ fn secrets_file_is_merged_over_the_config() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["stores"][0]["secrets"], 1);
+    assert_eq!(v["jobs"]["purge"]["schedule"], "17 3 * * *", "{v}");
+    assert!(v["jobs"]["purge"]["next"]
+        .as_str()
+        .unwrap()
+        .ends_with("T03:17:00Z"));
+    assert_eq!(v["jobs"]["payload_retention_days"], 90);
     std::fs::write(
         tmp.path().join("secrets.toml"),
         "[[stores]]\nid = \"other\"\n",
