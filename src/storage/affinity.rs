@@ -10,7 +10,7 @@
 //! Rebuild: orders are read once into a compact form and counted in one pass, each pair
 //! count appended to a temporary file per slice of antecedents; each slice is then read
 //! back, sorted and compared with the stored rows in key order (bounded memory). The
-//! nightly check shares that read and count ([`Recount`]) and only compares, a sample of
+//! nightly check shares that read and count (`Recount`) and only compares, a sample of
 //! antecedents' pairs and every product's item counts, writing nothing.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
