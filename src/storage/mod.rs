@@ -533,9 +533,9 @@ impl Storage {
     /// age: a newer build parses them again (`quarantine replay`). Bodies are looked at in
     /// commit order and the batch ends at the first one young enough to keep, so a run
     /// touches little more than what it removes (a body that sits behind a younger one, as
-    /// a replayed delivery does with its first receipt time, waits for it). The read holds no lock; the removal is
-    /// one short transaction, made durable by the writer's next commit (a purge lost in a
-    /// crash is done again).
+    /// a replayed delivery does with its first receipt time, waits for it). The read holds
+    /// no lock; the removal is one short transaction, made durable by the writer's next
+    /// commit (a purge lost in a crash is done again).
     pub fn purge_bodies(
         &self,
         before: Timestamp,
