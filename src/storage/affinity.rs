@@ -1072,6 +1072,7 @@ impl Recount {
         keep: &dyn Fn(ProductNo) -> bool,
         slice: &mut SliceRows<'_>,
     ) -> Result<Counted, Error> {
+        let count_started = std::time::Instant::now();
         let orders = &self.orders;
         let next_no = self.next_no;
         // Slices: contiguous ranges of antecedents, each with at most SLICE_ENTRIES of work
@@ -1106,7 +1107,6 @@ impl Recount {
         drop(work);
 
         // One pass over the orders; then each slice of antecedents from its file.
-        let count_started = std::time::Instant::now();
         let mut counting = std::time::Duration::ZERO;
         let spill_error = |source| Error::Spill {
             dir: dir.to_path_buf(),
