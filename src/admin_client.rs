@@ -123,7 +123,7 @@ fn answer(
             "admin API at {url} refused the admin_token from {}: is another instance with a different config listening there?",
             config.origin
         )),
-        400 | 404 | 409 => Err(anyhow!("{}", error_text(&body))),
+        400 | 404 | 409 | 410 => Err(anyhow!("{}", error_text(&body))),
         s => Err(anyhow!("admin API at {url} answered {s}: {}", error_text(&body))),
     }
 }

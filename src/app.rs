@@ -13,8 +13,8 @@ use anyhow::{anyhow, Context};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{self, admin::AdminCtx, public::PublicCtx, Listener, Workers};
-use crate::pipeline::processor;
 use crate::pipeline::writer::{self, Health, Rejections};
+use crate::pipeline::{jobs, processor};
 use crate::storage::{self, Storage};
 
 /// How long accepted sockets may sit idle in a read or write.
@@ -81,6 +81,8 @@ pub struct Running {
     pub storage: Arc<Storage>,
     /// What the scheduler reports (start-up catch-up, rounds, errors).
     pub scheduler_report: crate::pipeline::scheduler::SharedReport,
+    /// The scheduled jobs' last results.
+    pub jobs: Arc<jobs::Status>,
     stop: Arc<AtomicBool>,
     listeners: [Arc<Listener>; 2],
     workers: [Arc<Workers>; 2],
@@ -91,6 +93,7 @@ pub struct Running {
     responder: JoinHandle<()>,
     processor: JoinHandle<()>,
     scheduler: crate::pipeline::scheduler::Scheduler,
+    jobs_thread: JoinHandle<()>,
 }
 
 pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
@@ -176,6 +179,20 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         crate::pipeline::scheduler::start(storage, config, clock, outbox, scheduler_report, stop)?
     };
 
+    let jobs = Arc::new(jobs::Status::default());
+    let jobs_thread = {
+        let (storage, stop, config, clock, jobs) = (
+            storage.clone(),
+            stop.clone(),
+            config.clone(),
+            opts.clock.clone(),
+            jobs.clone(),
+        );
+        std::thread::Builder::new()
+            .name("jobs".into())
+            .spawn(move || jobs::run(storage, config, clock, jobs, stop))?
+    };
+
     let public_ctx = Arc::new(PublicCtx {
         config: config.clone(),
         jobs: jobs_tx,
@@ -217,6 +234,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         admin_addr: admin.local_addr(),
         storage,
         scheduler_report,
+        jobs,
         stop,
         listeners: [public, admin],
         workers,
@@ -226,6 +244,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         responder,
         processor,
         scheduler,
+        jobs_thread,
     })
 }
 
@@ -270,6 +289,9 @@ impl Running {
         }
         if self.scheduler.join().is_err() {
             panicked.push("scheduler".into());
+        }
+        if self.jobs_thread.join().is_err() {
+            panicked.push("jobs".into());
         }
         self.storage.sync().context("final sync")?;
         if panicked.is_empty() {

@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         action: OrderAction,
     },
+    /// Give the database file's free space back to the disk; needs the service stopped
+    Compact {
+        #[arg(long)]
+        json: bool,
+    },
     /// Webhook, order and customer figures per store
     Status {
         /// Only this store
@@ -295,6 +300,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Customer { action } => customer(&load(&cli.config)?, action),
         Command::Offer { action } => offer(&load(&cli.config)?, action),
         Command::Order { action } => order(&load(&cli.config)?, action),
+        Command::Compact { json } => compact(&load(&cli.config)?, json),
     }
 }
 
@@ -451,6 +457,9 @@ fn init(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let j = &config.jobs;
+    let next = |c: &config::Cron| c.next_after(now).map(|t| t.to_rfc3339());
     if as_json {
         let stores: Vec<_> = config
             .stores
@@ -466,7 +475,10 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
             "{}",
             json!({"ok": true, "origin": config.origin.to_string(),
             "listen": config.listen, "admin_listen": config.admin_listen,
-            "public_url": config.public_url, "data_dir": config.data_dir, "stores": stores})
+            "public_url": config.public_url, "data_dir": config.data_dir, "stores": stores,
+            "jobs": {"purge": {"schedule": j.purge.as_str(), "next": next(&j.purge)},
+                "affinity_check": {"schedule": j.affinity_check.as_str(), "next": next(&j.affinity_check)},
+                "payload_retention_days": j.payload_retention_days}})
         );
     } else {
         println!("config {} is valid", config.origin);
@@ -492,6 +504,15 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
                 }
             );
         }
+        let next = |c: &config::Cron| next(c).unwrap_or_else(|| "never".into());
+        println!(
+            "  jobs (UTC): purge {:?} (next {}), affinity_check {:?} (next {}), raw payloads kept {} days",
+            j.purge.as_str(),
+            next(&j.purge),
+            j.affinity_check.as_str(),
+            next(&j.affinity_check),
+            j.payload_retention_days
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -567,6 +588,45 @@ fn open_db(config: &Config, create: bool) -> anyhow::Result<std::sync::Arc<Stora
         e => e.into(),
     })?;
     Ok(storage)
+}
+
+/// redb's file only grows (freed pages are reused, not returned), and it compacts only
+/// with the file to itself: this is the one command that needs the service stopped.
+fn compact(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    let file = config.data_dir.join(Storage::FILE_NAME);
+    if !Storage::exists(&config.data_dir) {
+        bail!("no database in {} to compact", config.data_dir.display());
+    }
+    let options = storage::Options {
+        cache_size_mb: config.cache_size_mb,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let (before, after) = Storage::compact(&config.data_dir, &options).map_err(|e| match e {
+        storage::Error::Locked(p) => anyhow!(
+            "{} is in use by the running service, and compacting needs it to itself: stop the service first (`systemctl stop upsell-appliance`), run compact, then start it again",
+            p.display()
+        ),
+        e => anyhow::Error::from(e).context(format!("compacting {}", file.display())),
+    })?;
+    if as_json {
+        println!(
+            "{}",
+            json!({"file": file, "bytes_before": before, "bytes_after": after,
+                "seconds": started.elapsed().as_secs_f64()})
+        );
+    } else {
+        let mb = |b: u64| b as f64 / 1e6;
+        println!(
+            "compacted {}: {:.1} MB -> {:.1} MB ({:.1} MB given back) in {:.1} s",
+            file.display(),
+            mb(before),
+            mb(after),
+            mb(before.saturating_sub(after)),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result<ExitCode> {

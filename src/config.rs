@@ -32,6 +32,7 @@ pub struct Config {
     pub touch_workers: usize,
     pub stores: Vec<StoreConfig>,
     pub affinity: AffinityConfig,
+    pub jobs: JobsConfig,
     /// Where this configuration came from, for messages.
     pub origin: Origin,
 }
@@ -81,6 +82,95 @@ impl AffinityConfig {
             0 => crate::engine::affinity::Decay::None,
             d => crate::engine::affinity::Decay::HalfLife { days: f64::from(d) },
         }
+    }
+}
+
+/// `[jobs]`: scheduled maintenance. Schedules are read in UTC (the config has no global
+/// time zone; stores each have their own).
+#[derive(Clone, Debug)]
+pub struct JobsConfig {
+    /// When raw webhook bodies past `payload_retention_days` are removed.
+    pub purge: Cron,
+    /// When a sample of the incremental affinity counts is compared with a recount.
+    pub affinity_check: Cron,
+    pub payload_retention_days: u32,
+}
+
+impl JobsConfig {
+    pub fn retention_ms(&self) -> i64 {
+        i64::from(self.payload_retention_days) * 86_400_000
+    }
+}
+
+/// A cron schedule from the config, in UTC: crontab's five fields (minute, hour, day of
+/// month, month, day of week), or the `cron` crate's six or seven (seconds first, a year
+/// last), or `@daily`, `@hourly`, `@weekly`, `@monthly`, `@yearly`.
+#[derive(Clone, Debug)]
+pub struct Cron {
+    text: String,
+    schedule: cron::Schedule,
+}
+
+impl Cron {
+    /// Reads the schedule of config key `key`; the error names the key, says what is wrong
+    /// and shows a valid schedule.
+    pub fn parse(key: &str, text: &str) -> Result<Cron, String> {
+        let example = "e.g. \"17 3 * * *\" (every day at 03:17 UTC) or \"0 */6 * * Mon-Fri\"";
+        let bad = |why: String| format!("{key} = {text:?} {why}; {example}");
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let full = match fields.len() {
+            1 if fields[0].starts_with('@') => fields[0].to_string(),
+            5 => format!("0 {}", fields.join(" ")),
+            6 | 7 => fields.join(" "),
+            n => {
+                return Err(bad(format!(
+                    "has {n} field{}; write minute hour day-of-month month day-of-week (UTC)",
+                    if n == 1 { "" } else { "s" }
+                )))
+            }
+        };
+        // Crontab counts days of the week from 0 = Sunday, the cron crate from 1 = Sunday:
+        // a number would silently mean another day, so only names are taken.
+        let days_of_week = full.split(' ').nth(5).unwrap_or("");
+        if days_of_week.bytes().any(|b| b.is_ascii_digit()) {
+            return Err(bad(format!(
+                "gives days of the week as numbers ({days_of_week}), which mean different days in different cron dialects; write names such as Mon, Mon-Fri or Sat,Sun"
+            )));
+        }
+        let schedule = cron::Schedule::from_str(&full).map_err(|e| {
+            // The crate shows the input with a caret, then what is wrong (and calls its
+            // inclusive maximum "less than").
+            let text = e.to_string();
+            let why = text
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim()
+                .trim_end_matches('.');
+            bad(format!(
+                "is not a cron schedule: {}",
+                why.replace("must be less than", "must be at most")
+            ))
+        })?;
+        if schedule.upcoming(chrono::Utc).next().is_none() {
+            return Err(bad("never fires".into()));
+        }
+        Ok(Cron {
+            text: text.trim().to_string(),
+            schedule,
+        })
+    }
+
+    /// The first time the schedule fires after `t` (not at `t`).
+    pub fn next_after(&self, t: crate::engine::Timestamp) -> Option<crate::engine::Timestamp> {
+        let at = chrono::DateTime::from_timestamp_millis(t.0)?;
+        let next = self.schedule.after(&at).next()?;
+        Some(crate::engine::Timestamp(next.timestamp_millis()))
+    }
+
+    /// The schedule as written in the config.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 }
 
@@ -168,6 +258,15 @@ struct RawConfig {
     #[serde(default)]
     stores: Vec<RawStore>,
     affinity: Option<RawAffinity>,
+    jobs: Option<RawJobs>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    purge: Option<String>,
+    affinity_check: Option<String>,
+    payload_retention_days: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -732,6 +831,21 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
     if affinity.thresholds.moderate > affinity.thresholds.strong {
         return Err("affinity.moderate_confidence is above affinity.strong_confidence; moderate must be the lower bar".into());
     }
+    let j = raw.jobs.unwrap_or_default();
+    let jobs = JobsConfig {
+        purge: Cron::parse("jobs.purge", j.purge.as_deref().unwrap_or("17 3 * * *"))?,
+        affinity_check: Cron::parse(
+            "jobs.affinity_check",
+            j.affinity_check.as_deref().unwrap_or("43 2 * * *"),
+        )?,
+        payload_retention_days: in_range(
+            "jobs.payload_retention_days",
+            j.payload_retention_days,
+            90,
+            1,
+            36_500,
+        )? as u32,
+    };
     if raw.stores.is_empty() {
         return Err("no [[stores]] configured; add one (see `upsell-appliance init`)".into());
     }
@@ -857,6 +971,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         touch_workers,
         stores,
         affinity,
+        jobs,
         origin,
     })
 }
@@ -975,6 +1090,95 @@ transit_days = 6
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(says), "{touches}: {err}");
+        }
+    }
+
+    fn with_jobs(jobs: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "admin_token = \"0123456789abcdef0123\"\n[jobs]\n{jobs}\n[[stores]]\nid = \"s\"\nplatform = \"shopify\"\ndomain = \"s.myshopify.com\"\nwebhook_secrets = [\"x\"]\n"
+        );
+        parse(&text, Path::new("/"), Origin::Demo)
+    }
+
+    fn at(rfc3339: &str) -> crate::engine::Timestamp {
+        crate::engine::Timestamp(
+            chrono::DateTime::parse_from_rfc3339(rfc3339)
+                .unwrap()
+                .timestamp_millis(),
+        )
+    }
+
+    #[test]
+    fn jobs_default_to_nightly_utc_schedules_and_90_days() {
+        let j = with_jobs("").unwrap().jobs;
+        assert_eq!(j.purge.as_str(), "17 3 * * *");
+        assert_eq!(j.affinity_check.as_str(), "43 2 * * *");
+        assert_eq!(j.payload_retention_days, 90);
+        let next = |c: &Cron, t: &str| c.next_after(at(t)).unwrap().to_rfc3339();
+        assert_eq!(
+            next(&j.purge, "2026-11-22T01:00:00Z"),
+            "2026-11-22T03:17:00Z"
+        );
+        // Strictly after: a run at its slot is next due a day later.
+        assert_eq!(
+            next(&j.purge, "2026-11-22T03:17:00Z"),
+            "2026-11-23T03:17:00Z"
+        );
+        assert_eq!(
+            next(&j.affinity_check, "2026-12-31T23:59:59Z"),
+            "2027-01-01T02:43:00Z"
+        );
+    }
+
+    #[test]
+    fn cron_schedules_take_crontab_fields_names_seconds_and_shorthands() {
+        let next = |expr: &str, t: &str| {
+            Cron::parse("k", expr)
+                .unwrap()
+                .next_after(at(t))
+                .unwrap()
+                .to_rfc3339()
+        };
+        // 2026-11-22 is a Sunday.
+        assert_eq!(
+            next("0 */6 * * Mon-Fri", "2026-11-22T10:00:00Z"),
+            "2026-11-23T00:00:00Z"
+        );
+        assert_eq!(
+            next("30 4 1 * *", "2026-11-22T00:00:00Z"),
+            "2026-12-01T04:30:00Z"
+        );
+        assert_eq!(
+            next("15 30 4 * * Sun", "2026-11-22T05:00:00Z"),
+            "2026-11-29T04:30:15Z"
+        );
+        assert_eq!(
+            next("@daily", "2026-11-22T05:00:00Z"),
+            "2026-11-23T00:00:00Z"
+        );
+        assert_eq!(
+            next("  5 * * * *  ", "2026-11-22T05:05:00Z"),
+            "2026-11-22T06:05:00Z"
+        );
+    }
+
+    #[test]
+    fn bad_cron_schedules_name_the_key_what_is_wrong_and_an_example() {
+        for (jobs, says) in [
+            ("purge = \"61 3 * * *\"", "jobs.purge = \"61 3 * * *\" is not a cron schedule: Minutes must be at most 59. ('61' specified.);"),
+            ("purge = \"daily\"", "jobs.purge = \"daily\" has 1 field; write minute hour day-of-month month day-of-week (UTC)"),
+            ("affinity_check = \"3 * * *\"", "jobs.affinity_check = \"3 * * *\" has 4 fields"),
+            ("affinity_check = \"0 3 * * 1\"", "gives days of the week as numbers (1)"),
+            ("purge = \"0 0 30 Feb *\"", "never fires"),
+            ("purge = \"\"", "has 0 fields"),
+            ("payload_retention_days = 0", "jobs.payload_retention_days = 0 is out of range; use 1 to 36500"),
+            ("purge_at = \"17 3 * * *\"", "unknown field `purge_at`"),
+        ] {
+            let err = with_jobs(jobs).unwrap_err().to_string();
+            assert!(err.contains(says), "{jobs}: {err}");
+            if err.contains("cron") || err.contains("fields") || err.contains("numbers") {
+                assert!(err.contains("e.g. \"17 3 * * *\""), "{jobs}: {err}");
+            }
         }
     }
 }

@@ -176,6 +176,7 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
     };
     let result = result.map_err(|e| match e {
         crate::ops::OpsError::Invalid(m) => (400, m),
+        e @ crate::ops::OpsError::Storage(crate::storage::Error::Purged(_)) => (410, e.to_string()),
         e => (500, e.to_string()),
     });
     match result {

@@ -5,6 +5,7 @@
 //! Knows storage and the engine; never imports tiny_http (replies are closures the HTTP
 //! side hands over) or ureq.
 
+pub mod jobs;
 pub mod planner;
 pub mod processor;
 pub mod scheduler;

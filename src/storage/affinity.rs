@@ -9,7 +9,9 @@
 //!
 //! Rebuild: orders are read once into a compact form and counted in one pass, each pair
 //! count appended to a temporary file per slice of antecedents; each slice is then read
-//! back, sorted and compared with the stored rows in key order (bounded memory).
+//! back, sorted and compared with the stored rows in key order (bounded memory). The
+//! nightly check shares that read and count (`Recount`) and only compares, a sample of
+//! antecedents' pairs and every product's item counts, writing nothing.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -875,7 +877,7 @@ pub struct Rebuilt {
 /// of running sums, which misses the cache on nearly every increment.
 struct Spill {
     items: HashMap<(Kind, ProductNo), ItemRow>,
-    /// Each product's slice.
+    /// Each product's slice, or [`SKIPPED`] for antecedents whose pairs are not counted.
     slice_of: Vec<u32>,
     files: Vec<std::io::BufWriter<std::fs::File>>,
     error: Option<std::io::Error>,
@@ -895,7 +897,11 @@ impl Tally for Spill {
         use std::io::Write;
         // A rebuild only adds.
         debug_assert_eq!(n, 1);
-        let file = &mut self.files[self.slice_of[a as usize] as usize];
+        let slice = self.slice_of[a as usize];
+        if slice == SKIPPED {
+            return;
+        }
+        let file = &mut self.files[slice as usize];
         if let Err(e) = file.write_all(&pack_pair(kind, a, b, month, gap).to_le_bytes()) {
             self.error.get_or_insert(e);
         }
@@ -949,13 +955,43 @@ fn unpack_pair(x: u128) -> ((u8, ProductNo, ProductNo), Month, u64) {
 /// Most pair counts held in memory at once during a rebuild (16 bytes each).
 const SLICE_ENTRIES: u64 = 1_000_000;
 
-impl Storage {
-    /// Recomputes one store's affinity from its stored orders and the catalog as it is
-    /// now, replacing what was there in one transaction. Callers hold the apply lock.
-    pub fn rebuild_affinity(&self, store: &str, window_ms: i64) -> Result<Rebuilt, Error> {
-        // Read phase, from a snapshot: no lock held.
+/// A slice number meaning "not counted": the antecedent is outside a check's sample.
+const SKIPPED: u32 = u32::MAX;
+
+/// One encoded pair row, keyed (kind code, antecedent, consequent).
+type PairRowBytes = Result<((u8, ProductNo, ProductNo), Vec<u8>), Error>;
+/// What a recount does with one slice of antecedents (bounds) and its pair rows, in key
+/// order: a rebuild writes the differences, a check compares.
+type SliceRows<'a> = dyn FnMut((ProductNo, ProductNo), &mut dyn Iterator<Item = PairRowBytes>) -> Result<(), Error>
+    + 'a;
+
+/// A store's counted orders read once from a snapshot: the read phase that
+/// [`Storage::rebuild_affinity`] and [`Storage::check_affinity`] share.
+struct Recount {
+    orders: Compact,
+    /// Product keys the snapshot had not numbered yet, with the numbers given to them.
+    new_products: Vec<(String, String, ProductNo)>,
+    next_no: ProductNo,
+    /// Indices of the orders that have a customer: each customer's orders in time order.
+    seq: Vec<u32>,
+    /// A customer's order followed by their next one.
+    transitions: Vec<(u32, u32)>,
+    read_ms: u64,
+}
+
+/// What counting produced besides the pair rows it handed over.
+struct Counted {
+    /// Every item row, by (kind, product); leaders only for the antecedents counted.
+    items: HashMap<(Kind, ProductNo), ItemRow>,
+    transitions: u64,
+    pairs: u64,
+    passes: u32,
+    count_ms: u64,
+}
+
+impl Recount {
+    fn read(snap: &Snapshot, store: &str) -> Result<Recount, Error> {
         let started = std::time::Instant::now();
-        let snap = self.snapshot()?;
         let mut orders = Compact::default();
         let mut numbers: rustc_hash::FxHashMap<String, ProductNo> = Default::default();
         let mut next_no = snap.next_product_no(store)?;
@@ -968,7 +1004,7 @@ impl Storage {
                 break;
             }
             let state = records::decode_order(v.value())?;
-            let Some(c) = contribution(&snap, store, &state, &mut line_keys)? else {
+            let Some(c) = contribution(snap, store, &state, &mut line_keys)? else {
                 continue;
             };
             let mut prods = Vec::with_capacity(c.keys.len());
@@ -1015,6 +1051,30 @@ impl Storage {
             .filter(|w| orders.customer[w[0] as usize] == orders.customer[w[1] as usize])
             .map(|w| (w[0], w[1]))
             .collect();
+        Ok(Recount {
+            orders,
+            new_products,
+            next_no,
+            seq,
+            transitions,
+            read_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Counts every order once: item rows in memory, and the pair counts of the
+    /// antecedents `keep` admits as packed entries in a temporary file (in `dir`) per
+    /// slice of antecedents. Each slice is then read back, sorted, and handed to `slice`
+    /// as encoded rows in key order, made as they are consumed, so memory holds one slice.
+    fn count(
+        &self,
+        window_ms: i64,
+        dir: &std::path::Path,
+        keep: &dyn Fn(ProductNo) -> bool,
+        slice: &mut SliceRows<'_>,
+    ) -> Result<Counted, Error> {
+        let count_started = std::time::Instant::now();
+        let orders = &self.orders;
+        let next_no = self.next_no;
         // Slices: contiguous ranges of antecedents, each with at most SLICE_ENTRIES of work
         // (one product with more gets a slice of its own), so that each slice's rows are a
         // key range that can be compared with what is stored.
@@ -1025,7 +1085,7 @@ impl Storage {
                 work[a as usize] += k;
             }
         }
-        for &(x, y) in &transitions {
+        for &(x, y) in &self.transitions {
             let k = orders.products(y as usize).len() as u64;
             for &a in orders.products(x as usize) {
                 work[a as usize] += k;
@@ -1033,7 +1093,8 @@ impl Storage {
         }
         let mut bounds: Vec<(ProductNo, ProductNo)> = Vec::new();
         let (mut lo, mut sum) = (0 as ProductNo, 0u64);
-        for (a, w) in work.iter().enumerate() {
+        for (a, &w) in work.iter().enumerate() {
+            let w = if keep(a as ProductNo) { w } else { 0 };
             if sum > 0 && sum + w > SLICE_ENTRIES {
                 bounds.push((lo, a as ProductNo));
                 (lo, sum) = (a as ProductNo, 0);
@@ -1044,13 +1105,163 @@ impl Storage {
             bounds.push((lo, next_no));
         }
         drop(work);
+
+        // One pass over the orders; then each slice of antecedents from its file.
+        let mut counting = std::time::Duration::ZERO;
+        let spill_error = |source| Error::Spill {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let mut spill = Spill {
+            items: HashMap::new(),
+            slice_of: vec![0; next_no as usize],
+            files: Vec::with_capacity(bounds.len()),
+            error: None,
+        };
+        for (n, &(lo, hi)) in bounds.iter().enumerate() {
+            for a in lo..hi {
+                spill.slice_of[a as usize] = if keep(a) { n as u32 } else { SKIPPED };
+            }
+            let file = tempfile::tempfile_in(dir).map_err(spill_error)?;
+            spill
+                .files
+                .push(std::io::BufWriter::with_capacity(1 << 16, file));
+        }
+        let (mut from, mut to) = (OrderEvidence::default(), OrderEvidence::default());
+        for i in 0..orders.len() {
+            orders.evidence_into(i, &mut from);
+            tally_order(&mut spill, &from, 1);
+        }
+        for &(x, y) in &self.transitions {
+            orders.evidence_into(x as usize, &mut from);
+            orders.evidence_into(y as usize, &mut to);
+            tally_transition(&mut spill, &from, &to, window_ms, 1);
+        }
+        if let Some(e) = spill.error.take() {
+            return Err(spill_error(e));
+        }
+        let mut out = Counted {
+            transitions: spill
+                .items
+                .get(&(Kind::NextOrder, TOTAL))
+                .map_or(0, |r| r.antecedent.total()),
+            items: spill.items,
+            pairs: 0,
+            passes: bounds.len() as u32,
+            count_ms: 0,
+        };
+        counting += count_started.elapsed();
+        // The pair counts of one slice, its allocation reused by the next.
+        let mut entries = Vec::new();
+        for (file, &bound) in spill.files.into_iter().zip(&bounds) {
+            let count_started = std::time::Instant::now();
+            read_spilled(file, &mut entries).map_err(spill_error)?;
+            entries.sort_unstable();
+            counting += count_started.elapsed();
+            // Rows are made from the sorted counts as they are consumed, never all held.
+            // One antecedent's pair counts while its rows go by (they are contiguous),
+            // made into its leaders when the next one starts.
+            let items = &mut out.items;
+            let mut counts: ((Kind, ProductNo), Vec<(ProductNo, u64)>) =
+                ((Kind::SameOrder, TOTAL), Vec::new());
+            let mut settle = |counts: &mut ((Kind, ProductNo), Vec<(ProductNo, u64)>)| {
+                if !counts.1.is_empty() {
+                    items.entry(counts.0).or_default().leaders =
+                        Leaders::from_counts(counts.1.drain(..));
+                }
+            };
+            let mut i = 0;
+            let pairs = &mut out.pairs;
+            let mut want = std::iter::from_fn(|| {
+                let (key, _, _) = unpack_pair(*entries.get(i)?);
+                let mut row = PairRow::default();
+                let mut gaps = 0;
+                while let Some((k, month, gap)) = entries.get(i).map(|&x| unpack_pair(x)) {
+                    if k != key {
+                        break;
+                    }
+                    match row.months.0.last_mut() {
+                        Some((m, n)) if *m == month => *n += 1,
+                        _ => row.months.0.push((month, 1)),
+                    }
+                    gaps += gap;
+                    i += 1;
+                }
+                row.gap_secs = gaps;
+                let kind = Kind::from_code(key.0).expect("packed from a Kind");
+                if counts.0 != (kind, key.1) {
+                    settle(&mut counts);
+                    counts.0 = (kind, key.1);
+                }
+                counts.1.push((key.2, row.months.total()));
+                *pairs += 1;
+                Some(records::encode_pair(&row).map(|bytes| (key, bytes)))
+            });
+            slice(bound, &mut want)?;
+            // Whatever the consumer left unread still counts (and makes leaders).
+            want.by_ref().for_each(drop);
+            settle(&mut counts);
+        }
+        let popular = out
+            .items
+            .iter()
+            .filter(|(k, _)| k.0 == Kind::SameOrder && k.1 != TOTAL)
+            .map(|(k, r)| (k.1, r.antecedent.total()))
+            .collect::<Vec<_>>();
+        if !popular.is_empty() {
+            out.items
+                .entry((Kind::SameOrder, TOTAL))
+                .or_default()
+                .leaders = Leaders::from_counts(popular);
+        }
+        out.count_ms = counting.as_millis() as u64;
+        Ok(out)
+    }
+}
+
+/// What an affinity check found (see [`Storage::check_affinity`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Checked {
+    /// Counted orders recounted.
+    pub orders: u64,
+    /// Antecedent products whose pair rows were compared (the sample).
+    pub sampled_products: u64,
+    /// Item rows compared (every product's; leader lists only for the sample).
+    pub item_rows: u64,
+    /// Pair rows compared.
+    pub pair_rows: u64,
+    /// Rows whose stored counts differ from the recount (missing on either side included).
+    pub mismatched: u64,
+    /// The first few rows that differ, described.
+    pub examples: Vec<String>,
+}
+
+impl Checked {
+    /// How many differing rows a check describes.
+    const EXAMPLES: usize = 5;
+
+    fn differ(&mut self, what: String) {
+        self.mismatched += 1;
+        if self.examples.len() < Self::EXAMPLES {
+            self.examples.push(what);
+        }
+    }
+}
+
+impl Storage {
+    /// Recomputes one store's affinity from its stored orders and the catalog as it is
+    /// now, replacing what was there in one transaction. Callers hold the apply lock.
+    pub fn rebuild_affinity(&self, store: &str, window_ms: i64) -> Result<Rebuilt, Error> {
+        // Read phase, from a snapshot: no lock held.
+        let started = std::time::Instant::now();
+        let snap = self.snapshot()?;
+        let recount = Recount::read(&snap, store)?;
+        let orders = &recount.orders;
         let mut out = Rebuilt {
             orders: orders.len() as u64,
-            passes: bounds.len() as u32,
-            read_ms: started.elapsed().as_millis() as u64,
+            read_ms: recount.read_ms,
             ..Rebuilt::default()
         };
-        let mut counting = std::time::Duration::ZERO;
 
         // Write phase, in one transaction: rows are compared with what the snapshot holds
         // (nobody else writes them: callers hold the apply lock) and only differences are
@@ -1058,93 +1269,18 @@ impl Storage {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         {
-            write_products(&tx, &new_products, &[(store.to_string(), next_no)])?;
-            out.products = new_products.len() as u64;
+            write_products(
+                &tx,
+                &recount.new_products,
+                &[(store.to_string(), recount.next_no)],
+            )?;
+            out.products = recount.new_products.len() as u64;
 
             let mut items_t = tx.open_table(AFF_ITEMS)?;
             let mut pairs_t = tx.open_table(AFF_PAIRS)?;
-            // One pass over the orders; then each slice of antecedents from its file.
-            let count_started = std::time::Instant::now();
             let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
-            let spill_error = |source| Error::Spill {
-                dir: dir.to_path_buf(),
-                source,
-            };
-            let mut spill = Spill {
-                items: HashMap::new(),
-                slice_of: vec![0; next_no as usize],
-                files: Vec::with_capacity(bounds.len()),
-                error: None,
-            };
-            for (n, &(lo, hi)) in bounds.iter().enumerate() {
-                spill.slice_of[lo as usize..hi as usize].fill(n as u32);
-                let file = tempfile::tempfile_in(dir).map_err(spill_error)?;
-                spill
-                    .files
-                    .push(std::io::BufWriter::with_capacity(1 << 16, file));
-            }
-            let (mut from, mut to) = (OrderEvidence::default(), OrderEvidence::default());
-            for i in 0..orders.len() {
-                orders.evidence_into(i, &mut from);
-                tally_order(&mut spill, &from, 1);
-            }
-            for &(x, y) in &transitions {
-                orders.evidence_into(x as usize, &mut from);
-                orders.evidence_into(y as usize, &mut to);
-                tally_transition(&mut spill, &from, &to, window_ms, 1);
-            }
-            if let Some(e) = spill.error.take() {
-                return Err(spill_error(e));
-            }
-            let mut item_rows = spill.items;
-            out.transitions = item_rows
-                .get(&(Kind::NextOrder, TOTAL))
-                .map_or(0, |r| r.antecedent.total());
-            counting += count_started.elapsed();
-            // The pair counts of one slice, its allocation reused by the next.
-            let mut entries = Vec::new();
-            for (file, &(lo, hi)) in spill.files.into_iter().zip(&bounds) {
-                let count_started = std::time::Instant::now();
-                read_spilled(file, &mut entries).map_err(spill_error)?;
-                entries.sort_unstable();
-                counting += count_started.elapsed();
-                // Rows are made from the sorted counts as they are compared, never all held.
-                // One antecedent's pair counts while its rows go by (they are contiguous),
-                // made into its leaders when the next one starts.
-                let mut counts: ((Kind, ProductNo), Vec<(ProductNo, u64)>) =
-                    ((Kind::SameOrder, TOTAL), Vec::new());
-                let mut settle = |counts: &mut ((Kind, ProductNo), Vec<(ProductNo, u64)>)| {
-                    if !counts.1.is_empty() {
-                        item_rows.entry(counts.0).or_default().leaders =
-                            Leaders::from_counts(counts.1.drain(..));
-                    }
-                };
-                let mut i = 0;
-                let want = std::iter::from_fn(|| {
-                    let (key, _, _) = unpack_pair(*entries.get(i)?);
-                    let mut row = PairRow::default();
-                    let mut gaps = 0;
-                    while let Some((k, month, gap)) = entries.get(i).map(|&x| unpack_pair(x)) {
-                        if k != key {
-                            break;
-                        }
-                        match row.months.0.last_mut() {
-                            Some((m, n)) if *m == month => *n += 1,
-                            _ => row.months.0.push((month, 1)),
-                        }
-                        gaps += gap;
-                        i += 1;
-                    }
-                    row.gap_secs = gaps;
-                    let kind = Kind::from_code(key.0).expect("packed from a Kind");
-                    if counts.0 != (kind, key.1) {
-                        settle(&mut counts);
-                        counts.0 = (kind, key.1);
-                    }
-                    counts.1.push((key.2, row.months.total()));
-                    out.pairs += 1;
-                    Some(records::encode_pair(&row).map(|bytes| (key, bytes)))
-                });
+            let mut changed = 0;
+            let counted = recount.count(window_ms, dir, &|_| true, &mut |(lo, hi), want| {
                 // Stored rows of this slice: both kinds, antecedents lo..hi (hi > lo).
                 let mut have = Vec::new();
                 for kind in Kind::ALL {
@@ -1159,28 +1295,22 @@ impl Storage {
                     let (_, k, a, b) = key.value();
                     Ok(((k, a, b), v.value().to_vec()))
                 });
-                out.changed += sync_rows(have, want, |&(k, a, b), bytes| {
+                changed += sync_rows(have, want, |&(k, a, b), bytes| {
                     match bytes {
                         Some(x) => pairs_t.insert((store, k, a, b), x)?,
                         None => pairs_t.remove((store, k, a, b))?,
                     };
                     Ok(())
                 })?;
-                settle(&mut counts);
-            }
-            let popular = item_rows
-                .iter()
-                .filter(|(k, _)| k.0 == Kind::SameOrder && k.1 != TOTAL)
-                .map(|(k, r)| (k.1, r.antecedent.total()))
-                .collect::<Vec<_>>();
-            if !popular.is_empty() {
-                item_rows
-                    .entry((Kind::SameOrder, TOTAL))
-                    .or_default()
-                    .leaders = Leaders::from_counts(popular);
-            }
-            let mut want = Vec::with_capacity(item_rows.len());
-            for ((kind, p), row) in item_rows {
+                Ok(())
+            })?;
+            out.changed += changed;
+            out.transitions = counted.transitions;
+            out.pairs = counted.pairs;
+            out.passes = counted.passes;
+            out.count_ms = counted.count_ms;
+            let mut want = Vec::with_capacity(counted.items.len());
+            for ((kind, p), row) in counted.items {
                 want.push(((kind.code(), p), records::encode_item(&row)?));
             }
             want.sort_unstable_by_key(|w| w.0);
@@ -1222,7 +1352,7 @@ impl Storage {
             })?;
             drop(ev);
 
-            let want = seq.iter().map(|&i| {
+            let want = recount.seq.iter().map(|&i| {
                 let i = i as usize;
                 let key = (orders.customer[i], orders.at[i], orders.id(i).to_string());
                 Ok((key, Vec::new()))
@@ -1247,11 +1377,174 @@ impl Storage {
             })?;
         }
         tx.commit()?;
-        out.count_ms = counting.as_millis() as u64;
         out.write_ms =
             (started.elapsed().as_millis() as u64).saturating_sub(out.read_ms + out.count_ms);
         Ok(out)
     }
+
+    /// Recounts one store's affinity the way a rebuild does, writing nothing, and compares
+    /// the result with the stored (incrementally kept) rows: every product's item row,
+    /// and every pair row of a sample of antecedents, drawn in an order that `seed` shuffles
+    /// until they hold at least `pair_rows` stored rows (all of them in a small store). Only
+    /// the sample's pair counts are spilled and sorted, so a check costs about the read
+    /// phase of a rebuild. Takes the apply lock just to take its snapshot, so orders and
+    /// counts agree (callers must not hold it).
+    pub fn check_affinity(
+        &self,
+        store: &str,
+        window_ms: i64,
+        seed: u64,
+        pair_rows: usize,
+    ) -> Result<Checked, Error> {
+        let snap = {
+            let _applying = self.apply_lock();
+            self.snapshot()?
+        };
+        let recount = Recount::read(&snap, store)?;
+        // The sample: products in an order shuffled by the seed, until enough stored rows.
+        let mut sample = vec![false; recount.next_no as usize];
+        let mut order: Vec<ProductNo> = (0..recount.next_no).collect();
+        order.sort_unstable_by_key(|&p| (mix(seed ^ u64::from(p)), p));
+        let mut stored = 0;
+        let mut out = Checked {
+            orders: recount.orders.len() as u64,
+            ..Checked::default()
+        };
+        for p in order {
+            if stored >= pair_rows {
+                break;
+            }
+            sample[p as usize] = true;
+            out.sampled_products += 1;
+            for kind in Kind::ALL {
+                let k = kind.code();
+                for item in snap
+                    .pairs
+                    .range((store, k, p, 0)..=(store, k, p, ProductNo::MAX))?
+                {
+                    item?;
+                    stored += 1;
+                }
+            }
+        }
+        let sampled = |p: ProductNo| sample.get(p as usize).copied().unwrap_or(false);
+        let name = |p: ProductNo| -> Result<String, Error> {
+            if p == TOTAL {
+                return Ok("(all orders)".into());
+            }
+            Ok(snap
+                .product_key_of(store, p)?
+                .unwrap_or_else(|| format!("product #{p} (numbered by the recount)")))
+        };
+        let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
+        let mut found = Vec::new();
+        let counted = recount.count(window_ms, dir, &sampled, &mut |(lo, hi), want| {
+            let mut have = Vec::new();
+            for kind in Kind::ALL {
+                let k = kind.code();
+                for a in (lo..hi).filter(|&a| sampled(a)) {
+                    have.push(
+                        snap.pairs
+                            .range((store, k, a, 0)..=(store, k, a, ProductNo::MAX))?,
+                    );
+                }
+            }
+            let have = have.into_iter().flatten().map(|item| {
+                let (key, v) = item?;
+                let (_, k, a, b) = key.value();
+                Ok(((k, a, b), v.value().to_vec()))
+            });
+            let mut compared = 0u64;
+            let want = want.inspect(|_| compared += 1);
+            let mut stored_only = 0u64;
+            sync_rows(have, want, |&key, bytes| {
+                if bytes.is_none() {
+                    stored_only += 1;
+                }
+                found.push((key, bytes.map(<[u8]>::to_vec)));
+                Ok(())
+            })?;
+            out.pair_rows += compared + stored_only;
+            Ok(())
+        })?;
+        for ((k, a, b), bytes) in found {
+            let kind = Kind::from_code(k).map_or("?", Kind::as_str);
+            let stored = snap.pairs.get((store, k, a, b))?;
+            let stored = match stored {
+                Some(v) => records::decode_pair(v.value())?.months.total(),
+                None => 0,
+            };
+            let recounted = match bytes {
+                Some(x) => records::decode_pair(&x)?.months.total(),
+                None => 0,
+            };
+            let what = format!(
+                "{kind} pair {} -> {}: stored {stored}, recounted {recounted}",
+                name(a)?,
+                name(b)?
+            );
+            out.differ(what);
+        }
+
+        let mut items = counted.items;
+        for item in snap
+            .items
+            .range((store, 0u8, 0u32)..=(store, u8::MAX, u32::MAX))?
+        {
+            let (key, v) = item?;
+            let (_, k, p) = key.value();
+            let Some(kind) = Kind::from_code(k) else {
+                continue;
+            };
+            let mut stored = records::decode_item(v.value())?;
+            if p != TOTAL && !sampled(p) {
+                // Leaders come from pair counts, recounted only for the sample.
+                stored.leaders = Leaders::default();
+            }
+            let recounted = items.remove(&(kind, p)).unwrap_or_default();
+            out.item_rows += 1;
+            if stored != recounted {
+                let what = item_difference(kind, &name(p)?, &stored, &recounted);
+                out.differ(what);
+            }
+        }
+        let mut rest: Vec<_> = items.into_iter().filter(|(_, r)| !r.is_empty()).collect();
+        rest.sort_unstable_by_key(|(k, _)| (k.0.code(), k.1));
+        for ((kind, p), recounted) in rest {
+            out.item_rows += 1;
+            let what = item_difference(kind, &name(p)?, &ItemRow::default(), &recounted);
+            out.differ(what);
+        }
+        Ok(out)
+    }
+}
+
+/// One item row's difference, in words.
+fn item_difference(kind: Kind, product: &str, stored: &ItemRow, recounted: &ItemRow) -> String {
+    let sides = |r: &ItemRow| (r.antecedent.total(), r.consequent.total());
+    if sides(stored) == sides(recounted) {
+        format!(
+            "{} item {product}: same totals, but the months or the leader list differ",
+            kind.as_str()
+        )
+    } else {
+        let (s, r) = (sides(stored), sides(recounted));
+        format!(
+            "{} item {product}: stored {}/{}, recounted {}/{} (as antecedent/consequent)",
+            kind.as_str(),
+            s.0,
+            s.1,
+            r.0,
+            r.1
+        )
+    }
+}
+
+/// A 64-bit mix (splitmix64's finalizer): the check's shuffle of products.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Makes stored rows equal to `want`: both in key order, `have` as stored. Calls `put`

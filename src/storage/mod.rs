@@ -36,6 +36,8 @@ pub enum Error {
     },
     #[error("database: {0}")]
     Redb(Box<redb::Error>),
+    #[error("event {0}: its raw body is no longer stored (bodies older than [jobs] payload_retention_days are purged; the event's normalized form is kept)")]
+    Purged(u64),
     #[error("stored record: {0}")]
     Codec(String),
     #[error("cannot keep the affinity rebuild's temporary counts in {dir}: {source} (a rebuild needs about 16 bytes per pair count there, ~200 MB per million orders; free some space and run it again)")]
@@ -67,7 +69,8 @@ from_redb!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    redb::SetDurabilityError
+    redb::SetDurabilityError,
+    redb::CompactionError
 );
 
 /// How to open the database.
@@ -120,6 +123,16 @@ impl NewEvent {
 pub enum Committed {
     Stored(u64),
     Duplicate(u64),
+}
+
+/// What one [`Storage::purge_bodies`] batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeBatch {
+    pub removed: u64,
+    /// The last sequence number looked at: the next batch starts after it.
+    pub last: u64,
+    /// Nothing old enough is left after `last` (a batch that stopped at its limit is not).
+    pub done: bool,
 }
 
 /// Per-store figures for `/api/status`.
@@ -193,6 +206,10 @@ impl Storage {
 
     /// Opens (or creates) the database in `data_dir`.
     pub fn open(data_dir: &Path, opts: &Options) -> Result<Arc<Storage>, Error> {
+        Self::open_owned(data_dir, opts).map(Arc::new)
+    }
+
+    fn open_owned(data_dir: &Path, opts: &Options) -> Result<Storage, Error> {
         std::fs::create_dir_all(data_dir).map_err(|source| Error::DataDir {
             path: data_dir.to_path_buf(),
             source,
@@ -223,7 +240,28 @@ impl Storage {
             timer_feed: Default::default(),
         };
         storage.init_schema()?;
-        Ok(Arc::new(storage))
+        Ok(storage)
+    }
+
+    /// Compacts the database file in `data_dir`, which must exist and not be open
+    /// elsewhere ([`Error::Locked`] while a service runs): redb hands freed pages back to
+    /// the file system only this way, with the file to itself. Returns the file's size in
+    /// bytes before and after.
+    pub fn compact(data_dir: &Path, opts: &Options) -> Result<(u64, u64), Error> {
+        let path = data_dir.join(Self::FILE_NAME);
+        let size = |path: &Path| {
+            std::fs::metadata(path)
+                .map(|m| m.len())
+                .map_err(|source| Error::DataDir {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        };
+        let before = size(&path)?;
+        let mut storage = Storage::open_owned(data_dir, opts)?;
+        storage.db.compact()?;
+        drop(storage);
+        Ok((before, size(&path)?))
     }
 
     /// Waits until no one else applies orders, and holds that until the guard drops.
@@ -360,7 +398,7 @@ impl Storage {
         let tx = self.db.begin_read()?;
         let bodies = tx.open_table(BODIES)?;
         self.scan_events(after, limit, |seq, head| {
-            let body = bodies.get(seq)?.ok_or_else(|| missing_body(seq))?;
+            let body = bodies.get(seq)?.ok_or_else(|| Error::Purged(seq))?;
             EventRecord::decode(head, body.value())
         })
     }
@@ -405,9 +443,8 @@ impl Storage {
             return Ok(None);
         };
         let (ev, bodies) = (tx.open_table(EVENTS)?, tx.open_table(BODIES)?);
-        let (Some(head), Some(body)) = (ev.get(seq)?, bodies.get(seq)?) else {
-            return Err(missing_body(seq));
-        };
+        let head = ev.get(seq)?.ok_or_else(|| missing_body(seq))?;
+        let body = bodies.get(seq)?.ok_or_else(|| Error::Purged(seq))?;
         Ok(Some((
             seq,
             EventRecord::decode(head.value(), body.value())?,
@@ -438,7 +475,7 @@ impl Storage {
         let Some(head) = ev.get(seq)? else {
             return Ok(None);
         };
-        let body = bodies.get(seq)?.ok_or_else(|| missing_body(seq))?;
+        let body = bodies.get(seq)?.ok_or_else(|| Error::Purged(seq))?;
         EventRecord::decode(head.value(), body.value()).map(Some)
     }
 
@@ -512,6 +549,78 @@ impl Storage {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Removes the raw bodies of events received before `before`, oldest first, looking at
+    /// no more than `limit` bodies after sequence number `after`, and returns what it did
+    /// (the next batch starts after `last`). Heads stay: they hold the normalized form
+    /// that history rebuilds from. Quarantined events keep their bodies, whatever their
+    /// age: a newer build parses them again (`quarantine replay`). Bodies are looked at in
+    /// commit order and the batch ends at the first one young enough to keep, so a run
+    /// touches little more than what it removes (a body that sits behind a younger one, as
+    /// a replayed delivery does with its first receipt time, waits for it). The read holds
+    /// no lock; the removal is one short transaction, made durable by the writer's next
+    /// commit (a purge lost in a crash is done again).
+    pub fn purge_bodies(
+        &self,
+        before: Timestamp,
+        after: u64,
+        limit: usize,
+    ) -> Result<PurgeBatch, Error> {
+        let mut batch = PurgeBatch {
+            removed: 0,
+            last: after,
+            done: true,
+        };
+        let mut remove = Vec::new();
+        {
+            let tx = self.db.begin_read()?;
+            let bodies = tx.open_table(BODIES)?;
+            let (ev, q) = (tx.open_table(EVENTS)?, tx.open_table(QUARANTINE)?);
+            for (looked, item) in bodies.range(after.saturating_add(1)..)?.enumerate() {
+                if looked >= limit {
+                    batch.done = false;
+                    break;
+                }
+                let seq = item?.0.value();
+                if q.get(seq)?.is_none() {
+                    let Some(head) = ev.get(seq)? else {
+                        batch.last = seq;
+                        continue;
+                    };
+                    if EventRecord::decode_head(head.value())?.received_at >= before {
+                        break;
+                    }
+                    remove.push(seq);
+                }
+                batch.last = seq;
+            }
+        }
+        if !remove.is_empty() {
+            let mut tx = self.db.begin_write()?;
+            tx.set_durability(Durability::None)?;
+            {
+                let mut bodies = tx.open_table(BODIES)?;
+                let q = tx.open_table(QUARANTINE)?;
+                for &seq in &remove {
+                    // Only new events are quarantined, never these; checked all the same.
+                    if q.get(seq)?.is_none() && bodies.remove(seq)?.is_some() {
+                        batch.removed += 1;
+                    }
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(batch)
+    }
+
+    /// Raw bodies stored, and how many of them are quarantined deliveries'.
+    pub fn stored_bodies(&self) -> Result<(u64, u64), Error> {
+        let tx = self.db.begin_read()?;
+        Ok((
+            tx.open_table(BODIES)?.len()?,
+            tx.open_table(QUARANTINE)?.len()?,
+        ))
     }
 
     /// Number of stored events (deliveries, not counting duplicates).

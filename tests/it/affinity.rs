@@ -265,6 +265,48 @@ fn incremental_counts_equal_a_rebuild_whatever_the_arrival_order() {
     }
 }
 
+/// The nightly check recounts without writing: after incremental updates it finds every
+/// row equal, whether it compares all pair rows or a sample; counted with another window it
+/// finds the next-order rows that differ, names a few, and leaves the stored rows alone.
+#[test]
+fn the_affinity_check_agrees_with_incremental_counts_and_names_rows_that_differ() {
+    for seed in 1..=4 {
+        let (events, chunk) = history(seed);
+        let (_d, a) = open();
+        for part in events.chunks(chunk) {
+            a.commit_deliveries(part, &[], Timestamp(T0)).unwrap();
+            catch_up(&a);
+        }
+        let before = dump(&a, "demo");
+        let all = a
+            .check_affinity("demo", 90 * DAY, seed, usize::MAX)
+            .unwrap();
+        assert_eq!(all.mismatched, 0, "seed {seed}: {all:?}");
+        assert!(all.pair_rows > 20 && all.item_rows > 0, "{all:?}");
+        let sample = a.check_affinity("demo", 90 * DAY, seed, 20).unwrap();
+        assert_eq!(sample.mismatched, 0, "seed {seed}: {sample:?}");
+        assert!(
+            sample.pair_rows >= 20 && sample.pair_rows < all.pair_rows,
+            "seed {seed}: {sample:?} of {all:?}"
+        );
+        assert_eq!(sample.item_rows, all.item_rows, "every product's counts");
+        assert!(sample.sampled_products < all.sampled_products);
+
+        let other = a.check_affinity("demo", DAY, seed, usize::MAX).unwrap();
+        assert!(other.mismatched > 0, "seed {seed}: {other:?}");
+        assert!(other.examples.len() <= 5, "{other:?}");
+        assert!(
+            other.examples.iter().all(|e| e.starts_with("next_order ")),
+            "only next-order counts depend on the window: {other:?}"
+        );
+        assert!(
+            other.examples.iter().any(|e| e.contains(" pair P")),
+            "{other:?}"
+        );
+        assert_eq!(dump(&a, "demo"), before, "a check writes nothing");
+    }
+}
+
 fn config(dir: &std::path::Path) -> Config {
     upsell_appliance::config::parse(
         &format!(

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod fixtures;
 mod hardening;
+mod jobs;
 mod plans;
 mod quarantine;
 mod scheduler;
