@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         action: OrderAction,
     },
+    /// One touch: the customer opened it, or send it again
+    Touch {
+        #[command(subcommand)]
+        action: TouchAction,
+    },
     /// Give the database file's free space back to the disk; needs the service stopped
     Compact {
         #[arg(long)]
@@ -152,6 +157,30 @@ enum OfferAction {
     /// The customer declined the page offer
     Decline {
         order: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TouchAction {
+    /// The customer opened this email (for stores with `opens_reported = true`)
+    Opened {
+        /// The touch id (`explain ORDER` lists them; the outbox line has it)
+        touch: String,
+        /// When (RFC 3339), default now
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send this touch again: a copy due now, decided like any other (caps may defer it)
+    Resend {
+        touch: String,
         #[arg(long, value_name = "ID")]
         store: Option<String>,
         #[arg(long)]
@@ -300,6 +329,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Customer { action } => customer(&load(&cli.config)?, action),
         Command::Offer { action } => offer(&load(&cli.config)?, action),
         Command::Order { action } => order(&load(&cli.config)?, action),
+        Command::Touch { action } => touch(&load(&cli.config)?, action),
         Command::Compact { json } => compact(&load(&cli.config)?, json),
     }
 }
@@ -1356,6 +1386,50 @@ fn offer(config: &Config, action: OfferAction) -> anyhow::Result<ExitCode> {
             "order {}: page offer {} ({source})",
             v["order"].as_str().unwrap_or(""),
             if accepted { "accepted" } else { "declined" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn touch(config: &Config, action: TouchAction) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let (resend, touch, at, store, as_json) = match action {
+        TouchAction::Opened {
+            touch,
+            at,
+            store,
+            json,
+        } => (false, touch, at, store, json),
+        TouchAction::Resend { touch, store, json } => (true, touch, None, store, json),
+    };
+    let store = store_of(config, &store)?;
+    let mut api = format!(
+        "/api/touch/{}?store={store}&touch={}",
+        if resend { "resend" } else { "opened" },
+        percent_encode(&touch)
+    );
+    if let Some(at) = &at {
+        api += &format!("&at={}", percent_encode(at));
+    }
+    let (v, source) = via_service_or_file(config, "POST", &api, |s| {
+        if resend {
+            crate::ops::touch_resend(s, &store, &touch, now).map_err(ops_err)
+        } else {
+            crate::ops::touch_opened(s, &store, &touch, at.as_deref(), now).map_err(ops_err)
+        }
+    })?;
+    if as_json {
+        println!("{v}");
+    } else if resend {
+        println!(
+            "touch {}: sent again as touch {}, due now ({source})",
+            v["touch_id"], v["resend_touch_id"]
+        );
+    } else {
+        println!(
+            "touch {}: opened at {} ({source})",
+            v["touch_id"],
+            v["opened_at"].as_str().unwrap_or("")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -190,6 +190,9 @@ pub struct StoreConfig {
     /// `[stores.touches]`: the rules a due touch is decided by (caps, quiet hours, grace).
     pub rules: crate::engine::due::Rules,
     pub delivery: crate::engine::due::DeliveryRules,
+    /// Opens of this store's emails are reported (`touch opened`, later the providers'
+    /// webhooks), so an email without one was not opened and the engagement rule applies.
+    pub opens_reported: bool,
 }
 
 impl Config {
@@ -309,6 +312,7 @@ struct RawTouches {
     page_signal_minutes: Option<i64>,
     delivery_events: Option<bool>,
     transit_days: Option<i64>,
+    opens_reported: Option<bool>,
 }
 
 /// `[stores.touches]` into the due-time rules; `key` names the table in messages.
@@ -941,15 +945,14 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
             (_, None) => String::new(),
         };
         let offers = offers(s.offers.unwrap_or_default(), currency, &key("offers"))?;
-        let (rules, delivery) = touch_rules(
-            s.touches.unwrap_or_default(),
-            offers.stock_threshold,
-            &key("touches"),
-        )?;
+        let touches = s.touches.unwrap_or_default();
+        let opens_reported = touches.opens_reported.unwrap_or(false);
+        let (rules, delivery) = touch_rules(touches, offers.stock_threshold, &key("touches"))?;
         stores.push(StoreConfig {
             offers,
             rules,
             delivery,
+            opens_reported,
             id,
             platform,
             domain,

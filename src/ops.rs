@@ -842,6 +842,82 @@ pub fn offer_response(
     Ok(json!({"store": store, "order": id, "accepted": accepted, "at": now.to_rfc3339()}))
 }
 
+/// A touch of `store` by its id, as the CLI and the admin API give it.
+fn known_touch(
+    storage: &Storage,
+    store: &str,
+    id: &str,
+) -> Result<(u64, crate::storage::touches::TouchRecord), OpsError> {
+    let n: u64 = id.trim().parse().map_err(|_| {
+        OpsError::Invalid(format!(
+            "{id:?} is not a touch id; `explain ORDER` lists each touch's touch_id, the outbox line has it"
+        ))
+    })?;
+    match storage.snapshot()?.touch(n)? {
+        Some(t) if t.store == store => Ok((n, t)),
+        _ => Err(OpsError::Invalid(format!(
+            "no touch {n} in store {store}; `explain ORDER` lists each touch's touch_id"
+        ))),
+    }
+}
+
+/// `touch opened TOUCH [--at TIME]`: the customer opened that email (for stores whose
+/// opens are reported; `opens_reported`).
+pub fn touch_opened(
+    storage: &Storage,
+    store: &str,
+    id: &str,
+    at: Option<&str>,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let (n, t) = known_touch(storage, store, id)?;
+    if t.channel != crate::engine::plan::Channel::Email
+        || !matches!(t.state, crate::storage::touches::TouchState::Sent { .. })
+    {
+        return Err(OpsError::Invalid(format!(
+            "touch {n} is a {} {} touch that is {}; only a sent email can be opened",
+            t.kind.as_str(),
+            t.channel.as_str(),
+            t.state.as_str()
+        )));
+    }
+    let at = match at {
+        None => now,
+        Some(text) => parse_time_arg(text)?,
+    };
+    storage.set_opened(n, at)?;
+    Ok(json!({"store": store, "touch_id": n, "opened_at": at.to_rfc3339()}))
+}
+
+/// `touch resend TOUCH`: a copy of a touch, due now and decided like any other (the caps
+/// may defer it; it is never dropped).
+pub fn touch_resend(
+    storage: &Storage,
+    store: &str,
+    id: &str,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let (n, t) = known_touch(storage, store, id)?;
+    let new = storage
+        .resend(n, now)?
+        .ok_or_else(|| OpsError::Invalid(format!("touch {n} is gone")))?;
+    Ok(
+        json!({"store": store, "touch_id": n, "resend_touch_id": new,
+        "order": t.order, "kind": t.kind.as_str(), "due_at": now.to_rfc3339()}),
+    )
+}
+
+/// An RFC 3339 time given to `--at`.
+fn parse_time_arg(text: &str) -> Result<Timestamp, OpsError> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| Timestamp(t.timestamp_millis()))
+        .map_err(|_| {
+            OpsError::Invalid(format!(
+                "--at {text:?} is not a time such as 2026-11-25T14:00:00Z"
+            ))
+        })
+}
+
 /// `order delivered ORDER [--at TIME]`: a delivery told by hand (for stores without
 /// delivery events); the review request waits for one.
 pub fn order_delivered(
@@ -856,13 +932,7 @@ pub fn order_delivered(
     let id = known_order(storage, store, order)?;
     let at = match at {
         None => now,
-        Some(text) => chrono::DateTime::parse_from_rfc3339(text.trim())
-            .map(|t| Timestamp(t.timestamp_millis()))
-            .map_err(|_| {
-                OpsError::Invalid(format!(
-                    "--at {text:?} is not a time such as 2026-11-25T14:00:00Z"
-                ))
-            })?,
+        Some(text) => parse_time_arg(text)?,
     };
     // Moves the review request and touch-2 with the delivery.
     let facts = crate::engine::due::DeliveryFacts {

@@ -155,6 +155,24 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 crate::ops::offer_response(&ctx.storage, &store, &order, accepted, ctx.clock.now())
             })
         }
+        (Method::Post, "/api/touch/opened" | "/api/touch/resend") => {
+            let resend = path == "/api/touch/resend";
+            pick(ctx, &query).and_then(|store| {
+                let arg = |k: &str| super::page::form_value(query.as_bytes(), k);
+                let touch = arg("touch").unwrap_or_default();
+                if resend {
+                    crate::ops::touch_resend(&ctx.storage, &store, &touch, ctx.clock.now())
+                } else {
+                    crate::ops::touch_opened(
+                        &ctx.storage,
+                        &store,
+                        &touch,
+                        arg("at").as_deref(),
+                        ctx.clock.now(),
+                    )
+                }
+            })
+        }
         (Method::Post, "/api/order/delivered") => pick(ctx, &query).and_then(|store| {
             let arg = |k: &str| super::page::form_value(query.as_bytes(), k);
             let cfg = ctx.config.store(&store).ok_or_else(|| {

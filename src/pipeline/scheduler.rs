@@ -646,6 +646,16 @@ fn decide(
     if let Some(c) = t.customer {
         sent.extend(overlay.get(&(t.store.clone(), c)).into_iter().flatten());
     }
+    // The engagement rule, where opens are known: the customer's last 4 emails, opened?
+    let recent_opens = match (store.opens_reported, t.customer) {
+        (true, Some(c)) => Some(
+            snap.recent_emails(&t.store, c, 4)?
+                .into_iter()
+                .map(|id| snap.opened(id).map(|o| o.is_some()))
+                .collect::<Result<Vec<bool>, Error>>()?,
+        ),
+        _ => None,
+    };
     // Quiet hours in the customer's zone: the shipping address's, else the store's.
     let tz = order
         .as_ref()
@@ -659,7 +669,7 @@ fn decide(
         suppressed: suppressed.as_ref(),
         page_offer_accepted,
         tickets: &tickets,
-        recent_opens: None,
+        recent_opens: recent_opens.as_deref(),
         offer_stock,
         delivered_at,
         sent: &sent,
@@ -692,5 +702,111 @@ fn line(id: u64, t: &TouchRecord, offer: Option<&Offer>, now: Timestamp) -> Outb
         due_at: t.due_at.to_rfc3339(),
         sent_at: now.to_rfc3339(),
         offer: offer.map(crate::outbound::offer_json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::lifecycle::Status;
+    use crate::engine::plan::{Plan, Touch, TouchKind};
+    use crate::storage::plans::PlanWrites;
+
+    const T0: i64 = 1_795_186_800_000;
+    const DAY: i64 = 86_400_000;
+
+    fn config(opens_reported: bool) -> Config {
+        crate::config::parse(
+            &format!(
+                "admin_token = \"0123456789abcdef0123\"\n[[stores]]\nid = \"s\"\nplatform = \"shopify\"\ndomain = \"s.myshopify.com\"\nwebhook_secrets = [\"x\"]\n[stores.touches]\nopens_reported = {opens_reported}\nemails_per_week = 100\nmessages_per_week = 100\n"
+            ),
+            std::path::Path::new("/"),
+            crate::config::Origin::Demo,
+        )
+        .unwrap()
+    }
+
+    /// Order `n` of customer 7 with one email touch of `kind` due at `due`.
+    fn record(n: u64, kind: TouchKind, due: i64) -> (String, PlanRecord) {
+        let rec = PlanRecord {
+            order_id: n.to_string(),
+            order_name: format!("#{n}"),
+            customer: Some(7),
+            order_at: Timestamp(due - DAY),
+            first_planned_at: Timestamp(due - DAY),
+            revision: 1,
+            plan: Plan {
+                recipe: None,
+                offer: None,
+                holdout: false,
+                variants: vec![],
+                touches: vec![Touch {
+                    kind,
+                    channel: Channel::Email,
+                    due_at: Timestamp(due),
+                    after_delivery: false,
+                }],
+                reasons: vec![],
+            },
+            sent: vec![],
+            status: Status::Active,
+            refunded_at: None,
+            history: vec![],
+        };
+        ("s".to_string(), rec)
+    }
+
+    /// Four emails already sent to customer 7; touch-2 of a fifth order due: skipped for
+    /// want of opens where opens are reported, sent where they are not or one was opened.
+    fn touch2_after_four_unopened(opens_reported: bool, open_one: bool) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &Default::default()).unwrap();
+        let plans = (1..=4)
+            .map(|n| record(n, TouchKind::Touch1, T0 + n as i64 * DAY))
+            .chain([record(5, TouchKind::Touch2, T0 + 10 * DAY)])
+            .collect();
+        storage
+            .write_plans(&PlanWrites {
+                plans,
+                ..Default::default()
+            })
+            .unwrap();
+        for id in 1..=4 {
+            storage.begin_sending(&[id]).unwrap();
+            storage
+                .finish_sent(&[id], Timestamp(T0 + id as i64 * DAY))
+                .unwrap();
+        }
+        if open_one {
+            storage.set_opened(2, Timestamp(T0 + 3 * DAY)).unwrap();
+        }
+        let outbox = Mutex::new(Outbox::open(dir.path()).unwrap());
+        let clock = crate::clock::TestClock::at(Timestamp(T0 + 10 * DAY));
+        let mut late = Round::default();
+        fire(
+            &storage,
+            &config(opens_reported),
+            &clock,
+            &outbox,
+            &[5],
+            Timestamp(T0),
+            &mut late,
+        )
+        .unwrap();
+        let t = storage.snapshot().unwrap().touch(5).unwrap().unwrap();
+        match t.state {
+            crate::storage::touches::TouchState::Skipped { reason } => reason,
+            s => s.as_str().to_string(),
+        }
+    }
+
+    #[test]
+    fn the_engagement_rule_applies_only_where_opens_are_reported() {
+        assert_eq!(
+            touch2_after_four_unopened(true, false),
+            "no opens on the customer's last 4 emails"
+        );
+        assert_eq!(touch2_after_four_unopened(true, true), "sent");
+        assert_eq!(touch2_after_four_unopened(false, false), "sent");
     }
 }

@@ -326,6 +326,7 @@ impl Storage {
             tx.open_table(OFFER_RESPONSES)?;
             tx.open_table(DELIVERIES)?;
             tx.open_table(OUTCOME_COUNTS)?;
+            tx.open_table(OPENS)?;
         }
         touches::count_pending_once(&tx)?;
         tx.commit()?;
@@ -672,6 +673,7 @@ impl Storage {
             sent_log: tx.open_table(SENT_LOG)?,
             tickets: tx.open_table(TICKETS)?,
             offer_responses: tx.open_table(OFFER_RESPONSES)?,
+            opens: tx.open_table(OPENS)?,
             deliveries: tx.open_table(DELIVERIES)?,
         })
     }
@@ -839,6 +841,7 @@ pub struct Snapshot {
     sent_log: redb::ReadOnlyTable<(&'static str, u64, i64, u64), &'static str>,
     tickets: redb::ReadOnlyTable<(&'static str, &'static str, &'static str), &'static [u8]>,
     offer_responses: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    opens: redb::ReadOnlyTable<u64, i64>,
     deliveries: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
 }
 

@@ -95,6 +95,8 @@ pub const TICKETS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition:
 /// (store, order id) -> the thank-you page offer's response.
 pub const OFFER_RESPONSES: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("offer_responses");
+/// Touch id -> when the customer opened that email (ms), as reported.
+pub const OPENS: TableDefinition<u64, i64> = TableDefinition::new("opens");
 /// (store, order id) -> delivery time ms told by hand.
 pub const DELIVERIES: TableDefinition<(&str, &str), i64> = TableDefinition::new("deliveries");
 

@@ -461,6 +461,30 @@ impl Snapshot {
         read(&self.touches, id)
     }
 
+    /// The customer's last `n` emails sent, newest first (touch ids).
+    pub fn recent_emails(&self, store: &str, customer: u64, n: usize) -> Result<Vec<u64>, Error> {
+        let mut out = Vec::new();
+        for item in self
+            .sent_log
+            .range((store, customer, i64::MIN, 0u64)..=(store, customer, i64::MAX, u64::MAX))?
+            .rev()
+        {
+            let (k, v) = item?;
+            if v.value() == "email" {
+                out.push(k.value().3);
+                if out.len() == n {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the customer opened the email of touch `id`, if reported.
+    pub fn opened(&self, id: u64) -> Result<Option<Timestamp>, Error> {
+        Ok(self.opens.get(id)?.map(|v| Timestamp(v.value())))
+    }
+
     /// Touches handed to a channel and not recorded as sent.
     pub fn sending(&self) -> Result<Vec<u64>, Error> {
         let mut out = Vec::new();
@@ -625,6 +649,45 @@ impl Storage {
         tx.commit()?;
         self.timer_feed.push(&written);
         Ok(())
+    }
+
+    /// Records that the customer opened the email of touch `id` at `at` (the first open
+    /// counts).
+    pub fn set_opened(&self, id: u64, at: Timestamp) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut opens = tx.open_table(OPENS)?;
+            let first = opens.get(id)?.map_or(at.0, |v| v.value().min(at.0));
+            opens.insert(id, first)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A manual resend: a copy of touch `id`, due at `now`, decided like any other (the
+    /// caps hold it if they must). Returns the new touch's id.
+    pub fn resend(&self, id: u64, now: Timestamp) -> Result<Option<u64>, Error> {
+        let tx = self.db.begin_write()?;
+        let new = {
+            let mut touches = tx.open_table(TOUCHES)?;
+            let Some(mut t) = read(&touches, id)? else {
+                return Ok(None);
+            };
+            let mut meta = tx.open_table(META)?;
+            let new = next_id(&meta)?;
+            meta.insert(NEXT_TOUCH_ID, &(new + 1).to_le_bytes()[..])?;
+            t.planned_due = now;
+            t.due_at = now;
+            t.state = TouchState::Scheduled;
+            touches.insert(new, encode(&t)?.as_slice())?;
+            Timers::open(&tx)?.add(new, &t)?;
+            tx.open_table(ORDER_TOUCHES)?
+                .insert((t.store.as_str(), t.order.as_str(), new), ())?;
+            new
+        };
+        tx.commit()?;
+        self.timer_feed.push(&[(now.0, new)]);
+        Ok(Some(new))
     }
 
     /// The timers written since the last call.

@@ -443,3 +443,64 @@ fn delivery_events_move_the_review_request_and_touch_2() {
         .collect();
     assert_eq!(kinds, ["touch1", "touch2", "review"]);
 }
+
+/// A manual resend is a new touch due now, decided like any other: within the caps it goes
+/// out at once; over them it is deferred to when they allow, never dropped. Opens are
+/// recorded for sent emails only.
+#[test]
+fn a_manual_resend_goes_through_the_caps_and_opens_are_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
+    let s = start(tmp.path(), clock.clone());
+    let body = serde_json::to_vec(&json!({
+        "id": 9701, "name": "#9701", "email": "kim@example.com",
+        "created_at": Timestamp(T0).to_rfc3339(), "updated_at": Timestamp(T0).to_rfc3339(),
+        "currency": "USD", "total_price": "54.00", "financial_status": "paid",
+        "line_items": [{"id": 1, "sku": "KIT-POUR", "quantity": 1, "price": "54.00",
+            "title": "Pour-over Kit", "requires_shipping": false}],
+        "customer": {"id": 8804, "email": "kim@example.com",
+            "email_marketing_consent": {"state": "subscribed"}}
+    }))
+    .unwrap();
+    assert_eq!(s.webhook("orders/paid", "k1", &body), 200);
+    clock.set(Timestamp(T0 + 21 * MIN));
+    let v = wait_state(&s, "9701", "touch1", "sent");
+    let id = touch(&v, "touch1")["touch_id"].as_u64().unwrap();
+    let post = |path: &str| -> Value {
+        let (code, body) = s.admin_post(path);
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    // Opened: recorded. A pending touch cannot be opened; an unknown one is named.
+    let r = post(&format!("/api/touch/opened?store={STORE}&touch={id}"));
+    assert_eq!(r["opened_at"], Timestamp(T0 + 21 * MIN).to_rfc3339());
+    let touch2 = touch(&v, "touch2")["touch_id"].as_u64().unwrap();
+    let (code, body) = s.admin_post(&format!("/api/touch/opened?store={STORE}&touch={touch2}"));
+    assert_eq!(code, 400);
+    assert!(body.contains("only a sent email can be opened"), "{body}");
+    let (code, body) = s.admin_post(&format!("/api/touch/resend?store={STORE}&touch=x1"));
+    assert_eq!(code, 400);
+    assert!(body.contains("is not a touch id"), "{body}");
+    // First resend: 2 emails in the week, within the caps: out at once.
+    let r = post(&format!("/api/touch/resend?store={STORE}&touch={id}"));
+    let first = r["resend_touch_id"].as_u64().unwrap().to_string();
+    let lines = wait_outbox(tmp.path(), 2);
+    assert_eq!(lines[1]["touch_id"], first);
+    assert_eq!(lines[1]["kind"], "touch1");
+    // Second resend: a third email in 7 days is over the cap; deferred, then sent once.
+    let r = post(&format!("/api/touch/resend?store={STORE}&touch={id}"));
+    let second = r["resend_touch_id"].as_u64().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(outbox(tmp.path()).len(), 2, "held by the cap");
+    // A week after the first email the window allows it (touch-2, due on day 4, is 3 days
+    // late at this jump: skipped as stale).
+    clock.set(Timestamp(T0 + 7 * DAY + 22 * MIN));
+    let lines = wait_outbox(tmp.path(), 3);
+    assert_eq!(lines[2]["touch_id"], second, "{lines:?}");
+    let (_, body) = s.admin_get("/api/status");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        st["stores"][0]["touches"]["deferred"]["frequency_cap"].as_u64() >= Some(1),
+        "{st}"
+    );
+}
