@@ -4,6 +4,7 @@
 //! moves the clock to exact times and checks the outbox lines (due and sent times), the
 //! durable timers and `explain`'s states and reasons.
 
+use crate::scheduler::{explain, outbox, touch};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,14 +71,6 @@ fn post_order(s: &TestServer, body: &Value) {
     wait_planned(s, &id);
 }
 
-fn outbox(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("outbox.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// The outbox lines of one order's touch of `kind`.
 fn lines_of(dir: &Path, order: &str, kind: &str) -> Vec<Value> {
     outbox(dir)
@@ -129,12 +122,6 @@ fn assert_each_once(dir: &Path) {
     assert!(dup.is_empty(), "sent more than once: {dup:?} in {lines:#?}");
 }
 
-fn explain(s: &TestServer, order: &str) -> Value {
-    let (code, v) = s.explain(order);
-    assert_eq!(code, 200, "{v}");
-    v
-}
-
 fn wait_planned(s: &TestServer, order: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -150,28 +137,20 @@ fn wait_planned(s: &TestServer, order: &str) -> Value {
     }
 }
 
-fn touch<'a>(v: &'a Value, kind: &str) -> &'a Value {
-    v["touches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} in {v:#}"))
+/// Restarts after downtime: two touches fell due meanwhile, and the misfire policy
+/// (sent, skipped, deferred) them as `want`.
+fn restart_with_late(dir: &Path, clock: Arc<TestClock>, want: (usize, usize, usize)) -> TestServer {
+    let s = restart(dir, clock);
+    let r = wait_late_decided(&s, 2);
+    assert_eq!(r.late_at_start, 2, "{r:?}");
+    let o = r.late_outcome;
+    assert_eq!((o.sent, o.skipped, o.deferred), want, "{r:?}");
+    s
 }
 
+/// The touch of `kind` once it is in `state`.
 fn wait_state(s: &TestServer, order: &str, kind: &str, state: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, v) = s.explain(order);
-        if code == 200 && touch(&v, kind)["state"] == state {
-            return touch(&v, kind).clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{kind} of {order} never {state}: {v:#}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    touch(&crate::scheduler::wait_state(s, order, kind, state), kind).clone()
 }
 
 fn reason(t: &Value) -> &str {
@@ -773,18 +752,7 @@ fn three_hours_down_touch1_is_stale_and_an_sms_within_its_grace_fires() {
 
     let restart_at = T0 + 20 * MIN + 3 * HOUR;
     clock.set(Timestamp(restart_at));
-    let s = restart(dir, clock.clone());
-    let r = wait_late_decided(&s, 2);
-    assert_eq!(r.late_at_start, 2, "{r:?}");
-    assert_eq!(
-        (
-            r.late_outcome.sent,
-            r.late_outcome.skipped,
-            r.late_outcome.deferred
-        ),
-        (1, 1, 0),
-        "{r:?}"
-    );
+    let s = restart_with_late(dir, clock.clone(), (1, 1, 0));
     let t = wait_state(&s, "9961", "touch1", "skipped");
     assert_eq!(
         reason(&t),
@@ -839,18 +807,7 @@ fn three_days_down_touch2_is_stale_and_a_touch_one_day_late_fires() {
 
     let restart_at = T0 + 7 * DAY;
     clock.set(Timestamp(restart_at));
-    let s = restart(dir, clock.clone());
-    let r = wait_late_decided(&s, 2);
-    assert_eq!(r.late_at_start, 2, "{r:?}");
-    assert_eq!(
-        (
-            r.late_outcome.sent,
-            r.late_outcome.skipped,
-            r.late_outcome.deferred
-        ),
-        (1, 1, 0),
-        "{r:?}"
-    );
+    let s = restart_with_late(dir, clock.clone(), (1, 1, 0));
     let t = wait_state(&s, "9971", "touch2", "skipped");
     assert_eq!(
         reason(&t),

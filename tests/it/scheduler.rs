@@ -20,7 +20,7 @@ fn start(dir: &Path, clock: Arc<TestClock>) -> TestServer {
     TestServer::start_demo(dir, clock)
 }
 
-fn outbox(dir: &Path) -> Vec<Value> {
+pub(crate) fn outbox(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("outbox.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -43,25 +43,28 @@ fn wait_outbox(dir: &Path, n: usize) -> Vec<Value> {
     }
 }
 
-fn explain(s: &TestServer, order: &str) -> Value {
+pub(crate) fn explain(s: &TestServer, order: &str) -> Value {
     let (code, v) = s.explain(order);
     assert_eq!(code, 200, "{v}");
     v
 }
 
-fn wait_state(s: &TestServer, order: &str, kind: &str, state: &str) -> Value {
+pub(crate) fn wait_state(s: &TestServer, order: &str, kind: &str, state: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (code, v) = s.explain(order);
         if code == 200 && touch(&v, kind)["state"] == state {
             return v;
         }
-        assert!(Instant::now() < deadline, "{kind} never {state}: {v:#}");
+        assert!(
+            Instant::now() < deadline,
+            "{kind} of {order} never {state}: {v:#}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-fn touch<'a>(v: &'a Value, kind: &str) -> &'a Value {
+pub(crate) fn touch<'a>(v: &'a Value, kind: &str) -> &'a Value {
     v["touches"]
         .as_array()
         .unwrap()
