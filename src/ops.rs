@@ -939,7 +939,8 @@ pub fn order_delivered(
         delivered_at: Some(at),
         ..Default::default()
     };
-    let anchors = crate::engine::due::anchors(&facts, &cfg.delivery, &cfg.offers.cadence);
+    let anchors =
+        crate::engine::due::anchors(&facts, &cfg.delivery, &cfg.offers.cadence).not_before(now);
     storage.set_delivered(store, &id, at, &anchors)?;
     Ok(json!({"store": store, "order": id, "delivered_at": at.to_rfc3339()}))
 }

@@ -166,6 +166,18 @@ pub struct Anchors {
     pub touch2: Option<Timestamp>,
 }
 
+impl Anchors {
+    /// Never in the past: a delivery learned late sends what is due at once rather than
+    /// leaving it to be skipped as stale.
+    pub fn not_before(self, now: Timestamp) -> Anchors {
+        let clamp = |t: Option<Timestamp>| t.map(|t| Timestamp(t.0.max(now.0)));
+        Anchors {
+            review: clamp(self.review),
+            touch2: clamp(self.touch2),
+        }
+    }
+}
+
 /// Where the delivery-anchored touches go, given the facts (`None`: where they are).
 pub fn anchors(
     facts: &DeliveryFacts,
@@ -857,6 +869,14 @@ mod tests {
             Anchors {
                 review: Some(t(19)),
                 touch2: Some(t(11))
+            }
+        );
+        // Learned late (now day 25): what is due goes now, not into the stale past.
+        assert_eq!(
+            a(delivered, &events).not_before(t(25)),
+            Anchors {
+                review: Some(t(25)),
+                touch2: Some(t(25))
             }
         );
         // A store without delivery events: shipped + transit days counts as delivered.

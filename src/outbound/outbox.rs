@@ -61,7 +61,9 @@ impl Outbox {
     }
 
     /// Appends the lines and syncs them once: when this returns `Ok`, every line is
-    /// durable. On an error some may be durable; the caller reconciles with
+    /// durable. On an error (a short write on a full disk, a failed sync) the file is cut
+    /// back to where it was, so none of the lines counts as sent and no fragment is left
+    /// for the next batch to glue onto; if even the cut fails, the caller reconciles with
     /// [`Outbox::recent_ids`] before sending any of them again.
     pub fn send(&mut self, lines: &[OutboxLine]) -> io::Result<()> {
         let mut buf = Vec::with_capacity(lines.len() * 300);
@@ -69,8 +71,25 @@ impl Outbox {
             serde_json::to_writer(&mut buf, l).map_err(io::Error::other)?;
             buf.push(b'\n');
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()
+        let before = self.file.metadata()?.len();
+        let written = self
+            .file
+            .write_all(&buf)
+            .and_then(|_| self.file.sync_data());
+        if let Err(e) = written {
+            if let Err(cut) = self
+                .file
+                .set_len(before)
+                .and_then(|_| self.file.sync_data())
+            {
+                eprintln!(
+                    "outbox: cutting {} back after a failed write: {cut}",
+                    self.path.display()
+                );
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The touch ids in the last `max_bytes` of the outbox (whole lines only).

@@ -190,9 +190,14 @@ impl Pass<'_> {
                 self.exclusive(store, c, &mut rec)?;
             }
         }
-        let delivery = state.delivery();
+        let mut delivery = state.delivery();
+        delivery.delivered_at = self
+            .snap
+            .delivered_by_hand(store, order_id)?
+            .or(delivery.delivered_at);
         if delivery != Default::default() {
-            let a = crate::engine::due::anchors(&delivery, &cfg.delivery, &cfg.offers.cadence);
+            let a = crate::engine::due::anchors(&delivery, &cfg.delivery, &cfg.offers.cadence)
+                .not_before(self.now);
             self.anchors
                 .push((store.to_string(), order_id.to_string(), a));
         }

@@ -399,11 +399,14 @@ impl<'s> Batch<'s> {
                 else {
                     continue;
                 };
-                let anchors = crate::engine::due::anchors(
-                    &state.delivery(),
-                    &cfg.delivery,
-                    &cfg.offers.cadence,
-                );
+                let mut facts = state.delivery();
+                facts.delivered_at = self
+                    .snap
+                    .delivered_by_hand(&key.0, &key.1)?
+                    .or(facts.delivered_at);
+                let anchors =
+                    crate::engine::due::anchors(&facts, &cfg.delivery, &cfg.offers.cadence)
+                        .not_before(planning.clock.now());
                 changes.plans.reanchor(&key.0, &key.1, anchors);
             }
         }

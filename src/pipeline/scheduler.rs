@@ -263,6 +263,9 @@ impl Wheel {
     fn run(mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
             if let Err(e) = self.step() {
+                // Keys taken from the feed or popped for dispatch may be lost with the
+                // error: the wheel reloads everything due from the index.
+                self.loaded = (i64::MIN, 0);
                 self.failed(format!("scheduler: {e}; retrying in {BACKOFF:?}"));
             }
             self.wait();
@@ -277,8 +280,10 @@ impl Wheel {
         }
         self.paused_until = None;
         let now = self.clock.now().0;
-        let feed = self.storage.take_new_timers();
+        // The feed is taken after the snapshot: a key taken is never lost to a failed
+        // read (and one written meanwhile is in the snapshot or the next feed).
         let snap = self.storage.snapshot()?;
+        let feed = self.storage.take_new_timers();
         for k in feed.keys {
             if k < self.loaded {
                 self.due.insert(k);
@@ -317,9 +322,18 @@ impl Wheel {
                 self.parked.push(key);
                 continue;
             }
-            let Some(t) = snap.touch(id)? else {
-                self.due.pop_first();
-                continue;
+            let t = match snap.touch(id) {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    self.due.pop_first();
+                    continue;
+                }
+                Err(e) => {
+                    // A record that cannot be read must not stall every touch behind it.
+                    self.due.pop_first();
+                    eprintln!("scheduler: touch {id} cannot be read ({e}); left pending, not sent");
+                    continue;
+                }
             };
             if !t.state.pending() || t.due_at.0 != key.0 {
                 // Sent, skipped or moved since this key was loaded: its current key (if
@@ -538,7 +552,7 @@ pub fn fire(
                         .or_default()
                         .push((now, t.channel));
                 }
-                send.push(id);
+                send.push((t.due_at.0, id));
             }
             Action::Defer {
                 until,
@@ -548,7 +562,7 @@ pub fn fire(
                 round.deferred += 1;
                 late.deferred += usize::from(was_late);
                 settle.push((
-                    id,
+                    (t.due_at.0, id),
                     Settle::Defer {
                         until,
                         reason,
@@ -559,7 +573,7 @@ pub fn fire(
             Action::Skip { reason, code } => {
                 round.skipped += 1;
                 late.skipped += usize::from(was_late);
-                settle.push((id, Settle::Skip { reason, code }));
+                settle.push(((t.due_at.0, id), Settle::Skip { reason, code }));
             }
         }
     }
@@ -628,11 +642,13 @@ fn decide(
     let page_offer_accepted = snap
         .offer_response(&t.store, &t.order)?
         .is_some_and(|r| r.accepted);
-    let delivered_at = match &order {
-        Some(o) => o.delivery().delivered(&store.delivery),
-        None => None,
-    }
-    .or(snap.delivered_by_hand(&t.store, &t.order)?);
+    // A delivery told by hand counts before what the events imply.
+    let delivered_at = match snap.delivered_by_hand(&t.store, &t.order)? {
+        Some(at) => Some(at),
+        None => order
+            .as_ref()
+            .and_then(|o| o.delivery().delivered(&store.delivery)),
+    };
     let offer_stock = match &plan.plan.offer {
         Some(o) => snap
             .variant_of_key(&t.store, &o.product)?
@@ -772,7 +788,9 @@ mod tests {
             })
             .unwrap();
         for id in 1..=4 {
-            storage.begin_sending(&[id]).unwrap();
+            storage
+                .begin_sending(&[(T0 + id as i64 * DAY, id)])
+                .unwrap();
             storage
                 .finish_sent(&[id], Timestamp(T0 + id as i64 * DAY))
                 .unwrap();

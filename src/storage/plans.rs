@@ -337,11 +337,21 @@ impl Storage {
         {
             let mut plans = tx.open_table(PLANS)?;
             for (store, rec) in &w.plans {
-                plans.insert(
-                    (store.as_str(), rec.order_id.as_str()),
-                    encode_plan(rec)?.as_slice(),
-                )?;
-                super::touches::sync(&tx, store, rec, &mut timers)?;
+                let key = (store.as_str(), rec.order_id.as_str());
+                // The scheduler may have recorded a send since the planner's snapshot:
+                // what went out stays out.
+                let stored = plans
+                    .get(key)?
+                    .map(|v| decode_plan(v.value()))
+                    .transpose()?;
+                let mut rec = rec.clone();
+                for kind in stored.into_iter().flat_map(|r| r.sent) {
+                    if !rec.sent.contains(&kind) {
+                        rec.sent.push(kind);
+                    }
+                }
+                plans.insert(key, encode_plan(&rec)?.as_slice())?;
+                super::touches::sync(&tx, store, &rec, &mut timers)?;
             }
             for (store, order, a) in &w.anchors {
                 super::touches::reanchor(&tx, store, order, a, &mut timers)?;

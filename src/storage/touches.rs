@@ -315,15 +315,24 @@ pub(super) fn sync(
     let mut timers = Timers::open(tx)?;
     let mut outcomes = tx.open_table(OUTCOME_COUNTS)?;
     let mut pending: Vec<(u64, TouchRecord)> = Vec::new();
+    // Kinds handed to a channel: never scheduled again, even before the plan record
+    // learns they were sent.
+    let mut out = Vec::new();
     for item in by_order
         .range((store, rec.order_id.as_str(), 0u64)..=(store, rec.order_id.as_str(), u64::MAX))?
     {
         let id = item?.0.value().2;
-        if let Some(t) = read(&touches, id)?.filter(|t| t.state.pending()) {
-            pending.push((id, t));
+        let Some(t) = read(&touches, id)? else {
+            continue;
+        };
+        match t.state {
+            TouchState::Sending | TouchState::Sent { .. } => out.push(t.kind),
+            _ if t.state.pending() => pending.push((id, t)),
+            _ => {}
         }
     }
-    let want = wanted(store, rec);
+    let mut want = wanted(store, rec);
+    want.retain(|t| !out.contains(&t.kind));
     let key = |t: &TouchRecord| (t.kind, t.planned_due, t.channel, t.carries_offer);
     let have: Vec<_> = pending.iter().map(|(_, t)| key(t)).collect();
     if have == want.iter().map(key).collect::<Vec<_>>() {
@@ -537,18 +546,20 @@ impl Storage {
     /// Marks due touches as being sent, durably, before any is handed to a channel (so a
     /// crash leaves them in `sending`, to reconcile with the channel). Returns those that
     /// were still pending.
-    pub fn begin_sending(&self, ids: &[u64]) -> Result<Vec<(u64, TouchRecord)>, Error> {
+    /// Each touch is given with the due time it was decided at (its timer key): one moved
+    /// since (a delivery re-anchored it) is left for its new time.
+    pub fn begin_sending(&self, keys: &[TimerKey]) -> Result<Vec<(u64, TouchRecord)>, Error> {
         let tx = self.db.begin_write()?;
         let mut out = Vec::new();
         {
             let mut touches = tx.open_table(TOUCHES)?;
             let mut timers = Timers::open(&tx)?;
             let mut sending = tx.open_table(SENDING)?;
-            for &id in ids {
+            for &(due, id) in keys {
                 let Some(mut t) = read(&touches, id)? else {
                     continue;
                 };
-                if !t.state.pending() {
+                if !t.state.pending() || t.due_at.0 != due {
                     continue;
                 }
                 timers.remove(id, &t)?;
@@ -603,8 +614,9 @@ impl Storage {
         Ok(())
     }
 
-    /// Records deferrals (the touch is due again later) and skips.
-    pub fn settle(&self, decisions: &[(u64, Settle)]) -> Result<(), Error> {
+    /// Records deferrals (the touch is due again later) and skips. A pending touch is given
+    /// with the due time it was decided at (its timer key): one moved since is left alone.
+    pub fn settle(&self, decisions: &[(TimerKey, Settle)]) -> Result<(), Error> {
         let mut written = Vec::new();
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
@@ -613,11 +625,12 @@ impl Storage {
             let mut timers = Timers::open(&tx)?;
             let mut sending = tx.open_table(SENDING)?;
             let mut outcomes = tx.open_table(OUTCOME_COUNTS)?;
-            for (id, d) in decisions {
+            for ((due, id), d) in decisions {
                 let Some(mut t) = read(&touches, *id)? else {
                     continue;
                 };
-                if !(t.state.pending() || t.state == TouchState::Sending) {
+                let moved = t.state.pending() && t.due_at.0 != *due;
+                if moved || !(t.state.pending() || t.state == TouchState::Sending) {
                     continue;
                 }
                 timers.remove(*id, &t)?;
@@ -680,9 +693,9 @@ impl Storage {
             t.due_at = now;
             t.state = TouchState::Scheduled;
             touches.insert(new, encode(&t)?.as_slice())?;
+            // Not in the order's index: a plan revision replaces the plan's own touches,
+            // never a resend.
             Timers::open(&tx)?.add(new, &t)?;
-            tx.open_table(ORDER_TOUCHES)?
-                .insert((t.store.as_str(), t.order.as_str(), new), ())?;
             new
         };
         tx.commit()?;
@@ -711,11 +724,11 @@ impl Storage {
             .filter(|id| sending.contains(id))
             .partition(|id| delivered.contains(&id.to_string()));
         self.finish_sent(&sent, now)?;
-        let retry: Vec<(u64, Settle)> = again
+        let retry: Vec<(TimerKey, Settle)> = again
             .iter()
             .map(|&id| {
                 (
-                    id,
+                    (now.0, id),
                     Settle::Defer {
                         until: now,
                         reason: "interrupted while sending; not in the outbox, so sent again"
@@ -856,9 +869,18 @@ mod tests {
         let rec = revise(None, plan(4, false), &order(), Some(7), &[], Timestamp(T0));
         write(&s, &rec);
         // Touches 1 and 2 were handed to the channel; only 1 reached it before the crash.
-        let handed = s.begin_sending(&[1, 2]).unwrap();
+        let key = |id: u64| {
+            let t = s.snapshot().unwrap().touch(id).unwrap().unwrap();
+            (t.due_at.0, id)
+        };
+        let handed = s.begin_sending(&[key(1), key(2)]).unwrap();
         assert_eq!(handed.len(), 2);
-        assert!(s.begin_sending(&[1]).unwrap().is_empty(), "not twice");
+        assert!(
+            s.begin_sending(&[(T0 + 20 * 60_000, 1)])
+                .unwrap()
+                .is_empty(),
+            "not twice"
+        );
         let delivered = std::collections::HashSet::from(["1".to_string()]);
         let now = Timestamp(T0 + 4 * 86_400_000);
         let sending = s.snapshot().unwrap().sending().unwrap();
@@ -885,6 +907,49 @@ mod tests {
             snap.sent_messages("demo", 7, Timestamp(T0)).unwrap(),
             [(now, Channel::Email)]
         );
+    }
+
+    #[test]
+    fn a_revision_while_a_touch_is_being_sent_does_not_schedule_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &Options::default()).unwrap();
+        let o = order();
+        let rec = revise(None, plan(4, false), &o, Some(7), &[], Timestamp(T0));
+        write(&s, &rec);
+        // Touch-1 is handed to the channel; a revision (touch-2 moves) comes before `sent`.
+        s.begin_sending(&[(T0 + 20 * 60_000, 1)]).unwrap();
+        let rec = revise(
+            Some(rec),
+            plan(5, false),
+            &o,
+            Some(7),
+            &[],
+            Timestamp(T0 + 1),
+        );
+        write(&s, &rec);
+        assert_eq!(
+            states(&s),
+            [
+                "1 touch1 sending",
+                "2 touch2 skipped",
+                "3 winback skipped",
+                "4 touch2 scheduled",
+                "5 winback scheduled"
+            ]
+        );
+        // A stale plan record written after the send keeps what went out.
+        s.finish_sent(&[1], Timestamp(T0 + 2)).unwrap();
+        write(&s, &rec);
+        let snap = s.snapshot().unwrap();
+        assert_eq!(
+            snap.plan("demo", "9001").unwrap().unwrap().sent,
+            [TouchKind::Touch1]
+        );
+        // Moved touches are not sent or settled at the key they were decided at.
+        assert!(s
+            .begin_sending(&[(T0 + 4 * 86_400_000, 4)])
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
