@@ -1,6 +1,8 @@
-//! The two threads between the HTTP workers and the database: the writer, which makes
-//! deliveries durable in group commits before anyone is answered, and the processor,
-//! which applies committed events to order and customer history in commit order.
+//! The service's threads between the HTTP workers, the database and the channels: the
+//! writer, which makes deliveries durable in group commits before anyone is answered; the
+//! processor, which applies committed events to order and customer history in commit
+//! order, and the planner it runs; the scheduler, which fires due touches; and the jobs
+//! thread (purge, affinity check).
 //!
 //! Knows storage and the engine; never imports tiny_http (replies are closures the HTTP
 //! side hands over) or ureq.
