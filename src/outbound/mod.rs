@@ -1,9 +1,16 @@
-//! Channels that deliver due touches. So far the outbox file, the default for the demo and
-//! dry runs (issue 6); Klaviyo, Twilio, Postmark and signed webhooks come next (issue 7).
+//! Channels that deliver due touches: the outbox file (the default for the demo and dry
+//! runs), Klaviyo, Twilio, Postmark and signed webhooks (issue 7). The only module that
+//! imports ureq for the providers: one [`Channel`] adapter per provider, each turning a
+//! [`Message`] into one HTTP request and the answer into an [`Outcome`].
 
+pub mod klaviyo;
 pub mod outbox;
+pub mod webhook;
 
-use crate::engine::plan::Offer;
+use std::time::Duration;
+
+use crate::engine::plan::{Channel as Medium, Offer, Recipe, TouchKind};
+use crate::engine::Timestamp;
 
 /// An offer as messages carry it and `explain` shows it: the price a decimal string in
 /// the offer's (the order's) currency.
@@ -13,4 +20,194 @@ pub fn offer_json(o: &Offer) -> serde_json::Value {
         "price": o.currency.format_minor(o.price), "currency": o.currency.as_str(),
         "discount_code": o.discount_code,
     })
+}
+
+/// A secret from the configuration (API key, token, signing secret): its `Debug` and
+/// `Display` never show it, so it cannot reach a log, the status page or an error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One touch, ready to go out: what every channel may need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    /// The idempotency key (Klaviyo `unique_id`, `webhook-id`): the same on every attempt.
+    pub touch_id: u64,
+    pub store: String,
+    pub kind: TouchKind,
+    pub medium: Medium,
+    pub order_id: String,
+    pub order_name: String,
+    pub customer: Option<u64>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub recipe: Option<Recipe>,
+    pub offer: Option<Offer>,
+    pub due_at: Timestamp,
+    /// When this attempt is made (the scheduler's clock).
+    pub at: Timestamp,
+}
+
+/// What a provider's answer means for the touch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted: the provider's message id where it gives one.
+    Sent { message_id: Option<String> },
+    /// Worth another attempt (5xx, 408, 429, a timeout, no connection); `after` is the
+    /// provider's `Retry-After` where it gave one.
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// Refused for good (other 4xx): the provider's answer says why.
+    Dead { reason: String },
+    /// The endpoint is gone (a webhook's 410): it is disabled until the owner acts.
+    Gone { reason: String },
+}
+
+/// A way out for touches.
+pub trait Channel: Send + Sync {
+    /// The name in config, logs and the status (`klaviyo`, `webhook`, ...).
+    fn name(&self) -> &'static str;
+    fn send(&self, m: &Message) -> Outcome;
+}
+
+/// The one HTTP agent for providers: connect and global timeouts always set (ureq has
+/// none by default), status codes read by us, not turned into errors.
+pub fn agent(connect: Duration, global: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(connect))
+        .timeout_global(Some(global))
+        .http_status_as_error(false)
+        .user_agent(concat!("upsell-appliance/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+/// Longest provider error body kept in a reason.
+const REASON_BODY: usize = 300;
+
+/// The outcome of an HTTP answer: `status`, its `Retry-After` header and body.
+pub fn classify(
+    provider: &str,
+    status: u16,
+    retry_after: Option<&str>,
+    body: &str,
+    message_id: Option<String>,
+) -> Outcome {
+    let body: String = body.trim().chars().take(REASON_BODY).collect();
+    let reason = format!("{provider} answered {status}: {body}");
+    match status {
+        200..=299 => Outcome::Sent { message_id },
+        408 | 429 | 500..=599 => Outcome::Retry {
+            after: retry_after.and_then(parse_retry_after),
+            reason,
+        },
+        410 => Outcome::Gone { reason },
+        _ => Outcome::Dead { reason },
+    }
+}
+
+/// `Retry-After` as seconds (the form providers use; an HTTP date is not honoured).
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s.min(86_400)))
+}
+
+/// The outcome of a request that got no answer (timeout, refused, reset).
+pub fn unanswered(provider: &str, e: &ureq::Error) -> Outcome {
+    Outcome::Retry {
+        after: None,
+        reason: format!("{provider}: no answer ({e})"),
+    }
+}
+
+/// Sends a prepared request and classifies the answer; `id_of` picks the provider's
+/// message id from a 2xx body.
+pub fn exchange(
+    provider: &str,
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    id_of: impl Fn(&str) -> Option<String>,
+) -> Outcome {
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => return unanswered(provider, &e),
+    };
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    let id = if (200..300).contains(&status) {
+        id_of(&body)
+    } else {
+        None
+    };
+    classify(provider, status, retry_after.as_deref(), &body, id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_by_status() {
+        let c = |s, ra| classify("p", s, ra, " nope ", None);
+        assert_eq!(c(202, None), Outcome::Sent { message_id: None });
+        for s in [408, 429, 500, 502, 503] {
+            assert!(matches!(c(s, None), Outcome::Retry { .. }), "{s}");
+        }
+        assert_eq!(
+            c(429, Some("7")),
+            Outcome::Retry {
+                after: Some(Duration::from_secs(7)),
+                reason: "p answered 429: nope".into()
+            }
+        );
+        assert_eq!(
+            c(400, None),
+            Outcome::Dead {
+                reason: "p answered 400: nope".into()
+            }
+        );
+        assert!(matches!(c(410, None), Outcome::Gone { .. }));
+        assert!(matches!(c(401, None), Outcome::Dead { .. }));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("pk_live_123");
+        assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
+    }
 }

@@ -1,0 +1,253 @@
+//! Provider adapters against fake providers (tiny_http on 127.0.0.1:0): the exact method,
+//! path, headers and body of each request, and what each kind of answer means.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use upsell_appliance::engine::plan::{Channel as Medium, Offer, Recipe, TouchKind};
+use upsell_appliance::engine::{Currency, Timestamp};
+use upsell_appliance::outbound::klaviyo::Klaviyo;
+use upsell_appliance::outbound::webhook::{self, Webhook};
+use upsell_appliance::outbound::{agent, Channel, Message, Outcome, Secret};
+
+/// One request as the fake provider saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+/// A scripted answer: status, headers, body; `None` never answers.
+pub type Answer = Option<(u16, Vec<(&'static str, String)>, String)>;
+
+/// A fake provider: answers each request with the next scripted (status, headers, body),
+/// the last one over and over; `None` never answers (holds the request).
+pub struct Fake {
+    pub url: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Fake {
+    pub fn start(script: Vec<Answer>) -> Fake {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for (n, mut rq) in server.incoming_requests().enumerate() {
+                let mut body = String::new();
+                std::io::Read::read_to_string(rq.as_reader(), &mut body).unwrap();
+                log.lock().unwrap().push(Seen {
+                    method: rq.method().to_string(),
+                    path: rq.url().to_string(),
+                    headers: rq
+                        .headers()
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.field.as_str().as_str().to_ascii_lowercase(),
+                                h.value.as_str().to_string(),
+                            )
+                        })
+                        .collect(),
+                    body,
+                });
+                let step = script[n.min(script.len() - 1)].clone();
+                match step {
+                    None => held.push(rq),
+                    Some((status, headers, body)) => {
+                        let mut resp =
+                            tiny_http::Response::from_string(body).with_status_code(status);
+                        for (k, v) in headers {
+                            resp.add_header(tiny_http::Header::from_bytes(k, v).unwrap());
+                        }
+                        let _ = rq.respond(resp);
+                    }
+                }
+            }
+        });
+        Fake { url, seen }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn message() -> Message {
+    Message {
+        touch_id: 42,
+        store: "demo".into(),
+        kind: TouchKind::Touch1,
+        medium: Medium::Email,
+        order_id: "9001".into(),
+        order_name: "#9001".into(),
+        customer: Some(7),
+        email: Some("jane@example.com".into()),
+        phone: Some("+16175550100".into()),
+        recipe: Some(Recipe::Welcome),
+        offer: Some(Offer {
+            product: "sku:SCALE-MINI".into(),
+            sku: Some("SCALE-MINI".into()),
+            variant_id: Some("41".into()),
+            title: "Coffee Scale".into(),
+            price: 1900,
+            currency: Currency::parse("USD").unwrap(),
+            discount_code: Some("HI10".into()),
+            trust: false,
+            urgency: false,
+        }),
+        due_at: Timestamp(1_795_186_800_000),
+        at: Timestamp(1_795_186_801_000),
+    }
+}
+
+fn klaviyo(fake: &Fake, timeout: Duration) -> Klaviyo {
+    Klaviyo {
+        base_url: fake.url.clone(),
+        api_key: Secret::new("pk_test_0123456789"),
+        metrics: BTreeMap::new(),
+        agent: agent(Duration::from_secs(5), timeout),
+    }
+}
+
+#[test]
+fn klaviyo_gets_a_jsonapi_event_keyed_by_the_touch_id() {
+    let fake = Fake::start(vec![Some((202, vec![], String::new()))]);
+    let k = klaviyo(&fake, Duration::from_secs(20));
+    assert_eq!(k.send(&message()), Outcome::Sent { message_id: None });
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1);
+    let r = &seen[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/api/events/")
+    );
+    assert_eq!(
+        r.headers["authorization"],
+        "Klaviyo-API-Key pk_test_0123456789"
+    );
+    assert_eq!(r.headers["revision"], "2024-10-15");
+    assert_eq!(r.headers["content-type"], "application/vnd.api+json");
+    assert_eq!(r.headers["accept"], "application/vnd.api+json");
+    let body: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        body,
+        json!({"data": {"type": "event", "attributes": {
+            "time": "2026-11-20T15:00:01Z",
+            "unique_id": "42",
+            "value": 19.0,
+            "value_currency": "USD",
+            "metric": {"data": {"type": "metric", "attributes": {"name": "Upsell Touch 1"}}},
+            "profile": {"data": {"type": "profile", "attributes":
+                {"email": "jane@example.com", "phone_number": "+16175550100"}}},
+            "properties": {
+                "touch": "touch1", "order_name": "#9001", "order_id": "9001",
+                "recipe": "welcome", "product_title": "Coffee Scale",
+                "product": "sku:SCALE-MINI", "sku": "SCALE-MINI", "variant_id": "41",
+                "price": "19.00", "currency": "USD", "discount_code": "HI10"
+            }
+        }}})
+    );
+}
+
+#[test]
+fn klaviyo_failures_retry_with_the_same_key_and_refusals_are_dead() {
+    // Three failures, then accepted: four attempts, all with the same unique_id.
+    let fake = Fake::start(vec![
+        Some((503, vec![], "down".into())),
+        Some((500, vec![], "oops".into())),
+        Some((429, vec![("Retry-After", "3".into())], "slow down".into())),
+        Some((202, vec![], String::new())),
+    ]);
+    let k = klaviyo(&fake, Duration::from_secs(20));
+    let outcomes: Vec<Outcome> = (0..4).map(|_| k.send(&message())).collect();
+    assert!(matches!(outcomes[0], Outcome::Retry { after: None, .. }));
+    assert!(matches!(outcomes[1], Outcome::Retry { .. }));
+    assert_eq!(
+        outcomes[2],
+        Outcome::Retry {
+            after: Some(Duration::from_secs(3)),
+            reason: "klaviyo answered 429: slow down".into()
+        }
+    );
+    assert_eq!(outcomes[3], Outcome::Sent { message_id: None });
+    let keys: Vec<String> = fake
+        .seen()
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Value>(&r.body).unwrap()["data"]["attributes"]["unique_id"]
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys, ["\"42\""; 4]);
+
+    // A 400 is dead at once, with the provider's reason.
+    let fake = Fake::start(vec![Some((
+        400,
+        vec![],
+        r#"{"errors":[{"detail":"bad metric"}]}"#.into(),
+    ))]);
+    match klaviyo(&fake, Duration::from_secs(20)).send(&message()) {
+        Outcome::Dead { reason } => assert!(
+            reason.contains("400") && reason.contains("bad metric"),
+            "{reason}"
+        ),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn a_provider_that_never_answers_frees_the_sender_after_the_timeout() {
+    let fake = Fake::start(vec![None]);
+    let k = klaviyo(&fake, Duration::from_millis(700));
+    let t = Instant::now();
+    let o = k.send(&message());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(
+        matches!(o, Outcome::Retry { ref reason, .. } if reason.contains("no answer")),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn webhooks_are_signed_per_standard_webhooks_and_410_disables() {
+    let fake = Fake::start(vec![
+        Some((204, vec![], String::new())),
+        Some((410, vec![], "gone".into())),
+    ]);
+    let secret = Secret::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+    let w = Webhook {
+        url: format!("{}/hooks/upsell", fake.url),
+        secrets: vec![secret.clone()],
+        agent: agent(Duration::from_secs(5), Duration::from_secs(20)),
+    };
+    let m = message();
+    assert_eq!(w.send(&m), Outcome::Sent { message_id: None });
+    assert!(matches!(w.send(&m), Outcome::Gone { .. }));
+    let seen = fake.seen();
+    let r = &seen[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/hooks/upsell")
+    );
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.headers["webhook-id"], "42");
+    assert_eq!(r.headers["webhook-timestamp"], "1795186801");
+    // The receiver's check: the signature over id.timestamp.body with the shared secret.
+    assert_eq!(
+        r.headers["webhook-signature"],
+        webhook::signature(&[secret], "42", 1_795_186_801, r.body.as_bytes())
+    );
+    let body: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["touch_id"], "42");
+    assert_eq!(body["email"], "jane@example.com");
+    assert_eq!(body["offer"]["price"], "19.00");
+    // The retry carries the same webhook-id: the receiver drops a duplicate.
+    assert_eq!(seen[1].headers["webhook-id"], "42");
+}
