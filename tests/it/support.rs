@@ -254,8 +254,12 @@ impl TestServer {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// The Shopify store's webhook, order and customer figures. Its touch figures move on
+    /// their own as the scheduler decides touches, so they are left out (read `status()`).
     pub fn store_status(&self) -> serde_json::Value {
-        self.status()["stores"][0].clone()
+        let mut v = self.status()["stores"][0].clone();
+        v.as_object_mut().map(|o| o.remove("touches"));
+        v
     }
 
     pub fn woo_status(&self) -> serde_json::Value {
