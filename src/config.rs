@@ -30,6 +30,7 @@ pub struct Config {
     pub http_workers: usize,
     /// Threads that decide and send due touches.
     pub touch_workers: usize,
+    pub outbound: OutboundConfig,
     pub stores: Vec<StoreConfig>,
     pub affinity: AffinityConfig,
     pub jobs: JobsConfig,
@@ -83,6 +84,57 @@ impl AffinityConfig {
             d => crate::engine::affinity::Decay::HalfLife { days: f64::from(d) },
         }
     }
+}
+
+/// Where a store's messages go (`[stores.channels]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelsConfig {
+    /// Email touches: `outbox` (default), `klaviyo` or `webhook`.
+    pub email: Route,
+    /// SMS touches: `outbox` (default), `klaviyo` or `webhook`.
+    pub sms: Route,
+    pub klaviyo: Option<KlaviyoConfig>,
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// A channel a kind of message is routed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Outbox,
+    Klaviyo,
+    Webhook,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Outbox => "outbox",
+            Route::Klaviyo => "klaviyo",
+            Route::Webhook => "webhook",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KlaviyoConfig {
+    pub api_key: crate::outbound::Secret,
+    /// Metric name per touch kind, over the defaults ("Upsell Touch 1", ...).
+    pub metrics: std::collections::BTreeMap<String, String>,
+    /// `https://a.klaviyo.com` unless set (a test double).
+    pub base_url: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secrets: Vec<crate::outbound::Secret>,
+}
+
+/// `[outbound]`: the providers' HTTP client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundConfig {
+    pub connect_timeout: std::time::Duration,
+    pub timeout: std::time::Duration,
 }
 
 /// `[jobs]`: scheduled maintenance. Schedules are read in UTC (the config has no global
@@ -190,6 +242,8 @@ pub struct StoreConfig {
     /// `[stores.touches]`: the rules a due touch is decided by (caps, quiet hours, grace).
     pub rules: crate::engine::due::Rules,
     pub delivery: crate::engine::due::DeliveryRules,
+    /// `[stores.channels]`: where each kind of message goes.
+    pub channels: ChannelsConfig,
     /// Opens of this store's emails are reported (`touch opened`, later the providers'
     /// webhooks), so an email without one was not opened and the engagement rule applies.
     pub opens_reported: bool,
@@ -256,6 +310,7 @@ struct RawConfig {
     max_body_kb: Option<i64>,
     http_workers: Option<i64>,
     touch_workers: Option<i64>,
+    outbound: Option<RawOutbound>,
     #[allow(dead_code)] // consumed by the merge before deserializing
     secrets_file: Option<String>,
     #[serde(default)]
@@ -295,6 +350,135 @@ struct RawStore {
     webhook_secret_header: Option<String>,
     offers: Option<RawOffers>,
     touches: Option<RawTouches>,
+    channels: Option<RawChannels>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawChannels {
+    email: Option<String>,
+    sms: Option<String>,
+    klaviyo: Option<RawKlaviyo>,
+    webhook: Option<RawWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKlaviyo {
+    api_key: Option<String>,
+    #[serde(default)]
+    metrics: std::collections::BTreeMap<String, String>,
+    base_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Option<String>,
+    #[serde(default)]
+    secrets: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOutbound {
+    connect_timeout_secs: Option<i64>,
+    timeout_secs: Option<i64>,
+}
+
+/// `[stores.channels]`; `key` names the table in messages. Secrets are checked for form
+/// and never repeated in a message.
+fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
+    use crate::outbound::Secret;
+    let route = |k: &str, v: Option<String>| -> Result<Route, String> {
+        match v.as_deref().unwrap_or("outbox") {
+            "outbox" => Ok(Route::Outbox),
+            "klaviyo" => Ok(Route::Klaviyo),
+            "webhook" => Ok(Route::Webhook),
+            other => Err(format!(
+                "{key}.{k} = {other:?} is not a channel; use outbox, klaviyo or webhook"
+            )),
+        }
+    };
+    let email = route("email", raw.email)?;
+    let sms = route("sms", raw.sms)?;
+    let klaviyo = match raw.klaviyo {
+        None => None,
+        Some(k) => {
+            let api_key = k.api_key.unwrap_or_default();
+            if api_key.trim().is_empty() || api_key.starts_with(PLACEHOLDER) {
+                return Err(format!(
+                    "{key}.klaviyo.api_key is missing; put the account's private API key there (Klaviyo > Settings > API keys), or in secrets_file"
+                ));
+            }
+            let kinds = [
+                "touch1",
+                "sms",
+                "touch2",
+                "review",
+                "touch3",
+                "winback",
+                "anticipation",
+            ];
+            if let Some(bad) = k.metrics.keys().find(|m| !kinds.contains(&m.as_str())) {
+                return Err(format!(
+                    "{key}.klaviyo.metrics.{bad} is not a touch kind; use {}",
+                    kinds.join(", ")
+                ));
+            }
+            Some(KlaviyoConfig {
+                api_key: Secret::new(api_key.trim()),
+                metrics: k.metrics,
+                base_url: k
+                    .base_url
+                    .unwrap_or_else(|| crate::outbound::klaviyo::BASE_URL.into()),
+            })
+        }
+    };
+    let webhook = match raw.webhook {
+        None => None,
+        Some(w) => {
+            let url = w.url.unwrap_or_default();
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(format!(
+                    "{key}.webhook.url = {url:?} is not an http(s) URL such as \"https://hooks.zapier.com/hooks/catch/1/abc\""
+                ));
+            }
+            if w.secrets.is_empty() {
+                return Err(format!(
+                    "{key}.webhook.secrets is empty; add a signing secret such as \"whsec_\" followed by `openssl rand -base64 32`"
+                ));
+            }
+            for (i, sec) in w.secrets.iter().enumerate() {
+                crate::outbound::webhook::check_secret(sec)
+                    .map_err(|e| format!("{key}.webhook.secrets[{i}] {e}"))?;
+            }
+            Some(WebhookConfig {
+                url,
+                secrets: w.secrets.into_iter().map(Secret::new).collect(),
+            })
+        }
+    };
+    for (k, r) in [("email", email), ("sms", sms)] {
+        let missing = match r {
+            Route::Klaviyo => klaviyo.is_none(),
+            Route::Webhook => webhook.is_none(),
+            Route::Outbox => false,
+        };
+        if missing {
+            return Err(format!(
+                "{key}.{k} = \"{}\" needs a [{key}.{}] table with its settings",
+                r.as_str(),
+                r.as_str()
+            ));
+        }
+    }
+    Ok(ChannelsConfig {
+        email,
+        sms,
+        klaviyo,
+        webhook,
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -800,6 +984,23 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         in_range("max_body_kb", raw.max_body_kb, 2048, 1, 1_048_576)? as usize * 1024;
     let http_workers = in_range("http_workers", raw.http_workers, 4, 1, 256)? as usize;
     let touch_workers = in_range("touch_workers", raw.touch_workers, 2, 1, 64)? as usize;
+    let o = raw.outbound.unwrap_or_default();
+    let outbound = OutboundConfig {
+        connect_timeout: std::time::Duration::from_secs(in_range(
+            "outbound.connect_timeout_secs",
+            o.connect_timeout_secs,
+            5,
+            1,
+            60,
+        )? as u64),
+        timeout: std::time::Duration::from_secs(in_range(
+            "outbound.timeout_secs",
+            o.timeout_secs,
+            20,
+            1,
+            300,
+        )? as u64),
+    };
     let a = raw.affinity.unwrap_or_default();
     let fraction = |key: &str, v: Option<f64>, default: f64| -> Result<f64, String> {
         let v = v.unwrap_or(default);
@@ -945,6 +1146,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
             (_, None) => String::new(),
         };
         let offers = offers(s.offers.unwrap_or_default(), currency, &key("offers"))?;
+        let channels = channels(s.channels.unwrap_or_default(), &key("channels"))?;
         let touches = s.touches.unwrap_or_default();
         let opens_reported = touches.opens_reported.unwrap_or(false);
         let (rules, delivery) = touch_rules(touches, offers.stock_threshold, &key("touches"))?;
@@ -952,6 +1154,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
             offers,
             rules,
             delivery,
+            channels,
             opens_reported,
             id,
             platform,
@@ -972,6 +1175,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         max_body_bytes,
         http_workers,
         touch_workers,
+        outbound,
         stores,
         affinity,
         jobs,
@@ -1182,6 +1386,53 @@ transit_days = 6
             if err.contains("cron") || err.contains("fields") || err.contains("numbers") {
                 assert!(err.contains("e.g. \"17 3 * * *\""), "{jobs}: {err}");
             }
+        }
+    }
+
+    #[test]
+    fn channels_are_routed_and_their_secrets_checked_without_being_shown() {
+        let c = with_offers(
+            "[stores.channels]\nemail = \"klaviyo\"\nsms = \"webhook\"\n[stores.channels.klaviyo]\napi_key = \"pk_live_abcdef\"\nmetrics = { touch1 = \"Thanks 1\" }\n[stores.channels.webhook]\nurl = \"https://hooks.example.com/u\"\nsecrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]\n",
+        )
+        .unwrap();
+        let ch = &c.stores[0].channels;
+        assert_eq!((ch.email, ch.sms), (Route::Klaviyo, Route::Webhook));
+        assert_eq!(ch.klaviyo.as_ref().unwrap().metrics["touch1"], "Thanks 1");
+        assert!(
+            !format!("{c:?}").contains("pk_live_abcdef"),
+            "no secret in Debug"
+        );
+        for (channels, says) in [
+            (
+                "email = \"mailchimp\"",
+                "channels.email = \"mailchimp\" is not a channel; use outbox, klaviyo or webhook",
+            ),
+            (
+                "email = \"klaviyo\"",
+                "channels.email = \"klaviyo\" needs a [stores[0].channels.klaviyo] table",
+            ),
+            (
+                "[stores.channels.klaviyo]\nmetrics = {}",
+                "klaviyo.api_key is missing",
+            ),
+            (
+                "[stores.channels.klaviyo]\napi_key = \"k\"\nmetrics = { touch9 = \"x\" }",
+                "metrics.touch9 is not a touch kind",
+            ),
+            (
+                "[stores.channels.webhook]\nurl = \"ftp://x\"\nsecrets = []",
+                "is not an http(s) URL",
+            ),
+            (
+                "[stores.channels.webhook]\nurl = \"https://x\"\nsecrets = [\"whsec_c2VjcmV0\"]",
+                "secrets[0] holds 6 bytes",
+            ),
+        ] {
+            let err = with_offers(&format!("[stores.channels]\n{channels}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{channels}: {err}");
+            assert!(!err.contains("c2VjcmV0"), "{err}");
         }
     }
 }

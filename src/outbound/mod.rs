@@ -94,6 +94,88 @@ pub trait Channel: Send + Sync {
     fn send(&self, m: &Message) -> Outcome;
 }
 
+/// Each store's provider channels, built once from the configuration.
+pub struct Router {
+    stores: std::collections::HashMap<String, StoreChannels>,
+}
+
+struct StoreChannels {
+    email: crate::config::Route,
+    sms: crate::config::Route,
+    klaviyo: Option<klaviyo::Klaviyo>,
+    webhook: Option<webhook::Webhook>,
+}
+
+impl Router {
+    pub fn new(config: &crate::config::Config) -> Router {
+        let agent = agent(config.outbound.connect_timeout, config.outbound.timeout);
+        let stores = config
+            .stores
+            .iter()
+            .map(|s| {
+                let c = &s.channels;
+                let channels = StoreChannels {
+                    email: c.email,
+                    sms: c.sms,
+                    klaviyo: c.klaviyo.as_ref().map(|k| klaviyo::Klaviyo {
+                        base_url: k.base_url.clone(),
+                        api_key: k.api_key.clone(),
+                        metrics: k.metrics.clone(),
+                        agent: agent.clone(),
+                    }),
+                    webhook: c.webhook.as_ref().map(|w| webhook::Webhook {
+                        url: w.url.clone(),
+                        secrets: w.secrets.clone(),
+                        agent: agent.clone(),
+                    }),
+                };
+                (s.id.clone(), channels)
+            })
+            .collect();
+        Router { stores }
+    }
+
+    /// The channel a touch of `store` on `medium` goes through; `None`: the outbox.
+    pub fn route(&self, store: &str, medium: Medium) -> Option<&dyn Channel> {
+        use crate::config::Route;
+        let s = self.stores.get(store)?;
+        let route = match medium {
+            Medium::Email => s.email,
+            Medium::Sms => s.sms,
+            Medium::Webhook => Route::Webhook,
+            Medium::Page => Route::Outbox,
+        };
+        match route {
+            Route::Outbox => None,
+            Route::Klaviyo => s.klaviyo.as_ref().map(|k| k as &dyn Channel),
+            Route::Webhook => s.webhook.as_ref().map(|w| w as &dyn Channel),
+        }
+    }
+}
+
+/// Waits between failed attempts: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (Standard
+/// Webhooks' schedule); after the last, the touch is dead.
+pub const RETRY_SCHEDULE: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(300),
+    Duration::from_secs(1800),
+    Duration::from_secs(7200),
+    Duration::from_secs(18_000),
+    Duration::from_secs(36_000),
+    Duration::from_secs(36_000),
+];
+
+/// The wait before attempt `failed + 1` of touch `id`: the schedule's step, ±10% (a fixed
+/// hash of the touch spreads retries that failed together), at least `retry_after`.
+/// `None` once the schedule is used up.
+pub fn retry_wait(id: u64, failed: u32, retry_after: Option<Duration>) -> Option<Duration> {
+    let step = *RETRY_SCHEDULE.get(failed as usize)?;
+    let mut h = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(failed);
+    h ^= h >> 29;
+    let jitter = 0.9 + (h % 1000) as f64 / 5000.0;
+    Some(step.mul_f64(jitter).max(retry_after.unwrap_or_default()))
+}
+
 /// The one HTTP agent for providers: connect and global timeouts always set (ureq has
 /// none by default), status codes read by us, not turned into errors.
 pub fn agent(connect: Duration, global: Duration) -> ureq::Agent {
@@ -203,6 +285,18 @@ mod tests {
         );
         assert!(matches!(c(410, None), Outcome::Gone { .. }));
         assert!(matches!(c(401, None), Outcome::Dead { .. }));
+    }
+
+    #[test]
+    fn retries_follow_the_schedule_with_jitter_and_retry_after() {
+        let w = |n, ra| retry_wait(7, n, ra).map(|d| d.as_secs_f64());
+        let first = w(0, None).unwrap();
+        assert!((4.5..=5.5).contains(&first), "{first}");
+        let last = w(6, None).unwrap();
+        assert!((32_400.0..=39_600.0).contains(&last), "{last}");
+        assert_eq!(w(7, None), None, "the schedule is used up: dead");
+        assert_eq!(w(0, Some(Duration::from_secs(60))), Some(60.0));
+        assert_ne!(retry_wait(7, 1, None), retry_wait(8, 1, None), "spread");
     }
 
     #[test]

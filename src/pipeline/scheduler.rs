@@ -29,11 +29,12 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::due::{on_due, Action, Due, Rules, State};
 use crate::engine::lifecycle::PlanRecord;
-use crate::engine::plan::{Channel, Offer};
+use crate::engine::plan::{Channel, Offer, Recipe};
 use crate::engine::Timestamp;
 use crate::outbound::outbox::{Outbox, OutboxLine};
+use crate::outbound::{Message, Outcome, Router};
 use crate::storage::plans::contact_keys;
-use crate::storage::touches::{Settle, TimerKey, TouchRecord};
+use crate::storage::touches::{Receipt, Settle, TimerKey, TouchRecord};
 use crate::storage::{Error, Snapshot, Storage};
 
 /// Touches a worker decides in one round (three syncs: sending, the outbox, sent).
@@ -141,6 +142,7 @@ pub fn start(
             let (done_tx, done_rx) = crossbeam_channel::unbounded();
             let mut workers = Vec::new();
             let mut queues = Vec::new();
+            let router = Arc::new(Router::new(&config));
             for n in 0..config.touch_workers.max(1) {
                 let (tx, rx) = crossbeam_channel::unbounded::<Vec<u64>>();
                 let w = Worker {
@@ -148,6 +150,7 @@ pub fn start(
                     config: config.clone(),
                     clock: clock.clone(),
                     outbox: outbox.clone(),
+                    router: router.clone(),
                     started,
                 };
                 let done = done_tx.clone();
@@ -466,6 +469,7 @@ struct Worker {
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
     outbox: Arc<Mutex<Outbox>>,
+    router: Arc<Router>,
     started: Timestamp,
 }
 
@@ -493,114 +497,211 @@ impl Worker {
         }
     }
 
-    /// One round: decides the touches `ids` that are still pending and due, and records
-    /// what became of each.
+    /// Decides and records the touches `ids` that are pending and due by the clock's now.
+    /// `late` counts the outcome of those that fell due before `started`.
     fn fire(&self, ids: &[u64], late: &mut Round) -> Result<Round, Error> {
-        fire(
-            &self.storage,
-            &self.config,
+        let (storage, config, clock, outbox, started) = (
+            self.storage.as_ref(),
+            self.config.as_ref(),
             self.clock.as_ref(),
-            &self.outbox,
-            ids,
+            self.outbox.as_ref(),
             self.started,
-            late,
-        )
-    }
-}
-
-/// Decides and records the touches `ids` that are pending and due by the clock's now.
-/// `late` counts the outcome of those that fell due before `started`.
-pub fn fire(
-    storage: &Storage,
-    config: &Config,
-    clock: &dyn Clock,
-    outbox: &Mutex<Outbox>,
-    ids: &[u64],
-    started: Timestamp,
-    late: &mut Round,
-) -> Result<Round, Error> {
-    let now = clock.now();
-    // A second of real time: from the webhook to the plan, and between two rounds.
-    let latency_ms = (LATENCY.as_secs_f64() * 1000.0 * clock.scale()) as i64;
-    let snap = storage.snapshot()?;
-    let mut round = Round::default();
-    let mut settle = Vec::new();
-    let mut send = Vec::new();
-    // The offer each touch being sent carries, from the plan read to decide it.
-    let mut offers: HashMap<u64, Option<Offer>> = HashMap::new();
-    // Messages decided in this round count for the caps of the next ones.
-    let mut overlay: HashMap<(String, u64), Vec<(Timestamp, Channel)>> = HashMap::new();
-    let mut late_ids = HashSet::new();
-    for &id in ids {
-        let Some(t) = snap.touch(id)? else { continue };
-        if !t.state.pending() || t.due_at > now {
-            continue;
-        }
-        let was_late = t.due_at < started;
-        if was_late {
-            late_ids.insert(id);
-        }
-        let plan = snap.plan(&t.store, &t.order)?;
-        let action = decide(&snap, config, latency_ms, &t, plan.as_ref(), &overlay, now)?;
-        match action {
-            Action::Send => {
-                let offer = plan.and_then(|p| p.plan.offer).filter(|_| t.carries_offer);
-                offers.insert(id, offer);
-                if let Some(c) = t.customer {
-                    overlay
-                        .entry((t.store.clone(), c))
-                        .or_default()
-                        .push((now, t.channel));
-                }
-                send.push((t.due_at.0, id));
+        );
+        let now = clock.now();
+        // A second of real time: from the webhook to the plan, and between two rounds.
+        let latency_ms = (LATENCY.as_secs_f64() * 1000.0 * clock.scale()) as i64;
+        let snap = storage.snapshot()?;
+        let mut round = Round::default();
+        let mut settle = Vec::new();
+        let mut send = Vec::new();
+        // The offer each touch being sent carries, from the plan read to decide it.
+        let mut offers: HashMap<u64, Option<Offer>> = HashMap::new();
+        // Messages decided in this round count for the caps of the next ones.
+        let mut overlay: HashMap<(String, u64), Vec<(Timestamp, Channel)>> = HashMap::new();
+        let mut late_ids = HashSet::new();
+        // Contact, order name and recipe of each touch being sent, for the providers.
+        let mut messages: HashMap<u64, (Contact, String, Option<Recipe>)> = HashMap::new();
+        for &id in ids {
+            let Some(t) = snap.touch(id)? else { continue };
+            if !t.state.pending() || t.due_at > now {
+                continue;
             }
-            Action::Defer {
-                until,
-                reason,
-                code,
-            } => {
-                round.deferred += 1;
-                late.deferred += usize::from(was_late);
-                settle.push((
-                    (t.due_at.0, id),
-                    Settle::Defer {
-                        until,
+            let was_late = t.due_at < started;
+            if was_late {
+                late_ids.insert(id);
+            }
+            let plan = snap.plan(&t.store, &t.order)?;
+            let (mut action, contact) =
+                decide(&snap, config, latency_ms, &t, plan.as_ref(), &overlay, now)?;
+            // A touch a provider has not taken: within its kind's grace from the first
+            // attempt, or skipped rather than arriving days late.
+            if let (Action::Send, Some((failed, first))) = (&action, snap.attempts(id)?) {
+                let grace = config
+                    .store(&t.store)
+                    .map_or(0, |s| s.rules.grace.of(t.kind))
+                    .max(latency_ms);
+                if now.0 - first.0 > grace {
+                    action = Action::Skip {
+                        code: "stale",
+                        reason: format!(
+                            "stale: not delivered since the first attempt at {} ({failed} failed), over the grace for {}",
+                            first.to_rfc3339(),
+                            t.kind.as_str()
+                        ),
+                    };
+                }
+            }
+            match action {
+                Action::Send => {
+                    let offer = plan
+                        .as_ref()
+                        .and_then(|p| p.plan.offer.clone())
+                        .filter(|_| t.carries_offer);
+                    let (name, recipe) = plan.as_ref().map_or((String::new(), None), |p| {
+                        (p.order_name.clone(), p.plan.recipe)
+                    });
+                    messages.insert(id, (contact, name, recipe));
+                    offers.insert(id, offer);
+                    if let Some(c) = t.customer {
+                        overlay
+                            .entry((t.store.clone(), c))
+                            .or_default()
+                            .push((now, t.channel));
+                    }
+                    send.push((t.due_at.0, id));
+                }
+                Action::Defer {
+                    until,
+                    reason,
+                    code,
+                } => {
+                    round.deferred += 1;
+                    late.deferred += usize::from(was_late);
+                    settle.push((
+                        (t.due_at.0, id),
+                        Settle::Defer {
+                            until,
+                            reason,
+                            code,
+                        },
+                    ));
+                }
+                Action::Skip { reason, code } => {
+                    round.skipped += 1;
+                    late.skipped += usize::from(was_late);
+                    settle.push(((t.due_at.0, id), Settle::Skip { reason, code }));
+                }
+            }
+        }
+        storage.settle(&settle)?;
+        if send.is_empty() {
+            return Ok(round);
+        }
+        let sending = storage.begin_sending(&send)?;
+        let mut lines = Vec::new();
+        let mut receipts = Vec::new();
+        let mut outcomes = Vec::new();
+        for (id, t) in &sending {
+            let offer = offers.remove(id).flatten();
+            let Some(channel) = self.router.route(&t.store, t.channel) else {
+                lines.push(line(*id, t, offer.as_ref(), now));
+                receipts.push((*id, Receipt::outbox()));
+                continue;
+            };
+            if let Some(why) = snap.disabled(&t.store, channel.name())? {
+                let reason = format!("the {} endpoint is disabled: {why}", channel.name());
+                outcomes.push((
+                    (t.due_at.0, *id),
+                    Settle::Dead {
                         reason,
-                        code,
+                        disable: None,
                     },
                 ));
+                continue;
             }
-            Action::Skip { reason, code } => {
-                round.skipped += 1;
-                late.skipped += usize::from(was_late);
-                settle.push(((t.due_at.0, id), Settle::Skip { reason, code }));
+            let (contact, order_name, recipe) = messages.remove(id).unwrap_or_default();
+            let m = Message {
+                touch_id: *id,
+                store: t.store.clone(),
+                kind: t.kind,
+                medium: t.channel,
+                order_id: t.order.clone(),
+                order_name,
+                customer: t.customer,
+                email: contact.email,
+                phone: contact.phone,
+                recipe,
+                offer,
+                due_at: t.due_at,
+                at: now,
+            };
+            let started = std::time::Instant::now();
+            let outcome = channel.send(&m);
+            let key = (t.due_at.0, *id);
+            match outcome {
+                Outcome::Sent { message_id } => receipts.push((
+                    *id,
+                    Receipt {
+                        channel: channel.name().into(),
+                        message_id,
+                        latency_ms: started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+                        retries: 0,
+                    },
+                )),
+                Outcome::Retry { after, reason } => {
+                    let failed = snap.attempts(*id)?.map_or(0, |a| a.0);
+                    let settle = match crate::outbound::retry_wait(*id, failed, after) {
+                        Some(wait) => Settle::Retry {
+                            until: Timestamp(now.0 + (wait.as_millis() as i64)),
+                            reason,
+                            at: now,
+                        },
+                        None => Settle::Dead {
+                            reason: format!("gave up after {} attempts: {reason}", failed + 1),
+                            disable: None,
+                        },
+                    };
+                    outcomes.push((key, settle));
+                }
+                Outcome::Dead { reason } => outcomes.push((
+                    key,
+                    Settle::Dead {
+                        reason,
+                        disable: None,
+                    },
+                )),
+                Outcome::Gone { reason } => outcomes.push((
+                    key,
+                    Settle::Dead {
+                        reason,
+                        disable: Some(channel.name()),
+                    },
+                )),
             }
         }
-    }
-    storage.settle(&settle)?;
-    if send.is_empty() {
-        return Ok(round);
-    }
-    let sending = storage.begin_sending(&send)?;
-    let lines: Vec<OutboxLine> = sending
-        .iter()
-        .map(|(id, t)| line(*id, t, offers.remove(id).flatten().as_ref(), now))
-        .collect();
-    {
-        let mut outbox = outbox.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = outbox.send(&lines) {
-            return Err(Error::Codec(format!(
-                "writing {}: {e} ({} touches to reconcile)",
-                outbox.path().display(),
-                lines.len()
-            )));
+        if !lines.is_empty() {
+            let mut outbox = outbox.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = outbox.send(&lines) {
+                return Err(Error::Codec(format!(
+                    "writing {}: {e} ({} touches to reconcile)",
+                    outbox.path().display(),
+                    lines.len()
+                )));
+            }
         }
+        storage.finish_sent_via(&receipts, now)?;
+        storage.settle(&outcomes)?;
+        round.sent = receipts.len();
+        round.deferred += outcomes
+            .iter()
+            .filter(|(_, s)| matches!(s, Settle::Retry { .. }))
+            .count();
+        late.sent += receipts
+            .iter()
+            .filter(|(id, _)| late_ids.contains(id))
+            .count();
+        Ok(round)
     }
-    let ids: Vec<u64> = sending.iter().map(|(id, _)| *id).collect();
-    storage.finish_sent(&ids, now)?;
-    round.sent = ids.len();
-    late.sent += ids.iter().filter(|id| late_ids.contains(id)).count();
-    Ok(round)
 }
 
 /// Loads what `on_due` reads for one touch and asks it.
@@ -612,18 +713,20 @@ fn decide(
     plan: Option<&PlanRecord>,
     overlay: &HashMap<(String, u64), Vec<(Timestamp, Channel)>>,
     now: Timestamp,
-) -> Result<Action, Error> {
+) -> Result<(Action, Contact), Error> {
     let Some(store) = config.store(&t.store) else {
-        return Ok(Action::Skip {
+        let skip = Action::Skip {
             code: "store_removed",
             reason: format!("store {} is no longer configured", t.store),
-        });
+        };
+        return Ok((skip, Contact::default()));
     };
     let Some(plan) = plan else {
-        return Ok(Action::Skip {
+        let skip = Action::Skip {
             code: "plan_gone",
             reason: "its plan is gone".into(),
-        });
+        };
+        return Ok((skip, Contact::default()));
     };
     let order = snap.order(&t.store, &t.order)?;
     let customer = match t.customer {
@@ -703,7 +806,25 @@ fn decide(
         latency_ms,
         ..store.rules.clone()
     };
-    Ok(on_due(&touch, &state, &rules, now))
+    let order = order.as_ref().and_then(|o| o.order.as_ref());
+    let contact = Contact {
+        email: customer
+            .as_ref()
+            .and_then(|c| c.email.clone())
+            .or_else(|| order.and_then(|o| o.contact_email().map(str::to_string))),
+        phone: customer
+            .as_ref()
+            .and_then(|c| c.phone.clone())
+            .or_else(|| order.and_then(|o| o.phone.clone())),
+    };
+    Ok((on_due(&touch, &state, &rules, now), contact))
+}
+
+/// Who a message goes to: for the providers (never written to the outbox).
+#[derive(Clone, Debug, Default)]
+struct Contact {
+    email: Option<String>,
+    phone: Option<String>,
 }
 
 /// The outbox line of a touch (README "Outbox").
@@ -798,19 +919,16 @@ mod tests {
         if open_one {
             storage.set_opened(2, Timestamp(T0 + 3 * DAY)).unwrap();
         }
-        let outbox = Mutex::new(Outbox::open(dir.path()).unwrap());
-        let clock = crate::clock::TestClock::at(Timestamp(T0 + 10 * DAY));
-        let mut late = Round::default();
-        fire(
-            &storage,
-            &config(opens_reported),
-            &clock,
-            &outbox,
-            &[5],
-            Timestamp(T0),
-            &mut late,
-        )
-        .unwrap();
+        let config = Arc::new(config(opens_reported));
+        let worker = Worker {
+            storage: storage.clone(),
+            router: Arc::new(Router::new(&config)),
+            config,
+            clock: Arc::new(crate::clock::TestClock::at(Timestamp(T0 + 10 * DAY))),
+            outbox: Arc::new(Mutex::new(Outbox::open(dir.path()).unwrap())),
+            started: Timestamp(T0),
+        };
+        worker.fire(&[5], &mut Round::default()).unwrap();
         let t = storage.snapshot().unwrap().touch(5).unwrap().unwrap();
         match t.state {
             crate::storage::touches::TouchState::Skipped { reason } => reason,

@@ -161,6 +161,10 @@ pub struct TouchFigures {
     pub sent: std::collections::BTreeMap<String, u64>,
     pub deferred: std::collections::BTreeMap<String, u64>,
     pub skipped: std::collections::BTreeMap<String, u64>,
+    /// Dead letters, by rule (`refused`).
+    pub dead: std::collections::BTreeMap<String, u64>,
+    /// Sent, by channel (`outbox`, `klaviyo`, `webhook`).
+    pub via: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -327,6 +331,9 @@ impl Storage {
             tx.open_table(DELIVERIES)?;
             tx.open_table(OUTCOME_COUNTS)?;
             tx.open_table(OPENS)?;
+            tx.open_table(ATTEMPTS)?;
+            tx.open_table(RECEIPTS)?;
+            tx.open_table(DISABLED)?;
         }
         touches::count_pending_once(&tx)?;
         tx.commit()?;
@@ -674,6 +681,9 @@ impl Storage {
             tickets: tx.open_table(TICKETS)?,
             offer_responses: tx.open_table(OFFER_RESPONSES)?,
             opens: tx.open_table(OPENS)?,
+            attempts: tx.open_table(ATTEMPTS)?,
+            receipts: tx.open_table(RECEIPTS)?,
+            disabled: tx.open_table(DISABLED)?,
             deliveries: tx.open_table(DELIVERIES)?,
         })
     }
@@ -842,6 +852,9 @@ pub struct Snapshot {
     tickets: redb::ReadOnlyTable<(&'static str, &'static str, &'static str), &'static [u8]>,
     offer_responses: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
     opens: redb::ReadOnlyTable<u64, i64>,
+    attempts: redb::ReadOnlyTable<u64, (u32, i64)>,
+    receipts: redb::ReadOnlyTable<u64, &'static [u8]>,
+    disabled: redb::ReadOnlyTable<(&'static str, &'static str), &'static str>,
     deliveries: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
 }
 

@@ -95,6 +95,14 @@ pub const TICKETS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition:
 /// (store, order id) -> the thank-you page offer's response.
 pub const OFFER_RESPONSES: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("offer_responses");
+/// Touch id -> (failed attempts so far, first attempt ms): touches a provider has not
+/// taken yet, retried on a schedule.
+pub const ATTEMPTS: TableDefinition<u64, (u32, i64)> = TableDefinition::new("attempts");
+/// Touch id -> how it went out (`storage::touches::Receipt`): channel, the provider's
+/// message id, latency.
+pub const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
+/// (store, channel) -> why that endpoint is disabled (a webhook answered 410).
+pub const DISABLED: TableDefinition<(&str, &str), &str> = TableDefinition::new("disabled");
 /// Touch id -> when the customer opened that email (ms), as reported.
 pub const OPENS: TableDefinition<u64, i64> = TableDefinition::new("opens");
 /// (store, order id) -> delivery time ms told by hand.

@@ -210,6 +210,8 @@ pub(super) fn figures(tx: &redb::ReadTransaction, store: &str) -> Result<TouchFi
         let map = match outcome {
             "sent" => &mut f.sent,
             "deferred" => &mut f.deferred,
+            "dead" => &mut f.dead,
+            "via" => &mut f.via,
             _ => &mut f.skipped,
         };
         map.insert(code.to_string(), v.value());
@@ -489,6 +491,31 @@ impl Snapshot {
         Ok(out)
     }
 
+    /// Failed attempts so far and when the first was made, for a touch a provider has not
+    /// taken yet.
+    pub fn attempts(&self, id: u64) -> Result<Option<(u32, Timestamp)>, Error> {
+        Ok(self
+            .attempts
+            .get(id)?
+            .map(|v| (v.value().0, Timestamp(v.value().1))))
+    }
+
+    /// How touch `id` went out.
+    pub fn receipt(&self, id: u64) -> Result<Option<Receipt>, Error> {
+        self.receipts
+            .get(id)?
+            .map(|v| codec::decode("receipt", RECEIPT_V1, v.value()))
+            .transpose()
+    }
+
+    /// Why a channel of a store is disabled, if it is.
+    pub fn disabled(&self, store: &str, channel: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .disabled
+            .get((store, channel))?
+            .map(|v| v.value().to_string()))
+    }
+
     /// When the customer opened the email of touch `id`, if reported.
     pub fn opened(&self, id: u64) -> Result<Option<Timestamp>, Error> {
         Ok(self.opens.get(id)?.map(|v| Timestamp(v.value())))
@@ -540,6 +567,44 @@ pub enum Settle {
         reason: String,
         code: &'static str,
     },
+    /// A provider did not take it: due again at `until`, one more failed attempt.
+    Retry {
+        until: Timestamp,
+        reason: String,
+        /// When this attempt was made (the first one starts the grace).
+        at: Timestamp,
+    },
+    /// Refused for good: a dead letter. `disable` names a channel of the touch's store to
+    /// disable with this reason (a webhook endpoint that answered 410).
+    Dead {
+        reason: String,
+        disable: Option<&'static str>,
+    },
+}
+
+/// How a touch went out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub channel: String,
+    /// The provider's id for the message, where it gives one.
+    pub message_id: Option<String>,
+    pub latency_ms: u32,
+    /// Failed attempts before this one.
+    pub retries: u32,
+}
+
+const RECEIPT_V1: u8 = 1;
+
+impl Receipt {
+    /// Appended to the outbox file.
+    pub fn outbox() -> Receipt {
+        Receipt {
+            channel: "outbox".into(),
+            message_id: None,
+            latency_ms: 0,
+            retries: 0,
+        }
+    }
 }
 
 impl Storage {
@@ -576,6 +641,13 @@ impl Storage {
     /// Records touches as sent at `at` (durably): their plans learn which kinds went out,
     /// their customers' message logs grow.
     pub fn finish_sent(&self, ids: &[u64], at: Timestamp) -> Result<(), Error> {
+        let receipts: Vec<(u64, Receipt)> = ids.iter().map(|&id| (id, Receipt::outbox())).collect();
+        self.finish_sent_via(&receipts, at)
+    }
+
+    /// [`Storage::finish_sent`] with how each went out (kept for `explain` and the
+    /// status's per-channel counts).
+    pub fn finish_sent_via(&self, sent: &[(u64, Receipt)], at: Timestamp) -> Result<(), Error> {
         let tx = self.db.begin_write()?;
         {
             let mut touches = tx.open_table(TOUCHES)?;
@@ -583,7 +655,10 @@ impl Storage {
             let mut log = tx.open_table(SENT_LOG)?;
             let mut plans = tx.open_table(PLANS)?;
             let mut outcomes = tx.open_table(OUTCOME_COUNTS)?;
-            for &id in ids {
+            let mut receipts = tx.open_table(RECEIPTS)?;
+            let mut attempts = tx.open_table(ATTEMPTS)?;
+            for (id, receipt) in sent {
+                let id = *id;
                 let Some(mut t) = read(&touches, id)? else {
                     continue;
                 };
@@ -593,6 +668,10 @@ impl Storage {
                 t.state = TouchState::Sent { at };
                 touches.insert(id, encode(&t)?.as_slice())?;
                 count_outcome(&mut outcomes, &t.store, "sent", t.kind.as_str())?;
+                count_outcome(&mut outcomes, &t.store, "via", &receipt.channel)?;
+                let mut receipt = receipt.clone();
+                receipt.retries = attempts.remove(id)?.map_or(0, |v| v.value().0);
+                receipts.insert(id, codec::encode(RECEIPT_V1, &receipt)?.as_slice())?;
                 sending.remove(id)?;
                 if let Some(c) = t.customer {
                     log.insert((t.store.as_str(), c, at.0, id), t.channel.as_str())?;
@@ -625,6 +704,8 @@ impl Storage {
             let mut timers = Timers::open(&tx)?;
             let mut sending = tx.open_table(SENDING)?;
             let mut outcomes = tx.open_table(OUTCOME_COUNTS)?;
+            let mut attempts = tx.open_table(ATTEMPTS)?;
+            let mut disabled = tx.open_table(DISABLED)?;
             for ((due, id), d) in decisions {
                 let Some(mut t) = read(&touches, *id)? else {
                     continue;
@@ -654,6 +735,28 @@ impl Storage {
                         t.state = TouchState::Skipped {
                             reason: reason.clone(),
                         };
+                        attempts.remove(*id)?;
+                    }
+                    Settle::Retry { until, reason, at } => {
+                        count_outcome(&mut outcomes, &t.store, "deferred", "provider_retry")?;
+                        let (n, first) = attempts.get(*id)?.map_or((0, at.0), |v| v.value());
+                        attempts.insert(*id, (n + 1, first))?;
+                        t.due_at = *until;
+                        t.state = TouchState::Deferred {
+                            reason: format!("attempt {} failed: {reason}", n + 1),
+                        };
+                        timers.add(*id, &t)?;
+                        written.push((t.due_at.0, *id));
+                    }
+                    Settle::Dead { reason, disable } => {
+                        count_outcome(&mut outcomes, &t.store, "dead", "refused")?;
+                        if let Some(ch) = disable {
+                            disabled.insert((t.store.as_str(), *ch), reason.as_str())?;
+                        }
+                        t.state = TouchState::Dead {
+                            reason: reason.clone(),
+                        };
+                        attempts.remove(*id)?;
                     }
                 }
                 touches.insert(*id, encode(&t)?.as_slice())?;

@@ -251,3 +251,186 @@ fn webhooks_are_signed_per_standard_webhooks_and_410_disables() {
     // The retry carries the same webhook-id: the receiver drops a duplicate.
     assert_eq!(seen[1].headers["webhook-id"], "42");
 }
+
+mod routed {
+    //! Touches routed to a provider by `[stores.channels]`, end to end on a test clock.
+
+    use super::*;
+    use crate::scheduler::{explain, outbox, touch};
+    use crate::support::TestServer;
+    use upsell_appliance::clock::TestClock;
+
+    /// 2026-11-20T15:00:00Z
+    const T0: i64 = 1_795_186_800_000;
+    const MIN: i64 = 60_000;
+    const DAY: i64 = 86_400_000;
+
+    fn start(dir: &std::path::Path, clock: Arc<TestClock>, fake: &Fake) -> TestServer {
+        let extra = format!(
+            "[stores.channels]\nemail = \"klaviyo\"\n[stores.channels.klaviyo]\napi_key = \"pk_test_0123456789\"\nbase_url = \"{}\"\n",
+            fake.url
+        );
+        TestServer::start_demo_with(dir, clock, &extra)
+    }
+
+    fn order(s: &TestServer, id: u64) {
+        let body = serde_json::to_vec(&json!({
+            "id": id, "name": format!("#{id}"), "email": format!("c{id}@example.com"),
+            "created_at": Timestamp(T0).to_rfc3339(), "updated_at": Timestamp(T0).to_rfc3339(),
+            "currency": "USD", "total_price": "54.00", "financial_status": "paid",
+            "line_items": [{"id": 1, "sku": "KIT-POUR", "quantity": 1, "price": "54.00",
+                "title": "Pour-over Kit", "requires_shipping": false}],
+            "customer": {"id": id + 1000, "email": format!("c{id}@example.com"),
+                "email_marketing_consent": {"state": "subscribed"}}
+        }))
+        .unwrap();
+        assert_eq!(s.webhook("orders/paid", &format!("o{id}"), &body), 200);
+        crate::scheduler::wait_state(s, &id.to_string(), "touch1", "scheduled");
+    }
+
+    fn wait_seen(fake: &Fake, n: usize) -> Vec<Seen> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = fake.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} requests, want {n}",
+                seen.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn state(s: &TestServer, order: &str, kind: &str) -> (String, String) {
+        let v = explain(s, order);
+        let t = touch(&v, kind);
+        (
+            t["state"].as_str().unwrap_or("").to_string(),
+            t["state_reason"].as_str().unwrap_or("").to_string(),
+        )
+    }
+
+    fn wait_for(s: &TestServer, order: &str, kind: &str, want: &str) -> (String, String) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = state(s, order, kind);
+            if st.0 == want {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "{kind} is {st:?}, want {want}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn three_failures_then_accepted_is_one_delivery_of_four_attempts_with_one_key() {
+        let fake = Fake::start(vec![
+            Some((503, vec![], "down".into())),
+            Some((500, vec![], "oops".into())),
+            Some((
+                429,
+                vec![("Retry-After", "3600".into())],
+                "slow down".into(),
+            )),
+            Some((202, vec![], String::new())),
+        ]);
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
+        let s = start(tmp.path(), clock.clone(), &fake);
+        order(&s, 9801);
+        clock.set(Timestamp(T0 + 21 * MIN));
+        wait_seen(&fake, 1);
+        let (st, why) = wait_for(&s, "9801", "touch1", "deferred");
+        assert!(
+            why.contains("attempt 1 failed: klaviyo answered 503"),
+            "{st} {why}"
+        );
+        // The schedule: about 5 s, then about 5 min, then Retry-After's hour (longer than
+        // the 30 min step).
+        clock.set(Timestamp(T0 + 21 * MIN + 6_000));
+        wait_seen(&fake, 2);
+        wait_for(&s, "9801", "touch1", "deferred");
+        clock.set(Timestamp(T0 + 27 * MIN + 6_000));
+        wait_seen(&fake, 3);
+        clock.set(Timestamp(T0 + 60 * MIN));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(fake.seen().len(), 3, "Retry-After: 3600 is respected");
+        clock.set(Timestamp(T0 + 90 * MIN));
+        wait_seen(&fake, 4);
+        wait_for(&s, "9801", "touch1", "sent");
+        let keys: Vec<Value> = fake
+            .seen()
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<Value>(&r.body).unwrap()["data"]["attributes"]["unique_id"]
+                    .clone()
+            })
+            .collect();
+        let touch_id = touch(&explain(&s, "9801"), "touch1")["touch_id"].to_string();
+        assert_eq!(keys, vec![json!(touch_id.trim_matches('"')); 4]);
+        // Sent through Klaviyo, not the outbox; counted by channel.
+        assert!(outbox(tmp.path()).is_empty());
+        let st = s.status();
+        assert_eq!(
+            st["stores"][0]["touches"]["via"],
+            json!({"klaviyo": 1}),
+            "{st}"
+        );
+        assert_eq!(
+            st["stores"][0]["touches"]["deferred"]["provider_retry"], 3,
+            "{st}"
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_a_dead_letter_at_once_with_the_providers_reason() {
+        let fake = Fake::start(vec![Some((
+            400,
+            vec![],
+            r#"{"errors":[{"detail":"profile email is invalid"}]}"#.into(),
+        ))]);
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
+        let s = start(tmp.path(), clock.clone(), &fake);
+        order(&s, 9802);
+        clock.set(Timestamp(T0 + 21 * MIN));
+        let (_, why) = wait_for(&s, "9802", "touch1", "dead");
+        assert!(
+            why.contains("400") && why.contains("profile email is invalid"),
+            "{why}"
+        );
+        assert_eq!(fake.seen().len(), 1, "not retried");
+        assert_eq!(s.status()["stores"][0]["touches"]["dead"]["refused"], 1);
+    }
+
+    #[test]
+    fn a_provider_down_for_6_hours_delivers_a_day_n_touch_after_recovery() {
+        // Touch-2 (day 4, 2 days' grace): five failures over about 7.5 hours, then taken.
+        let mut script = vec![Some((202, vec![], String::new()))]; // touch-1
+        script.extend((0..5).map(|_| Some((503, vec![], "maintenance".into()))));
+        script.push(Some((202, vec![], String::new())));
+        let fake = Fake::start(script);
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
+        let s = start(tmp.path(), clock.clone(), &fake);
+        order(&s, 9803);
+        clock.set(Timestamp(T0 + 21 * MIN));
+        wait_for(&s, "9803", "touch1", "sent");
+        let mut now = T0 + 4 * DAY;
+        // Each step is past the jittered wait (+10% at most) of the attempt before.
+        for (i, step) in [0, 6_000, 6 * MIN, 35 * MIN, 135 * MIN, 335 * MIN]
+            .into_iter()
+            .enumerate()
+        {
+            now += step;
+            clock.set(Timestamp(now));
+            wait_seen(&fake, 2 + i);
+        }
+        wait_for(&s, "9803", "touch2", "sent");
+        assert_eq!(fake.seen().len(), 7, "touch-1, five failures, the delivery");
+        assert!(now - (T0 + 4 * DAY) > 6 * 60 * MIN, "over 6 hours down");
+    }
+}

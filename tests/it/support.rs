@@ -21,6 +21,17 @@ pub const BC_SECRET: &str = "bc_shared_secret_0123456789";
 
 /// A config for tests: ports chosen by the OS, the given data dir, one Shopify store.
 pub fn config_text(data_dir: &Path, listen: &str, admin_listen: &str) -> String {
+    config_text_with(data_dir, listen, admin_listen, "")
+}
+
+/// [`config_text`] with `shopify_extra` (TOML tables such as `[stores.channels]`) added to
+/// the Shopify store.
+pub fn config_text_with(
+    data_dir: &Path,
+    listen: &str,
+    admin_listen: &str,
+    shopify_extra: &str,
+) -> String {
     format!(
         r#"
 listen = "{listen}"
@@ -41,6 +52,7 @@ timezone = "America/Toronto"
 [stores.offers]
 # Plans in tests must not depend on the random salt's holdout draw.
 holdout_percent = 0
+{shopify_extra}
 
 [[stores]]
 id = "{WOO_STORE}"
@@ -121,7 +133,11 @@ impl TestServer {
     }
 
     pub fn start_with(data_dir: &Path, options: Options) -> TestServer {
-        let running = app::start(test_config(data_dir), options).expect("service starts");
+        TestServer::start_config(test_config(data_dir), data_dir, options)
+    }
+
+    pub fn start_config(config: Config, data_dir: &Path, options: Options) -> TestServer {
+        let running = app::start(config, options).expect("service starts");
         TestServer {
             running: Some(running),
             data_dir: data_dir.to_path_buf(),
@@ -143,6 +159,30 @@ impl TestServer {
             },
         );
         import_demo(&s.running().storage, &test_config(data_dir), STORE);
+        s
+    }
+
+    /// [`TestServer::start_demo`] with `shopify_extra` added to the Shopify store's config.
+    pub fn start_demo_with(
+        data_dir: &Path,
+        clock: Arc<dyn upsell_appliance::clock::Clock>,
+        shopify_extra: &str,
+    ) -> TestServer {
+        let config = config::parse(
+            &config_text_with(data_dir, "127.0.0.1:0", "127.0.0.1:0", shopify_extra),
+            Path::new("/"),
+            Origin::Demo,
+        )
+        .expect("test config is valid");
+        let s = TestServer::start_config(
+            config.clone(),
+            data_dir,
+            Options {
+                clock,
+                ..Options::default()
+            },
+        );
+        import_demo(&s.running().storage, &config, STORE);
         s
     }
 
