@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         action: OrderAction,
     },
+    /// Touches a provider refused for good: list, show, retry or drop them
+    Deadletters {
+        #[command(subcommand)]
+        action: DeadAction,
+    },
     /// One touch: the customer opened it, or send it again
     Touch {
         #[command(subcommand)]
@@ -157,6 +162,41 @@ enum OfferAction {
     /// The customer declined the page offer
     Decline {
         order: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadAction {
+    /// The store's dead letters, oldest first, with the provider's reason
+    List {
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter
+    Show {
+        touch: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send it again now (after fixing what refused it); enables the store's disabled endpoints
+    Retry {
+        touch: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give it up (recorded as skipped by the operator)
+    Drop {
+        touch: String,
         #[arg(long, value_name = "ID")]
         store: Option<String>,
         #[arg(long)]
@@ -330,6 +370,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Offer { action } => offer(&load(&cli.config)?, action),
         Command::Order { action } => order(&load(&cli.config)?, action),
         Command::Touch { action } => touch(&load(&cli.config)?, action),
+        Command::Deadletters { action } => deadletters(&load(&cli.config)?, action),
         Command::Compact { json } => compact(&load(&cli.config)?, json),
     }
 }
@@ -1387,6 +1428,69 @@ fn offer(config: &Config, action: OfferAction) -> anyhow::Result<ExitCode> {
             v["order"].as_str().unwrap_or(""),
             if accepted { "accepted" } else { "declined" }
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn deadletters(config: &Config, action: DeadAction) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let (verb, touch, store, as_json) = match action {
+        DeadAction::List { store, json } => ("list", String::new(), store, json),
+        DeadAction::Show { touch, store, json } => ("show", touch, store, json),
+        DeadAction::Retry { touch, store, json } => ("retry", touch, store, json),
+        DeadAction::Drop { touch, store, json } => ("drop", touch, store, json),
+    };
+    let store = store_of(config, &store)?;
+    let (method, api) = match verb {
+        "list" => ("GET", format!("/api/deadletters?store={store}")),
+        v => (
+            if v == "show" { "GET" } else { "POST" },
+            format!(
+                "/api/deadletters/{v}?store={store}&touch={}",
+                percent_encode(&touch)
+            ),
+        ),
+    };
+    let (v, source) = via_service_or_file(config, method, &api, |s| {
+        match verb {
+            "list" => crate::ops::dead_letters(s, &store),
+            "show" => crate::ops::dead_letter(s, &store, &touch),
+            v => crate::ops::settle_dead_letter(s, &store, &touch, v == "retry", now),
+        }
+        .map_err(ops_err)
+    })?;
+    if as_json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let line = |d: &serde_json::Value| {
+        format!(
+            "{}  order {}  {} {}  {} attempts  {}",
+            d["touch_id"],
+            d["order"].as_str().unwrap_or(""),
+            d["kind"].as_str().unwrap_or(""),
+            d["channel"].as_str().unwrap_or(""),
+            d["attempts"],
+            d["reason"].as_str().unwrap_or("")
+        )
+    };
+    match verb {
+        "list" => {
+            let items = v["dead_letters"].as_array().cloned().unwrap_or_default();
+            for d in &items {
+                println!("{}", line(d));
+            }
+            println!("{} dead letters in store {store} ({source})", items.len());
+        }
+        "show" => println!("{}", line(&v)),
+        v => println!(
+            "touch {touch}: {} ({source})",
+            if v == "retry" {
+                "due again now"
+            } else {
+                "dropped"
+            }
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

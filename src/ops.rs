@@ -907,6 +907,72 @@ pub fn touch_resend(
     )
 }
 
+/// A dead letter as the CLI and the admin API show it.
+fn dead_letter_json(
+    snap: &crate::storage::Snapshot,
+    id: u64,
+    t: &crate::storage::touches::TouchRecord,
+) -> Result<serde_json::Value, OpsError> {
+    let reason = match &t.state {
+        crate::storage::touches::TouchState::Dead { reason } => reason.clone(),
+        s => s.as_str().to_string(),
+    };
+    Ok(
+        json!({"touch_id": id, "store": t.store, "order": t.order, "kind": t.kind.as_str(),
+        "channel": t.channel.as_str(), "due_at": t.due_at.to_rfc3339(), "reason": reason,
+        "attempts": snap.attempts(id)?.map_or(0, |a| a.0)}),
+    )
+}
+
+/// `deadletters list`: the store's dead letters, oldest first.
+pub fn dead_letters(storage: &Storage, store: &str) -> Result<serde_json::Value, OpsError> {
+    let snap = storage.snapshot()?;
+    let items = snap
+        .dead_letters(store)?
+        .iter()
+        .map(|(id, t)| dead_letter_json(&snap, *id, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(json!({"store": store, "dead_letters": items}))
+}
+
+/// `deadletters show TOUCH`.
+pub fn dead_letter(
+    storage: &Storage,
+    store: &str,
+    id: &str,
+) -> Result<serde_json::Value, OpsError> {
+    let (n, t) = known_touch(storage, store, id)?;
+    let snap = storage.snapshot()?;
+    if !snap.dead_letters(store)?.iter().any(|(i, _)| *i == n) {
+        return Err(OpsError::Invalid(format!(
+            "touch {n} is not a dead letter (it is {}); `deadletters list` shows them",
+            t.state.as_str()
+        )));
+    }
+    dead_letter_json(&snap, n, &t)
+}
+
+/// `deadletters retry|drop TOUCH`.
+pub fn settle_dead_letter(
+    storage: &Storage,
+    store: &str,
+    id: &str,
+    retry: bool,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let (n, t) = known_touch(storage, store, id)?;
+    if !storage.settle_dead_letter(store, n, retry, now)? {
+        return Err(OpsError::Invalid(format!(
+            "touch {n} is not a dead letter (it is {}); `deadletters list` shows them",
+            t.state.as_str()
+        )));
+    }
+    Ok(
+        json!({"store": store, "touch_id": n, "done": if retry { "retry" } else { "drop" },
+        "at": now.to_rfc3339()}),
+    )
+}
+
 /// An RFC 3339 time given to `--at`.
 fn parse_time_arg(text: &str) -> Result<Timestamp, OpsError> {
     chrono::DateTime::parse_from_rfc3339(text.trim())

@@ -155,6 +155,20 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 crate::ops::offer_response(&ctx.storage, &store, &order, accepted, ctx.clock.now())
             })
         }
+        (Method::Get, "/api/deadletters") => {
+            pick(ctx, &query).and_then(|store| crate::ops::dead_letters(&ctx.storage, &store))
+        }
+        (Method::Get, "/api/deadletters/show") => pick(ctx, &query).and_then(|store| {
+            let touch = super::page::form_value(query.as_bytes(), "touch").unwrap_or_default();
+            crate::ops::dead_letter(&ctx.storage, &store, &touch)
+        }),
+        (Method::Post, "/api/deadletters/retry" | "/api/deadletters/drop") => {
+            let retry = path == "/api/deadletters/retry";
+            pick(ctx, &query).and_then(|store| {
+                let touch = super::page::form_value(query.as_bytes(), "touch").unwrap_or_default();
+                crate::ops::settle_dead_letter(&ctx.storage, &store, &touch, retry, ctx.clock.now())
+            })
+        }
         (Method::Post, "/api/touch/opened" | "/api/touch/resend") => {
             let resend = path == "/api/touch/resend";
             pick(ctx, &query).and_then(|store| {

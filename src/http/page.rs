@@ -99,6 +99,7 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
         }
         main.push_str("</dl>");
         main.push_str(&touch_figures(&st.touches));
+        main.push_str(&dead_letters(ctx, &cfg.id));
         main.push_str("</section>");
     }
     let sched = ctx
@@ -132,6 +133,47 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
         }
     );
     respond(rq, html(200, &fill_page("Status", &meta, &main, true)));
+}
+
+/// A store's dead letters (the latest few, with the provider's reason) and its disabled
+/// endpoints.
+fn dead_letters(ctx: &AdminCtx, store: &str) -> String {
+    let Ok(snap) = ctx.storage.snapshot() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for ch in ["webhook", "klaviyo"] {
+        if let Ok(Some(why)) = snap.disabled(store, ch) {
+            out.push_str(&format!(
+                "<ul class=\"notices\"><li class=\"bad\">The {ch} endpoint is disabled: {}. Fix it, then <code>upsell-appliance deadletters retry TOUCH --store {}</code> enables it again.</li></ul>",
+                esc(&why),
+                esc(store)
+            ));
+        }
+    }
+    let dead = snap.dead_letters(store).unwrap_or_default();
+    if dead.is_empty() {
+        return out;
+    }
+    out.push_str(&format!(
+        "<h3>Dead letters</h3><p class=\"touches\">{} touches a provider refused; <code>upsell-appliance deadletters list --store {}</code> shows them all, <code>retry</code> or <code>drop</code> settles one.</p><table class=\"touches\"><tr><th>touch</th><th>order</th><th>kind</th><th>reason</th></tr>",
+        dead.len(),
+        esc(store)
+    ));
+    for (id, t) in dead.iter().rev().take(5) {
+        let reason = match &t.state {
+            crate::storage::touches::TouchState::Dead { reason } => reason.as_str(),
+            s => s.as_str(),
+        };
+        out.push_str(&format!(
+            "<tr><td>{id}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&t.order),
+            t.kind.as_str(),
+            esc(reason)
+        ));
+    }
+    out.push_str("</table>");
+    out
 }
 
 /// A store's touches: pending by day (the next 14 days with any) and kind, then what was

@@ -334,6 +334,7 @@ impl Storage {
             tx.open_table(ATTEMPTS)?;
             tx.open_table(RECEIPTS)?;
             tx.open_table(DISABLED)?;
+            tx.open_table(DEAD_LETTERS)?;
         }
         touches::count_pending_once(&tx)?;
         tx.commit()?;
@@ -684,6 +685,7 @@ impl Storage {
             attempts: tx.open_table(ATTEMPTS)?,
             receipts: tx.open_table(RECEIPTS)?,
             disabled: tx.open_table(DISABLED)?,
+            dead_letters: tx.open_table(DEAD_LETTERS)?,
             deliveries: tx.open_table(DELIVERIES)?,
         })
     }
@@ -855,6 +857,7 @@ pub struct Snapshot {
     attempts: redb::ReadOnlyTable<u64, (u32, i64)>,
     receipts: redb::ReadOnlyTable<u64, &'static [u8]>,
     disabled: redb::ReadOnlyTable<(&'static str, &'static str), &'static str>,
+    dead_letters: redb::ReadOnlyTable<(&'static str, u64), ()>,
     deliveries: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
 }
 

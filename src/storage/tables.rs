@@ -101,6 +101,8 @@ pub const ATTEMPTS: TableDefinition<u64, (u32, i64)> = TableDefinition::new("att
 /// Touch id -> how it went out (`storage::touches::Receipt`): channel, the provider's
 /// message id, latency.
 pub const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
+/// (store, touch id): the dead letters, until retried or dropped.
+pub const DEAD_LETTERS: TableDefinition<(&str, u64), ()> = TableDefinition::new("dead_letters");
 /// (store, channel) -> why that endpoint is disabled (a webhook answered 410).
 pub const DISABLED: TableDefinition<(&str, &str), &str> = TableDefinition::new("disabled");
 /// Touch id -> when the customer opened that email (ms), as reported.

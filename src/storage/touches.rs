@@ -508,6 +508,18 @@ impl Snapshot {
             .transpose()
     }
 
+    /// A store's dead letters, oldest first: (touch id, record).
+    pub fn dead_letters(&self, store: &str) -> Result<Vec<(u64, TouchRecord)>, Error> {
+        let mut out = Vec::new();
+        for item in self.dead_letters.range((store, 0u64)..=(store, u64::MAX))? {
+            let id = item?.0.value().1;
+            if let Some(t) = self.touch(id)? {
+                out.push((id, t));
+            }
+        }
+        Ok(out)
+    }
+
     /// Why a channel of a store is disabled, if it is.
     pub fn disabled(&self, store: &str, channel: &str) -> Result<Option<String>, Error> {
         Ok(self
@@ -706,6 +718,7 @@ impl Storage {
             let mut outcomes = tx.open_table(OUTCOME_COUNTS)?;
             let mut attempts = tx.open_table(ATTEMPTS)?;
             let mut disabled = tx.open_table(DISABLED)?;
+            let mut dead = tx.open_table(DEAD_LETTERS)?;
             for ((due, id), d) in decisions {
                 let Some(mut t) = read(&touches, *id)? else {
                     continue;
@@ -750,6 +763,7 @@ impl Storage {
                     }
                     Settle::Dead { reason, disable } => {
                         count_outcome(&mut outcomes, &t.store, "dead", "refused")?;
+                        dead.insert((t.store.as_str(), *id), ())?;
                         if let Some(ch) = disable {
                             disabled.insert((t.store.as_str(), *ch), reason.as_str())?;
                         }
@@ -804,6 +818,56 @@ impl Storage {
         tx.commit()?;
         self.timer_feed.push(&[(now.0, new)]);
         Ok(Some(new))
+    }
+
+    /// Takes a dead letter back: `retry` schedules it again now (its grace counts anew
+    /// from this attempt) and enables the store's disabled endpoints; otherwise it is
+    /// dropped (skipped, with that reason).
+    /// `false` when `id` is not a dead letter of `store`.
+    pub fn settle_dead_letter(
+        &self,
+        store: &str,
+        id: u64,
+        retry: bool,
+        now: Timestamp,
+    ) -> Result<bool, Error> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut dead = tx.open_table(DEAD_LETTERS)?;
+            if dead.remove((store, id))?.is_none() {
+                return Ok(false);
+            }
+            let mut touches = tx.open_table(TOUCHES)?;
+            let Some(mut t) = read(&touches, id)? else {
+                return Ok(false);
+            };
+            if retry {
+                t.due_at = now;
+                t.state = TouchState::Scheduled;
+                Timers::open(&tx)?.add(id, &t)?;
+                // The owner fixed what refused it: the store's disabled endpoints are
+                // enabled again.
+                let mut disabled = tx.open_table(DISABLED)?;
+                let names: Vec<String> = disabled
+                    .range((store, "")..=(store, "~"))?
+                    .map(|i| i.map(|(k, _)| k.value().1.to_string()))
+                    .collect::<Result<_, _>>()?;
+                for n in names {
+                    disabled.remove((store, n.as_str()))?;
+                }
+            } else {
+                t.state = TouchState::Skipped {
+                    reason: "dead letter dropped by the operator".into(),
+                };
+            }
+            touches.insert(id, encode(&t)?.as_slice())?;
+            tx.open_table(ATTEMPTS)?.remove(id)?;
+        }
+        tx.commit()?;
+        if retry {
+            self.timer_feed.push(&[(now.0, id)]);
+        }
+        Ok(true)
     }
 
     /// The timers written since the last call.

@@ -257,7 +257,7 @@ mod routed {
 
     use super::*;
     use crate::scheduler::{explain, outbox, touch};
-    use crate::support::TestServer;
+    use crate::support::{TestServer, STORE};
     use upsell_appliance::clock::TestClock;
 
     /// 2026-11-20T15:00:00Z
@@ -387,11 +387,14 @@ mod routed {
 
     #[test]
     fn a_refusal_is_a_dead_letter_at_once_with_the_providers_reason() {
-        let fake = Fake::start(vec![Some((
-            400,
-            vec![],
-            r#"{"errors":[{"detail":"profile email is invalid"}]}"#.into(),
-        ))]);
+        let fake = Fake::start(vec![
+            Some((
+                400,
+                vec![],
+                r#"{"errors":[{"detail":"profile email is invalid"}]}"#.into(),
+            )),
+            Some((202, vec![], String::new())),
+        ]);
         let tmp = tempfile::tempdir().unwrap();
         let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
         let s = start(tmp.path(), clock.clone(), &fake);
@@ -404,6 +407,32 @@ mod routed {
         );
         assert_eq!(fake.seen().len(), 1, "not retried");
         assert_eq!(s.status()["stores"][0]["touches"]["dead"]["refused"], 1);
+        // Listed with the reason; retried by the operator, it goes out.
+        let (code, body) = s.admin_get(&format!("/api/deadletters?store={STORE}"));
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let d = &v["dead_letters"][0];
+        assert_eq!(d["order"], "9802");
+        assert_eq!(d["kind"], "touch1");
+        assert!(
+            d["reason"]
+                .as_str()
+                .unwrap()
+                .contains("profile email is invalid"),
+            "{v}"
+        );
+        let id = d["touch_id"].as_u64().unwrap();
+        let (code, body) =
+            s.admin_post(&format!("/api/deadletters/retry?store={STORE}&touch={id}"));
+        assert_eq!(code, 200, "{body}");
+        wait_for(&s, "9802", "touch1", "sent");
+        assert_eq!(fake.seen().len(), 2);
+        let (_, body) = s.admin_get(&format!("/api/deadletters?store={STORE}"));
+        assert!(body.contains("\"dead_letters\":[]"), "{body}");
+        // Not a dead letter any more: refused with what to do.
+        let (code, body) = s.admin_post(&format!("/api/deadletters/drop?store={STORE}&touch={id}"));
+        assert_eq!(code, 400);
+        assert!(body.contains("is not a dead letter (it is sent)"), "{body}");
     }
 
     #[test]
