@@ -158,13 +158,20 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
             .spawn(move || processor::run(storage, settings, committed_rx, stop))?
     };
     let scheduler_report = crate::pipeline::scheduler::SharedReport::default();
+    // Each store's link-signing key, generated once and kept in the database.
+    let mut keys = crate::outbound::LinkKeys::new();
+    for s in &config.stores {
+        keys.insert(s.id.clone(), storage.link_key(&s.id)?);
+    }
+    let link_keys = Arc::new(keys);
     let scheduler = {
-        let (storage, stop, config, clock, scheduler_report) = (
+        let (storage, stop, config, clock, scheduler_report, link_keys) = (
             storage.clone(),
             stop.clone(),
             config.clone(),
             opts.clock.clone(),
             scheduler_report.clone(),
+            link_keys.clone(),
         );
         let outbox =
             crate::outbound::outbox::Outbox::open(&config.data_dir).with_context(|| {
@@ -176,7 +183,15 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
                         .display()
                 )
             })?;
-        crate::pipeline::scheduler::start(storage, config, clock, outbox, scheduler_report, stop)?
+        crate::pipeline::scheduler::start(
+            storage,
+            config,
+            clock,
+            outbox,
+            link_keys,
+            scheduler_report,
+            stop,
+        )?
     };
 
     let jobs = Arc::new(jobs::Status::default());
@@ -195,6 +210,8 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
 
     let public_ctx = Arc::new(PublicCtx {
         config: config.clone(),
+        storage: storage.clone(),
+        link_keys,
         jobs: jobs_tx,
         rejections,
         clock: opts.clock.clone(),

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod due;
 pub mod history;
 pub mod lifecycle;
+pub mod links;
 pub mod model;
 pub mod money;
 pub mod plan;
@@ -15,3 +16,8 @@ pub mod tz;
 
 pub use model::*;
 pub use money::{Currency, MoneyError};
+
+/// Compares secrets (signatures, tokens) without an early exit.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -10,6 +10,7 @@
 //! is drained of requests its live connections still send.
 
 pub mod admin;
+mod links;
 pub mod page;
 pub mod public;
 

@@ -25,7 +25,7 @@ const REFRESH_SECONDS: u32 = 30;
 /// Sign-in stays valid this long in the browser.
 const COOKIE_MAX_AGE: u32 = 7 * 86_400;
 
-type Page = Response<Cursor<Vec<u8>>>;
+pub(super) type Page = Response<Cursor<Vec<u8>>>;
 
 /// `GET /`: the page, or the sign-in form.
 pub fn status(ctx: &AdminCtx, rq: Request) {
@@ -334,7 +334,7 @@ fn fill_page(title: &str, meta: &str, main: &str, signed_in: bool) -> String {
         .replace("{{main}}", main)
 }
 
-fn html(status: u16, body: &str) -> Page {
+pub(super) fn html(status: u16, body: &str) -> Page {
     Response::from_data(body.as_bytes().to_vec())
         .with_status_code(status)
         .with_header(header("Content-Type", "text/html; charset=utf-8"))
@@ -348,7 +348,7 @@ fn html(status: u16, body: &str) -> Page {
 }
 
 /// Escapes text for HTML content and attribute values.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -1,5 +1,6 @@
-//! The public listener: platform webhooks (`POST /webhooks/{store}`) and `/healthz`.
-//! Customer data never leaves through here.
+//! The public listener: platform webhooks (`POST /webhooks/{store}`), the links in
+//! messages (`/r/...`, `/u/...`, see `links`) and `/healthz`. Customer data never leaves
+//! through here.
 //!
 //! A webhook is verified and parsed on the worker, then handed to the writer with a reply
 //! closure; the worker goes straight back to its next request, and the platform gets its
@@ -21,6 +22,9 @@ use crate::storage::NewEvent;
 
 pub struct PublicCtx {
     pub config: Arc<Config>,
+    /// For the links in messages: clicks and unsubscribes are committed before the answer.
+    pub storage: Arc<crate::storage::Storage>,
+    pub link_keys: Arc<crate::outbound::LinkKeys>,
     pub jobs: Sender<Job>,
     pub rejections: Arc<Rejections>,
     pub clock: Arc<dyn Clock>,
@@ -28,6 +32,9 @@ pub struct PublicCtx {
 
 pub fn handle(ctx: &PublicCtx, rq: Request) {
     let path = rq.url().split('?').next().unwrap_or("").to_string();
+    let Some(rq) = super::links::handle(ctx, rq, &path) else {
+        return;
+    };
     let method = rq.method().clone();
     if let Some(store) = path.strip_prefix("/webhooks/") {
         if method == Method::Post {

@@ -44,6 +44,7 @@ impl Klaviyo {
         let mut properties = serde_json::json!({
             "touch": m.kind.as_str(), "order_name": m.order_name, "order_id": m.order_id,
             "recipe": m.recipe.map(|r| r.as_str()),
+            "tracked_url": m.links.click, "unsubscribe_url": m.links.unsubscribe,
         });
         let mut attributes = serde_json::json!({
             "time": m.at.to_rfc3339(),

@@ -68,7 +68,29 @@ pub struct Message {
     pub due_at: Timestamp,
     /// When this attempt is made (the scheduler's clock).
     pub at: Timestamp,
+    pub links: Links,
 }
+
+/// The links a message carries: the tracked product link (when it carries an offer) and
+/// the unsubscribe link, both under `public_url` and signed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Links {
+    pub click: Option<String>,
+    pub unsubscribe: String,
+}
+
+impl Links {
+    pub fn of(public_url: &str, key: &[u8], store: &str, touch: u64, has_offer: bool) -> Links {
+        use crate::engine::links::{url, Link};
+        Links {
+            click: has_offer.then(|| url(public_url, key, Link::Redirect, store, touch)),
+            unsubscribe: url(public_url, key, Link::Unsubscribe, store, touch),
+        }
+    }
+}
+
+/// Each store's link-signing key (`Storage::link_key`), loaded at start.
+pub type LinkKeys = std::collections::HashMap<String, Vec<u8>>;
 
 /// What a provider's answer means for the touch.
 #[derive(Clone, Debug, PartialEq, Eq)]

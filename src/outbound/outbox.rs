@@ -26,6 +26,9 @@ pub struct OutboxLine {
     pub sent_at: String,
     /// `{"product","sku","variant_id","title","price","currency","discount_code"}` or null.
     pub offer: Option<serde_json::Value>,
+    /// `{"click","unsubscribe"}`: the signed links the message would carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<super::Links>,
 }
 
 pub struct Outbox {
@@ -147,6 +150,7 @@ mod tests {
             due_at: "2026-11-22T04:26:34Z".into(),
             sent_at: "2026-11-22T04:26:35Z".into(),
             offer: None,
+            links: None,
         }
     }
 

@@ -67,6 +67,7 @@ pub fn body(m: &Message) -> serde_json::Value {
         "recipe": m.recipe.map(|r| r.as_str()),
         "due_at": m.due_at.to_rfc3339(), "sent_at": m.at.to_rfc3339(),
         "offer": m.offer.as_ref().map(super::offer_json),
+        "links": m.links,
     })
 }
 

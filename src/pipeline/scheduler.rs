@@ -32,7 +32,7 @@ use crate::engine::lifecycle::PlanRecord;
 use crate::engine::plan::{Channel, Offer, Recipe};
 use crate::engine::Timestamp;
 use crate::outbound::outbox::{Outbox, OutboxLine};
-use crate::outbound::{Message, Outcome, Router};
+use crate::outbound::{LinkKeys, Links, Message, Outcome, Router};
 use crate::storage::plans::contact_keys;
 use crate::storage::touches::{Receipt, Settle, TimerKey, TouchRecord};
 use crate::storage::{Error, Snapshot, Storage};
@@ -110,6 +110,7 @@ pub fn start(
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
     outbox: Outbox,
+    link_keys: Arc<LinkKeys>,
     report: SharedReport,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Scheduler> {
@@ -151,6 +152,7 @@ pub fn start(
                     clock: clock.clone(),
                     outbox: outbox.clone(),
                     router: router.clone(),
+                    link_keys: link_keys.clone(),
                     started,
                 };
                 let done = done_tx.clone();
@@ -470,6 +472,7 @@ struct Worker {
     clock: Arc<dyn Clock>,
     outbox: Arc<Mutex<Outbox>>,
     router: Arc<Router>,
+    link_keys: Arc<LinkKeys>,
     started: Timestamp,
 }
 
@@ -603,8 +606,10 @@ impl Worker {
         let mut outcomes = Vec::new();
         for (id, t) in &sending {
             let offer = offers.remove(id).flatten();
+            let key = self.link_keys.get(&t.store).map_or(&[][..], Vec::as_slice);
+            let links = Links::of(&config.public_url, key, &t.store, *id, offer.is_some());
             let Some(channel) = self.router.route(&t.store, t.channel) else {
-                lines.push(line(*id, t, offer.as_ref(), now));
+                lines.push(line(*id, t, offer.as_ref(), links, now));
                 receipts.push((*id, Receipt::outbox()));
                 continue;
             };
@@ -634,6 +639,7 @@ impl Worker {
                 offer,
                 due_at: t.due_at,
                 at: now,
+                links,
             };
             let started = std::time::Instant::now();
             let outcome = channel.send(&m);
@@ -828,7 +834,13 @@ struct Contact {
 }
 
 /// The outbox line of a touch (README "Outbox").
-fn line(id: u64, t: &TouchRecord, offer: Option<&Offer>, now: Timestamp) -> OutboxLine {
+fn line(
+    id: u64,
+    t: &TouchRecord,
+    offer: Option<&Offer>,
+    links: Links,
+    now: Timestamp,
+) -> OutboxLine {
     OutboxLine {
         touch_id: id.to_string(),
         store: t.store.clone(),
@@ -839,6 +851,7 @@ fn line(id: u64, t: &TouchRecord, offer: Option<&Offer>, now: Timestamp) -> Outb
         due_at: t.due_at.to_rfc3339(),
         sent_at: now.to_rfc3339(),
         offer: offer.map(crate::outbound::offer_json),
+        links: Some(links),
     }
 }
 
@@ -923,6 +936,7 @@ mod tests {
         let worker = Worker {
             storage: storage.clone(),
             router: Arc::new(Router::new(&config)),
+            link_keys: Arc::new(LinkKeys::new()),
             config,
             clock: Arc::new(crate::clock::TestClock::at(Timestamp(T0 + 10 * DAY))),
             outbox: Arc::new(Mutex::new(Outbox::open(dir.path()).unwrap())),

@@ -335,6 +335,7 @@ impl Storage {
             tx.open_table(RECEIPTS)?;
             tx.open_table(DISABLED)?;
             tx.open_table(DEAD_LETTERS)?;
+            tx.open_table(CLICKS)?;
         }
         touches::count_pending_once(&tx)?;
         tx.commit()?;
@@ -686,6 +687,7 @@ impl Storage {
             receipts: tx.open_table(RECEIPTS)?,
             disabled: tx.open_table(DISABLED)?,
             dead_letters: tx.open_table(DEAD_LETTERS)?,
+            clicks: tx.open_table(CLICKS)?,
             deliveries: tx.open_table(DELIVERIES)?,
         })
     }
@@ -858,6 +860,7 @@ pub struct Snapshot {
     receipts: redb::ReadOnlyTable<u64, &'static [u8]>,
     disabled: redb::ReadOnlyTable<(&'static str, &'static str), &'static str>,
     dead_letters: redb::ReadOnlyTable<(&'static str, u64), ()>,
+    clicks: redb::ReadOnlyTable<(u64, i64), &'static str>,
     deliveries: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
 }
 

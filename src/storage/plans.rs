@@ -14,6 +14,7 @@ use crate::engine::Timestamp;
 const PLAN_V1: u8 = 1;
 const SUPPRESSION_V1: u8 = 1;
 const SALT: &str = "holdout_salt";
+const LINK_KEY: &str = "link_key";
 
 /// One entry of the suppression list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,10 +201,11 @@ impl Snapshot {
             .transpose()
     }
 
-    pub fn salt(&self, store: &str) -> Result<Option<Vec<u8>>, Error> {
+    /// A per-store secret by name, if generated yet.
+    pub fn store_key(&self, store: &str, name: &str) -> Result<Option<Vec<u8>>, Error> {
         Ok(self
             .store_keys
-            .get((store, SALT))?
+            .get((store, name))?
             .map(|v| v.value().to_vec()))
     }
 
@@ -370,26 +372,38 @@ impl Storage {
     /// time. Kept in the database, not the config: regenerating the config must not
     /// reshuffle who is held out.
     pub fn salt(&self, store: &str) -> Result<Vec<u8>, Error> {
-        if let Some(s) = self.snapshot()?.salt(store)? {
+        self.store_key(store, SALT)
+    }
+
+    /// The store's key for signing the links in messages (generated like the salt), so
+    /// links sent before a restart or a config change keep working.
+    pub fn link_key(&self, store: &str) -> Result<Vec<u8>, Error> {
+        self.store_key(store, LINK_KEY)
+    }
+
+    /// A per-store secret by name: 32 random bytes generated and stored durably the first
+    /// time.
+    fn store_key(&self, store: &str, name: &str) -> Result<Vec<u8>, Error> {
+        if let Some(s) = self.snapshot()?.store_key(store, name)? {
             return Ok(s);
         }
         let tx = self.db.begin_write()?;
-        let salt = {
+        let key = {
             let mut keys = tx.open_table(STORE_KEYS)?;
-            let existing = keys.get((store, SALT))?.map(|v| v.value().to_vec());
+            let existing = keys.get((store, name))?.map(|v| v.value().to_vec());
             match existing {
                 Some(s) => s,
                 None => {
                     let mut b = [0u8; 32];
                     getrandom::fill(&mut b)
                         .map_err(|e| Error::Codec(format!("the OS random source failed: {e}")))?;
-                    keys.insert((store, SALT), &b[..])?;
+                    keys.insert((store, name), &b[..])?;
                     b.to_vec()
                 }
             }
         };
         tx.commit()?;
-        Ok(salt)
+        Ok(key)
     }
 
     /// Adds entries to a store's suppression list in one durable transaction (all or

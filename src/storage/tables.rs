@@ -105,6 +105,8 @@ pub const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts
 pub const DEAD_LETTERS: TableDefinition<(&str, u64), ()> = TableDefinition::new("dead_letters");
 /// (store, channel) -> why that endpoint is disabled (a webhook answered 410).
 pub const DISABLED: TableDefinition<(&str, &str), &str> = TableDefinition::new("disabled");
+/// (touch id, click time ms) -> device class: clicks on tracked links.
+pub const CLICKS: TableDefinition<(u64, i64), &str> = TableDefinition::new("clicks");
 /// Touch id -> when the customer opened that email (ms), as reported.
 pub const OPENS: TableDefinition<u64, i64> = TableDefinition::new("opens");
 /// (store, order id) -> delivery time ms told by hand.

@@ -500,6 +500,16 @@ impl Snapshot {
             .map(|v| (v.value().0, Timestamp(v.value().1))))
     }
 
+    /// The clicks on touch `id`'s tracked link: (time, device class).
+    pub fn clicks(&self, id: u64) -> Result<Vec<(Timestamp, String)>, Error> {
+        let mut out = Vec::new();
+        for item in self.clicks.range((id, i64::MIN)..=(id, i64::MAX))? {
+            let (k, v) = item?;
+            out.push((Timestamp(k.value().1), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
     /// How touch `id` went out.
     pub fn receipt(&self, id: u64) -> Result<Option<Receipt>, Error> {
         self.receipts
@@ -778,6 +788,14 @@ impl Storage {
         }
         tx.commit()?;
         self.timer_feed.push(&written);
+        Ok(())
+    }
+
+    /// Records a click on touch `id`'s tracked link.
+    pub fn record_click(&self, id: u64, at: Timestamp, device: &str) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(CLICKS)?.insert((id, at.0), device)?;
+        tx.commit()?;
         Ok(())
     }
 

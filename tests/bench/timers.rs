@@ -483,6 +483,14 @@ fn outbox_alone(dir: &Path, n: usize) -> f64 {
         offer: Some(
             serde_json::json!({"sku": "SCALE", "title": "Scale", "price": "19.00", "currency": "USD"}),
         ),
+        // As the service writes them: both links, signed.
+        links: Some(upsell_appliance::outbound::Links::of(
+            "https://upsell.example.com",
+            &[7; 32],
+            STORE,
+            i as u64,
+            true,
+        )),
     };
     let t = Instant::now();
     let mut i = 0;

@@ -10,7 +10,7 @@ use upsell_appliance::engine::plan::{Channel as Medium, Offer, Recipe, TouchKind
 use upsell_appliance::engine::{Currency, Timestamp};
 use upsell_appliance::outbound::klaviyo::Klaviyo;
 use upsell_appliance::outbound::webhook::{self, Webhook};
-use upsell_appliance::outbound::{agent, Channel, Message, Outcome, Secret};
+use upsell_appliance::outbound::{agent, Channel, Links, Message, Outcome, Secret};
 
 /// One request as the fake provider saw it.
 #[derive(Clone, Debug)]
@@ -104,6 +104,10 @@ fn message() -> Message {
         }),
         due_at: Timestamp(1_795_186_800_000),
         at: Timestamp(1_795_186_801_000),
+        links: Links {
+            click: Some("https://u.example.com/r/demo/42.sig".into()),
+            unsubscribe: "https://u.example.com/u/demo/42.sig2".into(),
+        },
     }
 }
 
@@ -150,7 +154,9 @@ fn klaviyo_gets_a_jsonapi_event_keyed_by_the_touch_id() {
                 "touch": "touch1", "order_name": "#9001", "order_id": "9001",
                 "recipe": "welcome", "product_title": "Coffee Scale",
                 "product": "sku:SCALE-MINI", "sku": "SCALE-MINI", "variant_id": "41",
-                "price": "19.00", "currency": "USD", "discount_code": "HI10"
+                "price": "19.00", "currency": "USD", "discount_code": "HI10",
+                "tracked_url": "https://u.example.com/r/demo/42.sig",
+                "unsubscribe_url": "https://u.example.com/u/demo/42.sig2"
             }
         }}})
     );
@@ -248,6 +254,10 @@ fn webhooks_are_signed_per_standard_webhooks_and_410_disables() {
     assert_eq!(body["touch_id"], "42");
     assert_eq!(body["email"], "jane@example.com");
     assert_eq!(body["offer"]["price"], "19.00");
+    assert_eq!(
+        body["links"]["unsubscribe"],
+        "https://u.example.com/u/demo/42.sig2"
+    );
     // The retry carries the same webhook-id: the receiver drops a duplicate.
     assert_eq!(seen[1].headers["webhook-id"], "42");
 }
@@ -461,5 +471,131 @@ mod routed {
         wait_for(&s, "9803", "touch2", "sent");
         assert_eq!(fake.seen().len(), 7, "touch-1, five failures, the delivery");
         assert!(now - (T0 + 4 * DAY) > 6 * 60 * MIN, "over 6 hours down");
+    }
+}
+
+mod links {
+    //! The links in messages, end to end: the outbox line carries them, the public
+    //! listener answers them.
+
+    use super::*;
+    use crate::scheduler::{outbox, wait_state};
+    use crate::support::TestServer;
+    use upsell_appliance::clock::TestClock;
+
+    const T0: i64 = 1_795_186_800_000;
+    const MIN: i64 = 60_000;
+    const DAY: i64 = 86_400_000;
+
+    /// The link as the local server answers it (the config's public_url is a placeholder).
+    fn local(s: &TestServer, url: &str) -> String {
+        let path = url.strip_prefix("https://upsell.example.com").expect(url);
+        s.url(path)
+    }
+
+    fn no_redirects() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
+    #[test]
+    fn a_tracked_link_redirects_with_utm_and_an_unsubscribe_stops_the_next_touch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
+        let s = TestServer::start_demo(tmp.path(), clock.clone());
+        let body = serde_json::to_vec(&json!({
+            "id": 9901, "name": "#9901", "email": "lin@example.com",
+            "created_at": Timestamp(T0).to_rfc3339(), "updated_at": Timestamp(T0).to_rfc3339(),
+            "currency": "USD", "total_price": "54.00", "financial_status": "paid",
+            "line_items": [{"id": 1, "sku": "KIT-POUR", "quantity": 1, "price": "54.00",
+                "title": "Pour-over Kit", "requires_shipping": false}],
+            "customer": {"id": 8901, "email": "lin@example.com",
+                "email_marketing_consent": {"state": "subscribed"}}
+        }))
+        .unwrap();
+        assert_eq!(s.webhook("orders/paid", "l9901", &body), 200);
+        wait_state(&s, "9901", "touch1", "scheduled");
+        clock.set(Timestamp(T0 + 21 * MIN));
+        wait_state(&s, "9901", "touch1", "sent");
+        let line = outbox(tmp.path()).pop().unwrap();
+        let click = line["links"]["click"].as_str().unwrap().to_string();
+        let unsub = line["links"]["unsubscribe"].as_str().unwrap().to_string();
+        assert!(
+            click.starts_with("https://upsell.example.com/r/main/"),
+            "{click}"
+        );
+
+        // The tracked link: 302 to the product with UTM.
+        let agent = no_redirects();
+        let resp = agent
+            .get(&local(&s, &click))
+            .header("User-Agent", "Mozilla/5.0 (iPhone) Mobile")
+            .call()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 302);
+        let to = resp.headers()["location"].to_str().unwrap().to_string();
+        assert!(
+            to.starts_with("https://test-store.myshopify.com/products/"),
+            "{to}"
+        );
+        for p in [
+            "utm_source=upsell-appliance",
+            "utm_medium=email",
+            "utm_campaign=welcome",
+            "utm_content=touch1",
+        ] {
+            assert!(to.contains(p), "{p} in {to}");
+        }
+        let id: u64 = line["touch_id"].as_str().unwrap().parse().unwrap();
+        let clicks = s.running().storage.snapshot().unwrap().clicks(id).unwrap();
+        assert_eq!(clicks.len(), 1);
+        assert_eq!(clicks[0].1, "mobile");
+
+        // Forged and altered tokens: a 404 page, nothing recorded.
+        let altered = format!("{}x", local(&s, &click));
+        let forged = s.url(&format!("/r/main/{id}.AAAAAAAAAAAAAAAAAAAAAA"));
+        for u in [
+            altered,
+            forged,
+            s.url("/r/main/nonsense"),
+            s.url("/u/other/1.abc"),
+        ] {
+            let r = agent.get(&u).call().unwrap();
+            assert_eq!(r.status().as_u16(), 404, "{u}");
+        }
+        assert_eq!(
+            s.running()
+                .storage
+                .snapshot()
+                .unwrap()
+                .clicks(id)
+                .unwrap()
+                .len(),
+            1
+        );
+
+        // Unsubscribe: GET asks, the one-click POST does it, at once and idempotently.
+        let r = agent.get(&local(&s, &unsub)).call().unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let page = r.into_body().read_to_string().unwrap();
+        assert!(page.contains("<form method=\"post\""), "{page}");
+        for _ in 0..2 {
+            let mut r = agent
+                .post(&local(&s, &unsub))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send("List-Unsubscribe=One-Click")
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let page = r.body_mut().read_to_string().unwrap();
+            assert!(page.contains("l***@example.com"), "{page}");
+        }
+        // The very next due touch is skipped.
+        clock.set(Timestamp(T0 + 4 * DAY + MIN));
+        let v = wait_state(&s, "9901", "touch2", "skipped");
+        let t2 = crate::scheduler::touch(&v, "touch2");
+        assert_eq!(t2["state_reason"], "the customer unsubscribed", "{v:#}");
     }
 }
