@@ -31,6 +31,8 @@ pub struct Config {
     /// Threads that decide and send due touches.
     pub touch_workers: usize,
     pub outbound: OutboundConfig,
+    /// Message templates that replace the built-in ones (same file names).
+    pub templates_dir: Option<PathBuf>,
     pub stores: Vec<StoreConfig>,
     pub affinity: AffinityConfig,
     pub jobs: JobsConfig,
@@ -95,6 +97,25 @@ pub struct ChannelsConfig {
     pub sms: Route,
     pub klaviyo: Option<KlaviyoConfig>,
     pub webhook: Option<WebhookConfig>,
+    pub twilio: Option<TwilioConfig>,
+    pub postmark: Option<PostmarkConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TwilioConfig {
+    pub account_sid: String,
+    pub auth_token: crate::outbound::Secret,
+    /// An E.164 sender number, or a Messaging Service SID (`MG...`).
+    pub from: String,
+    pub base_url: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PostmarkConfig {
+    pub server_token: crate::outbound::Secret,
+    pub from: String,
+    pub message_stream: String,
+    pub base_url: String,
 }
 
 /// A channel a kind of message is routed to.
@@ -103,6 +124,8 @@ pub enum Route {
     Outbox,
     Klaviyo,
     Webhook,
+    Twilio,
+    Postmark,
 }
 
 impl Route {
@@ -111,6 +134,8 @@ impl Route {
             Route::Outbox => "outbox",
             Route::Klaviyo => "klaviyo",
             Route::Webhook => "webhook",
+            Route::Twilio => "twilio",
+            Route::Postmark => "postmark",
         }
     }
 }
@@ -229,6 +254,8 @@ impl Cron {
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     pub id: String,
+    /// The store's name as customers know it, in messages (default: the id).
+    pub name: String,
     pub platform: Platform,
     pub domain: String,
     pub webhook_secrets: Vec<String>,
@@ -311,6 +338,7 @@ struct RawConfig {
     http_workers: Option<i64>,
     touch_workers: Option<i64>,
     outbound: Option<RawOutbound>,
+    templates_dir: Option<String>,
     #[allow(dead_code)] // consumed by the merge before deserializing
     secrets_file: Option<String>,
     #[serde(default)]
@@ -341,6 +369,7 @@ struct RawAffinity {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     id: Option<String>,
+    name: Option<String>,
     platform: Option<String>,
     domain: Option<String>,
     #[serde(default)]
@@ -360,6 +389,26 @@ struct RawChannels {
     sms: Option<String>,
     klaviyo: Option<RawKlaviyo>,
     webhook: Option<RawWebhook>,
+    twilio: Option<RawTwilio>,
+    postmark: Option<RawPostmark>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTwilio {
+    account_sid: Option<String>,
+    auth_token: Option<String>,
+    from: Option<String>,
+    base_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostmark {
+    server_token: Option<String>,
+    from: Option<String>,
+    message_stream: Option<String>,
+    base_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -395,8 +444,11 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
             "outbox" => Ok(Route::Outbox),
             "klaviyo" => Ok(Route::Klaviyo),
             "webhook" => Ok(Route::Webhook),
+            "twilio" if k == "sms" => Ok(Route::Twilio),
+            "postmark" if k == "email" => Ok(Route::Postmark),
             other => Err(format!(
-                "{key}.{k} = {other:?} is not a channel; use outbox, klaviyo or webhook"
+                "{key}.{k} = {other:?} is not a channel for {k}; use outbox, klaviyo, webhook or {}",
+                if k == "sms" { "twilio" } else { "postmark" }
             )),
         }
     };
@@ -459,10 +511,67 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
             })
         }
     };
+    let secret =
+        |table: &str, field: &str, v: Option<String>, hint: &str| -> Result<Secret, String> {
+            let v = v.unwrap_or_default();
+            if v.trim().is_empty() || v.starts_with(PLACEHOLDER) {
+                return Err(format!("{key}.{table}.{field} is missing; {hint}"));
+            }
+            Ok(Secret::new(v.trim()))
+        };
+    let twilio = match raw.twilio {
+        None => None,
+        Some(t) => {
+            let sid = t.account_sid.unwrap_or_default();
+            if !(sid.starts_with("AC") && sid.len() == 34) {
+                return Err(format!(
+                    "{key}.twilio.account_sid = {sid:?} is not an Account SID (AC followed by 32 characters, from the Twilio console)"
+                ));
+            }
+            let from = t.from.unwrap_or_default();
+            if !(crate::outbound::twilio::is_e164(&from) || from.starts_with("MG")) {
+                return Err(format!(
+                    "{key}.twilio.from = {from:?} is neither an E.164 number such as \"+16175550100\" nor a Messaging Service SID (MG...)"
+                ));
+            }
+            Some(TwilioConfig {
+                auth_token: secret(
+                    "twilio",
+                    "auth_token",
+                    t.auth_token,
+                    "put the account's Auth Token there, or in secrets_file",
+                )?,
+                account_sid: sid,
+                from,
+                base_url: t
+                    .base_url
+                    .unwrap_or_else(|| crate::outbound::twilio::BASE_URL.into()),
+            })
+        }
+    };
+    let postmark = match raw.postmark {
+        None => None,
+        Some(p) => {
+            let from = p.from.unwrap_or_default();
+            if !from.contains('@') {
+                return Err(format!(
+                    "{key}.postmark.from = {from:?} is not a sender address such as \"Coffee Co <hello@coffee.example>\" (a confirmed Postmark sender signature)"
+                ));
+            }
+            Some(PostmarkConfig {
+                server_token: secret("postmark", "server_token", p.server_token, "put the server's API token there (Postmark > Servers > API Tokens), or in secrets_file")?,
+                from,
+                message_stream: p.message_stream.unwrap_or_else(|| "outbound".into()),
+                base_url: p.base_url.unwrap_or_else(|| crate::outbound::postmark::BASE_URL.into()),
+            })
+        }
+    };
     for (k, r) in [("email", email), ("sms", sms)] {
         let missing = match r {
             Route::Klaviyo => klaviyo.is_none(),
             Route::Webhook => webhook.is_none(),
+            Route::Twilio => twilio.is_none(),
+            Route::Postmark => postmark.is_none(),
             Route::Outbox => false,
         };
         if missing {
@@ -478,6 +587,8 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
         sms,
         klaviyo,
         webhook,
+        twilio,
+        postmark,
     })
 }
 
@@ -972,6 +1083,28 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         Some(d) => base.join(d),
         None => PathBuf::from("/var/lib/upsell-appliance"),
     };
+    let templates_dir = match raw.templates_dir {
+        Some(d) if d.trim().is_empty() => return Err("templates_dir is empty".into()),
+        Some(d) => {
+            let dir = base.join(d);
+            if !dir.is_dir() {
+                return Err(format!(
+                    "templates_dir = {}: no such directory; create it with the templates to change (email_subject.txt, email.html, email.txt, sms.txt)",
+                    dir.display()
+                ));
+            }
+            Some(dir)
+        }
+        None => None,
+    };
+    // Templates load and an SMS with a typical offer fits one segment, or the config is
+    // refused here rather than a message at its due time.
+    crate::outbound::templates::Templates::load(templates_dir.as_deref())
+        .and_then(|t| t.check())
+        .map_err(|e| match &templates_dir {
+            Some(d) => format!("templates_dir = {}: {e}", d.display()),
+            None => e,
+        })?;
     let admin_token = raw.admin_token.unwrap_or_default();
     if admin_token.trim().is_empty() {
         return Err("admin_token is missing; set a long random string (`upsell-appliance init` generates one)".into());
@@ -1151,6 +1284,10 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         let opens_reported = touches.opens_reported.unwrap_or(false);
         let (rules, delivery) = touch_rules(touches, offers.stock_threshold, &key("touches"))?;
         stores.push(StoreConfig {
+            name: s
+                .name
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| id.clone()),
             offers,
             rules,
             delivery,
@@ -1176,6 +1313,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         http_workers,
         touch_workers,
         outbound,
+        templates_dir,
         stores,
         affinity,
         jobs,
@@ -1405,7 +1543,7 @@ transit_days = 6
         for (channels, says) in [
             (
                 "email = \"mailchimp\"",
-                "channels.email = \"mailchimp\" is not a channel; use outbox, klaviyo or webhook",
+                "channels.email = \"mailchimp\" is not a channel for email; use outbox, klaviyo, webhook or postmark",
             ),
             (
                 "email = \"klaviyo\"",
@@ -1434,5 +1572,47 @@ transit_days = 6
             assert!(err.contains(says), "{channels}: {err}");
             assert!(!err.contains("c2VjcmV0"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_template_rendering_an_sms_over_one_segment_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "admin_token = \"0123456789abcdef0123\"\n[[stores]]\nid = \"s\"\nplatform = \"shopify\"\ndomain = \"s.myshopify.com\"\nwebhook_secrets = [\"x\"]\n";
+        let with_dir = format!("templates_dir = \"{}\"\n{base}", dir.path().display());
+        // An override that fits: accepted.
+        std::fs::write(
+            dir.path().join("sms.txt"),
+            "{{ store_name }}: {{ links.click }}",
+        )
+        .unwrap();
+        assert!(parse(&with_dir, Path::new("/"), Origin::Demo).is_ok());
+        // One that renders over 160 characters with a typical offer: refused, saying so.
+        std::fs::write(
+            dir.path().join("sms.txt"),
+            "{{ store_name }} thanks you for your order! Add {{ offer.title }} for {{ offer.price }} {{ offer.currency }} with code {{ offer.discount_code }}: {{ links.click }}",
+        )
+        .unwrap();
+        let err = parse(&with_dir, Path::new("/"), Origin::Demo)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("templates_dir") && err.contains("over the 160"),
+            "{err}"
+        );
+        // A template that does not parse: named.
+        std::fs::write(dir.path().join("email.html"), "{% if %}").unwrap();
+        let err = parse(&with_dir, Path::new("/"), Origin::Demo)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("template email.html"), "{err}");
+        // No such directory.
+        let err = parse(
+            &format!("templates_dir = \"/nonexistent/t\"\n{base}"),
+            Path::new("/"),
+            Origin::Demo,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("no such directory"), "{err}");
     }
 }

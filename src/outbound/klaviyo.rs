@@ -61,6 +61,7 @@ impl Klaviyo {
             p.insert("price".into(), o.currency.format_minor(o.price).into());
             p.insert("currency".into(), o.currency.as_str().into());
             p.insert("discount_code".into(), o.discount_code.clone().into());
+            p.insert("image_url".into(), m.image_url.clone().into());
             let a = attributes.as_object_mut().expect("an object");
             // `value` is a number in the currency's major unit.
             let value: f64 = o.currency.format_minor(o.price).parse().unwrap_or(0.0);

@@ -5,6 +5,9 @@
 
 pub mod klaviyo;
 pub mod outbox;
+pub mod postmark;
+pub mod templates;
+pub mod twilio;
 pub mod webhook;
 
 use std::time::Duration;
@@ -65,6 +68,8 @@ pub struct Message {
     pub phone: Option<String>,
     pub recipe: Option<Recipe>,
     pub offer: Option<Offer>,
+    /// The offered product's image, where the catalog has one.
+    pub image_url: Option<String>,
     pub due_at: Timestamp,
     /// When this attempt is made (the scheduler's clock).
     pub at: Timestamp,
@@ -107,6 +112,8 @@ pub enum Outcome {
     Dead { reason: String },
     /// The endpoint is gone (a webhook's 410): it is disabled until the owner acts.
     Gone { reason: String },
+    /// The recipient opted out at the provider (an SMS STOP): suppressed, not sent.
+    Unsubscribed { reason: String },
 }
 
 /// A way out for touches.
@@ -126,10 +133,15 @@ struct StoreChannels {
     sms: crate::config::Route,
     klaviyo: Option<klaviyo::Klaviyo>,
     webhook: Option<webhook::Webhook>,
+    twilio: Option<twilio::Twilio>,
+    postmark: Option<postmark::Postmark>,
 }
 
 impl Router {
-    pub fn new(config: &crate::config::Config) -> Router {
+    pub fn new(
+        config: &crate::config::Config,
+        templates: std::sync::Arc<templates::Templates>,
+    ) -> Router {
         let agent = agent(config.outbound.connect_timeout, config.outbound.timeout);
         let stores = config
             .stores
@@ -148,6 +160,24 @@ impl Router {
                     webhook: c.webhook.as_ref().map(|w| webhook::Webhook {
                         url: w.url.clone(),
                         secrets: w.secrets.clone(),
+                        agent: agent.clone(),
+                    }),
+                    twilio: c.twilio.as_ref().map(|t| twilio::Twilio {
+                        base_url: t.base_url.clone(),
+                        account_sid: t.account_sid.clone(),
+                        auth_token: t.auth_token.clone(),
+                        from: t.from.clone(),
+                        store_name: s.name.clone(),
+                        templates: templates.clone(),
+                        agent: agent.clone(),
+                    }),
+                    postmark: c.postmark.as_ref().map(|p| postmark::Postmark {
+                        base_url: p.base_url.clone(),
+                        server_token: p.server_token.clone(),
+                        from: p.from.clone(),
+                        message_stream: p.message_stream.clone(),
+                        store_name: s.name.clone(),
+                        templates: templates.clone(),
                         agent: agent.clone(),
                     }),
                 };
@@ -171,6 +201,8 @@ impl Router {
             Route::Outbox => None,
             Route::Klaviyo => s.klaviyo.as_ref().map(|k| k as &dyn Channel),
             Route::Webhook => s.webhook.as_ref().map(|w| w as &dyn Channel),
+            Route::Twilio => s.twilio.as_ref().map(|t| t as &dyn Channel),
+            Route::Postmark => s.postmark.as_ref().map(|p| p as &dyn Channel),
         }
     }
 }

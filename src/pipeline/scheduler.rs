@@ -32,8 +32,9 @@ use crate::engine::lifecycle::PlanRecord;
 use crate::engine::plan::{Channel, Offer, Recipe};
 use crate::engine::Timestamp;
 use crate::outbound::outbox::{Outbox, OutboxLine};
+use crate::outbound::templates::Templates;
 use crate::outbound::{LinkKeys, Links, Message, Outcome, Router};
-use crate::storage::plans::contact_keys;
+use crate::storage::plans::{contact_keys, suppression_key, SuppressionRow};
 use crate::storage::touches::{Receipt, Settle, TimerKey, TouchRecord};
 use crate::storage::{Error, Snapshot, Storage};
 
@@ -143,7 +144,13 @@ pub fn start(
             let (done_tx, done_rx) = crossbeam_channel::unbounded();
             let mut workers = Vec::new();
             let mut queues = Vec::new();
-            let router = Arc::new(Router::new(&config));
+            // The config's check loaded these templates already; one changed since that no
+            // longer loads is reported, and the built-in ones are used.
+            let templates = Templates::load(config.templates_dir.as_deref()).unwrap_or_else(|e| {
+                eprintln!("scheduler: {e}; using the built-in templates");
+                Templates::load(None).expect("the built-in templates load")
+            });
+            let router = Arc::new(Router::new(&config, Arc::new(templates)));
             for n in 0..config.touch_workers.max(1) {
                 let (tx, rx) = crossbeam_channel::unbounded::<Vec<u64>>();
                 let w = Worker {
@@ -524,6 +531,7 @@ impl Worker {
         let mut late_ids = HashSet::new();
         // Contact, order name and recipe of each touch being sent, for the providers.
         let mut messages: HashMap<u64, (Contact, String, Option<Recipe>)> = HashMap::new();
+        let mut m_image: HashMap<u64, Option<String>> = HashMap::new();
         for &id in ids {
             let Some(t) = snap.touch(id)? else { continue };
             if !t.state.pending() || t.due_at > now {
@@ -564,6 +572,13 @@ impl Worker {
                         (p.order_name.clone(), p.plan.recipe)
                     });
                     messages.insert(id, (contact, name, recipe));
+                    let image = match &offer {
+                        Some(o) => snap
+                            .variant_of_key(&t.store, &o.product)?
+                            .and_then(|v| v.image_url),
+                        None => None,
+                    };
+                    m_image.insert(id, image);
                     offers.insert(id, offer);
                     if let Some(c) = t.customer {
                         overlay
@@ -604,6 +619,7 @@ impl Worker {
         let mut lines = Vec::new();
         let mut receipts = Vec::new();
         let mut outcomes = Vec::new();
+        let mut opted_out: Vec<(String, String)> = Vec::new();
         for (id, t) in &sending {
             let offer = offers.remove(id).flatten();
             let key = self.link_keys.get(&t.store).map_or(&[][..], Vec::as_slice);
@@ -637,6 +653,7 @@ impl Worker {
                 phone: contact.phone,
                 recipe,
                 offer,
+                image_url: m_image.remove(id).flatten(),
                 due_at: t.due_at,
                 at: now,
                 links,
@@ -683,6 +700,25 @@ impl Worker {
                         disable: Some(channel.name()),
                     },
                 )),
+                Outcome::Unsubscribed { reason } => {
+                    // The provider knows the customer opted out (an SMS STOP): on our list
+                    // too, so no later touch tries.
+                    let contact = if t.channel == Channel::Sms {
+                        &m.phone
+                    } else {
+                        &m.email
+                    };
+                    if let Some(k) = contact.as_deref().and_then(|c| suppression_key(c).ok()) {
+                        opted_out.push((t.store.clone(), k));
+                    }
+                    outcomes.push((
+                        key,
+                        Settle::Skip {
+                            reason,
+                            code: "unsubscribed",
+                        },
+                    ));
+                }
             }
         }
         if !lines.is_empty() {
@@ -696,6 +732,14 @@ impl Worker {
             }
         }
         storage.finish_sent_via(&receipts, now)?;
+        for (store, key) in opted_out {
+            let row = SuppressionRow {
+                reason: crate::engine::plan::Suppressed::Unsubscribed,
+                at: now,
+                source: "provider (recipient opted out)".into(),
+            };
+            storage.suppress(&store, &[(key, row)])?;
+        }
         storage.settle(&outcomes)?;
         round.sent = receipts.len();
         round.deferred += outcomes
@@ -935,7 +979,10 @@ mod tests {
         let config = Arc::new(config(opens_reported));
         let worker = Worker {
             storage: storage.clone(),
-            router: Arc::new(Router::new(&config)),
+            router: Arc::new(Router::new(
+                &config,
+                Arc::new(Templates::load(None).unwrap()),
+            )),
             link_keys: Arc::new(LinkKeys::new()),
             config,
             clock: Arc::new(crate::clock::TestClock::at(Timestamp(T0 + 10 * DAY))),

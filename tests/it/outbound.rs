@@ -9,6 +9,9 @@ use serde_json::{json, Value};
 use upsell_appliance::engine::plan::{Channel as Medium, Offer, Recipe, TouchKind};
 use upsell_appliance::engine::{Currency, Timestamp};
 use upsell_appliance::outbound::klaviyo::Klaviyo;
+use upsell_appliance::outbound::postmark::Postmark;
+use upsell_appliance::outbound::templates::Templates;
+use upsell_appliance::outbound::twilio::Twilio;
 use upsell_appliance::outbound::webhook::{self, Webhook};
 use upsell_appliance::outbound::{agent, Channel, Links, Message, Outcome, Secret};
 
@@ -102,6 +105,7 @@ fn message() -> Message {
             trust: false,
             urgency: false,
         }),
+        image_url: Some("https://cdn.example.com/scale.jpg".into()),
         due_at: Timestamp(1_795_186_800_000),
         at: Timestamp(1_795_186_801_000),
         links: Links {
@@ -155,6 +159,7 @@ fn klaviyo_gets_a_jsonapi_event_keyed_by_the_touch_id() {
                 "recipe": "welcome", "product_title": "Coffee Scale",
                 "product": "sku:SCALE-MINI", "sku": "SCALE-MINI", "variant_id": "41",
                 "price": "19.00", "currency": "USD", "discount_code": "HI10",
+                "image_url": "https://cdn.example.com/scale.jpg",
                 "tracked_url": "https://u.example.com/r/demo/42.sig",
                 "unsubscribe_url": "https://u.example.com/u/demo/42.sig2"
             }
@@ -260,6 +265,168 @@ fn webhooks_are_signed_per_standard_webhooks_and_410_disables() {
     );
     // The retry carries the same webhook-id: the receiver drops a duplicate.
     assert_eq!(seen[1].headers["webhook-id"], "42");
+}
+
+fn twilio(fake: &Fake, templates: Templates) -> Twilio {
+    Twilio {
+        base_url: fake.url.clone(),
+        account_sid: "AC0123456789abcdef0123456789abcdef".into(),
+        auth_token: Secret::new("tok_0123456789"),
+        from: "+16175550199".into(),
+        store_name: "Coffee Co".into(),
+        templates: Arc::new(templates),
+        agent: agent(Duration::from_secs(5), Duration::from_secs(20)),
+    }
+}
+
+#[test]
+fn twilio_gets_a_form_with_basic_auth_and_a_one_segment_body() {
+    let fake = Fake::start(vec![Some((
+        201,
+        vec![],
+        r#"{"sid":"SM123","status":"queued"}"#.into(),
+    ))]);
+    let t = twilio(&fake, Templates::load(None).unwrap());
+    let mut m = message();
+    m.kind = TouchKind::Sms;
+    m.medium = Medium::Sms;
+    assert_eq!(
+        t.send(&m),
+        Outcome::Sent {
+            message_id: Some("SM123".into())
+        }
+    );
+    let r = &fake.seen()[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        (
+            "POST",
+            "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json"
+        )
+    );
+    use base64::Engine as _;
+    let want_auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode("AC0123456789abcdef0123456789abcdef:tok_0123456789")
+    );
+    assert_eq!(r.headers["authorization"], want_auth);
+    assert_eq!(
+        r.headers["content-type"],
+        "application/x-www-form-urlencoded"
+    );
+    let text = "Coffee Co: add Coffee Scale for 19.00 USD, code HI10: https://u.example.com/r/demo/42.sig Reply STOP to opt out";
+    assert!(text.chars().count() <= 160);
+    let enc: String = text
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    assert_eq!(
+        r.body,
+        format!("To=%2B16175550100&From=%2B16175550199&Body={enc}")
+    );
+}
+
+#[test]
+fn twilio_refuses_a_long_sms_and_a_stop_suppresses() {
+    // A template override that renders over 160 characters: refused, nothing sent.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sms.txt"),
+        format!("{}{{{{ offer.title }}}}", "x".repeat(150)),
+    )
+    .unwrap();
+    let fake = Fake::start(vec![Some((
+        400,
+        vec![],
+        r#"{"code":21610,"message":"Attempt to send to unsubscribed recipient","status":400}"#
+            .into(),
+    ))]);
+    let mut m = message();
+    m.kind = TouchKind::Sms;
+    m.medium = Medium::Sms;
+    match twilio(&fake, Templates::load(Some(dir.path())).unwrap()).send(&m) {
+        Outcome::Dead { reason } => {
+            assert!(reason.contains("162 characters, over the 160"), "{reason}")
+        }
+        o => panic!("{o:?}"),
+    }
+    assert!(fake.seen().is_empty());
+    // Twilio's 21610 (the recipient replied STOP): unsubscribed, not a dead letter.
+    let o = twilio(&fake, Templates::load(None).unwrap()).send(&m);
+    assert!(
+        matches!(o, Outcome::Unsubscribed { ref reason } if reason.contains("21610")),
+        "{o:?}"
+    );
+    // Not E.164: dead without a request.
+    m.phone = Some("6175550100".into());
+    assert!(matches!(
+        twilio(&fake, Templates::load(None).unwrap()).send(&m),
+        Outcome::Dead { .. }
+    ));
+    assert_eq!(fake.seen().len(), 1);
+}
+
+#[test]
+fn postmark_gets_the_rendered_email_with_one_click_unsubscribe_headers() {
+    let fake = Fake::start(vec![Some((
+        200,
+        vec![],
+        r#"{"To":"jane@example.com","MessageID":"b7bc2f4a-e38e-4336-af7d-e6c392c2f817","ErrorCode":0,"Message":"OK"}"#.into(),
+    ))]);
+    let p = Postmark {
+        base_url: fake.url.clone(),
+        server_token: Secret::new("POSTMARK_API_TEST"),
+        from: "Coffee Co <hello@coffee.example>".into(),
+        message_stream: "outbound".into(),
+        store_name: "Coffee Co".into(),
+        templates: Arc::new(Templates::load(None).unwrap()),
+        agent: agent(Duration::from_secs(5), Duration::from_secs(20)),
+    };
+    assert_eq!(
+        p.send(&message()),
+        Outcome::Sent {
+            message_id: Some("b7bc2f4a-e38e-4336-af7d-e6c392c2f817".into())
+        }
+    );
+    let r = &fake.seen()[0];
+    assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/email"));
+    assert_eq!(r.headers["x-postmark-server-token"], "POSTMARK_API_TEST");
+    assert_eq!(r.headers["content-type"], "application/json");
+    let b: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(b["From"], "Coffee Co <hello@coffee.example>");
+    assert_eq!(b["To"], "jane@example.com");
+    assert_eq!(b["Subject"], "Complete your Coffee Scale setup");
+    assert_eq!(b["MessageStream"], "outbound");
+    assert_eq!(b["Tag"], "touch1");
+    assert_eq!(
+        b["Headers"],
+        json!([
+            {"Name": "List-Unsubscribe", "Value": "<https://u.example.com/u/demo/42.sig2>"},
+            {"Name": "List-Unsubscribe-Post", "Value": "List-Unsubscribe=One-Click"}
+        ])
+    );
+    let html = b["HtmlBody"].as_str().unwrap();
+    for want in [
+        "Complete your Coffee Scale setup",
+        "19.00 USD",
+        "HI10",
+        "href=\"https://u.example.com/r/demo/42.sig\"",
+        "src=\"https:&#x2f;&#x2f;cdn.example.com&#x2f;scale.jpg\"",
+        "Unsubscribe",
+    ] {
+        assert!(html.contains(want), "{want} in {html}");
+    }
+    assert!(b["TextBody"]
+        .as_str()
+        .unwrap()
+        .contains("See it: https://u.example.com/r/demo/42.sig"));
 }
 
 mod routed {

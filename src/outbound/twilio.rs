@@ -1,0 +1,125 @@
+//! Twilio SMS: one form-encoded request per message, the body rendered from `sms.txt` and
+//! refused when it is over one 160-character segment; the recipient in E.164. Twilio has
+//! no idempotency key: a touch is sent once per attempt, and the window between Twilio's
+//! answer and our commit is kept to one local transaction.
+
+use super::templates::Templates;
+use super::{classify, unanswered, Channel, Message, Outcome, Secret};
+
+pub const BASE_URL: &str = "https://api.twilio.com";
+
+pub struct Twilio {
+    pub base_url: String,
+    pub account_sid: String,
+    pub auth_token: Secret,
+    /// `From` (an E.164 number) or a `MessagingServiceSid` (starts with `MG`).
+    pub from: String,
+    pub store_name: String,
+    pub templates: std::sync::Arc<Templates>,
+    pub agent: ureq::Agent,
+}
+
+/// Twilio's error for a recipient who replied STOP: the number is suppressed.
+pub const UNSUBSCRIBED_RECIPIENT: i64 = 21610;
+
+/// Whether a phone number is E.164: `+`, 8 to 15 digits, no leading zero.
+pub fn is_e164(p: &str) -> bool {
+    let Some(d) = p.strip_prefix('+') else {
+        return false;
+    };
+    (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                b' ' => "+".to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+impl Twilio {
+    /// The form body of a message to `to`.
+    pub fn body(&self, to: &str, text: &str) -> String {
+        let from = if self.from.starts_with("MG") {
+            "MessagingServiceSid"
+        } else {
+            "From"
+        };
+        form(&[("To", to), (from, &self.from), ("Body", text)])
+    }
+}
+
+impl Channel for Twilio {
+    fn name(&self) -> &'static str {
+        "twilio"
+    }
+
+    fn send(&self, m: &Message) -> Outcome {
+        let Some(to) = m.phone.as_deref().filter(|p| is_e164(p)) else {
+            return Outcome::Dead {
+                reason: format!(
+                    "no E.164 phone number for the SMS (have {:?})",
+                    m.phone.as_deref().map(|p| p.chars().count())
+                ),
+            };
+        };
+        let text = match self.templates.sms(m, &self.store_name) {
+            Ok(t) => t,
+            Err(reason) => return Outcome::Dead { reason },
+        };
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            self.account_sid,
+            self.auth_token.expose()
+        ));
+        let result = self
+            .agent
+            .post(&format!(
+                "{}/2010-04-01/Accounts/{}/Messages.json",
+                self.base_url.trim_end_matches('/'),
+                self.account_sid
+            ))
+            .header("authorization", &format!("Basic {auth}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send(self.body(to, &text).as_bytes());
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => return unanswered("twilio", &e),
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if json["code"].as_i64() == Some(UNSUBSCRIBED_RECIPIENT) {
+            return Outcome::Unsubscribed {
+                reason: format!(
+                    "twilio: the recipient replied STOP (error {UNSUBSCRIBED_RECIPIENT})"
+                ),
+            };
+        }
+        let id = json["sid"].as_str().map(str::to_string);
+        classify("twilio", status, retry_after.as_deref(), &body, id)
+    }
+}
