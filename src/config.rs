@@ -108,6 +108,8 @@ pub struct TwilioConfig {
     /// An E.164 sender number, or a Messaging Service SID (`MG...`).
     pub from: String,
     pub base_url: String,
+    /// Requests a second at most (a token bucket shared by the workers).
+    pub rate_per_second: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -116,6 +118,8 @@ pub struct PostmarkConfig {
     pub from: String,
     pub message_stream: String,
     pub base_url: String,
+    /// Requests a second at most (a token bucket shared by the workers).
+    pub rate_per_second: f64,
 }
 
 /// A channel a kind of message is routed to.
@@ -147,12 +151,16 @@ pub struct KlaviyoConfig {
     pub metrics: std::collections::BTreeMap<String, String>,
     /// `https://a.klaviyo.com` unless set (a test double).
     pub base_url: String,
+    /// Requests a second at most (a token bucket shared by the workers).
+    pub rate_per_second: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct WebhookConfig {
     pub url: String,
     pub secrets: Vec<crate::outbound::Secret>,
+    /// Requests a second at most (a token bucket shared by the workers).
+    pub rate_per_second: f64,
 }
 
 /// `[outbound]`: the providers' HTTP client.
@@ -400,6 +408,7 @@ struct RawTwilio {
     auth_token: Option<String>,
     from: Option<String>,
     base_url: Option<String>,
+    rate_per_second: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -409,6 +418,7 @@ struct RawPostmark {
     from: Option<String>,
     message_stream: Option<String>,
     base_url: Option<String>,
+    rate_per_second: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -418,6 +428,7 @@ struct RawKlaviyo {
     #[serde(default)]
     metrics: std::collections::BTreeMap<String, String>,
     base_url: Option<String>,
+    rate_per_second: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -426,6 +437,7 @@ struct RawWebhook {
     url: Option<String>,
     #[serde(default)]
     secrets: Vec<String>,
+    rate_per_second: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -454,6 +466,15 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
     };
     let email = route("email", raw.email)?;
     let sms = route("sms", raw.sms)?;
+    let rate = |table: &str, v: Option<f64>, default: f64| -> Result<f64, String> {
+        let v = v.unwrap_or(default);
+        if !(0.1..=10_000.0).contains(&v) {
+            return Err(format!(
+                "{key}.{table}.rate_per_second = {v} is out of range; use 0.1 to 10000 (the provider's limit for the account)"
+            ));
+        }
+        Ok(v)
+    };
     let klaviyo = match raw.klaviyo {
         None => None,
         Some(k) => {
@@ -479,6 +500,7 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
                 ));
             }
             Some(KlaviyoConfig {
+                rate_per_second: rate("klaviyo", k.rate_per_second, 10.0)?,
                 api_key: Secret::new(api_key.trim()),
                 metrics: k.metrics,
                 base_url: k
@@ -506,6 +528,7 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
                     .map_err(|e| format!("{key}.webhook.secrets[{i}] {e}"))?;
             }
             Some(WebhookConfig {
+                rate_per_second: rate("webhook", w.rate_per_second, 10.0)?,
                 url,
                 secrets: w.secrets.into_iter().map(Secret::new).collect(),
             })
@@ -535,6 +558,7 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
                 ));
             }
             Some(TwilioConfig {
+                rate_per_second: rate("twilio", t.rate_per_second, 1.0)?,
                 auth_token: secret(
                     "twilio",
                     "auth_token",
@@ -559,6 +583,7 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
                 ));
             }
             Some(PostmarkConfig {
+                rate_per_second: rate("postmark", p.rate_per_second, 10.0)?,
                 server_token: secret("postmark", "server_token", p.server_token, "put the server's API token there (Postmark > Servers > API Tokens), or in secrets_file")?,
                 from,
                 message_stream: p.message_stream.unwrap_or_else(|| "outbound".into()),

@@ -17,6 +17,7 @@ pub struct Klaviyo {
     pub api_key: Secret,
     /// Metric name per touch kind (`metrics` in config), else [`metric_name`].
     pub metrics: BTreeMap<String, String>,
+    pub limit: super::RateLimit,
     pub agent: ureq::Agent,
 }
 
@@ -97,6 +98,7 @@ impl Channel for Klaviyo {
             };
         }
         let body = serde_json::to_vec(&self.body(m)).expect("JSON values serialize");
+        self.limit.acquire();
         let result = self
             .agent
             .post(&format!(

@@ -155,11 +155,13 @@ impl Router {
                         base_url: k.base_url.clone(),
                         api_key: k.api_key.clone(),
                         metrics: k.metrics.clone(),
+                        limit: RateLimit::new(k.rate_per_second),
                         agent: agent.clone(),
                     }),
                     webhook: c.webhook.as_ref().map(|w| webhook::Webhook {
                         url: w.url.clone(),
                         secrets: w.secrets.clone(),
+                        limit: RateLimit::new(w.rate_per_second),
                         agent: agent.clone(),
                     }),
                     twilio: c.twilio.as_ref().map(|t| twilio::Twilio {
@@ -169,6 +171,7 @@ impl Router {
                         from: t.from.clone(),
                         store_name: s.name.clone(),
                         templates: templates.clone(),
+                        limit: RateLimit::new(t.rate_per_second),
                         agent: agent.clone(),
                     }),
                     postmark: c.postmark.as_ref().map(|p| postmark::Postmark {
@@ -178,6 +181,7 @@ impl Router {
                         message_stream: p.message_stream.clone(),
                         store_name: s.name.clone(),
                         templates: templates.clone(),
+                        limit: RateLimit::new(p.rate_per_second),
                         agent: agent.clone(),
                     }),
                 };
@@ -203,6 +207,42 @@ impl Router {
             Route::Webhook => s.webhook.as_ref().map(|w| w as &dyn Channel),
             Route::Twilio => s.twilio.as_ref().map(|t| t as &dyn Channel),
             Route::Postmark => s.postmark.as_ref().map(|p| p as &dyn Channel),
+        }
+    }
+}
+
+/// A token bucket: at most `rate` requests a second to one provider account, in bursts of
+/// up to one second's worth; shared by every worker sending to it.
+pub struct RateLimit {
+    rate: f64,
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl RateLimit {
+    pub fn new(rate: f64) -> RateLimit {
+        let rate = rate.max(0.01);
+        RateLimit {
+            rate,
+            state: std::sync::Mutex::new((rate.max(1.0), std::time::Instant::now())),
+        }
+    }
+
+    /// Waits until a request may go.
+    pub fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let now = std::time::Instant::now();
+                let burst = self.rate.max(1.0);
+                s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(burst);
+                s.1 = now;
+                if s.0 >= 1.0 {
+                    s.0 -= 1.0;
+                    return;
+                }
+                (1.0 - s.0) / self.rate
+            };
+            std::thread::sleep(Duration::from_secs_f64(wait));
         }
     }
 }
@@ -351,6 +391,18 @@ mod tests {
         assert_eq!(w(7, None), None, "the schedule is used up: dead");
         assert_eq!(w(0, Some(Duration::from_secs(60))), Some(60.0));
         assert_ne!(retry_wait(7, 1, None), retry_wait(8, 1, None), "spread");
+    }
+
+    #[test]
+    fn the_rate_limit_spaces_requests() {
+        let r = RateLimit::new(50.0);
+        let t = std::time::Instant::now();
+        for _ in 0..75 {
+            r.acquire();
+        }
+        // 50 at once (the burst), then 25 more at 50/s: about half a second.
+        let took = t.elapsed().as_secs_f64();
+        assert!((0.4..1.5).contains(&took), "{took}");
     }
 
     #[test]

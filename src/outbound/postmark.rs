@@ -16,6 +16,7 @@ pub struct Postmark {
     pub message_stream: String,
     pub store_name: String,
     pub templates: std::sync::Arc<Templates>,
+    pub limit: super::RateLimit,
     pub agent: ureq::Agent,
 }
 
@@ -50,6 +51,7 @@ impl Channel for Postmark {
             Ok(b) => serde_json::to_vec(&b).expect("JSON values serialize"),
             Err(reason) => return Outcome::Dead { reason },
         };
+        self.limit.acquire();
         let result = self
             .agent
             .post(&format!("{}/email", self.base_url.trim_end_matches('/')))

@@ -16,6 +16,7 @@ pub struct Twilio {
     pub from: String,
     pub store_name: String,
     pub templates: std::sync::Arc<Templates>,
+    pub limit: super::RateLimit,
     pub agent: ureq::Agent,
 }
 
@@ -80,6 +81,7 @@ impl Channel for Twilio {
             Err(reason) => return Outcome::Dead { reason },
         };
         use base64::Engine as _;
+        self.limit.acquire();
         let auth = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
             self.account_sid,

@@ -14,6 +14,7 @@ pub struct Webhook {
     pub url: String,
     /// Signing secrets, `whsec_<base64 of 24-64 bytes>`; several while rotating.
     pub secrets: Vec<Secret>,
+    pub limit: super::RateLimit,
     pub agent: ureq::Agent,
 }
 
@@ -80,6 +81,7 @@ impl Channel for Webhook {
         let body = serde_json::to_vec(&body(m)).expect("JSON values serialize");
         let id = m.touch_id.to_string();
         let ts = m.at.0.div_euclid(1000);
+        self.limit.acquire();
         let result = self
             .agent
             .post(&self.url)

@@ -667,7 +667,7 @@ impl Worker {
                     Receipt {
                         channel: channel.name().into(),
                         message_id,
-                        latency_ms: started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+                        latency_us: started.elapsed().as_micros() as u64,
                         retries: 0,
                     },
                 )),

@@ -610,7 +610,8 @@ pub struct Receipt {
     pub channel: String,
     /// The provider's id for the message, where it gives one.
     pub message_id: Option<String>,
-    pub latency_ms: u32,
+    /// From the request to the provider's answer.
+    pub latency_us: u64,
     /// Failed attempts before this one.
     pub retries: u32,
 }
@@ -623,7 +624,7 @@ impl Receipt {
         Receipt {
             channel: "outbox".into(),
             message_id: None,
-            latency_ms: 0,
+            latency_us: 0,
             retries: 0,
         }
     }

@@ -13,7 +13,7 @@ use upsell_appliance::outbound::postmark::Postmark;
 use upsell_appliance::outbound::templates::Templates;
 use upsell_appliance::outbound::twilio::Twilio;
 use upsell_appliance::outbound::webhook::{self, Webhook};
-use upsell_appliance::outbound::{agent, Channel, Links, Message, Outcome, Secret};
+use upsell_appliance::outbound::{agent, Channel, Links, Message, Outcome, RateLimit, Secret};
 
 /// One request as the fake provider saw it.
 #[derive(Clone, Debug)]
@@ -120,6 +120,7 @@ fn klaviyo(fake: &Fake, timeout: Duration) -> Klaviyo {
         base_url: fake.url.clone(),
         api_key: Secret::new("pk_test_0123456789"),
         metrics: BTreeMap::new(),
+        limit: RateLimit::new(1000.0),
         agent: agent(Duration::from_secs(5), timeout),
     }
 }
@@ -236,6 +237,7 @@ fn webhooks_are_signed_per_standard_webhooks_and_410_disables() {
     let w = Webhook {
         url: format!("{}/hooks/upsell", fake.url),
         secrets: vec![secret.clone()],
+        limit: RateLimit::new(1000.0),
         agent: agent(Duration::from_secs(5), Duration::from_secs(20)),
     };
     let m = message();
@@ -275,6 +277,7 @@ fn twilio(fake: &Fake, templates: Templates) -> Twilio {
         from: "+16175550199".into(),
         store_name: "Coffee Co".into(),
         templates: Arc::new(templates),
+        limit: RateLimit::new(1000.0),
         agent: agent(Duration::from_secs(5), Duration::from_secs(20)),
     }
 }
@@ -387,6 +390,7 @@ fn postmark_gets_the_rendered_email_with_one_click_unsubscribe_headers() {
         message_stream: "outbound".into(),
         store_name: "Coffee Co".into(),
         templates: Arc::new(Templates::load(None).unwrap()),
+        limit: RateLimit::new(1000.0),
         agent: agent(Duration::from_secs(5), Duration::from_secs(20)),
     };
     assert_eq!(
