@@ -161,6 +161,7 @@ pub fn start(
                     router: router.clone(),
                     link_keys: link_keys.clone(),
                     started,
+                    stop: stop.clone(),
                 };
                 let done = done_tx.clone();
                 match std::thread::Builder::new()
@@ -481,6 +482,8 @@ struct Worker {
     router: Arc<Router>,
     link_keys: Arc<LinkKeys>,
     started: Timestamp,
+    /// Set at shutdown: the round's touches not yet sent are put back, due at once.
+    stop: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -624,6 +627,20 @@ impl Worker {
             let offer = offers.remove(id).flatten();
             let key = self.link_keys.get(&t.store).map_or(&[][..], Vec::as_slice);
             let links = Links::of(&config.public_url, key, &t.store, *id, offer.is_some());
+            if self.stop.load(Ordering::Relaxed) && self.router.route(&t.store, t.channel).is_some()
+            {
+                // Stopping: what a provider has not been asked yet waits for the next start
+                // (the request in flight finished; no new one starts).
+                outcomes.push((
+                    (t.due_at.0, *id),
+                    Settle::Defer {
+                        until: now,
+                        reason: "the service stopped before sending it".into(),
+                        code: "interrupted",
+                    },
+                ));
+                continue;
+            }
             let Some(channel) = self.router.route(&t.store, t.channel) else {
                 lines.push(line(*id, t, offer.as_ref(), links, now));
                 receipts.push((*id, Receipt::outbox()));
@@ -984,6 +1001,7 @@ mod tests {
                 Arc::new(Templates::load(None).unwrap()),
             )),
             link_keys: Arc::new(LinkKeys::new()),
+            stop: Arc::new(AtomicBool::new(false)),
             config,
             clock: Arc::new(crate::clock::TestClock::at(Timestamp(T0 + 10 * DAY))),
             outbox: Arc::new(Mutex::new(Outbox::open(dir.path()).unwrap())),

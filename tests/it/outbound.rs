@@ -36,6 +36,11 @@ pub struct Fake {
 
 impl Fake {
     pub fn start(script: Vec<Answer>) -> Fake {
+        Fake::start_delayed(script, Duration::ZERO)
+    }
+
+    /// [`Fake::start`], taking `delay` over each answer (one request at a time).
+    pub fn start_delayed(script: Vec<Answer>, delay: Duration) -> Fake {
         let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
         let url = format!("http://{}", server.server_addr().to_ip().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -61,6 +66,7 @@ impl Fake {
                     body,
                 });
                 let step = script[n.min(script.len() - 1)].clone();
+                std::thread::sleep(delay);
                 match step {
                     None => held.push(rq),
                     Some((status, headers, body)) => {
@@ -563,6 +569,73 @@ mod routed {
         assert_eq!(
             st["stores"][0]["touches"]["deferred"]["provider_retry"], 3,
             "{st}"
+        );
+    }
+
+    #[test]
+    fn a_stop_while_sending_waits_for_the_request_in_flight_only_and_resumes_at_start() {
+        let fake = Fake::start_delayed(
+            vec![Some((202, vec![], String::new()))],
+            Duration::from_millis(150),
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
+        let mut s = start(tmp.path(), clock.clone(), &fake);
+        let orders: Vec<u64> = (9810..9830).collect();
+        for &o in &orders {
+            order(&s, o);
+        }
+        clock.set(Timestamp(T0 + 21 * MIN));
+        wait_seen(&fake, 2);
+        // 20 touches at 150 ms each would take 3 s; the stop takes one request's time.
+        let t = Instant::now();
+        s.stop();
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        let sent_before = fake.seen().len();
+        assert!(sent_before < orders.len(), "{sent_before}");
+        // At the next start the rest go out, each once, with its own key.
+        let config = upsell_appliance::config::parse(
+            &crate::support::config_text_with(
+                tmp.path(),
+                "127.0.0.1:0",
+                "127.0.0.1:0",
+                &format!(
+                    "[stores.channels]\nemail = \"klaviyo\"\n[stores.channels.klaviyo]\napi_key = \"pk_test_0123456789\"\nbase_url = \"{}\"\n",
+                    fake.url
+                ),
+            ),
+            std::path::Path::new("/"),
+            upsell_appliance::config::Origin::Demo,
+        )
+        .unwrap();
+        let s = TestServer::start_config(
+            config,
+            tmp.path(),
+            upsell_appliance::app::Options {
+                clock: clock.clone(),
+                ..Default::default()
+            },
+        );
+        for &o in &orders {
+            wait_for(&s, &o.to_string(), "touch1", "sent");
+        }
+        let keys: std::collections::BTreeSet<String> = fake
+            .seen()
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<Value>(&r.body).unwrap()["data"]["attributes"]["unique_id"]
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(keys.len(), orders.len(), "one key per touch");
+        assert!(
+            fake.seen().len() <= orders.len() + 2,
+            "{} requests",
+            fake.seen().len()
         );
     }
 
