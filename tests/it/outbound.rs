@@ -683,6 +683,22 @@ mod routed {
         assert_eq!(fake.seen().len(), 2);
         let (_, body) = s.admin_get(&format!("/api/deadletters?store={STORE}"));
         assert!(body.contains("\"dead_letters\":[]"), "{body}");
+        // The API key shows nowhere: status, dead letters, explain, the status page.
+        let page = {
+            use crate::status_page::{cookie_of, page, sign_in};
+            let g = page(&s, Some(&cookie_of(&sign_in(&s, crate::support::TOKEN))));
+            assert_eq!(g.status, 200);
+            assert!(g.body.contains("Touches"), "{}", g.body);
+            g.body
+        };
+        for text in [
+            s.status().to_string(),
+            s.admin_get(&format!("/api/deadletters?store={STORE}")).1,
+            explain(&s, "9802").to_string(),
+            page,
+        ] {
+            assert!(!text.contains("pk_test_0123456789"), "{text}");
+        }
         // Not a dead letter any more: refused with what to do.
         let (code, body) = s.admin_post(&format!("/api/deadletters/drop?store={STORE}&touch={id}"));
         assert_eq!(code, 400);

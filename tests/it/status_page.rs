@@ -20,10 +20,10 @@ fn browser() -> ureq::Agent {
         .into()
 }
 
-struct Got {
-    status: u16,
+pub(crate) struct Got {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Got {
@@ -35,7 +35,7 @@ impl Got {
     }
 }
 
-fn got(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Got {
+pub(crate) fn got(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Got {
     let mut resp = resp.expect("request completes");
     Got {
         status: resp.status().as_u16(),
@@ -52,7 +52,7 @@ fn admin_url(s: &TestServer, path: &str) -> String {
     format!("http://{}{}", s.running().admin_addr, path)
 }
 
-fn page(s: &TestServer, cookie: Option<&str>) -> Got {
+pub(crate) fn page(s: &TestServer, cookie: Option<&str>) -> Got {
     let mut rq = browser().get(&admin_url(s, "/"));
     if let Some(c) = cookie {
         rq = rq.header("Cookie", c);
@@ -60,7 +60,7 @@ fn page(s: &TestServer, cookie: Option<&str>) -> Got {
     got(rq.call())
 }
 
-fn sign_in(s: &TestServer, token: &str) -> Got {
+pub(crate) fn sign_in(s: &TestServer, token: &str) -> Got {
     let form = format!("token={}", token.replace('-', "%2D"));
     got(browser()
         .post(&admin_url(s, "/login"))
@@ -69,7 +69,7 @@ fn sign_in(s: &TestServer, token: &str) -> Got {
 }
 
 /// The cookie a successful sign-in sets, as a browser would send it back.
-fn cookie_of(g: &Got) -> String {
+pub(crate) fn cookie_of(g: &Got) -> String {
     let set = g.header("set-cookie").expect("sign-in sets a cookie");
     set.split(';').next().unwrap().to_string()
 }
