@@ -84,6 +84,19 @@ enum Command {
         #[command(subcommand)]
         action: OrderAction,
     },
+    /// Render a real offer as one touch and send it to you through the store's channel
+    SendTest {
+        /// touch1, sms, touch2, review, touch3, winback or anticipation
+        #[arg(long, value_name = "KIND")]
+        touch: String,
+        /// Your email address (email touches) or phone number in E.164 (sms)
+        #[arg(long, value_name = "EMAIL_OR_PHONE")]
+        to: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Touches a provider refused for good: list, show, retry or drop them
     Deadletters {
         #[command(subcommand)]
@@ -371,6 +384,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Order { action } => order(&load(&cli.config)?, action),
         Command::Touch { action } => touch(&load(&cli.config)?, action),
         Command::Deadletters { action } => deadletters(&load(&cli.config)?, action),
+        Command::SendTest {
+            touch,
+            to,
+            store,
+            json,
+        } => send_test(&load(&cli.config)?, &touch, &to, store, json),
         Command::Compact { json } => compact(&load(&cli.config)?, json),
     }
 }
@@ -1428,6 +1447,48 @@ fn offer(config: &Config, action: OfferAction) -> anyhow::Result<ExitCode> {
             v["order"].as_str().unwrap_or(""),
             if accepted { "accepted" } else { "declined" }
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn send_test(
+    config: &Config,
+    touch: &str,
+    to: &str,
+    store: Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let store = store_of(config, &store)?;
+    let api = format!(
+        "/api/send-test?store={store}&touch={}&to={}",
+        percent_encode(touch),
+        percent_encode(to)
+    );
+    let (v, source) = via_service_or_file(config, "POST", &api, |s| {
+        let cfg = config.pick_store(Some(&store))?;
+        crate::ops::send_test(s, config, cfg, touch, to, now).map_err(ops_err)
+    })?;
+    if as_json {
+        println!("{v}");
+    } else if v["channel"] == "outbox" {
+        println!("{} ({source})", v["note"].as_str().unwrap_or(""));
+        println!("{:#}", v["rendered"]);
+    } else if v["sent"] == true {
+        println!(
+            "sent {} to {} through {} ({source}): {}",
+            v["touch"].as_str().unwrap_or(""),
+            v["to"].as_str().unwrap_or(""),
+            v["channel"].as_str().unwrap_or(""),
+            v["result"]
+        );
+    } else {
+        println!(
+            "not sent through {}: {}",
+            v["channel"].as_str().unwrap_or(""),
+            v["result"]["error"].as_str().unwrap_or("")
+        );
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

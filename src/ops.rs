@@ -973,6 +973,128 @@ pub fn settle_dead_letter(
     )
 }
 
+/// `send-test --touch KIND --to CONTACT`: renders a real offer (the store's latest plan
+/// with one, else a sample) as that touch and sends it through the channel the store routes
+/// it to. With the outbox route nothing is sent: the rendered text is returned.
+pub fn send_test(
+    storage: &Storage,
+    config: &crate::config::Config,
+    store: &crate::config::StoreConfig,
+    kind: &str,
+    to: &str,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    use crate::engine::plan::{Channel, TouchKind};
+    use crate::outbound::{templates::Templates, Links, Message, Outcome, Router};
+    let kind = TouchKind::parse(kind.trim()).filter(|k| *k != TouchKind::Page).ok_or_else(|| {
+        OpsError::Invalid(format!(
+            "--touch {kind:?} is not a touch kind; use touch1, sms, touch2, review, touch3, winback or anticipation"
+        ))
+    })?;
+    let medium = if kind == TouchKind::Sms {
+        Channel::Sms
+    } else {
+        Channel::Email
+    };
+    let to = to.trim();
+    let (email, phone) = match medium {
+        Channel::Sms if crate::outbound::twilio::is_e164(to) => (None, Some(to.to_string())),
+        Channel::Sms => {
+            return Err(OpsError::Invalid(format!(
+                "--to {to:?}: an SMS needs a phone number in E.164 form such as +16175550100"
+            )))
+        }
+        _ if to.contains('@') => (Some(to.to_string()), None),
+        _ => {
+            return Err(OpsError::Invalid(format!(
+                "--to {to:?}: an email touch needs an email address"
+            )))
+        }
+    };
+    let snap = storage.snapshot()?;
+    let plan = snap.a_plan_with_an_offer(&store.id)?;
+    let templates = std::sync::Arc::new(
+        Templates::load(config.templates_dir.as_deref()).map_err(OpsError::Invalid)?,
+    );
+    // A test send's id is outside the touch ids (high bit set): providers see a fresh
+    // idempotency key each time, and its links lead to the "not valid" page.
+    let mut id_bytes = [0u8; 8];
+    getrandom::fill(&mut id_bytes).map_err(|e| OpsError::Invalid(format!("random source: {e}")))?;
+    let touch_id = u64::from_le_bytes(id_bytes) | (1 << 63);
+    let key = storage.link_key(&store.id)?;
+    // The latest planned offer, else the catalog's first offerable product at its price.
+    let offer = match plan.as_ref().and_then(|p| p.plan.offer.clone()) {
+        Some(o) => Some(o),
+        None => snap
+            .an_offerable_variant(&store.id)?
+            .map(|(key, v)| crate::engine::plan::Offer {
+                product: key.strip_prefix("sku:").unwrap_or(&key).to_string(),
+                sku: v.sku.clone(),
+                variant_id: v.variant_id.clone(),
+                title: v.title.clone(),
+                price: v.price.unwrap_or_default(),
+                currency: store.currency,
+                discount_code: None,
+                trust: false,
+                urgency: false,
+            }),
+    };
+    let m = Message {
+        touch_id,
+        store: store.id.clone(),
+        kind,
+        medium,
+        order_id: plan.as_ref().map_or("test".into(), |p| p.order_id.clone()),
+        order_name: plan
+            .as_ref()
+            .map_or("#TEST".into(), |p| p.order_name.clone()),
+        customer: None,
+        email,
+        phone,
+        recipe: plan.as_ref().and_then(|p| p.plan.recipe),
+        links: Links::of(
+            &config.public_url,
+            &key,
+            &store.id,
+            touch_id,
+            offer.is_some(),
+        ),
+        offer,
+        image_url: None,
+        due_at: now,
+        at: now,
+    };
+    let router = Router::new(config, templates.clone());
+    let Some(channel) = router.route(&store.id, medium) else {
+        let t = &templates;
+        let rendered = match medium {
+            Channel::Sms => json!({"sms": t.sms(&m, &store.name).map_err(OpsError::Invalid)?}),
+            _ => {
+                let e = t.email(&m, &store.name).map_err(OpsError::Invalid)?;
+                json!({"subject": e.subject, "text": e.text})
+            }
+        };
+        return Ok(
+            json!({"store": store.id, "touch": kind.as_str(), "channel": "outbox",
+            "sent": false, "note": "this store routes it to the outbox: nothing was sent; here is what it says",
+            "rendered": rendered}),
+        );
+    };
+    let outcome = channel.send(&m);
+    let (sent, detail) = match &outcome {
+        Outcome::Sent { message_id } => (true, json!({"message_id": message_id})),
+        Outcome::Retry { reason, .. } => (false, json!({"error": reason, "retryable": true})),
+        Outcome::Dead { reason } | Outcome::Gone { reason } | Outcome::Unsubscribed { reason } => {
+            (false, json!({"error": reason}))
+        }
+    };
+    Ok(
+        json!({"store": store.id, "touch": kind.as_str(), "channel": channel.name(),
+        "to": to, "sent": sent, "result": detail,
+        "offer": m.offer.as_ref().map(crate::outbound::offer_json)}),
+    )
+}
+
 /// An RFC 3339 time given to `--at`.
 fn parse_time_arg(text: &str) -> Result<Timestamp, OpsError> {
     chrono::DateTime::parse_from_rfc3339(text.trim())

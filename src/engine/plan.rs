@@ -239,6 +239,21 @@ pub enum TouchKind {
 }
 
 impl TouchKind {
+    pub const ALL: [TouchKind; 8] = [
+        TouchKind::Page,
+        TouchKind::Touch1,
+        TouchKind::Sms,
+        TouchKind::Touch2,
+        TouchKind::Review,
+        TouchKind::Touch3,
+        TouchKind::Winback,
+        TouchKind::Anticipation,
+    ];
+
+    pub fn parse(s: &str) -> Option<TouchKind> {
+        TouchKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TouchKind::Page => "page",

@@ -38,6 +38,23 @@ impl Snapshot {
             .transpose()
     }
 
+    /// The store's first catalog entry that could be offered (active, eligible, priced):
+    /// (catalog key, variant). For a test send when no plan has an offer yet.
+    pub fn an_offerable_variant(&self, store: &str) -> Result<Option<(String, Variant)>, Error> {
+        for item in self.catalog.range((store, "")..)? {
+            let (k, v) = item?;
+            let (s, key) = k.value();
+            if s != store {
+                break;
+            }
+            let v = records::decode_variant(v.value())?;
+            if v.active && v.upsell_eligible && v.price.is_some() {
+                return Ok(Some((key.to_string(), v)));
+            }
+        }
+        Ok(None)
+    }
+
     fn catalog_key_of(&self, store: &str, id_key: &str) -> Result<Option<String>, Error> {
         Ok(self
             .catalog_ids

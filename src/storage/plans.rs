@@ -317,6 +317,21 @@ impl Snapshot {
         }
         Ok(None)
     }
+
+    /// The store's last plan (in order-id order) that carries an offer, for a test send.
+    pub fn a_plan_with_an_offer(&self, store: &str) -> Result<Option<PlanRecord>, Error> {
+        for item in self.plans.range((store, "")..)?.rev() {
+            let (k, v) = item?;
+            if k.value().0 != store {
+                continue;
+            }
+            let rec = decode_plan(v.value())?;
+            if rec.plan.offer.is_some() {
+                return Ok(Some(rec));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// What one planning pass writes: plan records, and the queue entries it handled.

@@ -859,3 +859,120 @@ mod links {
         assert_eq!(t2["state_reason"], "the customer unsubscribed", "{v:#}");
     }
 }
+
+/// `send-test` from the command line with the service stopped: a real offer rendered and
+/// sent through the store's channel to the address given; with the outbox route, shown.
+#[test]
+fn send_test_sends_a_real_offer_through_the_configured_channel() {
+    let fake = Fake::start(vec![Some((202, vec![], String::new()))]);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    {
+        let storage = upsell_appliance::storage::Storage::open(&data, &Default::default()).unwrap();
+        let cfg = crate::support::test_config(&data);
+        crate::support::import_demo(&storage, &cfg, crate::support::STORE);
+    }
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        crate::support::config_text_with(
+            &data,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &format!(
+                "[stores.channels]\nemail = \"klaviyo\"\n[stores.channels.klaviyo]\napi_key = \"pk_test_0123456789\"\nbase_url = \"{}\"\n",
+                fake.url
+            ),
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = crate::cli::bin().args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = run(&[
+        "send-test",
+        "--config",
+        cfg,
+        "--store",
+        "main",
+        "--touch",
+        "touch1",
+        "--to",
+        "me@example.com",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["sent"].as_bool(), v["channel"].as_str()),
+        (Some(true), Some("klaviyo")),
+        "{v}"
+    );
+    let body: Value = serde_json::from_str(&fake.seen()[0].body).unwrap();
+    let a = &body["data"]["attributes"];
+    assert_eq!(
+        a["profile"]["data"]["attributes"]["email"],
+        "me@example.com"
+    );
+    assert!(
+        a["properties"]["product_title"].is_string(),
+        "a real offer: {body}"
+    );
+    // SMS goes to the outbox in this config: rendered, not sent.
+    let (code, out, err) = run(&[
+        "send-test",
+        "--config",
+        cfg,
+        "--store",
+        "main",
+        "--touch",
+        "sms",
+        "--to",
+        "+16175550100",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["sent"], false);
+    assert!(
+        v["rendered"]["sms"]
+            .as_str()
+            .unwrap()
+            .contains("Reply STOP"),
+        "{v}"
+    );
+    // Bad input says what to do.
+    let (code, _, err) = run(&[
+        "send-test",
+        "--config",
+        cfg,
+        "--store",
+        "main",
+        "--touch",
+        "touch9",
+        "--to",
+        "me@example.com",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not a touch kind"), "{err}");
+    let (code, _, err) = run(&[
+        "send-test",
+        "--config",
+        cfg,
+        "--store",
+        "main",
+        "--touch",
+        "sms",
+        "--to",
+        "me@example.com",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("E.164"), "{err}");
+    assert_eq!(fake.seen().len(), 1);
+}
