@@ -121,6 +121,11 @@ pub trait Channel: Send + Sync {
     /// The name in config, logs and the status (`klaviyo`, `webhook`, ...).
     fn name(&self) -> &'static str;
     fn send(&self, m: &Message) -> Outcome;
+    /// The provider drops a repeat of the same touch (Klaviyo `unique_id`, `webhook-id`),
+    /// so sending again after a crash cannot duplicate it.
+    fn idempotent(&self) -> bool {
+        true
+    }
 }
 
 /// Each store's provider channels, built once from the configuration.

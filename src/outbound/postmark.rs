@@ -41,6 +41,10 @@ impl Channel for Postmark {
         "postmark"
     }
 
+    fn idempotent(&self) -> bool {
+        false
+    }
+
     fn send(&self, m: &Message) -> Outcome {
         let Some(to) = m.email.as_deref() else {
             return Outcome::Dead {

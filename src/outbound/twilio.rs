@@ -67,6 +67,10 @@ impl Channel for Twilio {
         "twilio"
     }
 
+    fn idempotent(&self) -> bool {
+        false
+    }
+
     fn send(&self, m: &Message) -> Outcome {
         let Some(to) = m.phone.as_deref().filter(|p| is_e164(p)) else {
             return Outcome::Dead {

@@ -120,7 +120,14 @@ pub fn start(
     let wheel = std::thread::Builder::new()
         .name("scheduler".into())
         .spawn(move || {
-            match reconcile_all(&storage, &outbox, started) {
+            // The config's check loaded these templates already; one changed since that no
+            // longer loads is reported, and the built-in ones are used.
+            let templates = Templates::load(config.templates_dir.as_deref()).unwrap_or_else(|e| {
+                eprintln!("scheduler: {e}; using the built-in templates");
+                Templates::load(None).expect("the built-in templates load")
+            });
+            let router = Arc::new(Router::new(&config, Arc::new(templates)));
+            match reconcile_all(&storage, &outbox, &router, started) {
                 Ok((0, 0)) => {}
                 Ok((sent, again)) => eprintln!(
                     "scheduler: {sent} touches interrupted while sending were in the outbox (recorded sent), {again} were not (sent again)"
@@ -144,13 +151,6 @@ pub fn start(
             let (done_tx, done_rx) = crossbeam_channel::unbounded();
             let mut workers = Vec::new();
             let mut queues = Vec::new();
-            // The config's check loaded these templates already; one changed since that no
-            // longer loads is reported, and the built-in ones are used.
-            let templates = Templates::load(config.templates_dir.as_deref()).unwrap_or_else(|e| {
-                eprintln!("scheduler: {e}; using the built-in templates");
-                Templates::load(None).expect("the built-in templates load")
-            });
-            let router = Arc::new(Router::new(&config, Arc::new(templates)));
             for n in 0..config.touch_workers.max(1) {
                 let (tx, rx) = crossbeam_channel::unbounded::<Vec<u64>>();
                 let w = Worker {
@@ -192,28 +192,41 @@ pub fn start(
 fn reconcile_all(
     storage: &Storage,
     outbox: &Mutex<Outbox>,
+    router: &Router,
     now: Timestamp,
 ) -> Result<(usize, usize), Error> {
     let ids = storage.snapshot()?.sending()?;
-    reconcile(storage, outbox, &ids, now)
+    reconcile(storage, outbox, router, &ids, now)
 }
 
 /// Of `ids`, those still in `sending`: recorded sent if the outbox has them, else due again
-/// now.
+/// now (at most once more through a provider without an idempotency key).
 fn reconcile(
     storage: &Storage,
     outbox: &Mutex<Outbox>,
+    router: &Router,
     ids: &[u64],
     now: Timestamp,
 ) -> Result<(usize, usize), Error> {
     if ids.is_empty() {
         return Ok((0, 0));
     }
+    let snap = storage.snapshot()?;
+    let mut unkeyed = HashMap::new();
+    for &id in ids {
+        if let Some(t) = snap.touch(id)? {
+            if let Some(ch) = router.route(&t.store, t.channel) {
+                if !ch.idempotent() {
+                    unkeyed.insert(id, ch.name());
+                }
+            }
+        }
+    }
     let mut outbox = outbox.lock().unwrap_or_else(|p| p.into_inner());
     let delivered = outbox
         .recent_ids(TAIL_BYTES)
         .map_err(|e| Error::Codec(format!("reading {}: {e}", outbox.path().display())))?;
-    storage.reconcile_sending(ids, &delivered, now)
+    storage.reconcile_sending(ids, &delivered, &unkeyed, now)
 }
 
 /// A worker's report on one round.
@@ -499,7 +512,13 @@ impl Worker {
             let mut late = Round::default();
             let result = self.fire(&ids, &mut late).map_err(|e| {
                 // What this round left in `sending` is settled against the outbox now.
-                if let Err(e) = reconcile(&self.storage, &self.outbox, &ids, self.clock.now()) {
+                if let Err(e) = reconcile(
+                    &self.storage,
+                    &self.outbox,
+                    &self.router,
+                    &ids,
+                    self.clock.now(),
+                ) {
                     eprintln!("scheduler: reconciling touches left in sending: {e}");
                 }
                 format!("scheduler: {e}; retrying in {BACKOFF:?}")

@@ -336,6 +336,7 @@ impl Storage {
             tx.open_table(DISABLED)?;
             tx.open_table(DEAD_LETTERS)?;
             tx.open_table(CLICKS)?;
+            tx.open_table(RESENT)?;
         }
         touches::count_pending_once(&tx)?;
         tx.commit()?;
@@ -688,6 +689,7 @@ impl Storage {
             disabled: tx.open_table(DISABLED)?,
             dead_letters: tx.open_table(DEAD_LETTERS)?,
             clicks: tx.open_table(CLICKS)?,
+            resent: tx.open_table(RESENT)?,
             deliveries: tx.open_table(DELIVERIES)?,
         })
     }
@@ -861,6 +863,7 @@ pub struct Snapshot {
     disabled: redb::ReadOnlyTable<(&'static str, &'static str), &'static str>,
     dead_letters: redb::ReadOnlyTable<(&'static str, u64), ()>,
     clicks: redb::ReadOnlyTable<(u64, i64), &'static str>,
+    resent: redb::ReadOnlyTable<u64, ()>,
     deliveries: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
 }
 

@@ -101,6 +101,9 @@ pub const ATTEMPTS: TableDefinition<u64, (u32, i64)> = TableDefinition::new("att
 /// Touch id -> how it went out (`storage::touches::Receipt`): channel, the provider's
 /// message id, latency.
 pub const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
+/// Touch id: sent again after a crash interrupted its send, through a channel without an
+/// idempotency key (Twilio, Postmark); a second interruption makes it a dead letter.
+pub const RESENT: TableDefinition<u64, ()> = TableDefinition::new("resent");
 /// (store, touch id): the dead letters, until retried or dropped.
 pub const DEAD_LETTERS: TableDefinition<(&str, u64), ()> = TableDefinition::new("dead_letters");
 /// (store, channel) -> why that endpoint is disabled (a webhook answered 410).

@@ -896,35 +896,66 @@ impl Storage {
 
     /// After a crash or a failed send: of the touches `ids` (those in `sending`; others
     /// are left alone), the ones the channel has (`delivered`) are recorded as sent, the
-    /// others are due again at once.
+    /// others are due again at once. `unkeyed` names, for touches routed to a provider
+    /// without an idempotency key, that provider: such a touch is sent again once (it may
+    /// have gone out: a possible duplicate, logged), and a second interruption makes it a
+    /// dead letter rather than a third send. Returns (recorded sent, due again, dead).
     pub fn reconcile_sending(
         &self,
         ids: &[u64],
         delivered: &std::collections::HashSet<String>,
+        unkeyed: &std::collections::HashMap<u64, &'static str>,
         now: Timestamp,
     ) -> Result<(usize, usize), Error> {
-        let sending: std::collections::HashSet<u64> =
-            self.snapshot()?.sending()?.into_iter().collect();
+        let snap = self.snapshot()?;
+        let sending: std::collections::HashSet<u64> = snap.sending()?.into_iter().collect();
         let (sent, again): (Vec<u64>, Vec<u64>) = ids
             .iter()
             .filter(|id| sending.contains(id))
             .partition(|id| delivered.contains(&id.to_string()));
         self.finish_sent(&sent, now)?;
-        let retry: Vec<(TimerKey, Settle)> = again
-            .iter()
-            .map(|&id| {
-                (
-                    (now.0, id),
+        let mut settle = Vec::new();
+        let mut marked = Vec::new();
+        for &id in &again {
+            let s = match unkeyed.get(&id) {
+                Some(ch) if snap.resent.get(id)?.is_some() => Settle::Dead {
+                    reason: format!(
+                        "interrupted twice while sending through {ch}, which has no idempotency key: it may have gone out already, so it is not sent a third time"
+                    ),
+                    disable: None,
+                },
+                Some(ch) => {
+                    eprintln!(
+                        "scheduler: touch {id}: interrupted while sending through {ch}; sending it again once (a possible duplicate: {ch} has no idempotency key)"
+                    );
+                    marked.push(id);
                     Settle::Defer {
                         until: now,
-                        reason: "interrupted while sending; not in the outbox, so sent again"
-                            .into(),
+                        reason: format!(
+                            "interrupted while sending through {ch}; sent again once (a possible duplicate)"
+                        ),
                         code: "interrupted",
-                    },
-                )
-            })
-            .collect();
-        self.settle(&retry)?;
+                    }
+                }
+                None => Settle::Defer {
+                    until: now,
+                    reason: "interrupted while sending; sent again (with the same key where the channel has one)".into(),
+                    code: "interrupted",
+                },
+            };
+            settle.push(((now.0, id), s));
+        }
+        self.settle(&settle)?;
+        if !marked.is_empty() {
+            let tx = self.db.begin_write()?;
+            {
+                let mut t = tx.open_table(RESENT)?;
+                for id in marked {
+                    t.insert(id, ())?;
+                }
+            }
+            tx.commit()?;
+        }
         Ok((sent.len(), again.len()))
     }
 }
@@ -1071,7 +1102,8 @@ mod tests {
         let now = Timestamp(T0 + 4 * 86_400_000);
         let sending = s.snapshot().unwrap().sending().unwrap();
         assert_eq!(
-            s.reconcile_sending(&sending, &delivered, now).unwrap(),
+            s.reconcile_sending(&sending, &delivered, &Default::default(), now)
+                .unwrap(),
             (1, 1)
         );
         assert_eq!(
@@ -1136,6 +1168,38 @@ mod tests {
             .begin_sending(&[(T0 + 4 * 86_400_000, 4)])
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn a_touch_without_an_idempotency_key_is_sent_again_at_most_once_after_crashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &Options::default()).unwrap();
+        let rec = revise(None, plan(4, false), &order(), Some(7), &[], Timestamp(T0));
+        write(&s, &rec);
+        let unkeyed = std::collections::HashMap::from([(1u64, "twilio")]);
+        let none = std::collections::HashSet::new();
+        let key = |s: &Storage| {
+            let t = s.snapshot().unwrap().touch(1).unwrap().unwrap();
+            (t.due_at.0, 1u64)
+        };
+        // First crash while sending: due again, once.
+        s.begin_sending(&[key(&s)]).unwrap();
+        s.reconcile_sending(&[1], &none, &unkeyed, Timestamp(T0 + 1))
+            .unwrap();
+        assert_eq!(states(&s)[0], "1 touch1 deferred");
+        // Second crash while sending it again: a dead letter, not a third send.
+        s.begin_sending(&[key(&s)]).unwrap();
+        s.reconcile_sending(&[1], &none, &unkeyed, Timestamp(T0 + 2))
+            .unwrap();
+        assert_eq!(states(&s)[0], "1 touch1 dead");
+        let snap = s.snapshot().unwrap();
+        let dead = snap.dead_letters("demo").unwrap();
+        assert_eq!(dead.len(), 1);
+        assert!(
+            matches!(&dead[0].1.state, TouchState::Dead { reason } if reason.contains("interrupted twice while sending through twilio")),
+            "{:?}",
+            dead[0].1.state
+        );
     }
 
     #[test]

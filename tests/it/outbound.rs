@@ -976,3 +976,134 @@ fn send_test_sends_a_real_offer_through_the_configured_channel() {
     assert!(err.contains("E.164"), "{err}");
     assert_eq!(fake.seen().len(), 1);
 }
+
+/// kill -9 after the provider has the request and before our commit: at the next start
+/// the touch goes again with the same idempotency key (Klaviyo drops the repeat), and is
+/// then recorded sent once.
+#[test]
+fn kill_9_between_the_providers_answer_and_our_commit_resends_with_the_same_key() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // The fake kills the service when the first request arrives, before answering: the
+    // provider has it, we never learn. Later requests get 202.
+    let victim = Arc::new(AtomicU32::new(0));
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    {
+        let (victim, seen) = (victim.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for mut rq in server.incoming_requests() {
+                let mut body = String::new();
+                std::io::Read::read_to_string(rq.as_reader(), &mut body).unwrap();
+                let first = {
+                    let mut s = seen.lock().unwrap();
+                    s.push(body);
+                    s.len() == 1
+                };
+                if first {
+                    let pid = victim.load(Ordering::SeqCst);
+                    std::process::Command::new("kill")
+                        .args(["-9", &pid.to_string()])
+                        .status()
+                        .unwrap();
+                    drop(rq);
+                } else {
+                    let _ = rq.respond(tiny_http::Response::empty(202));
+                }
+            }
+        });
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    {
+        let storage = upsell_appliance::storage::Storage::open(&data, &Default::default()).unwrap();
+        crate::support::import_demo(
+            &storage,
+            &crate::support::test_config(&data),
+            crate::support::STORE,
+        );
+    }
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        crate::support::config_text_with(
+            &data,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &format!(
+                "[stores.channels]\nemail = \"klaviyo\"\n[stores.channels.klaviyo]\napi_key = \"pk_test_0123456789\"\nbase_url = \"{url}\"\n"
+            ),
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap().to_string();
+    // 600x: touch-1's 20 minutes pass in 2 seconds.
+    let serve = || {
+        let mut cmd = crate::cli::bin();
+        cmd.args(["serve", "--config", &cfg, "--time-scale", "600"]);
+        crate::crash::start_cmd(cmd)
+    };
+    let (mut child, addr) = serve();
+    victim.store(child.id(), Ordering::SeqCst);
+    let created = chrono::Utc::now().to_rfc3339();
+    let body = serde_json::to_vec(&json!({
+        "id": 9951, "name": "#9951", "email": "kit@example.com",
+        "created_at": created, "currency": "USD", "total_price": "54.00", "financial_status": "paid",
+        "line_items": [{"id": 1, "sku": "KIT-POUR", "quantity": 1, "price": "54.00",
+            "title": "Pour-over Kit", "requires_shipping": false}],
+        "customer": {"id": 89951, "email": "kit@example.com",
+            "email_marketing_consent": {"state": "subscribed"}}
+    }))
+    .unwrap();
+    let sig = upsell_appliance::ingest::shopify::sign(&body, crate::support::SECRET);
+    let resp = crate::support::agent()
+        .post(&format!("http://{addr}/webhooks/{}", crate::support::STORE))
+        .header("X-Shopify-Topic", "orders/paid")
+        .header("X-Shopify-Hmac-Sha256", &sig)
+        .header("X-Shopify-Event-Id", "k9951")
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // The first send kills it.
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed: {status:?}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let (mut child, _) = serve();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "never sent again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    crate::crash::sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let bodies = seen.lock().unwrap().clone();
+    let key = |b: &str| {
+        serde_json::from_str::<Value>(b).unwrap()["data"]["attributes"]["unique_id"].clone()
+    };
+    let touch1: Vec<&String> = bodies
+        .iter()
+        .filter(|b| {
+            serde_json::from_str::<Value>(b).unwrap()["data"]["attributes"]["properties"]["touch"]
+                == "touch1"
+        })
+        .collect();
+    assert_eq!(touch1.len(), 2, "sent, interrupted, sent again: {bodies:?}");
+    assert_eq!(key(touch1[0]), key(touch1[1]), "the same idempotency key");
+    // Recorded sent once, through Klaviyo.
+    let out = crate::cli::bin()
+        .args([
+            "explain",
+            "#9951",
+            "--config",
+            &cfg,
+            "--store",
+            crate::support::STORE,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = crate::scheduler::touch(&v, "touch1");
+    assert_eq!(t["state"], "sent", "{v:#}");
+}
