@@ -99,6 +99,8 @@ pub struct ChannelsConfig {
     pub webhook: Option<WebhookConfig>,
     pub twilio: Option<TwilioConfig>,
     pub postmark: Option<PostmarkConfig>,
+    /// Every touch sent to a customer also goes to the webhook (for the store's systems).
+    pub also_webhook: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -399,6 +401,7 @@ struct RawChannels {
     webhook: Option<RawWebhook>,
     twilio: Option<RawTwilio>,
     postmark: Option<RawPostmark>,
+    also_webhook: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -607,6 +610,12 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
             ));
         }
     }
+    let also_webhook = raw.also_webhook.unwrap_or(false);
+    if also_webhook && webhook.is_none() {
+        return Err(format!(
+            "{key}.also_webhook = true needs a [{key}.webhook] table with its url and secrets"
+        ));
+    }
     Ok(ChannelsConfig {
         email,
         sms,
@@ -614,6 +623,7 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
         webhook,
         twilio,
         postmark,
+        also_webhook,
     })
 }
 

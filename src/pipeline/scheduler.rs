@@ -566,6 +566,11 @@ impl Worker {
             let plan = snap.plan(&t.store, &t.order)?;
             let (mut action, contact) =
                 decide(&snap, config, latency_ms, &t, plan.as_ref(), &overlay, now)?;
+            if snap.mirror_of(id)?.is_some() {
+                // A copy for the store's webhook of a message already sent: it goes, whatever
+                // the rules say about messaging the customer now.
+                action = Action::Send;
+            }
             // A touch a provider has not taken: within its kind's grace from the first
             // attempt, or skipped rather than arriving days late.
             if let (Action::Send, Some((failed, first))) = (&action, snap.attempts(id)?) {
@@ -768,6 +773,20 @@ impl Worker {
             }
         }
         storage.finish_sent_via(&receipts, now)?;
+        // Stores with `also_webhook` get a copy of each message sent to a customer.
+        let mirror: Vec<u64> = receipts
+            .iter()
+            .filter_map(|(id, _)| sending.iter().find(|(i, _)| i == id))
+            .filter(|(id, t)| {
+                t.channel != Channel::Webhook
+                    && config
+                        .store(&t.store)
+                        .is_some_and(|s| s.channels.also_webhook)
+                    && snap.mirror_of(*id).ok().flatten().is_none()
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        storage.mirror(&mirror, now)?;
         for (store, key) in opted_out {
             let row = SuppressionRow {
                 reason: crate::engine::plan::Suppressed::Unsubscribed,

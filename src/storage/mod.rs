@@ -337,6 +337,7 @@ impl Storage {
             tx.open_table(DEAD_LETTERS)?;
             tx.open_table(CLICKS)?;
             tx.open_table(RESENT)?;
+            tx.open_table(MIRRORS)?;
         }
         touches::count_pending_once(&tx)?;
         tx.commit()?;
@@ -690,6 +691,7 @@ impl Storage {
             dead_letters: tx.open_table(DEAD_LETTERS)?,
             clicks: tx.open_table(CLICKS)?,
             resent: tx.open_table(RESENT)?,
+            mirrors: tx.open_table(MIRRORS)?,
             deliveries: tx.open_table(DELIVERIES)?,
         })
     }
@@ -864,6 +866,7 @@ pub struct Snapshot {
     dead_letters: redb::ReadOnlyTable<(&'static str, u64), ()>,
     clicks: redb::ReadOnlyTable<(u64, i64), &'static str>,
     resent: redb::ReadOnlyTable<u64, ()>,
+    mirrors: redb::ReadOnlyTable<u64, u64>,
     deliveries: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
 }
 

@@ -101,6 +101,9 @@ pub const ATTEMPTS: TableDefinition<u64, (u32, i64)> = TableDefinition::new("att
 /// Touch id -> how it went out (`storage::touches::Receipt`): channel, the provider's
 /// message id, latency.
 pub const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
+/// Copy touch id -> the touch it copies to the store's webhook (`also_webhook`): not a
+/// message to the customer, so never decided again nor counted for the caps.
+pub const MIRRORS: TableDefinition<u64, u64> = TableDefinition::new("mirrors");
 /// Touch id: sent again after a crash interrupted its send, through a channel without an
 /// idempotency key (Twilio, Postmark); a second interruption makes it a dead letter.
 pub const RESENT: TableDefinition<u64, ()> = TableDefinition::new("resent");

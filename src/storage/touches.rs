@@ -530,6 +530,11 @@ impl Snapshot {
         Ok(out)
     }
 
+    /// The touch a webhook copy copies, if `id` is one.
+    pub fn mirror_of(&self, id: u64) -> Result<Option<u64>, Error> {
+        Ok(self.mirrors.get(id)?.map(|v| v.value()))
+    }
+
     /// Why a channel of a store is disabled, if it is.
     pub fn disabled(&self, store: &str, channel: &str) -> Result<Option<String>, Error> {
         Ok(self
@@ -680,6 +685,7 @@ impl Storage {
             let mut outcomes = tx.open_table(OUTCOME_COUNTS)?;
             let mut receipts = tx.open_table(RECEIPTS)?;
             let mut attempts = tx.open_table(ATTEMPTS)?;
+            let mirrors = tx.open_table(MIRRORS)?;
             for (id, receipt) in sent {
                 let id = *id;
                 let Some(mut t) = read(&touches, id)? else {
@@ -696,7 +702,8 @@ impl Storage {
                 receipt.retries = attempts.remove(id)?.map_or(0, |v| v.value().0);
                 receipts.insert(id, codec::encode(RECEIPT_V1, &receipt)?.as_slice())?;
                 sending.remove(id)?;
-                if let Some(c) = t.customer {
+                let mirror = mirrors.get(id)?.is_some();
+                if let (Some(c), false) = (t.customer, mirror) {
                     log.insert((t.store.as_str(), c, at.0, id), t.channel.as_str())?;
                 }
                 let key = (t.store.as_str(), t.order.as_str());
@@ -810,6 +817,45 @@ impl Storage {
             opens.insert(id, first)?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Copies of touches `ids` for the store's webhook (`also_webhook`), due at `now`:
+    /// each goes out, is retried and can die on its own, without touching the original.
+    pub fn mirror(&self, ids: &[u64], now: Timestamp) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut written = Vec::new();
+        let tx = self.db.begin_write()?;
+        {
+            let touches_r = tx.open_table(TOUCHES)?;
+            let originals: Vec<(u64, TouchRecord)> = ids
+                .iter()
+                .filter_map(|&id| read(&touches_r, id).transpose().map(|t| t.map(|t| (id, t))))
+                .collect::<Result<_, _>>()?;
+            drop(touches_r);
+            let mut touches = tx.open_table(TOUCHES)?;
+            let mut meta = tx.open_table(META)?;
+            let mut mirrors = tx.open_table(MIRRORS)?;
+            let mut timers = Timers::open(&tx)?;
+            let mut next = next_id(&meta)?;
+            for (id, mut t) in originals {
+                let copy = next;
+                next += 1;
+                t.channel = Channel::Webhook;
+                t.planned_due = now;
+                t.due_at = now;
+                t.state = TouchState::Scheduled;
+                touches.insert(copy, encode(&t)?.as_slice())?;
+                mirrors.insert(copy, id)?;
+                timers.add(copy, &t)?;
+                written.push((now.0, copy));
+            }
+            meta.insert(NEXT_TOUCH_ID, &next.to_le_bytes()[..])?;
+        }
+        tx.commit()?;
+        self.timer_feed.push(&written);
         Ok(())
     }
 

@@ -640,6 +640,36 @@ mod routed {
     }
 
     #[test]
+    fn also_webhook_copies_each_message_sent_to_the_stores_webhook() {
+        let fake = Fake::start(vec![Some((204, vec![], String::new()))]);
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
+        let extra = format!(
+            "[stores.channels]\nalso_webhook = true\n[stores.channels.webhook]\nurl = \"{}/hook\"\nsecrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]\n",
+            fake.url
+        );
+        let s = TestServer::start_demo_with(tmp.path(), clock.clone(), &extra);
+        order(&s, 9841);
+        clock.set(Timestamp(T0 + 21 * MIN));
+        // Email goes to the outbox (the default route); its copy to the webhook.
+        let seen = wait_seen(&fake, 1);
+        let body: Value = serde_json::from_str(&seen[0].body).unwrap();
+        assert_eq!(body["kind"], "touch1");
+        assert_eq!(body["order"], "9841");
+        assert_eq!(body["email"], "c9841@example.com");
+        assert_eq!(outbox(tmp.path()).len(), 1);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(fake.seen().len(), 1, "one copy, not a copy of the copy");
+        // Counted per channel.
+        let st = s.status();
+        assert_eq!(
+            st["stores"][0]["touches"]["via"],
+            json!({"outbox": 1, "webhook": 1}),
+            "{st}"
+        );
+    }
+
+    #[test]
     fn a_refusal_is_a_dead_letter_at_once_with_the_providers_reason() {
         let fake = Fake::start(vec![
             Some((
