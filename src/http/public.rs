@@ -47,10 +47,73 @@ pub fn handle(ctx: &PublicCtx, rq: Request) {
         }
         return;
     }
+    if let (Some(rest), Method::Post) = (path.strip_prefix("/sms/"), &method) {
+        if let Some(store) = rest.strip_suffix("/inbound") {
+            return sms_inbound(ctx, rq, store);
+        }
+    }
     match (&method, path.as_str()) {
         (Method::Get | Method::Head, "/healthz") => healthz(ctx, rq),
         _ => respond(rq, text(404, "not found\n")),
     }
+}
+
+/// `POST /sms/{store}/inbound`: the store's Twilio number's messaging webhook. A STOP reply
+/// (signed by Twilio) puts the number on the suppression list before the answer.
+fn sms_inbound(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
+    let Some(twilio) = ctx
+        .config
+        .store(store_id)
+        .and_then(|s| s.channels.twilio.as_ref())
+    else {
+        respond(rq, text(404, "no store here sends SMS through Twilio\n"));
+        return;
+    };
+    let Ok(body) = read_body(&mut rq, 64 * 1024) else {
+        respond(rq, text(400, "the form could not be read\n"));
+        return;
+    };
+    let params = ingest::twilio::parse_form(&body);
+    // Twilio signs the URL it called: our public_url and this path and query.
+    let url = format!(
+        "{}{}",
+        ctx.config.public_url.trim_end_matches('/'),
+        rq.url()
+    );
+    let given = headers_of(&rq)
+        .get("x-twilio-signature")
+        .unwrap_or("")
+        .to_string();
+    if !ingest::twilio::verify(twilio.auth_token.expose(), &url, &params, &given) {
+        respond(
+            rq,
+            text(
+                403,
+                "X-Twilio-Signature does not match this store's auth token and public_url\n",
+            ),
+        );
+        return;
+    }
+    if let Some(phone) = ingest::twilio::opt_out(&params) {
+        let key = crate::storage::plans::suppression_key(&phone);
+        if let Ok(key) = key {
+            let row = crate::storage::plans::SuppressionRow {
+                reason: crate::engine::plan::Suppressed::Unsubscribed,
+                at: ctx.clock.now(),
+                source: "SMS STOP reply".into(),
+            };
+            if let Err(e) = ctx.storage.suppress(store_id, &[(key, row)]) {
+                eprintln!("sms: recording a STOP reply: {e}");
+                respond(rq, text(503, "try again\n"));
+                return;
+            }
+        }
+    }
+    respond(
+        rq,
+        tiny_http::Response::from_string("<Response/>")
+            .with_header(header("Content-Type", "text/xml")),
+    );
 }
 
 fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {

@@ -5,6 +5,7 @@
 
 pub mod bigcommerce;
 pub mod shopify;
+pub mod twilio;
 mod wire;
 pub mod woocommerce;
 

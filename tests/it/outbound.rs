@@ -1137,3 +1137,46 @@ fn kill_9_between_the_providers_answer_and_our_commit_resends_with_the_same_key(
     let t = crate::scheduler::touch(&v, "touch1");
     assert_eq!(t["state"], "sent", "{v:#}");
 }
+
+/// A STOP reply to the store's Twilio number (signed by Twilio) suppresses the number at
+/// once; an unsigned or altered one is refused.
+#[test]
+fn a_signed_sms_stop_reply_suppresses_the_number() {
+    use upsell_appliance::clock::TestClock;
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(TestClock::at(Timestamp(1_795_186_800_000)));
+    let extra = "[stores.channels]\nsms = \"twilio\"\n[stores.channels.twilio]\naccount_sid = \"AC0123456789abcdef0123456789abcdef\"\nauth_token = \"tok_0123456789\"\nfrom = \"+16175550199\"\n";
+    let s = crate::support::TestServer::start_demo_with(tmp.path(), clock, extra);
+    let params = vec![
+        ("From".to_string(), "+16175550100".to_string()),
+        ("To".to_string(), "+16175550199".to_string()),
+        ("Body".to_string(), "Stop".to_string()),
+    ];
+    let form = "From=%2B16175550100&To=%2B16175550199&Body=Stop";
+    let url = "https://upsell.example.com/sms/main/inbound";
+    let sig = upsell_appliance::ingest::twilio::signature("tok_0123456789", url, &params);
+    let post = |sig: &str, form: &str| {
+        crate::support::agent()
+            .post(&s.url("/sms/main/inbound"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("X-Twilio-Signature", sig)
+            .send(form)
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let suppressed = || {
+        s.running()
+            .storage
+            .snapshot()
+            .unwrap()
+            .suppression("main", "phone:+16175550100")
+            .unwrap()
+    };
+    assert_eq!(post("forged", form), 403);
+    assert_eq!(post(&sig, &form.replace("0100", "0101")), 403, "altered");
+    assert!(suppressed().is_none());
+    assert_eq!(post(&sig, form), 200);
+    let row = suppressed().expect("suppressed");
+    assert_eq!(row.source, "SMS STOP reply");
+}
