@@ -98,10 +98,26 @@ pub struct Scheduler {
     wheel: JoinHandle<()>,
 }
 
+/// How long a stop waits for a provider request in flight.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
 impl Scheduler {
-    /// Joins the wheel thread, which joins its workers after they finish their round.
-    pub fn join(self) -> std::thread::Result<()> {
-        self.wheel.join()
+    /// Joins the wheel thread, which joins its workers once their round is recorded (the
+    /// touches not yet sent are put back). A request still in flight after
+    /// [`STOP_GRACE`] is left: its touch stays in `sending` and is settled at the next
+    /// start. `Ok(false)` then.
+    pub fn join(self) -> std::thread::Result<bool> {
+        let deadline = Instant::now() + STOP_GRACE;
+        while !self.wheel.is_finished() {
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "scheduler: a provider request is still in flight after {STOP_GRACE:?}; stopping without it (its touch is settled at the next start)"
+                );
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.wheel.join().map(|_| true)
     }
 }
 

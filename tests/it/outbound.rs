@@ -670,6 +670,25 @@ mod routed {
     }
 
     #[test]
+    fn a_stop_waits_at_most_10_s_for_a_provider_that_does_not_answer() {
+        let fake = Fake::start(vec![None, Some((202, vec![], String::new()))]);
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
+        let mut s = start(tmp.path(), clock.clone(), &fake);
+        order(&s, 9861);
+        clock.set(Timestamp(T0 + 21 * MIN));
+        wait_seen(&fake, 1);
+        let t = Instant::now();
+        s.stop();
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(12), "{took:?}");
+        assert!(
+            took >= Duration::from_secs(9),
+            "it waited for the request: {took:?}"
+        );
+    }
+
+    #[test]
     fn a_refusal_is_a_dead_letter_at_once_with_the_providers_reason() {
         let fake = Fake::start(vec![
             Some((
