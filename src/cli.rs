@@ -773,6 +773,12 @@ fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result
             by(&t.deferred),
             by(&t.skipped)
         );
+        for (ch, c) in &t.channels {
+            println!(
+                "  through {ch}: {} sent, {} retried, {} dead",
+                c.sent, c.retried, c.dead
+            );
+        }
     }
     if let Some(late) = v["scheduler"]["late_at_start"].as_u64().filter(|n| *n > 0) {
         let o = &v["scheduler"]["late_outcome"];

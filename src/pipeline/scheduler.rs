@@ -693,6 +693,7 @@ impl Worker {
                     Settle::Dead {
                         reason,
                         disable: None,
+                        via: Some(channel.name()),
                     },
                 ));
                 continue;
@@ -735,10 +736,12 @@ impl Worker {
                             until: Timestamp(now.0 + (wait.as_millis() as i64)),
                             reason,
                             at: now,
+                            via: channel.name(),
                         },
                         None => Settle::Dead {
                             reason: format!("gave up after {} attempts: {reason}", failed + 1),
                             disable: None,
+                            via: Some(channel.name()),
                         },
                     };
                     outcomes.push((key, settle));
@@ -748,6 +751,7 @@ impl Worker {
                     Settle::Dead {
                         reason,
                         disable: None,
+                        via: Some(channel.name()),
                     },
                 )),
                 Outcome::Gone { reason } => outcomes.push((
@@ -755,6 +759,7 @@ impl Worker {
                     Settle::Dead {
                         reason,
                         disable: Some(channel.name()),
+                        via: Some(channel.name()),
                     },
                 )),
                 Outcome::Unsubscribed { reason } => {

@@ -163,8 +163,15 @@ pub struct TouchFigures {
     pub skipped: std::collections::BTreeMap<String, u64>,
     /// Dead letters, by rule (`refused`).
     pub dead: std::collections::BTreeMap<String, u64>,
-    /// Sent, by channel (`outbox`, `klaviyo`, `webhook`).
-    pub via: std::collections::BTreeMap<String, u64>,
+    /// Per channel since the start: sent, failed attempts retried, dead letters.
+    pub channels: std::collections::BTreeMap<String, ChannelCounts>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChannelCounts {
+    pub sent: u64,
+    pub retried: u64,
+    pub dead: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

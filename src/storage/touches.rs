@@ -207,11 +207,21 @@ pub(super) fn figures(tx: &redb::ReadTransaction, store: &str) -> Result<TouchFi
     {
         let (k, v) = item?;
         let (_, outcome, code) = k.value();
+        if outcome == "channel" {
+            if let Some((ch, what)) = code.split_once(':') {
+                let c = f.channels.entry(ch.to_string()).or_default();
+                match what {
+                    "sent" => c.sent += v.value(),
+                    "retried" => c.retried += v.value(),
+                    _ => c.dead += v.value(),
+                }
+            }
+            continue;
+        }
         let map = match outcome {
             "sent" => &mut f.sent,
             "deferred" => &mut f.deferred,
             "dead" => &mut f.dead,
-            "via" => &mut f.via,
             _ => &mut f.skipped,
         };
         map.insert(code.to_string(), v.value());
@@ -600,12 +610,16 @@ pub enum Settle {
         reason: String,
         /// When this attempt was made (the first one starts the grace).
         at: Timestamp,
+        /// The channel that failed, for the per-channel counts.
+        via: &'static str,
     },
     /// Refused for good: a dead letter. `disable` names a channel of the touch's store to
     /// disable with this reason (a webhook endpoint that answered 410).
     Dead {
         reason: String,
         disable: Option<&'static str>,
+        /// The channel that refused it, where one did.
+        via: Option<&'static str>,
     },
 }
 
@@ -697,7 +711,12 @@ impl Storage {
                 t.state = TouchState::Sent { at };
                 touches.insert(id, encode(&t)?.as_slice())?;
                 count_outcome(&mut outcomes, &t.store, "sent", t.kind.as_str())?;
-                count_outcome(&mut outcomes, &t.store, "via", &receipt.channel)?;
+                count_outcome(
+                    &mut outcomes,
+                    &t.store,
+                    "channel",
+                    &format!("{}:sent", receipt.channel),
+                )?;
                 let mut receipt = receipt.clone();
                 receipt.retries = attempts.remove(id)?.map_or(0, |v| v.value().0);
                 receipts.insert(id, codec::encode(RECEIPT_V1, &receipt)?.as_slice())?;
@@ -768,8 +787,19 @@ impl Storage {
                         };
                         attempts.remove(*id)?;
                     }
-                    Settle::Retry { until, reason, at } => {
+                    Settle::Retry {
+                        until,
+                        reason,
+                        at,
+                        via,
+                    } => {
                         count_outcome(&mut outcomes, &t.store, "deferred", "provider_retry")?;
+                        count_outcome(
+                            &mut outcomes,
+                            &t.store,
+                            "channel",
+                            &format!("{via}:retried"),
+                        )?;
                         let (n, first) = attempts.get(*id)?.map_or((0, at.0), |v| v.value());
                         attempts.insert(*id, (n + 1, first))?;
                         t.due_at = *until;
@@ -779,8 +809,20 @@ impl Storage {
                         timers.add(*id, &t)?;
                         written.push((t.due_at.0, *id));
                     }
-                    Settle::Dead { reason, disable } => {
+                    Settle::Dead {
+                        reason,
+                        disable,
+                        via,
+                    } => {
                         count_outcome(&mut outcomes, &t.store, "dead", "refused")?;
+                        if let Some(via) = via {
+                            count_outcome(
+                                &mut outcomes,
+                                &t.store,
+                                "channel",
+                                &format!("{via}:dead"),
+                            )?;
+                        }
                         dead.insert((t.store.as_str(), *id), ())?;
                         if let Some(ch) = disable {
                             disabled.insert((t.store.as_str(), *ch), reason.as_str())?;
@@ -965,6 +1007,7 @@ impl Storage {
         for &id in &again {
             let s = match unkeyed.get(&id) {
                 Some(ch) if snap.resent.get(id)?.is_some() => Settle::Dead {
+                    via: Some(ch),
                     reason: format!(
                         "interrupted twice while sending through {ch}, which has no idempotency key: it may have gone out already, so it is not sent a third time"
                     ),

@@ -562,11 +562,6 @@ mod routed {
         assert!(outbox(tmp.path()).is_empty());
         let st = s.status();
         assert_eq!(
-            st["stores"][0]["touches"]["via"],
-            json!({"klaviyo": 1}),
-            "{st}"
-        );
-        assert_eq!(
             st["stores"][0]["touches"]["deferred"]["provider_retry"], 3,
             "{st}"
         );
@@ -663,8 +658,9 @@ mod routed {
         // Counted per channel.
         let st = s.status();
         assert_eq!(
-            st["stores"][0]["touches"]["via"],
-            json!({"outbox": 1, "webhook": 1}),
+            st["stores"][0]["touches"]["channels"],
+            json!({"outbox": {"sent": 1, "retried": 0, "dead": 0},
+                   "webhook": {"sent": 1, "retried": 0, "dead": 0}}),
             "{st}"
         );
     }
