@@ -101,6 +101,9 @@ pub struct ChannelsConfig {
     pub postmark: Option<PostmarkConfig>,
     /// Every touch sent to a customer also goes to the webhook (for the store's systems).
     pub also_webhook: bool,
+    /// Routes for particular touch kinds, over `email` / `sms` (e.g. the review request
+    /// through the webhook to the store's review app).
+    pub kinds: std::collections::BTreeMap<crate::engine::plan::TouchKind, Route>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -402,6 +405,8 @@ struct RawChannels {
     twilio: Option<RawTwilio>,
     postmark: Option<RawPostmark>,
     also_webhook: Option<bool>,
+    #[serde(default)]
+    kinds: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -594,7 +599,8 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
             })
         }
     };
-    for (k, r) in [("email", email), ("sms", sms)] {
+    // A route to a provider needs that provider's table.
+    let needs_table = |k: &str, r: Route| -> Result<(), String> {
         let missing = match r {
             Route::Klaviyo => klaviyo.is_none(),
             Route::Webhook => webhook.is_none(),
@@ -609,6 +615,27 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
                 r.as_str()
             ));
         }
+        Ok(())
+    };
+    needs_table("email", email)?;
+    needs_table("sms", sms)?;
+    let mut kinds = std::collections::BTreeMap::new();
+    for (k, v) in raw.kinds {
+        use crate::engine::plan::TouchKind;
+        let kind = TouchKind::parse(&k).filter(|k| *k != TouchKind::Page).ok_or_else(|| {
+            format!(
+                "{key}.kinds.{k} is not a touch kind; use touch1, sms, touch2, review, touch3, winback or anticipation"
+            )
+        })?;
+        let medium = if kind == TouchKind::Sms {
+            "sms"
+        } else {
+            "email"
+        };
+        let r = route(medium, Some(v))
+            .map_err(|e| e.replace(&format!("{key}.{medium} ="), &format!("{key}.kinds.{k} =")))?;
+        needs_table(&format!("kinds.{k}"), r)?;
+        kinds.insert(kind, r);
     }
     let also_webhook = raw.also_webhook.unwrap_or(false);
     if also_webhook && webhook.is_none() {
@@ -624,6 +651,7 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
         twilio,
         postmark,
         also_webhook,
+        kinds,
     })
 }
 
@@ -1570,6 +1598,14 @@ transit_days = 6
         .unwrap();
         let ch = &c.stores[0].channels;
         assert_eq!((ch.email, ch.sms), (Route::Klaviyo, Route::Webhook));
+        let c = with_offers(
+            "[stores.channels]\nkinds = { review = \"webhook\" }\n[stores.channels.webhook]\nurl = \"https://hooks.example.com/u\"\nsecrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.stores[0].channels.kinds[&crate::engine::plan::TouchKind::Review],
+            Route::Webhook
+        );
         assert_eq!(ch.klaviyo.as_ref().unwrap().metrics["touch1"], "Thanks 1");
         assert!(
             !format!("{c:?}").contains("pk_live_abcdef"),

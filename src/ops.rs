@@ -1065,7 +1065,7 @@ pub fn send_test(
         at: now,
     };
     let router = Router::new(config, templates.clone());
-    let Some(channel) = router.route(&store.id, medium) else {
+    let Some(channel) = router.route(&store.id, medium, kind) else {
         let t = &templates;
         let rendered = match medium {
             Channel::Sms => json!({"sms": t.sms(&m, &store.name).map_err(OpsError::Invalid)?}),

@@ -136,6 +136,7 @@ pub struct Router {
 struct StoreChannels {
     email: crate::config::Route,
     sms: crate::config::Route,
+    kinds: std::collections::BTreeMap<TouchKind, crate::config::Route>,
     klaviyo: Option<klaviyo::Klaviyo>,
     webhook: Option<webhook::Webhook>,
     twilio: Option<twilio::Twilio>,
@@ -156,6 +157,7 @@ impl Router {
                 let channels = StoreChannels {
                     email: c.email,
                     sms: c.sms,
+                    kinds: c.kinds.clone(),
                     klaviyo: c.klaviyo.as_ref().map(|k| klaviyo::Klaviyo {
                         base_url: k.base_url.clone(),
                         api_key: k.api_key.clone(),
@@ -196,15 +198,17 @@ impl Router {
         Router { stores }
     }
 
-    /// The channel a touch of `store` on `medium` goes through; `None`: the outbox.
-    pub fn route(&self, store: &str, medium: Medium) -> Option<&dyn Channel> {
+    /// The channel a touch of `kind` on `medium` of `store` goes through (the kind's own
+    /// route where the store set one, else the medium's); `None`: the outbox.
+    pub fn route(&self, store: &str, medium: Medium, kind: TouchKind) -> Option<&dyn Channel> {
         use crate::config::Route;
         let s = self.stores.get(store)?;
         let route = match medium {
-            Medium::Email => s.email,
-            Medium::Sms => s.sms,
             Medium::Webhook => Route::Webhook,
             Medium::Page => Route::Outbox,
+            _ if s.kinds.contains_key(&kind) => s.kinds[&kind],
+            Medium::Email => s.email,
+            Medium::Sms => s.sms,
         };
         match route {
             Route::Outbox => None,

@@ -231,7 +231,7 @@ fn reconcile(
     let mut unkeyed = HashMap::new();
     for &id in ids {
         if let Some(t) = snap.touch(id)? {
-            if let Some(ch) = router.route(&t.store, t.channel) {
+            if let Some(ch) = router.route(&t.store, t.channel, t.kind) {
                 if !ch.idempotent() {
                     unkeyed.insert(id, ch.name());
                 }
@@ -667,7 +667,8 @@ impl Worker {
             let offer = offers.remove(id).flatten();
             let key = self.link_keys.get(&t.store).map_or(&[][..], Vec::as_slice);
             let links = Links::of(&config.public_url, key, &t.store, *id, offer.is_some());
-            if self.stop.load(Ordering::Relaxed) && self.router.route(&t.store, t.channel).is_some()
+            if self.stop.load(Ordering::Relaxed)
+                && self.router.route(&t.store, t.channel, t.kind).is_some()
             {
                 // Stopping: what a provider has not been asked yet waits for the next start
                 // (the request in flight finished; no new one starts).
@@ -681,7 +682,7 @@ impl Worker {
                 ));
                 continue;
             }
-            let Some(channel) = self.router.route(&t.store, t.channel) else {
+            let Some(channel) = self.router.route(&t.store, t.channel, t.kind) else {
                 lines.push(line(*id, t, offer.as_ref(), links, now));
                 receipts.push((*id, Receipt::outbox()));
                 continue;
