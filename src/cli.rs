@@ -2,6 +2,7 @@
 //! takes `--config PATH` (the file `serve` uses); those about one store's data take
 //! `--store ID`; each works whether or not the service is running.
 
+use crate::engine::percent_encode;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -1164,17 +1165,6 @@ fn affinity(config: &Config, action: AffinityAction) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn explain(

@@ -70,16 +70,7 @@ pub fn product_url(
     recipe: Option<Recipe>,
     kind: TouchKind,
 ) -> String {
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
+    let enc = super::percent_encode;
     let base = format!("https://{}", domain.trim_end_matches('/'));
     let mut url = match (handle, platform) {
         (Some(h), Platform::Shopify) => format!("{base}/products/{}", enc(h)),

@@ -331,17 +331,13 @@ pub fn unanswered(provider: &str, e: &ureq::Error) -> Outcome {
     }
 }
 
-/// Sends a prepared request and classifies the answer; `id_of` picks the provider's
-/// message id from a 2xx body.
-pub fn exchange(
+/// A provider's answer: (status, `Retry-After`, body up to 64 KB), or the outcome of
+/// getting none.
+pub fn read_answer(
     provider: &str,
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    id_of: impl Fn(&str) -> Option<String>,
-) -> Outcome {
-    let mut resp = match result {
-        Ok(r) => r,
-        Err(e) => return unanswered(provider, &e),
-    };
+) -> Result<(u16, Option<String>, String), Outcome> {
+    let mut resp = result.map_err(|e| unanswered(provider, &e))?;
     let status = resp.status().as_u16();
     let retry_after = resp
         .headers()
@@ -354,11 +350,21 @@ pub fn exchange(
         .limit(64 * 1024)
         .read_to_string()
         .unwrap_or_default();
-    let id = if (200..300).contains(&status) {
-        id_of(&body)
-    } else {
-        None
+    Ok((status, retry_after, body))
+}
+
+/// Classifies a provider's answer; `id_of` picks the provider's message id from a 2xx
+/// body.
+pub fn exchange(
+    provider: &str,
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    id_of: impl Fn(&str) -> Option<String>,
+) -> Outcome {
+    let (status, retry_after, body) = match read_answer(provider, result) {
+        Ok(a) => a,
+        Err(o) => return o,
     };
+    let id = (200..300).contains(&status).then(|| id_of(&body)).flatten();
     classify(provider, status, retry_after.as_deref(), &body, id)
 }
 

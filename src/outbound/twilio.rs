@@ -4,7 +4,7 @@
 //! answer and our commit is kept to one local transaction.
 
 use super::templates::Templates;
-use super::{classify, unanswered, Channel, Message, Outcome, Secret};
+use super::{classify, Channel, Message, Outcome, Secret};
 
 pub const BASE_URL: &str = "https://api.twilio.com";
 
@@ -32,17 +32,7 @@ pub fn is_e164(p: &str) -> bool {
 }
 
 fn form(pairs: &[(&str, &str)]) -> String {
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                b' ' => "+".to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
+    use crate::engine::percent_encode as enc;
     pairs
         .iter()
         .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
@@ -101,22 +91,10 @@ impl Channel for Twilio {
             .header("authorization", &format!("Basic {auth}"))
             .header("content-type", "application/x-www-form-urlencoded")
             .send(self.body(to, &text).as_bytes());
-        let mut resp = match result {
-            Ok(r) => r,
-            Err(e) => return unanswered("twilio", &e),
+        let (status, retry_after, body) = match super::read_answer("twilio", result) {
+            Ok(a) => a,
+            Err(o) => return o,
         };
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .read_to_string()
-            .unwrap_or_default();
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         if json["code"].as_i64() == Some(UNSUBSCRIBED_RECIPIENT) {
             return Outcome::Unsubscribed {

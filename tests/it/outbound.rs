@@ -332,7 +332,6 @@ fn twilio_gets_a_form_with_basic_auth_and_a_one_segment_body() {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
                 (b as char).to_string()
             }
-            b' ' => "+".into(),
             _ => format!("%{b:02X}"),
         })
         .collect();
