@@ -286,6 +286,9 @@ pub fn agent(connect: Duration, global: Duration) -> ureq::Agent {
         .timeout_connect(Some(connect))
         .timeout_global(Some(global))
         .http_status_as_error(false)
+        // A provider's redirect is an answer to read, never to follow (it would carry
+        // the request's credentials elsewhere and turn a POST into a GET).
+        .max_redirects(0)
         .user_agent(concat!("upsell-appliance/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
@@ -418,6 +421,14 @@ mod tests {
         // 50 at once (the burst), then 25 more at 50/s: about half a second.
         let took = t.elapsed().as_secs_f64();
         assert!((0.4..1.5).contains(&took), "{took}");
+    }
+
+    #[test]
+    fn the_agent_speaks_https() {
+        // Nothing listens there: the error is about connecting, not a missing TLS stack.
+        let a = agent(Duration::from_millis(300), Duration::from_secs(1));
+        let e = a.post("https://127.0.0.1:9/api/events/").send_empty().unwrap_err();
+        assert!(!matches!(e, ureq::Error::TlsRequired), "{e}");
     }
 
     #[test]
