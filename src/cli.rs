@@ -200,7 +200,7 @@ enum DeadAction {
         #[arg(long)]
         json: bool,
     },
-    /// Send it again now (after fixing what refused it); enables the store's disabled endpoints
+    /// Send it again now (after fixing what refused it); enables the channel that refused it
     Retry {
         touch: String,
         #[arg(long, value_name = "ID")]

@@ -1053,7 +1053,8 @@ pub fn parse(text: &str, base: &Path, origin: Origin) -> Result<Config, ConfigEr
         origin: origin.clone(),
         message,
     };
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| err(toml_message(&e)))?;
+    let mut table: toml::Table =
+        toml::from_str(text).map_err(|e| err(toml_message(&e, Some(text))))?;
     if let Some(secrets) = table.get("secrets_file") {
         let file = secrets
             .as_str()
@@ -1069,7 +1070,7 @@ pub fn parse(text: &str, base: &Path, origin: Origin) -> Result<Config, ConfigEr
             err(format!(
                 "secrets_file {}: {}",
                 path.display(),
-                toml_message(&e)
+                toml_message(&e, Some(&stext))
             ))
         })?;
         merge(&mut table, stable)
@@ -1077,12 +1078,21 @@ pub fn parse(text: &str, base: &Path, origin: Origin) -> Result<Config, ConfigEr
     }
     let raw: RawConfig = table
         .try_into()
-        .map_err(|e: toml::de::Error| err(toml_message(&e)))?;
+        .map_err(|e: toml::de::Error| err(toml_message(&e, None)))?;
     validate(raw, base, origin.clone()).map_err(err)
 }
 
-fn toml_message(e: &toml::de::Error) -> String {
-    e.to_string().trim().replace('\n', " ").replace("  ", " ")
+/// A TOML error as its line and message, without the quoted source line (which, in the
+/// secrets file, could show a secret).
+fn toml_message(e: &toml::de::Error, text: Option<&str>) -> String {
+    let line = e
+        .span()
+        .zip(text)
+        .map(|(span, t)| t[..span.start.min(t.len())].matches('\n').count() + 1);
+    match line {
+        Some(l) => format!("TOML parse error at line {l}: {}", e.message().trim()),
+        None => e.message().trim().to_string(),
+    }
 }
 
 /// Merges a secrets table over the config: top-level keys replace, stores merge by id.
@@ -1163,7 +1173,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
     // Templates load and an SMS with a typical offer fits one segment, or the config is
     // refused here rather than a message at its due time.
     crate::outbound::templates::Templates::load(templates_dir.as_deref())
-        .and_then(|t| t.check())
+        .and_then(|t| t.check(&public_url))
         .map_err(|e| match &templates_dir {
             Some(d) => format!("templates_dir = {}: {e}", d.display()),
             None => e,

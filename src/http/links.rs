@@ -95,9 +95,14 @@ fn redirect(ctx: &PublicCtx, rq: Request, id: u64, t: &TouchRecord) {
         t.kind,
     );
     let ua = headers_of(&rq).get("user-agent").unwrap_or("").to_string();
-    if let Err(e) = ctx
-        .storage
-        .record_click(id, ctx.clock.now(), device_class(&ua))
+    // A HEAD (a link checker) is not a click.
+    let click = *rq.method() == Method::Get;
+    if let Err(e) = click
+        .then(|| {
+            ctx.storage
+                .record_click(id, ctx.clock.now(), device_class(&ua))
+        })
+        .transpose()
     {
         // The customer still gets to the product; the click is lost, and said so.
         eprintln!("links: recording a click on touch {id}: {e}");
@@ -166,12 +171,22 @@ fn confirm(rq: Request, t: &TouchRecord, path: &str) {
 }
 
 fn unsubscribe(ctx: &PublicCtx, rq: Request, t: &TouchRecord) {
-    let Some(contact) = contact(ctx, t) else {
-        respond(rq, page(200, "You are unsubscribed."));
-        return;
-    };
-    let Ok(key) = suppression_key(&contact) else {
-        respond(rq, page(200, "You are unsubscribed."));
+    // No address on record (or not one we could key): nothing of theirs is kept to
+    // message, and the page says so rather than claiming an unsubscribe.
+    let Some((contact, key)) =
+        contact(ctx, t).and_then(|c| suppression_key(&c).ok().map(|k| (c, k)))
+    else {
+        eprintln!(
+            "links: unsubscribe for touch of order {} in store {}: no contact on record",
+            t.order, t.store
+        );
+        respond(
+            rq,
+            page(
+                200,
+                "We hold no address for this message any more, so nothing more will be sent to it.",
+            ),
+        );
         return;
     };
     let row = SuppressionRow {

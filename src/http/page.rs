@@ -145,7 +145,7 @@ fn dead_letters(ctx: &AdminCtx, store: &str) -> String {
     for ch in ["webhook", "klaviyo"] {
         if let Ok(Some(why)) = snap.disabled(store, ch) {
             out.push_str(&format!(
-                "<ul class=\"notices\"><li class=\"bad\">The {ch} endpoint is disabled: {}. Fix it, then <code>upsell-appliance deadletters retry TOUCH --store {}</code> enables it again.</li></ul>",
+                "<ul class=\"notices\"><li class=\"bad\">The {ch} endpoint is disabled: {}. Fix it, then <code>upsell-appliance deadletters retry TOUCH --store {}</code> (a touch it refused) enables it again.</li></ul>",
                 esc(&why),
                 esc(store)
             ));

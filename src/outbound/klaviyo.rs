@@ -80,7 +80,8 @@ fn profile(m: &Message) -> serde_json::Value {
     if let Some(e) = &m.email {
         p.insert("email".into(), e.clone().into());
     }
-    if let Some(ph) = &m.phone {
+    // Klaviyo refuses a phone number that is not E.164 (a WooCommerce phone is free text).
+    if let Some(ph) = m.phone.as_ref().filter(|p| super::twilio::is_e164(p)) {
         p.insert("phone_number".into(), ph.clone().into());
     }
     p.into()
@@ -92,7 +93,7 @@ impl Channel for Klaviyo {
     }
 
     fn send(&self, m: &Message) -> Outcome {
-        if m.email.is_none() && m.phone.is_none() {
+        if m.email.is_none() && !m.phone.as_deref().is_some_and(super::twilio::is_e164) {
             return Outcome::Dead {
                 reason: "no email or phone for the Klaviyo profile".into(),
             };

@@ -110,7 +110,8 @@ pub enum Outcome {
     },
     /// Refused for good (other 4xx): the provider's answer says why.
     Dead { reason: String },
-    /// The endpoint is gone (a webhook's 410): it is disabled until the owner acts.
+    /// The endpoint is gone (a webhook endpoint's 410, Standard Webhooks' signal): it is
+    /// disabled until the owner acts. (A provider API's 410 is just a refusal.)
     Gone { reason: String },
     /// The recipient opted out at the provider (an SMS STOP): suppressed, not sent.
     Unsubscribed { reason: String },
@@ -313,7 +314,6 @@ pub fn classify(
             after: retry_after.and_then(parse_retry_after),
             reason,
         },
-        410 => Outcome::Gone { reason },
         _ => Outcome::Dead { reason },
     }
 }
@@ -395,7 +395,10 @@ mod tests {
                 reason: "p answered 400: nope".into()
             }
         );
-        assert!(matches!(c(410, None), Outcome::Gone { .. }));
+        assert!(
+            matches!(c(410, None), Outcome::Dead { .. }),
+            "Gone is the webhook's own reading"
+        );
         assert!(matches!(c(401, None), Outcome::Dead { .. }));
     }
 
@@ -427,7 +430,10 @@ mod tests {
     fn the_agent_speaks_https() {
         // Nothing listens there: the error is about connecting, not a missing TLS stack.
         let a = agent(Duration::from_millis(300), Duration::from_secs(1));
-        let e = a.post("https://127.0.0.1:9/api/events/").send_empty().unwrap_err();
+        let e = a
+            .post("https://127.0.0.1:9/api/events/")
+            .send_empty()
+            .unwrap_err();
         assert!(!matches!(e, ureq::Error::TlsRequired), "{e}");
     }
 

@@ -24,8 +24,45 @@ pub const BUILT_IN: [(&str, &str); 4] = [
     ("sms.txt", include_str!("../../assets/templates/sms.txt")),
 ];
 
-/// Longest SMS we send: one segment.
+/// Longest SMS we send: one segment, 160 GSM-7 characters (70 when any character needs
+/// UCS-2: an emoji, a curly quote).
 pub const SMS_MAX: usize = 160;
+const SMS_MAX_UCS2: usize = 70;
+
+/// GSM 03.38's basic character set (one unit each)...
+const GSM7: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+/// ...and its extension (two units each).
+const GSM7_EXT: &str = "^{}\\[~]|€\u{c}";
+
+/// Whether `body` fits one SMS segment; if not, how long it is and in which encoding.
+pub fn sms_fits(body: &str) -> Result<(), String> {
+    let gsm = body
+        .chars()
+        .all(|c| GSM7.contains(c) || GSM7_EXT.contains(c));
+    if gsm {
+        let units: usize = body
+            .chars()
+            .map(|c| if GSM7_EXT.contains(c) { 2 } else { 1 })
+            .sum();
+        if units > SMS_MAX {
+            return Err(format!(
+                "the rendered SMS is {units} characters, over the {SMS_MAX} of one segment; shorten sms.txt"
+            ));
+        }
+    } else {
+        let units = body.encode_utf16().count();
+        if units > SMS_MAX_UCS2 {
+            let c = body
+                .chars()
+                .find(|c| !(GSM7.contains(*c) || GSM7_EXT.contains(*c)))
+                .unwrap_or(' ');
+            return Err(format!(
+                "the rendered SMS is {units} characters with {c:?} in it, which makes a segment 70 characters, not 160; shorten sms.txt or avoid such characters"
+            ));
+        }
+    }
+    Ok(())
+}
 
 pub struct Templates {
     env: minijinja::Environment<'static>,
@@ -79,21 +116,17 @@ impl Templates {
     pub fn sms(&self, m: &Message, store_name: &str) -> Result<String, String> {
         let body = self.render("sms.txt", &context(m, store_name))?;
         let body = body.trim().to_string();
-        let n = body.chars().count();
-        if n > SMS_MAX {
-            return Err(format!(
-                "the rendered SMS is {n} characters, over the {SMS_MAX} of one segment; shorten sms.txt"
-            ));
-        }
+        sms_fits(&body)?;
         Ok(body)
     }
 }
 
 impl Templates {
-    /// Renders every template with a typical offer (a 20-character title, a code, links
-    /// as long as real ones): an error says which template fails and why.
-    pub fn check(&self) -> Result<(), String> {
-        let m = sample();
+    /// Renders every template with a typical offer (a 30-character title, a code, links
+    /// under `public_url` as long as real ones): an error says which template fails and
+    /// why.
+    pub fn check(&self, public_url: &str) -> Result<(), String> {
+        let m = sample(public_url);
         self.email(&m, "Sample Store")?;
         self.sms(&m, "Sample Store")
             .map(|_| ())
@@ -102,9 +135,12 @@ impl Templates {
 }
 
 /// A typical message, for checking templates.
-fn sample() -> Message {
+fn sample(public_url: &str) -> Message {
     use crate::engine::plan::{Channel, Offer, Recipe, TouchKind};
-    let link = "https://upsell.example.com/x/store/1234567.AAAAAAAAAAAAAAAAAAAAAA";
+    let link = format!(
+        "{}/x/store/1234567.AAAAAAAAAAAAAAAAAAAAAA",
+        public_url.trim_end_matches('/')
+    );
     Message {
         touch_id: 1_234_567,
         store: "store".into(),
@@ -120,7 +156,7 @@ fn sample() -> Message {
             product: "sku:SAMPLE".into(),
             sku: Some("SAMPLE".into()),
             variant_id: None,
-            title: "Sample Product Title".into(),
+            title: "Sample Product Title Of Thirty".into(),
             price: 1900,
             currency: crate::engine::Currency::parse("USD").expect("a valid code"),
             discount_code: Some("THANKS10".into()),
@@ -155,4 +191,31 @@ pub fn context(m: &Message, store_name: &str) -> serde_json::Value {
         "urgency": m.offer.as_ref().filter(|o| o.urgency).map(|_| "Stock is limited."),
         "links": m.links,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_segment_is_counted_by_encoding() {
+        assert!(sms_fits(&"a".repeat(160)).is_ok());
+        assert!(sms_fits(&"a".repeat(161)).is_err());
+        // Extension characters count twice.
+        assert!(sms_fits(&format!("{}€", "a".repeat(158))).is_ok());
+        assert!(sms_fits(&format!("{}€", "a".repeat(159))).is_err());
+        // One curly apostrophe: a 70-character segment.
+        let e = sms_fits(&format!("it\u{2019}s {}", "a".repeat(70))).unwrap_err();
+        assert!(e.contains("70 characters"), "{e}");
+        assert!(sms_fits("it\u{2019}s short").is_ok());
+    }
+
+    #[test]
+    fn the_built_in_templates_pass_their_own_check() {
+        let t = Templates::load(None).unwrap();
+        t.check("https://upsell.example.com").unwrap();
+        // Even with a longer public_url.
+        t.check("https://upsell.coffee-company-example.com")
+            .unwrap();
+    }
 }

@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use hmac::Mac as _;
 
-use super::{exchange, Channel, Message, Outcome, Secret};
+use super::{classify, Channel, Message, Outcome, Secret};
 
 /// A webhook endpoint.
 pub struct Webhook {
@@ -93,7 +93,15 @@ impl Channel for Webhook {
                 signature(&self.secrets, &id, ts, &body),
             )
             .send(&body[..]);
-        exchange("webhook", result, |_| None)
+        let (status, retry_after, body) = match super::read_answer("webhook", result) {
+            Ok(a) => a,
+            Err(o) => return o,
+        };
+        match classify("webhook", status, retry_after.as_deref(), &body, None) {
+            // Standard Webhooks: 410 says the endpoint is gone for good.
+            Outcome::Dead { reason } if status == 410 => Outcome::Gone { reason },
+            o => o,
+        }
     }
 }
 

@@ -598,7 +598,7 @@ impl Worker {
                     action = Action::Skip {
                         code: "stale",
                         reason: format!(
-                            "stale: not delivered since the first attempt at {} ({failed} failed), over the grace for {}",
+                            "stale: due {}, still not taken by the provider ({failed} attempts failed), over the grace for {}",
                             first.to_rfc3339(),
                             t.kind.as_str()
                         ),
@@ -662,7 +662,9 @@ impl Worker {
         let mut lines = Vec::new();
         let mut receipts = Vec::new();
         let mut outcomes = Vec::new();
-        let mut opted_out: Vec<(String, String)> = Vec::new();
+        // Messages sent through a provider, to copy to stores' webhooks (`also_webhook`).
+        let mut mirror: Vec<u64> = Vec::new();
+        let mut sent_now: Vec<u64> = Vec::new();
         for (id, t) in &sending {
             let offer = offers.remove(id).flatten();
             let key = self.link_keys.get(&t.store).map_or(&[][..], Vec::as_slice);
@@ -700,6 +702,9 @@ impl Worker {
                 continue;
             }
             let (contact, order_name, recipe) = messages.remove(id).unwrap_or_default();
+            // This send's own time: a rate-limited round can run long, and a receiver
+            // checks a webhook's timestamp.
+            let at = clock.now();
             let m = Message {
                 touch_id: *id,
                 store: t.store.clone(),
@@ -714,55 +719,42 @@ impl Worker {
                 offer,
                 image_url: m_image.remove(id).flatten(),
                 due_at: t.due_at,
-                at: now,
+                at,
                 links,
             };
             let started = std::time::Instant::now();
             let outcome = channel.send(&m);
             let key = (t.due_at.0, *id);
-            match outcome {
-                Outcome::Sent { message_id } => receipts.push((
-                    *id,
-                    Receipt {
-                        channel: channel.name().into(),
-                        message_id,
-                        latency_us: started.elapsed().as_micros() as u64,
-                        retries: 0,
-                    },
-                )),
+            let dead = |reason: String, disable: Option<&'static str>| Settle::Dead {
+                reason,
+                disable,
+                via: Some(channel.name()),
+            };
+            let mut opt_out = None;
+            let recorded = match outcome {
+                Outcome::Sent { message_id } => Ok(Receipt {
+                    channel: channel.name().into(),
+                    message_id,
+                    latency_us: started.elapsed().as_micros() as u64,
+                    retries: 0,
+                }),
                 Outcome::Retry { after, reason } => {
                     let failed = snap.attempts(*id)?.map_or(0, |a| a.0);
-                    let settle = match crate::outbound::retry_wait(*id, failed, after) {
+                    Err(match crate::outbound::retry_wait(*id, failed, after) {
                         Some(wait) => Settle::Retry {
-                            until: Timestamp(now.0 + (wait.as_millis() as i64)),
+                            until: Timestamp(at.0 + (wait.as_millis() as i64)),
                             reason,
-                            at: now,
+                            due: t.due_at,
                             via: channel.name(),
                         },
-                        None => Settle::Dead {
-                            reason: format!("gave up after {} attempts: {reason}", failed + 1),
-                            disable: None,
-                            via: Some(channel.name()),
-                        },
-                    };
-                    outcomes.push((key, settle));
+                        None => dead(
+                            format!("gave up after {} attempts: {reason}", failed + 1),
+                            None,
+                        ),
+                    })
                 }
-                Outcome::Dead { reason } => outcomes.push((
-                    key,
-                    Settle::Dead {
-                        reason,
-                        disable: None,
-                        via: Some(channel.name()),
-                    },
-                )),
-                Outcome::Gone { reason } => outcomes.push((
-                    key,
-                    Settle::Dead {
-                        reason,
-                        disable: Some(channel.name()),
-                        via: Some(channel.name()),
-                    },
-                )),
+                Outcome::Dead { reason } => Err(dead(reason, None)),
+                Outcome::Gone { reason } => Err(dead(reason, Some(channel.name()))),
                 Outcome::Unsubscribed { reason } => {
                     // The provider knows the customer opted out (an SMS STOP): on our list
                     // too, so no later touch tries.
@@ -771,17 +763,44 @@ impl Worker {
                     } else {
                         &m.email
                     };
-                    if let Some(k) = contact.as_deref().and_then(|c| suppression_key(c).ok()) {
-                        opted_out.push((t.store.clone(), k));
-                    }
-                    outcomes.push((
-                        key,
-                        Settle::Skip {
-                            reason,
-                            code: "unsubscribed",
-                        },
-                    ));
+                    opt_out = contact.as_deref().and_then(|c| suppression_key(c).ok());
+                    Err(Settle::Skip {
+                        reason,
+                        code: "unsubscribed",
+                    })
                 }
+            };
+            if let Some(k) = opt_out {
+                let row = SuppressionRow {
+                    reason: crate::engine::plan::Suppressed::Unsubscribed,
+                    at,
+                    source: "provider (recipient opted out)".into(),
+                };
+                storage.suppress(&t.store, &[(k, row)])?;
+            }
+            let sent = recorded.is_ok();
+            if channel.idempotent() {
+                // A resend after a failure later in the round carries the same key: the
+                // provider drops it. Recorded with the round.
+                match recorded {
+                    Ok(r) => receipts.push((*id, r)),
+                    Err(s) => outcomes.push((key, s)),
+                }
+            } else {
+                // No key to drop a resend: recorded now, so nothing later in this round (an
+                // error, a crash, a stop) can send it again.
+                match recorded {
+                    Ok(r) => {
+                        storage.finish_sent_via(&[(*id, r)], at)?;
+                        sent_now.push(*id);
+                    }
+                    Err(s) => storage.settle(&[(key, s)])?,
+                }
+                round.sent += usize::from(sent);
+            }
+            // A copy for the store's webhook, unless the message went there already.
+            if sent && channel.name() != "webhook" {
+                mirror.push(*id);
             }
         }
         if !lines.is_empty() {
@@ -795,37 +814,35 @@ impl Worker {
             }
         }
         storage.finish_sent_via(&receipts, now)?;
-        // Stores with `also_webhook` get a copy of each message sent to a customer.
-        let mirror: Vec<u64> = receipts
-            .iter()
-            .filter_map(|(id, _)| sending.iter().find(|(i, _)| i == id))
-            .filter(|(id, t)| {
-                t.channel != Channel::Webhook
+        // Stores with `also_webhook` get a copy of each message sent to a customer (not of
+        // a copy, nor of one that went to the webhook).
+        mirror.extend(
+            receipts
+                .iter()
+                .filter(|(_, r)| r.channel == "outbox")
+                .map(|(id, _)| *id),
+        );
+        mirror.retain(|id| {
+            sending.iter().any(|(i, t)| {
+                i == id
+                    && t.channel != Channel::Webhook
                     && config
                         .store(&t.store)
                         .is_some_and(|s| s.channels.also_webhook)
-                    && snap.mirror_of(*id).ok().flatten().is_none()
-            })
-            .map(|(id, _)| *id)
-            .collect();
+            }) && snap.mirror_of(*id).ok().flatten().is_none()
+        });
         storage.mirror(&mirror, now)?;
-        for (store, key) in opted_out {
-            let row = SuppressionRow {
-                reason: crate::engine::plan::Suppressed::Unsubscribed,
-                at: now,
-                source: "provider (recipient opted out)".into(),
-            };
-            storage.suppress(&store, &[(key, row)])?;
-        }
         storage.settle(&outcomes)?;
-        round.sent = receipts.len();
+        round.sent += receipts.len();
         round.deferred += outcomes
             .iter()
             .filter(|(_, s)| matches!(s, Settle::Retry { .. }))
             .count();
         late.sent += receipts
             .iter()
-            .filter(|(id, _)| late_ids.contains(id))
+            .map(|(id, _)| *id)
+            .chain(sent_now)
+            .filter(|id| late_ids.contains(id))
             .count();
         Ok(round)
     }

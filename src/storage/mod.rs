@@ -870,7 +870,7 @@ pub struct Snapshot {
     attempts: redb::ReadOnlyTable<u64, (u32, i64)>,
     receipts: redb::ReadOnlyTable<u64, &'static [u8]>,
     disabled: redb::ReadOnlyTable<(&'static str, &'static str), &'static str>,
-    dead_letters: redb::ReadOnlyTable<(&'static str, u64), ()>,
+    dead_letters: redb::ReadOnlyTable<(&'static str, u64), &'static str>,
     clicks: redb::ReadOnlyTable<(u64, i64), &'static str>,
     resent: redb::ReadOnlyTable<u64, ()>,
     mirrors: redb::ReadOnlyTable<u64, u64>,

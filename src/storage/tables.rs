@@ -95,7 +95,7 @@ pub const TICKETS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition:
 /// (store, order id) -> the thank-you page offer's response.
 pub const OFFER_RESPONSES: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("offer_responses");
-/// Touch id -> (failed attempts so far, first attempt ms): touches a provider has not
+/// Touch id -> (failed attempts so far, its due time ms at the first): touches a provider has not
 /// taken yet, retried on a schedule.
 pub const ATTEMPTS: TableDefinition<u64, (u32, i64)> = TableDefinition::new("attempts");
 /// Touch id -> how it went out (`storage::touches::Receipt`): channel, the provider's
@@ -107,8 +107,9 @@ pub const MIRRORS: TableDefinition<u64, u64> = TableDefinition::new("mirrors");
 /// Touch id: sent again after a crash interrupted its send, through a channel without an
 /// idempotency key (Twilio, Postmark); a second interruption makes it a dead letter.
 pub const RESENT: TableDefinition<u64, ()> = TableDefinition::new("resent");
-/// (store, touch id): the dead letters, until retried or dropped.
-pub const DEAD_LETTERS: TableDefinition<(&str, u64), ()> = TableDefinition::new("dead_letters");
+/// (store, touch id) -> the channel that refused it ("" when none did): the dead letters,
+/// until retried or dropped.
+pub const DEAD_LETTERS: TableDefinition<(&str, u64), &str> = TableDefinition::new("dead_letters");
 /// (store, channel) -> why that endpoint is disabled (a webhook answered 410).
 pub const DISABLED: TableDefinition<(&str, &str), &str> = TableDefinition::new("disabled");
 /// (touch id, click time ms) -> device class: clicks on tracked links.

@@ -327,9 +327,8 @@ pub(super) fn sync(
     let mut timers = Timers::open(tx)?;
     let mut outcomes = tx.open_table(OUTCOME_COUNTS)?;
     let mut pending: Vec<(u64, TouchRecord)> = Vec::new();
-    // Kinds handed to a channel: never scheduled again, even before the plan record
-    // learns they were sent.
-    let mut out = Vec::new();
+    // Kinds already decided (the order's index holds only the current plan's touches).
+    let mut done = Vec::new();
     for item in by_order
         .range((store, rec.order_id.as_str(), 0u64)..=(store, rec.order_id.as_str(), u64::MAX))?
     {
@@ -337,14 +336,15 @@ pub(super) fn sync(
         let Some(t) = read(&touches, id)? else {
             continue;
         };
-        match t.state {
-            TouchState::Sending | TouchState::Sent { .. } => out.push(t.kind),
-            _ if t.state.pending() => pending.push((id, t)),
-            _ => {}
+        if t.state.pending() {
+            pending.push((id, t));
+        } else {
+            // Being sent, sent, skipped by a rule or dead: decided, never scheduled again.
+            done.push(t.kind);
         }
     }
     let mut want = wanted(store, rec);
-    want.retain(|t| !out.contains(&t.kind));
+    want.retain(|t| !done.contains(&t.kind));
     let key = |t: &TouchRecord| (t.kind, t.planned_due, t.channel, t.carries_offer);
     let have: Vec<_> = pending.iter().map(|(_, t)| key(t)).collect();
     if have == want.iter().map(key).collect::<Vec<_>>() {
@@ -352,6 +352,8 @@ pub(super) fn sync(
     }
     for (id, mut t) in pending {
         timers.remove(id, &t)?;
+        // Replaced: out of the order's index (the record stays, with the reason).
+        by_order.remove((store, rec.order_id.as_str(), id))?;
         count_outcome(&mut outcomes, store, "skipped", "replanned")?;
         t.state = TouchState::Skipped {
             reason: format!("replaced by plan revision {}", rec.revision),
@@ -385,6 +387,7 @@ pub(super) fn reanchor(
     let by_order = tx.open_table(ORDER_TOUCHES)?;
     let mut touches = tx.open_table(TOUCHES)?;
     let mut timers = Timers::open(tx)?;
+    let mut attempts = tx.open_table(ATTEMPTS)?;
     for item in by_order.range((store, order, 0u64)..=(store, order, u64::MAX))? {
         let id = item?.0.value().2;
         let Some(mut t) = read(&touches, id)?.filter(|t| t.state.pending()) else {
@@ -403,6 +406,8 @@ pub(super) fn reanchor(
         t.state = TouchState::Scheduled;
         touches.insert(id, encode(&t)?.as_slice())?;
         timers.add(id, &t)?;
+        // Moved: its grace counts from the new time.
+        attempts.remove(id)?;
         written.push((to.0, id));
     }
     Ok(())
@@ -501,8 +506,8 @@ impl Snapshot {
         Ok(out)
     }
 
-    /// Failed attempts so far and when the first was made, for a touch a provider has not
-    /// taken yet.
+    /// Failed attempts so far and when the touch was due at the first of them, for a touch
+    /// a provider has not taken yet.
     pub fn attempts(&self, id: u64) -> Result<Option<(u32, Timestamp)>, Error> {
         Ok(self
             .attempts
@@ -608,8 +613,9 @@ pub enum Settle {
     Retry {
         until: Timestamp,
         reason: String,
-        /// When this attempt was made (the first one starts the grace).
-        at: Timestamp,
+        /// When the touch was due at this attempt: the first one's starts the grace
+        /// beyond which it is skipped as stale rather than arriving late.
+        due: Timestamp,
         /// The channel that failed, for the per-channel counts.
         via: &'static str,
     },
@@ -790,7 +796,7 @@ impl Storage {
                     Settle::Retry {
                         until,
                         reason,
-                        at,
+                        due,
                         via,
                     } => {
                         count_outcome(&mut outcomes, &t.store, "deferred", "provider_retry")?;
@@ -800,7 +806,7 @@ impl Storage {
                             "channel",
                             &format!("{via}:retried"),
                         )?;
-                        let (n, first) = attempts.get(*id)?.map_or((0, at.0), |v| v.value());
+                        let (n, first) = attempts.get(*id)?.map_or((0, due.0), |v| v.value());
                         attempts.insert(*id, (n + 1, first))?;
                         t.due_at = *until;
                         t.state = TouchState::Deferred {
@@ -823,7 +829,7 @@ impl Storage {
                                 &format!("{via}:dead"),
                             )?;
                         }
-                        dead.insert((t.store.as_str(), *id), ())?;
+                        dead.insert((t.store.as_str(), *id), via.unwrap_or(""))?;
                         if let Some(ch) = disable {
                             disabled.insert((t.store.as_str(), *ch), reason.as_str())?;
                         }
@@ -928,8 +934,8 @@ impl Storage {
     }
 
     /// Takes a dead letter back: `retry` schedules it again now (its grace counts anew
-    /// from this attempt) and enables the store's disabled endpoints; otherwise it is
-    /// dropped (skipped, with that reason).
+    /// from this attempt) and enables the channel that refused it, if disabled; otherwise
+    /// it is dropped (skipped, with that reason).
     /// `false` when `id` is not a dead letter of `store`.
     pub fn settle_dead_letter(
         &self,
@@ -941,9 +947,9 @@ impl Storage {
         let tx = self.db.begin_write()?;
         {
             let mut dead = tx.open_table(DEAD_LETTERS)?;
-            if dead.remove((store, id))?.is_none() {
+            let Some(via) = dead.remove((store, id))?.map(|v| v.value().to_string()) else {
                 return Ok(false);
-            }
+            };
             let mut touches = tx.open_table(TOUCHES)?;
             let Some(mut t) = read(&touches, id)? else {
                 return Ok(false);
@@ -952,16 +958,8 @@ impl Storage {
                 t.due_at = now;
                 t.state = TouchState::Scheduled;
                 Timers::open(&tx)?.add(id, &t)?;
-                // The owner fixed what refused it: the store's disabled endpoints are
-                // enabled again.
-                let mut disabled = tx.open_table(DISABLED)?;
-                let names: Vec<String> = disabled
-                    .range((store, "")..=(store, "~"))?
-                    .map(|i| i.map(|(k, _)| k.value().1.to_string()))
-                    .collect::<Result<_, _>>()?;
-                for n in names {
-                    disabled.remove((store, n.as_str()))?;
-                }
+                // The owner fixed what refused it: that channel, if disabled, is enabled.
+                tx.open_table(DISABLED)?.remove((store, via.as_str()))?;
             } else {
                 t.state = TouchState::Skipped {
                     reason: "dead letter dropped by the operator".into(),
@@ -1152,20 +1150,50 @@ mod tests {
         assert_eq!(
             states(&s),
             [
-                "1 touch1 skipped",
-                "2 touch2 skipped",
-                "3 winback skipped",
                 "4 touch1 scheduled",
                 "5 touch2 scheduled",
                 "6 winback scheduled"
             ]
         );
+        // The replaced ones keep their record, with the reason, out of the order's index.
+        assert_eq!(
+            s.snapshot().unwrap().touch(1).unwrap().unwrap().state,
+            TouchState::Skipped {
+                reason: "replaced by plan revision 2".into()
+            }
+        );
         assert_eq!(s.snapshot().unwrap().pending_touches().unwrap(), 3);
+        // A kind skipped by a rule is decided: a later revision does not schedule it again.
+        s.settle(&[(
+            (T0 + 20 * 60_000, 4),
+            Settle::Skip {
+                reason: "stale".into(),
+                code: "stale",
+            },
+        )])
+        .unwrap();
+        let rec = revise(
+            Some(rec),
+            plan(6, false),
+            &o,
+            Some(7),
+            &[],
+            Timestamp(T0 + 2),
+        );
+        write(&s, &rec);
+        assert_eq!(
+            states(&s),
+            [
+                "4 touch1 skipped",
+                "7 touch2 scheduled",
+                "8 winback scheduled"
+            ]
+        );
         // Ended by a newer purchase: the timers stay, to be skipped at their time.
         let mut ended = rec.clone();
         crate::engine::lifecycle::end(&mut ended, "9002", Timestamp(T0 + 2));
         write(&s, &ended);
-        assert_eq!(s.snapshot().unwrap().pending_touches().unwrap(), 3);
+        assert_eq!(s.snapshot().unwrap().pending_touches().unwrap(), 2);
     }
 
     #[test]
@@ -1238,8 +1266,6 @@ mod tests {
             states(&s),
             [
                 "1 touch1 sending",
-                "2 touch2 skipped",
-                "3 winback skipped",
                 "4 touch2 scheduled",
                 "5 winback scheduled"
             ]

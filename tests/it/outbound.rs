@@ -324,7 +324,8 @@ fn twilio_gets_a_form_with_basic_auth_and_a_one_segment_body() {
         r.headers["content-type"],
         "application/x-www-form-urlencoded"
     );
-    let text = "Coffee Co: add Coffee Scale for 19.00 USD, code HI10: https://u.example.com/r/demo/42.sig Reply STOP to opt out";
+    let text =
+        "Coffee Co: Coffee Scale 19.00 USD code HI10 https://u.example.com/r/demo/42.sig STOP=stop";
     assert!(text.chars().count() <= 160);
     let enc: String = text
         .bytes()
@@ -988,7 +989,7 @@ fn send_test_sends_a_real_offer_through_the_configured_channel() {
         v["rendered"]["sms"]
             .as_str()
             .unwrap()
-            .contains("Reply STOP"),
+            .ends_with("STOP=stop"),
         "{v}"
     );
     // Bad input says what to do.
