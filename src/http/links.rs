@@ -10,7 +10,7 @@ use super::public::PublicCtx;
 use super::{header, headers_of, respond};
 use crate::engine::links::{device_class, product_url, verify, Link};
 use crate::engine::plan::{Channel, Suppressed};
-use crate::storage::plans::{suppression_key, SuppressionRow};
+use crate::storage::plans::{contact_of, suppression_key, SuppressionRow};
 use crate::storage::touches::TouchRecord;
 
 /// Answers `/r/...` and `/u/...`; hands the request back when the path is neither.
@@ -123,18 +123,16 @@ fn contact(ctx: &PublicCtx, t: &TouchRecord) -> Option<String> {
         .customer
         .and_then(|c| snap.customer(&t.store, c).ok().flatten());
     let order = snap.order(&t.store, &t.order).ok().flatten();
-    let order = order.as_ref().and_then(|o| o.order.as_ref());
-    if t.channel == Channel::Sms {
-        customer
-            .as_ref()
-            .and_then(|c| c.phone.clone())
-            .or_else(|| order.and_then(|o| o.phone.clone()))
+    let (email, phone) = contact_of(
+        customer.as_ref(),
+        order.as_ref().and_then(|o| o.order.as_ref()),
+    );
+    let contact = if t.channel == Channel::Sms {
+        phone
     } else {
-        customer
-            .as_ref()
-            .and_then(|c| c.email.clone())
-            .or_else(|| order.and_then(|o| o.contact_email().map(str::to_string)))
-    }
+        email
+    };
+    contact.map(str::to_string)
 }
 
 /// `j***@example.com`, `+1******0100`: enough to recognise, not to harvest.

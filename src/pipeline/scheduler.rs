@@ -34,7 +34,7 @@ use crate::engine::Timestamp;
 use crate::outbound::outbox::{Outbox, OutboxLine};
 use crate::outbound::templates::Templates;
 use crate::outbound::{LinkKeys, Links, Message, Outcome, Router};
-use crate::storage::plans::{contact_keys, suppression_key, SuppressionRow};
+use crate::storage::plans::{contact_keys, contact_of, suppression_key, SuppressionRow};
 use crate::storage::touches::{Receipt, Settle, TimerKey, TouchRecord};
 use crate::storage::{Error, Snapshot, Storage};
 
@@ -951,15 +951,10 @@ fn decide(
         ..store.rules.clone()
     };
     let order = order.as_ref().and_then(|o| o.order.as_ref());
+    let (email, phone) = contact_of(customer.as_ref(), order);
     let contact = Contact {
-        email: customer
-            .as_ref()
-            .and_then(|c| c.email.clone())
-            .or_else(|| order.and_then(|o| o.contact_email().map(str::to_string))),
-        phone: customer
-            .as_ref()
-            .and_then(|c| c.phone.clone())
-            .or_else(|| order.and_then(|o| o.phone.clone())),
+        email: email.map(str::to_string),
+        phone: phone.map(str::to_string),
     };
     Ok((on_due(&touch, &state, &rules, now), contact))
 }

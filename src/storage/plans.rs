@@ -38,18 +38,27 @@ pub fn suppression_key(input: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{t:?} is neither an email address nor a phone number with its country code (+ and 7-15 digits, e.g. +15551234567, as the platforms send them)"))
 }
 
-/// The suppression-list keys a customer is known by: their email and phone, else the
-/// order's.
-pub fn contact_keys(
-    customer: Option<&crate::engine::history::Customer>,
-    order: Option<&crate::engine::Order>,
-) -> Vec<String> {
+/// A customer's (email, phone): their own, else the order's.
+pub fn contact_of<'a>(
+    customer: Option<&'a crate::engine::history::Customer>,
+    order: Option<&'a crate::engine::Order>,
+) -> (Option<&'a str>, Option<&'a str>) {
     let email = customer
         .and_then(|c| c.email.as_deref())
         .or_else(|| order.and_then(|o| o.contact_email()));
     let phone = customer
         .and_then(|c| c.phone.as_deref())
         .or_else(|| order.and_then(|o| o.phone.as_deref()));
+    (email, phone)
+}
+
+/// The suppression-list keys a customer is known by: their email and phone, else the
+/// order's.
+pub fn contact_keys(
+    customer: Option<&crate::engine::history::Customer>,
+    order: Option<&crate::engine::Order>,
+) -> Vec<String> {
+    let (email, phone) = contact_of(customer, order);
     [email, phone]
         .into_iter()
         .flatten()
