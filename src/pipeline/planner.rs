@@ -190,11 +190,7 @@ impl Pass<'_> {
                 self.exclusive(store, c, &mut rec)?;
             }
         }
-        let mut delivery = state.delivery();
-        delivery.delivered_at = self
-            .snap
-            .delivered_by_hand(store, order_id)?
-            .or(delivery.delivered_at);
+        let delivery = self.snap.delivery(store, order_id, Some(&state))?;
         if delivery != Default::default() {
             let a = crate::engine::due::anchors(&delivery, &cfg.delivery, &cfg.offers.cadence)
                 .not_before(self.now);

@@ -399,11 +399,7 @@ impl<'s> Batch<'s> {
                 else {
                     continue;
                 };
-                let mut facts = state.delivery();
-                facts.delivered_at = self
-                    .snap
-                    .delivered_by_hand(&key.0, &key.1)?
-                    .or(facts.delivered_at);
+                let facts = self.snap.delivery(&key.0, &key.1, Some(state))?;
                 let anchors =
                     crate::engine::due::anchors(&facts, &cfg.delivery, &cfg.offers.cadence)
                         .not_before(planning.clock.now());

@@ -889,13 +889,9 @@ fn decide(
     let page_offer_accepted = snap
         .offer_response(&t.store, &t.order)?
         .is_some_and(|r| r.accepted);
-    // A delivery told by hand counts before what the events imply.
-    let delivered_at = match snap.delivered_by_hand(&t.store, &t.order)? {
-        Some(at) => Some(at),
-        None => order
-            .as_ref()
-            .and_then(|o| o.delivery().delivered(&store.delivery)),
-    };
+    let delivered_at = snap
+        .delivery(&t.store, &t.order, order.as_ref())?
+        .delivered(&store.delivery);
     let offer_stock = match &plan.plan.offer {
         Some(o) => snap
             .variant_of_key(&t.store, &o.product)?

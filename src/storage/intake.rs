@@ -55,6 +55,19 @@ impl Snapshot {
             .transpose()
     }
 
+    /// What is known of an order's delivery: its events (`state`), with a delivery told by
+    /// hand taking precedence.
+    pub fn delivery(
+        &self,
+        store: &str,
+        order: &str,
+        state: Option<&crate::engine::history::OrderState>,
+    ) -> Result<crate::engine::due::DeliveryFacts, Error> {
+        let mut facts = state.map(|s| s.delivery()).unwrap_or_default();
+        facts.delivered_at = self.delivered_by_hand(store, order)?.or(facts.delivered_at);
+        Ok(facts)
+    }
+
     /// A delivery told by hand (`order delivered`).
     pub fn delivered_by_hand(&self, store: &str, order: &str) -> Result<Option<Timestamp>, Error> {
         Ok(self
