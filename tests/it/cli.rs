@@ -15,7 +15,7 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_upsell-appliance"))
 }
 
-fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
+pub(crate) fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
     let out = bin().args(args).current_dir(cwd).output().unwrap();
     (
         out.status.code().unwrap_or(-1),

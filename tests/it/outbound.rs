@@ -121,6 +121,13 @@ fn message() -> Message {
     }
 }
 
+/// The Shopify store's `[stores.channels]` sending email through Klaviyo at `url`.
+fn klaviyo_channels(url: &str) -> String {
+    format!(
+        "[stores.channels]\nemail = \"klaviyo\"\n[stores.channels.klaviyo]\napi_key = \"pk_test_0123456789\"\nbase_url = \"{url}\"\n"
+    )
+}
+
 fn klaviyo(fake: &Fake, timeout: Duration) -> Klaviyo {
     Klaviyo {
         base_url: fake.url.clone(),
@@ -453,10 +460,7 @@ mod routed {
     const DAY: i64 = 86_400_000;
 
     fn start(dir: &std::path::Path, clock: Arc<TestClock>, fake: &Fake) -> TestServer {
-        let extra = format!(
-            "[stores.channels]\nemail = \"klaviyo\"\n[stores.channels.klaviyo]\napi_key = \"pk_test_0123456789\"\nbase_url = \"{}\"\n",
-            fake.url
-        );
+        let extra = klaviyo_channels(&fake.url);
         TestServer::start_demo_with(dir, clock, &extra)
     }
 
@@ -598,10 +602,7 @@ mod routed {
                 tmp.path(),
                 "127.0.0.1:0",
                 "127.0.0.1:0",
-                &format!(
-                    "[stores.channels]\nemail = \"klaviyo\"\n[stores.channels.klaviyo]\napi_key = \"pk_test_0123456789\"\nbase_url = \"{}\"\n",
-                    fake.url
-                ),
+                &klaviyo_channels(&fake.url),
             ),
             std::path::Path::new("/"),
             upsell_appliance::config::Origin::Demo,
@@ -924,21 +925,11 @@ fn send_test_sends_a_real_offer_through_the_configured_channel() {
             &data,
             "127.0.0.1:0",
             "127.0.0.1:0",
-            &format!(
-                "[stores.channels]\nemail = \"klaviyo\"\n[stores.channels.klaviyo]\napi_key = \"pk_test_0123456789\"\nbase_url = \"{}\"\n",
-                fake.url
-            ),
+            &klaviyo_channels(&fake.url),
         ),
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let out = crate::cli::bin().args(args).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| crate::cli::run(args, tmp.path());
     let cfg = config.to_str().unwrap();
     let (code, out, err) = run(&[
         "send-test",
@@ -1075,9 +1066,7 @@ fn kill_9_between_the_providers_answer_and_our_commit_resends_with_the_same_key(
             &data,
             "127.0.0.1:0",
             "127.0.0.1:0",
-            &format!(
-                "[stores.channels]\nemail = \"klaviyo\"\n[stores.channels.klaviyo]\napi_key = \"pk_test_0123456789\"\nbase_url = \"{url}\"\n"
-            ),
+            &klaviyo_channels(&url),
         ),
     )
     .unwrap();
