@@ -871,66 +871,53 @@ impl Storage {
     /// Copies of touches `ids` for the store's webhook (`also_webhook`), due at `now`:
     /// each goes out, is retried and can die on its own, without touching the original.
     pub fn mirror(&self, ids: &[u64], now: Timestamp) -> Result<(), Error> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut written = Vec::new();
-        let tx = self.db.begin_write()?;
-        {
-            let touches_r = tx.open_table(TOUCHES)?;
-            let originals: Vec<(u64, TouchRecord)> = ids
-                .iter()
-                .filter_map(|&id| read(&touches_r, id).transpose().map(|t| t.map(|t| (id, t))))
-                .collect::<Result<_, _>>()?;
-            drop(touches_r);
-            let mut touches = tx.open_table(TOUCHES)?;
-            let mut meta = tx.open_table(META)?;
-            let mut mirrors = tx.open_table(MIRRORS)?;
-            let mut timers = Timers::open(&tx)?;
-            let mut next = next_id(&meta)?;
-            for (id, mut t) in originals {
-                let copy = next;
-                next += 1;
-                t.channel = Channel::Webhook;
-                t.planned_due = now;
-                t.due_at = now;
-                t.state = TouchState::Scheduled;
-                touches.insert(copy, encode(&t)?.as_slice())?;
-                mirrors.insert(copy, id)?;
-                timers.add(copy, &t)?;
-                written.push((now.0, copy));
-            }
-            meta.insert(NEXT_TOUCH_ID, &next.to_le_bytes()[..])?;
-        }
-        tx.commit()?;
-        self.timer_feed.push(&written);
-        Ok(())
+        self.copy_due_now(ids, now, true).map(|_| ())
     }
 
     /// A manual resend: a copy of touch `id`, due at `now`, decided like any other (the
     /// caps hold it if they must). Returns the new touch's id.
     pub fn resend(&self, id: u64, now: Timestamp) -> Result<Option<u64>, Error> {
+        Ok(self.copy_due_now(&[id], now, false)?.pop())
+    }
+
+    /// New touches copying `ids` (those that exist), scheduled at `now`; `mirror` makes them
+    /// webhook copies. Not in the order's index: a plan revision replaces the plan's own
+    /// touches, never a copy. Returns the new ids.
+    fn copy_due_now(&self, ids: &[u64], now: Timestamp, mirror: bool) -> Result<Vec<u64>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut new = Vec::new();
         let tx = self.db.begin_write()?;
-        let new = {
+        {
             let mut touches = tx.open_table(TOUCHES)?;
-            let Some(mut t) = read(&touches, id)? else {
-                return Ok(None);
-            };
             let mut meta = tx.open_table(META)?;
-            let new = next_id(&meta)?;
-            meta.insert(NEXT_TOUCH_ID, &(new + 1).to_le_bytes()[..])?;
-            t.planned_due = now;
-            t.due_at = now;
-            t.state = TouchState::Scheduled;
-            touches.insert(new, encode(&t)?.as_slice())?;
-            // Not in the order's index: a plan revision replaces the plan's own touches,
-            // never a resend.
-            Timers::open(&tx)?.add(new, &t)?;
-            new
-        };
+            let mut mirrors = tx.open_table(MIRRORS)?;
+            let mut timers = Timers::open(&tx)?;
+            let mut next = next_id(&meta)?;
+            for &id in ids {
+                let Some(mut t) = read(&touches, id)? else {
+                    continue;
+                };
+                let copy = next;
+                next += 1;
+                if mirror {
+                    t.channel = Channel::Webhook;
+                    mirrors.insert(copy, id)?;
+                }
+                t.planned_due = now;
+                t.due_at = now;
+                t.state = TouchState::Scheduled;
+                touches.insert(copy, encode(&t)?.as_slice())?;
+                timers.add(copy, &t)?;
+                new.push(copy);
+            }
+            meta.insert(NEXT_TOUCH_ID, &next.to_le_bytes()[..])?;
+        }
         tx.commit()?;
-        self.timer_feed.push(&[(now.0, new)]);
-        Ok(Some(new))
+        let written: Vec<TimerKey> = new.iter().map(|&id| (now.0, id)).collect();
+        self.timer_feed.push(&written);
+        Ok(new)
     }
 
     /// Takes a dead letter back: `retry` schedules it again now (its grace counts anew
