@@ -331,7 +331,27 @@ const DAY: i64 = 86_400_000;
 
 /// Decides the offer and the touches for one order.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
+    plan_coded(input).0
+}
+
+/// Why an order got fewer touches than its recipe would give, as rule codes (for counts:
+/// `replay`); the plan's reasons say the same in words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Codes {
+    /// Nothing for this order: ineligible (`cancelled`, `not_paid`, `too_old`,
+    /// `no_products`, `gift_cards_only`), `holdout`, or suppressed (`unsubscribed`,
+    /// `complained`, `suppressed`, `b2b`, `vip`, `refund_cooldown`, `under_min_value`).
+    pub stop: Option<&'static str>,
+    /// No email touches: `no_email`, `email_unsubscribed`, `no_email_consent`.
+    pub no_email: Option<&'static str>,
+    /// No SMS: `no_phone`, `no_sms_consent`.
+    pub no_sms: Option<&'static str>,
+}
+
+/// [`plan`], with the rule codes of what it left out.
+pub fn plan_coded(input: &PlanInput<'_>) -> (Plan, Codes) {
     let mut why = Vec::new();
+    let mut codes = Codes::default();
     let identity = input
         .shopper
         .identity
@@ -359,7 +379,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
     let ineligible = ineligible(input);
     let (recipe, offer) = match &ineligible {
-        Some(reason) => {
+        Some((code, reason)) => {
+            codes.stop = Some(code);
             why.push(format!("no offer and no touches: {reason}"));
             (None, None)
         }
@@ -375,18 +396,20 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     };
     if ineligible.is_none() {
         if holdout {
+            codes.stop = Some("holdout");
             why.push(format!(
                 "holdout: this customer is in the {}% control group; no touches (the offer is kept for measurement)",
                 f64::from(input.policy.holdout_basis_points) / 100.0
             ));
-        } else if let Some(stop) = suppression(input) {
+        } else if let Some((code, stop)) = suppression(input) {
+            codes.stop = Some(code);
             why.push(format!("no touches: {stop}"));
         } else {
-            plan.touches = touches(input, recipe, plan.offer.is_some(), &mut why);
+            plan.touches = touches(input, recipe, plan.offer.is_some(), &mut why, &mut codes);
         }
     }
     plan.reasons = why;
-    plan
+    (plan, codes)
 }
 
 /// A keyed hash of `parts` into `0..n`: the same every time for the same salt.
@@ -437,29 +460,38 @@ pub fn paid(order: &Order) -> bool {
     })
 }
 
-/// Why an order gets nothing at all, if so.
-fn ineligible(input: &PlanInput<'_>) -> Option<String> {
+/// Why an order gets nothing at all, if so: (rule code, reason).
+fn ineligible(input: &PlanInput<'_>) -> Option<(&'static str, String)> {
     if input.order.cancelled_at.is_some() {
-        return Some("the order is cancelled".into());
+        return Some(("cancelled", "the order is cancelled".into()));
     }
     if !paid(input.order) {
-        return Some(format!(
-            "the order is not paid (status {}); it is planned when it is",
-            input.order.financial_status.as_deref().unwrap_or("unknown")
+        return Some((
+            "not_paid",
+            format!(
+                "the order is not paid (status {}); it is planned when it is",
+                input.order.financial_status.as_deref().unwrap_or("unknown")
+            ),
         ));
     }
     let age_days = (input.seen_at.0 - input.order.created_at.0) / DAY;
     if age_days > input.policy.max_order_age_days {
-        return Some(format!(
-            "the order is {age_days} days old, over the {}-day limit for following up",
-            input.policy.max_order_age_days
+        return Some((
+            "too_old",
+            format!(
+                "the order is {age_days} days old, over the {}-day limit for following up",
+                input.policy.max_order_age_days
+            ),
         ));
     }
     if input.basket.is_empty() {
-        return Some("no line of the order is a product (custom items only)".into());
+        return Some((
+            "no_products",
+            "no line of the order is a product (custom items only)".into(),
+        ));
     }
     if input.basket.iter().all(|l| l.gift_card) {
-        return Some("the order holds only gift cards".into());
+        return Some(("gift_cards_only", "the order holds only gift cards".into()));
     }
     None
 }
@@ -922,13 +954,16 @@ fn unfit(input: &PlanInput<'_>, recipe: Recipe, product: &str, v: &Variant) -> O
 }
 
 /// Why this customer gets no touches at all, if so.
-fn suppression(input: &PlanInput<'_>) -> Option<String> {
+fn suppression(input: &PlanInput<'_>) -> Option<(&'static str, String)> {
     let s = input.shopper;
     if let Some(reason) = &s.suppressed {
         return Some(match reason {
-            Suppressed::Unsubscribed => "the customer unsubscribed".into(),
-            Suppressed::Complained => "the customer complained (marked as spam)".into(),
-            Suppressed::Manual(r) => format!("suppressed by the store: {r}"),
+            Suppressed::Unsubscribed => ("unsubscribed", "the customer unsubscribed".into()),
+            Suppressed::Complained => (
+                "complained",
+                "the customer complained (marked as spam)".into(),
+            ),
+            Suppressed::Manual(r) => ("suppressed", format!("suppressed by the store: {r}")),
         });
     }
     let tags: Vec<String> = s
@@ -937,29 +972,38 @@ fn suppression(input: &PlanInput<'_>) -> Option<String> {
         .chain(&input.order.tags)
         .map(|t| t.trim().to_lowercase())
         .collect();
-    for (kind, list) in [
-        ("wholesale/B2B", &input.policy.b2b_tags),
-        ("VIP", &input.policy.vip_tags),
+    for (code, kind, list) in [
+        ("b2b", "wholesale/B2B", &input.policy.b2b_tags),
+        ("vip", "VIP", &input.policy.vip_tags),
     ] {
         if let Some(t) = list.iter().find(|t| tags.contains(&t.to_lowercase())) {
-            return Some(format!("{kind} customer (tag {t:?}), handled by people"));
+            return Some((
+                code,
+                format!("{kind} customer (tag {t:?}), handled by people"),
+            ));
         }
     }
     if let Some(at) = s.last_refund_at {
         let until = at.0 + input.policy.refund_cooldown_days * DAY;
         if input.now.0 < until {
-            return Some(format!(
-                "refund cool-down: a refund on {} pauses offers for {} days",
-                at.to_rfc3339(),
-                input.policy.refund_cooldown_days
+            return Some((
+                "refund_cooldown",
+                format!(
+                    "refund cool-down: a refund on {} pauses offers for {} days",
+                    at.to_rfc3339(),
+                    input.policy.refund_cooldown_days
+                ),
             ));
         }
     }
     match store_value(input) {
-        Some(value) if value < input.policy.min_order_value => Some(format!(
-            "order value {} is under the minimum {}",
-            money(value, input.currency),
-            money(input.policy.min_order_value, input.currency)
+        Some(value) if value < input.policy.min_order_value => Some((
+            "under_min_value",
+            format!(
+                "order value {} is under the minimum {}",
+                money(value, input.currency),
+                money(input.policy.min_order_value, input.currency)
+            ),
         )),
         _ => None,
     }
@@ -971,11 +1015,11 @@ const CONSENT_COUNTRIES: [&str; 30] = [
     "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "GB", "UK", "CA",
 ];
 
-/// Whether email may be sent, and why not.
-fn email_allowed(input: &PlanInput<'_>) -> Result<&'static str, String> {
+/// Whether email may be sent, and why not: (rule code, reason).
+fn email_allowed(input: &PlanInput<'_>) -> Result<&'static str, (&'static str, String)> {
     let s = input.shopper;
     if !s.email {
-        return Err("no email address".into());
+        return Err(("no_email", "no email address".into()));
     }
     let country = input
         .order
@@ -990,13 +1034,16 @@ fn email_allowed(input: &PlanInput<'_>) -> Result<&'static str, String> {
             .is_some_and(|c| CONSENT_COUNTRIES.contains(&c));
     match (s.email_consent, required) {
         (Consent::Subscribed, _) => Ok("subscribed to email"),
-        (Consent::Unsubscribed, _) => Err("unsubscribed from email".into()),
-        (_, true) => Err(match country {
-            Some(c) if CONSENT_COUNTRIES.contains(&c.as_str()) => {
-                format!("ships to {c}, where email needs consent, and none was given")
-            }
-            _ => "the store requires email consent, and none was given".into(),
-        }),
+        (Consent::Unsubscribed, _) => Err(("email_unsubscribed", "unsubscribed from email".into())),
+        (_, true) => Err((
+            "no_email_consent",
+            match country {
+                Some(c) if CONSENT_COUNTRIES.contains(&c.as_str()) => {
+                    format!("ships to {c}, where email needs consent, and none was given")
+                }
+                _ => "the store requires email consent, and none was given".into(),
+            },
+        )),
         (_, false) => Ok("soft opt-in: an existing customer who did not decline"),
     }
 }
@@ -1006,20 +1053,25 @@ fn touches(
     recipe: Option<Recipe>,
     has_offer: bool,
     why: &mut Vec<String>,
+    codes: &mut Codes,
 ) -> Vec<Touch> {
     let c = &input.policy.cadence;
     let at = input.order.created_at.0;
     let email = email_allowed(input);
     let sms = match (input.shopper.phone, input.shopper.sms_consent) {
-        (false, _) => Err("no phone number"),
+        (false, _) => Err(("no_phone", "no phone number")),
         (true, Consent::Subscribed) => Ok(()),
-        (true, _) => Err("no SMS consent"),
+        (true, _) => Err(("no_sms_consent", "no SMS consent")),
     };
     match &email {
         Ok(r) => why.push(format!("email: {r}")),
-        Err(r) => why.push(format!("no email touches: {r}")),
+        Err((code, r)) => {
+            codes.no_email = Some(code);
+            why.push(format!("no email touches: {r}"));
+        }
     }
-    if let Err(r) = sms {
+    if let Err((code, r)) = sms {
+        codes.no_sms = Some(code);
         why.push(format!("no SMS: {r}"));
     }
     let ships = input.order.lines.iter().any(|l| l.requires_shipping);

@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::{Config, StoreConfig};
-use crate::engine::affinity::Month;
+use crate::engine::affinity::{Candidate, Month};
+use crate::engine::catalog::Variant;
 use crate::engine::history::{normalize_email, Customer};
 use crate::engine::lifecycle::{self, PlanRecord};
 use crate::engine::plan::{self, BasketLine, PlanInput, Shopper};
-use crate::engine::{Order, Source, Timestamp};
-use crate::storage::affinity::ReadSettings;
+use crate::engine::{LineItem, Order, Source, Timestamp};
+use crate::storage::affinity::{CandidateReader, ReadSettings};
 use crate::storage::plans::{contact_keys, PlanWrites};
 use crate::storage::{Error, Snapshot, Storage};
 
@@ -48,12 +49,17 @@ pub fn plan_pending(storage: &Storage, planning: &Planning) -> Result<usize, Err
             }
         }
         let now = planning.clock.now();
+        let rs = ReadSettings {
+            decay: planning.config.affinity.decay(),
+            now: crate::engine::affinity::month_of(now) as Month,
+            thresholds: planning.config.affinity.thresholds,
+        };
         let mut pass = Pass {
             snap: &snap,
-            config: &planning.config,
+            rs: &rs,
             now,
             records: BTreeMap::new(),
-            values: HashMap::new(),
+            readers: HashMap::new(),
             anchors: Vec::new(),
         };
         let mut done = Vec::new();
@@ -85,16 +91,17 @@ pub fn plan_pending(storage: &Storage, planning: &Planning) -> Result<usize, Err
 /// One planning transaction's work: the records it changed, over the snapshot.
 struct Pass<'a> {
     snap: &'a Snapshot,
-    config: &'a Config,
+    rs: &'a ReadSettings,
     now: Timestamp,
     records: BTreeMap<(String, String), PlanRecord>,
-    values: HashMap<String, (Option<i64>, Option<i64>)>,
+    /// What plans read, per store, remembered for the pass.
+    readers: HashMap<String, Reader<'a>>,
     /// Orders planned after their delivery facts arrived: where their delivery-anchored
     /// touches go.
     anchors: Vec<(String, String, crate::engine::due::Anchors)>,
 }
 
-impl Pass<'_> {
+impl<'a> Pass<'a> {
     fn record(&self, store: &str, order: &str) -> Result<Option<PlanRecord>, Error> {
         match self.records.get(&(store.to_string(), order.to_string())) {
             Some(r) => Ok(Some(r.clone())),
@@ -104,7 +111,7 @@ impl Pass<'_> {
 
     fn plan_order(
         &mut self,
-        cfg: &StoreConfig,
+        cfg: &'a StoreConfig,
         salt: &[u8],
         order_id: &str,
         refund_at: i64,
@@ -120,61 +127,46 @@ impl Pass<'_> {
             Some(id) => self.snap.customer(store, id)?,
             None => None,
         };
-        let loaded = load(self.snap, cfg, order, customer.as_ref())?;
-        if !self.values.contains_key(store) {
-            let q = self.snap.order_value_quantiles(store)?;
-            self.values.insert(store.to_string(), q);
-        }
-        let (median, top_fifth) = self.values[store];
-        let rs = ReadSettings {
-            decay: self.config.affinity.decay(),
-            now: crate::engine::affinity::month_of(self.now) as Month,
-            thresholds: self.config.affinity.thresholds,
-        };
-        let keys: Vec<String> = loaded.basket.iter().map(|l| l.product.clone()).collect();
-        let candidates = self.snap.candidates(store, &keys, &rs, CANDIDATES)?;
-        let mut catalog = loaded.catalog;
-        for c in &candidates {
-            if !catalog.contains_key(&c.product) {
-                if let Some(v) = self.snap.variant_of_key(store, &c.product)? {
-                    catalog.insert(c.product.clone(), v);
-                }
-            }
-        }
-        let bundle_ids: BTreeSet<String> = loaded
-            .basket
-            .iter()
-            .filter_map(|l| catalog.get(&l.product))
-            .flat_map(|v| v.bundles.iter().cloned())
-            .collect();
-        let bundles = self.snap.bundle_members(store, &bundle_ids)?;
-        for key in bundles.values().flatten() {
-            if !catalog.contains_key(key) {
-                if let Some(v) = self.snap.variant_of_key(store, key)? {
-                    catalog.insert(key.clone(), v);
-                }
-            }
-        }
         let old = self.record(store, order_id)?;
         let seen_at = old.as_ref().map_or(self.now, |r| r.first_planned_at);
+        let (snap, rs) = (self.snap, self.rs);
+        let reader = match self.readers.entry(store.to_string()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Reader::new(snap, store, rs)?),
+        };
+        let inputs = reader.order_inputs(order)?;
+        let mut shopper = shopper_of(customer.as_ref(), order);
+        if let Some(c) = &customer {
+            let before = (order.created_at.0, order.id.as_str());
+            let earlier = snap.customer_orders(store, c.id, Some(before), usize::MAX)?;
+            shopper.prior_orders = earlier.len() as u32;
+            shopper.last_refund_at = snap.last_refund(store, c.id)?;
+            for (_, other) in earlier.into_iter().take(HISTORY) {
+                if let Some(o) = snap.order(store, &other)?.and_then(|s| s.order) {
+                    add_earlier(&mut shopper, &reader.products(&o)?);
+                }
+            }
+        }
+        shopper.suppressed =
+            snap.suppressed(store, &contact_keys(customer.as_ref(), Some(order)))?;
         let fresh = plan::plan(&PlanInput {
             store,
             salt,
             policy: &cfg.offers,
             currency: cfg.currency,
             order,
-            basket: &loaded.basket,
-            shopper: &loaded.shopper,
-            catalog: &catalog,
-            candidates: &candidates,
-            bundles: &bundles,
-            median_order: median,
-            top_fifth_order: top_fifth,
+            basket: &inputs.basket,
+            shopper: &shopper,
+            catalog: &inputs.catalog,
+            candidates: &inputs.candidates,
+            bundles: &inputs.bundles,
+            median_order: reader.median,
+            top_fifth_order: reader.top_fifth,
             now: self.now,
             seen_at,
         });
         let mut rec =
-            lifecycle::revise(old, fresh, order, state.customer, &loaded.basket, self.now);
+            lifecycle::revise(old, fresh, order, state.customer, &inputs.basket, self.now);
         if refund_at > 0 {
             lifecycle::refunded(&mut rec, Timestamp(refund_at));
         } else if !state.refunds.is_empty() && rec.refunded_at.is_none() {
@@ -226,103 +218,202 @@ impl Pass<'_> {
     }
 }
 
-/// The order's basket and catalog entries, and the customer as known before it.
-struct Loaded {
-    basket: Vec<BasketLine>,
-    catalog: BTreeMap<String, crate::engine::catalog::Variant>,
-    shopper: Shopper,
+/// What `plan` reads about an order besides its customer.
+pub(crate) struct OrderInputs {
+    pub basket: Vec<BasketLine>,
+    /// Catalog entries by product key: the basket's, their upgrade targets, the
+    /// candidates' and the bundle members'.
+    pub catalog: BTreeMap<String, Variant>,
+    pub candidates: Vec<Candidate>,
+    /// Members of the basket's bundles.
+    pub bundles: BTreeMap<String, Vec<String>>,
 }
 
-fn load(
-    snap: &Snapshot,
-    cfg: &StoreConfig,
-    order: &Order,
-    customer: Option<&Customer>,
-) -> Result<Loaded, Error> {
-    let store = cfg.id.as_str();
-    let mut basket = Vec::new();
-    let mut catalog = BTreeMap::new();
-    for line in &order.lines {
-        let Some((key, variant)) = snap.line_product(store, line)? else {
-            continue;
-        };
-        let gift_card = line.gift_card || variant.as_ref().is_some_and(|v| v.gift_card);
-        if let Some(mut v) = variant {
-            resolve_upgrade(snap, store, &mut v, &mut catalog)?;
-            catalog.insert(key.clone(), v);
-        }
-        basket.push(BasketLine {
-            product: key,
-            quantity: line.quantity,
-            unit_price: line.unit_price,
-            gift_card,
-        });
+/// Identifies what `Snapshot::line_product` reads of a line.
+type LineId = (Option<String>, Option<String>, Option<String>);
+
+/// Reads what `plan` decides from for one store out of one snapshot, remembering catalog
+/// and affinity reads: a planning pass meets the same products again and again, `replay`
+/// a million times.
+pub(crate) struct Reader<'a> {
+    snap: &'a Snapshot,
+    store: &'a str,
+    /// Each line's product key and catalog entry (its upgrade target resolved to a key).
+    lines: HashMap<LineId, Option<(String, Option<Variant>)>>,
+    variants: HashMap<String, Option<Variant>>,
+    bundles: Option<BTreeMap<String, Vec<String>>>,
+    candidates: CandidateReader<'a>,
+    /// The store's median and 80th-percentile order value.
+    pub median: Option<i64>,
+    pub top_fifth: Option<i64>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(
+        snap: &'a Snapshot,
+        store: &'a str,
+        rs: &'a ReadSettings,
+    ) -> Result<Reader<'a>, Error> {
+        let (median, top_fifth) = snap.order_value_quantiles(store)?;
+        Ok(Reader {
+            snap,
+            store,
+            lines: HashMap::new(),
+            variants: HashMap::new(),
+            bundles: None,
+            candidates: CandidateReader::new(snap, store, rs),
+            median,
+            top_fifth,
+        })
     }
-    let mut shopper = Shopper::default();
-    if let Some(c) = customer {
-        // Groups are keyed on the customer record, which outlives a changed email or phone
-        // and which a guest's later account resolves to (by email).
-        shopper.identity = Some(format!("customer:{}", c.id));
-        let before = (order.created_at.0, order.id.as_str());
-        let earlier = snap.customer_orders(store, c.id, Some(before), usize::MAX)?;
-        shopper.prior_orders = earlier.len() as u32;
-        shopper.tags = c.tags.clone();
-        shopper.email = c.email.is_some();
-        shopper.phone = c.phone.is_some();
-        shopper.email_consent = c.email_consent;
-        shopper.sms_consent = c.sms_consent;
-        shopper.last_refund_at = snap.last_refund(store, c.id)?;
-        for (_, other) in earlier.into_iter().take(HISTORY) {
-            let Some(o) = snap.order(store, &other)?.and_then(|s| s.order) else {
+
+    /// A line's product key and catalog entry, if it is a product.
+    fn line(&mut self, line: &LineItem) -> Result<Option<(String, Option<Variant>)>, Error> {
+        let id = (
+            line.variant_id.clone(),
+            line.sku.clone(),
+            line.product_id.clone(),
+        );
+        if let Some(hit) = self.lines.get(&id) {
+            return Ok(hit.clone());
+        }
+        let mut found = self.snap.line_product(self.store, line)?;
+        if let Some((_, Some(v))) = &mut found {
+            // `upgrade_to` as the store wrote it (a SKU or a product key) -> the target's key.
+            if let Some(to) = v.upgrade_to.take() {
+                v.upgrade_to = Some(self.snap.resolve_product(self.store, &to)?.unwrap_or(to));
+            }
+        }
+        self.lines.insert(id, found.clone());
+        Ok(found)
+    }
+
+    fn variant(&mut self, key: &str) -> Result<Option<Variant>, Error> {
+        if let Some(v) = self.variants.get(key) {
+            return Ok(v.clone());
+        }
+        let v = self.snap.variant_of_key(self.store, key)?;
+        self.variants.insert(key.to_string(), v.clone());
+        Ok(v)
+    }
+
+    /// The basket, the catalog entries involved, the candidates and the bundles.
+    pub fn order_inputs(&mut self, order: &Order) -> Result<OrderInputs, Error> {
+        let mut basket = Vec::new();
+        let mut catalog = BTreeMap::new();
+        for line in &order.lines {
+            let Some((key, variant)) = self.line(line)? else {
                 continue;
             };
-            let mut categories = BTreeSet::new();
-            for line in &o.lines {
-                if let Some((key, variant)) = snap.line_product(store, line)? {
-                    if let Some(cat) = variant
-                        .and_then(|v| v.product_type)
-                        .filter(|c| !c.is_empty())
-                    {
-                        categories.insert(cat);
+            let gift_card = line.gift_card || variant.as_ref().is_some_and(|v| v.gift_card);
+            if let Some(v) = variant {
+                if let Some(to) = &v.upgrade_to {
+                    if let Some(target) = self.variant(to)? {
+                        catalog.insert(to.clone(), target);
                     }
-                    shopper.bought.insert(key);
+                }
+                catalog.insert(key.clone(), v);
+            }
+            basket.push(BasketLine {
+                product: key,
+                quantity: line.quantity,
+                unit_price: line.unit_price,
+                gift_card,
+            });
+        }
+        let keys: Vec<String> = basket.iter().map(|l| l.product.clone()).collect();
+        let candidates = self.candidates.candidates(&keys, CANDIDATES)?;
+        for c in &candidates {
+            if !catalog.contains_key(&c.product) {
+                if let Some(v) = self.variant(&c.product)? {
+                    catalog.insert(c.product.clone(), v);
                 }
             }
-            for cat in categories {
-                *shopper.categories.entry(cat).or_default() += 1;
+        }
+        let ids: BTreeSet<&String> = basket
+            .iter()
+            .filter_map(|l| catalog.get(&l.product))
+            .flat_map(|v| v.bundles.iter())
+            .collect();
+        let mut bundles = BTreeMap::new();
+        if !ids.is_empty() {
+            if self.bundles.is_none() {
+                self.bundles = Some(self.snap.bundles(self.store)?);
+            }
+            let all = self.bundles.as_ref().expect("loaded above");
+            for id in ids {
+                if let Some(members) = all.get(id) {
+                    bundles.insert(id.clone(), members.clone());
+                }
             }
         }
-    } else {
-        shopper.identity = order
-            .contact_email()
-            .and_then(normalize_email)
-            .map(|e| format!("email:{e}"));
-        shopper.email = order.contact_email().is_some();
-        shopper.phone = order.phone.is_some();
+        for key in bundles.values().flatten() {
+            if !catalog.contains_key(key) {
+                if let Some(v) = self.variant(key)? {
+                    catalog.insert(key.clone(), v);
+                }
+            }
+        }
+        Ok(OrderInputs {
+            basket,
+            catalog,
+            candidates,
+            bundles,
+        })
     }
-    shopper.suppressed = snap.suppressed(store, &contact_keys(customer, Some(order)))?;
-    Ok(Loaded {
-        basket,
-        catalog,
-        shopper,
-    })
+
+    /// An order's products with their categories, for the history of a later order.
+    pub fn products(&mut self, order: &Order) -> Result<Vec<(String, Option<String>)>, Error> {
+        let mut out = Vec::new();
+        for line in &order.lines {
+            if let Some((key, variant)) = self.line(line)? {
+                let category = variant
+                    .and_then(|v| v.product_type)
+                    .filter(|c| !c.is_empty());
+                out.push((key, category));
+            }
+        }
+        Ok(out)
+    }
 }
 
-/// Points a variant's `upgrade_to` (a SKU or product key as the store wrote it) at the
-/// target's product key, and loads the target's catalog entry.
-fn resolve_upgrade(
-    snap: &Snapshot,
-    store: &str,
-    v: &mut crate::engine::catalog::Variant,
-    catalog: &mut BTreeMap<String, crate::engine::catalog::Variant>,
-) -> Result<(), Error> {
-    let Some(to) = v.upgrade_to.clone() else {
-        return Ok(());
-    };
-    let key = snap.resolve_product(store, &to)?.unwrap_or(to);
-    if let Some(target) = snap.variant_of_key(store, &key)? {
-        catalog.insert(key.clone(), target);
+/// The customer as their record and this order tell, before any history: who the groups
+/// are keyed on, tags, contacts and consents.
+pub(crate) fn shopper_of(customer: Option<&Customer>, order: &Order) -> Shopper {
+    let mut shopper = Shopper::default();
+    match customer {
+        Some(c) => {
+            // Groups are keyed on the customer record, which outlives a changed email or
+            // phone and which a guest's later account resolves to (by email).
+            shopper.identity = Some(format!("customer:{}", c.id));
+            shopper.tags = c.tags.clone();
+            shopper.email = c.email.is_some();
+            shopper.phone = c.phone.is_some();
+            shopper.email_consent = c.email_consent;
+            shopper.sms_consent = c.sms_consent;
+        }
+        None => {
+            shopper.identity = order
+                .contact_email()
+                .and_then(normalize_email)
+                .map(|e| format!("email:{e}"));
+            shopper.email = order.contact_email().is_some();
+            shopper.phone = order.phone.is_some();
+        }
     }
-    v.upgrade_to = Some(key);
-    Ok(())
+    shopper
+}
+
+/// Adds one earlier order's products (with categories) to what the customer bought.
+pub(crate) fn add_earlier(shopper: &mut Shopper, products: &[(String, Option<String>)]) {
+    let mut categories = BTreeSet::new();
+    for (key, category) in products {
+        if let Some(c) = category {
+            categories.insert(c);
+        }
+        shopper.bought.insert(key.clone());
+    }
+    for c in categories {
+        *shopper.categories.entry(c.clone()).or_default() += 1;
+    }
 }

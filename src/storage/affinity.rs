@@ -21,7 +21,7 @@ use super::records::{self, ItemRow, PairRow, PairingRow};
 use super::tables::*;
 use super::{Changes, Error, Snapshot, Storage};
 use crate::engine::affinity::{
-    may_rank, tally_order, tally_transition, Feedback, Kind, Leaders, Month, Monthly,
+    may_rank, tally_order, tally_transition, Evidence, Feedback, Kind, Leaders, Month, Monthly,
     OrderEvidence, ProductNo, Tally, TOTAL,
 };
 use crate::engine::catalog::{product_key, uncatalogued_key, Variant};
@@ -1858,74 +1858,62 @@ impl Snapshot {
         rs: &ReadSettings,
         limit: usize,
     ) -> Result<Vec<crate::engine::affinity::Candidate>, Error> {
-        use crate::engine::affinity::{
-            could_rank, rank, Evidence, FEEDBACK_PRIOR, FEEDBACK_STRENGTH,
-        };
-        let mut names = Names::new(self, store, rs);
+        CandidateReader::new(self, store, rs).candidates(basket, limit)
+    }
+}
+
+/// Reads candidates for baskets of one store, remembering what it read per product: one
+/// basket (the planner) reads what it always read; many (`replay`) read each product once.
+pub struct CandidateReader<'a> {
+    names: Names<'a>,
+    /// Per basket product: the evidence it brings (manual pairings, affinity leaders).
+    evidence: HashMap<String, Vec<(String, Evidence)>>,
+    /// Catalog category per product key, where it has one.
+    categories: HashMap<String, Option<String>>,
+    /// The store's most bought products with their weighted orders.
+    popular: Option<Vec<(String, f64)>>,
+}
+
+impl<'a> CandidateReader<'a> {
+    pub fn new(snap: &'a Snapshot, store: &'a str, rs: &'a ReadSettings) -> CandidateReader<'a> {
+        CandidateReader {
+            names: Names::new(snap, store, rs),
+            evidence: HashMap::new(),
+            categories: HashMap::new(),
+            popular: None,
+        }
+    }
+
+    /// [`Snapshot::candidates`] for one basket.
+    pub fn candidates(
+        &mut self,
+        basket: &[String],
+        limit: usize,
+    ) -> Result<Vec<crate::engine::affinity::Candidate>, Error> {
         let mut found: Vec<(String, Evidence)> = Vec::new();
         let mut categories = BTreeSet::new();
         for key in basket {
-            for (b, p) in self.pairings_of(store, key)? {
-                found.push((
-                    b,
-                    Evidence::Manual {
-                        from: key.clone(),
-                        priority: p.priority,
-                        mode: p.mode,
-                    },
-                ));
+            if !self.evidence.contains_key(key) {
+                let e = self.read_evidence(key)?;
+                self.evidence.insert(key.clone(), e);
             }
-            if let Some(c) = self
-                .variant_of_key(store, key)?
-                .and_then(|v| v.product_type)
-                .filter(|c| !c.is_empty())
-            {
+            found.extend(self.evidence[key].iter().cloned());
+            if let Some(c) = self.category(key)? {
                 categories.insert(c);
             }
-            let Some(a) = self.product_no(store, key)? else {
-                continue;
-            };
-            let feedback = self.feedback_from(store, a)?;
-            for kind in Kind::ALL {
-                let row = self.item_row(store, kind, a)?;
-                let antecedent = names
-                    .remember_side(kind, a, &row.antecedent, &row.consequent)
-                    .0;
-                for (b, exact) in row.leaders.0 {
-                    // Leaders come most orders first: once one cannot rank, none after can.
-                    if !could_rank(exact, antecedent, &rs.thresholds) {
-                        break;
-                    }
-                    let pair = self.pair_row(store, kind, a, b)?;
-                    let Some(rule) = names.ranking_rule(kind, a, b, &pair)? else {
-                        continue;
-                    };
-                    let conversion = feedback
-                        .get(&b)
-                        .copied()
-                        .unwrap_or_default()
-                        .conversion(FEEDBACK_PRIOR, FEEDBACK_STRENGTH);
-                    found.push((
-                        names.key(b)?,
-                        Evidence::Affinity {
-                            from: key.clone(),
-                            rule,
-                            conversion,
-                        },
-                    ));
-                }
-            }
         }
-        let popular = self.item_row(store, Kind::SameOrder, TOTAL)?.leaders;
-        for (p, _) in popular.0 {
-            let orders = names.side(Kind::SameOrder, p)?.0;
-            let key = names.key(p)?;
+        if self.popular.is_none() {
+            let mut popular = Vec::new();
+            let (snap, store) = (self.names.snap, self.names.store);
+            for (p, _) in snap.item_row(store, Kind::SameOrder, TOTAL)?.leaders.0 {
+                let orders = self.names.side(Kind::SameOrder, p)?.0;
+                popular.push((self.names.key(p)?, orders));
+            }
+            self.popular = Some(popular);
+        }
+        for (key, orders) in self.popular.clone().unwrap_or_default() {
             if !categories.is_empty() {
-                if let Some(c) = self
-                    .variant_of_key(store, &key)?
-                    .and_then(|v| v.product_type)
-                    .filter(|c| categories.contains(c))
-                {
+                if let Some(c) = self.category(&key)?.filter(|c| categories.contains(c)) {
                     found.push((
                         key.clone(),
                         Evidence::Category {
@@ -1938,7 +1926,73 @@ impl Snapshot {
             found.push((key, Evidence::Popularity { orders }));
         }
         let exclude: BTreeSet<String> = basket.iter().cloned().collect();
-        Ok(rank(found, &exclude, limit))
+        Ok(crate::engine::affinity::rank(found, &exclude, limit))
+    }
+
+    fn category(&mut self, key: &str) -> Result<Option<String>, Error> {
+        if let Some(c) = self.categories.get(key) {
+            return Ok(c.clone());
+        }
+        let c = self
+            .names
+            .snap
+            .variant_of_key(self.names.store, key)?
+            .and_then(|v| v.product_type)
+            .filter(|c| !c.is_empty());
+        self.categories.insert(key.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// What one basket product brings: its manual pairings and its affinity leaders.
+    fn read_evidence(&mut self, key: &str) -> Result<Vec<(String, Evidence)>, Error> {
+        use crate::engine::affinity::{could_rank, FEEDBACK_PRIOR, FEEDBACK_STRENGTH};
+        let (snap, store, rs) = (self.names.snap, self.names.store, self.names.rs);
+        let names = &mut self.names;
+        let mut found = Vec::new();
+        for (b, p) in snap.pairings_of(store, key)? {
+            found.push((
+                b,
+                Evidence::Manual {
+                    from: key.to_string(),
+                    priority: p.priority,
+                    mode: p.mode,
+                },
+            ));
+        }
+        let Some(a) = snap.product_no(store, key)? else {
+            return Ok(found);
+        };
+        let feedback = snap.feedback_from(store, a)?;
+        for kind in Kind::ALL {
+            let row = snap.item_row(store, kind, a)?;
+            let antecedent = names
+                .remember_side(kind, a, &row.antecedent, &row.consequent)
+                .0;
+            for (b, exact) in row.leaders.0 {
+                // Leaders come most orders first: once one cannot rank, none after can.
+                if !could_rank(exact, antecedent, &rs.thresholds) {
+                    break;
+                }
+                let pair = snap.pair_row(store, kind, a, b)?;
+                let Some(rule) = names.ranking_rule(kind, a, b, &pair)? else {
+                    continue;
+                };
+                let conversion = feedback
+                    .get(&b)
+                    .copied()
+                    .unwrap_or_default()
+                    .conversion(FEEDBACK_PRIOR, FEEDBACK_STRENGTH);
+                found.push((
+                    names.key(b)?,
+                    Evidence::Affinity {
+                        from: key.to_string(),
+                        rule,
+                        conversion,
+                    },
+                ));
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -270,30 +270,26 @@ impl Snapshot {
         Ok(out)
     }
 
-    /// The product keys of each bundle id given, from one scan of the store's catalog.
-    pub fn bundle_members(
+    /// Every bundle of the store with its members' product keys, from one scan of its
+    /// catalog.
+    pub fn bundles(
         &self,
         store: &str,
-        ids: &std::collections::BTreeSet<String>,
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, Error> {
         let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        if ids.is_empty() {
-            return Ok(out);
-        }
         for item in self.catalog.range((store, "")..)? {
             let (k, v) = item?;
             if k.value().0 != store {
                 break;
             }
             let v = super::records::decode_variant(v.value())?;
-            let (Some(sku), true) = (v.sku.as_deref(), v.bundles.iter().any(|b| ids.contains(b)))
-            else {
+            let (Some(sku), false) = (v.sku.as_deref(), v.bundles.is_empty()) else {
                 continue;
             };
             let key = self
                 .resolve_product(store, sku)?
                 .unwrap_or_else(|| sku.to_string());
-            for id in v.bundles.iter().filter(|b| ids.contains(*b)) {
+            for id in &v.bundles {
                 let members = out.entry(id.clone()).or_default();
                 if !members.contains(&key) {
                     members.push(key.clone());
