@@ -25,6 +25,24 @@ pub fn call_json(
         .http_status_as_error(false)
         .build()
         .into();
+    call_with(&agent, config, method, path)
+}
+
+/// Like [`call_json`] for work that may take minutes (`replay` over a large history).
+pub fn call_json_long(
+    config: &Config,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    call_with(&long_agent(), config, method, path)
+}
+
+fn call_with(
+    agent: &ureq::Agent,
+    config: &Config,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
     let url = format!("http://{}{}", loopback(config), path);
     let auth = format!("Bearer {}", config.admin_token);
     let resp = if method == "POST" {

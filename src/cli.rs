@@ -85,6 +85,19 @@ enum Command {
         #[command(subcommand)]
         action: OrderAction,
     },
+    /// What the appliance would have done with the store's history (sends and writes nothing)
+    Replay {
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        /// Plan orders placed from this date (2026-03-01, UTC) or time (RFC 3339)
+        #[arg(long, value_name = "DATE")]
+        from: Option<String>,
+        /// Plan orders placed up to the end of this date, or before this time
+        #[arg(long, value_name = "DATE")]
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Render a real offer as one touch and send it to you through the store's channel
     SendTest {
         /// touch1, sms, touch2, review, touch3, winback or anticipation
@@ -385,6 +398,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Order { action } => order(&load(&cli.config)?, action),
         Command::Touch { action } => touch(&load(&cli.config)?, action),
         Command::Deadletters { action } => deadletters(&load(&cli.config)?, action),
+        Command::Replay {
+            store,
+            from,
+            to,
+            json,
+        } => replay(&load(&cli.config)?, store, from, to, json),
         Command::SendTest {
             touch,
             to,
@@ -1445,6 +1464,170 @@ fn offer(config: &Config, action: OfferAction) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn replay(
+    config: &Config,
+    store: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let store = store_of(config, &store)?;
+    let mut api = format!("/api/replay?store={store}");
+    for (k, v) in [("from", &from), ("to", &to)] {
+        if let Some(v) = v {
+            api.push_str(&format!("&{k}={}", percent_encode(v)));
+        }
+    }
+    let (v, source) = service_or_file(
+        config,
+        || crate::admin_client::call_json_long(config, "GET", &api),
+        |s| {
+            let cfg = config.pick_store(Some(&store))?;
+            crate::ops::replay(s, config, cfg, from.as_deref(), to.as_deref(), now).map_err(ops_err)
+        },
+    )?;
+    if as_json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", replay_text(&v, &source));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The replay report for a person.
+fn replay_text(v: &serde_json::Value, source: &str) -> String {
+    use std::fmt::Write;
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    // "a 3, b 2" from a {code: count} object, largest first.
+    let list = |v: &serde_json::Value| -> String {
+        let mut items: Vec<(String, u64)> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, c)| (k.clone(), c.as_u64().unwrap_or(0)))
+            .collect();
+        items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        if items.is_empty() {
+            return "none".into();
+        }
+        items
+            .iter()
+            .map(|(k, c)| format!("{k} {c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let o = &v["orders"];
+    let t = &v["touches"];
+    let mut out = String::new();
+    let window = match (v["from"].as_str(), v["to"].as_str()) {
+        (None, None) => "all orders".to_string(),
+        (f, t) => format!(
+            "orders placed from {} to {}",
+            f.unwrap_or("the first"),
+            t.map_or("the last".to_string(), |t| format!("before {t}"))
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "Replay of store {} ({window}), decided up to {} ({source}).\nNothing was sent and nothing was written.\n",
+        s(&v["store"]),
+        s(&v["until"])
+    );
+    let _ = writeln!(
+        out,
+        "orders        {} placed in the window, {} customers ({} before it and {} after it read as history only)",
+        n(&o["seen"]),
+        n(&o["customers"]),
+        n(&o["before_window"]),
+        n(&o["after_window"])
+    );
+    let _ = writeln!(
+        out,
+        "offers        {} with an offer; per recipe: {}",
+        n(&o["with_offer"]),
+        list(&v["offers"])
+    );
+    let _ = writeln!(
+        out,
+        "holdout       {} orders of control-group customers (offers chosen, nothing sent)",
+        n(&o["holdout"])
+    );
+    let _ = writeln!(out, "no touches    {}", list(&v["no_touches"]));
+    let _ = writeln!(out, "no email      {}", list(&v["no_email"]));
+    let _ = writeln!(out, "no SMS        {}", list(&v["no_sms"]));
+    let _ = writeln!(out, "\ntouches planned   {}", list(&t["planned"]));
+    let _ = writeln!(out, "        sent      {} (page: shown)", list(&t["sent"]));
+    let _ = writeln!(out, "        skipped   {}", list(&t["skipped"]));
+    let _ = writeln!(
+        out,
+        "        deferred  {} (touches; deferrals: {})",
+        list(&t["deferred"]),
+        list(&t["deferrals"])
+    );
+    let _ = writeln!(
+        out,
+        "        at the end {} still pending (due after {}); waiting for a fact history lacks: {}",
+        n(&t["pending_at_end"]),
+        s(&v["until"]),
+        list(&t["waiting_at_end"])
+    );
+    let _ = writeln!(out, "\nsent per channel, by day after the order");
+    for (channel, days) in t["by_channel_day"].as_object().into_iter().flatten() {
+        let days: Vec<String> = days
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(d, c)| (d.parse::<i64>().unwrap_or(0), n(c)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .map(|(d, c)| format!("day {d}: {c}"))
+            .collect();
+        let _ = writeln!(out, "  {channel:<8} {}", days.join(", "));
+    }
+    let _ = writeln!(out, "\ntop offered products");
+    for (i, p) in v["top_products"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let _ = writeln!(
+            out,
+            "  {:>2}. {} ({}): offered on {} orders, shown or sent {} times",
+            i + 1,
+            s(&p["title"]),
+            s(&p["product"]),
+            n(&p["offers"]),
+            n(&p["sent"])
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nPROJECTION (at assumed rates, not a measurement; see the last line below)"
+    );
+    for p in v["projection"].as_array().into_iter().flatten() {
+        let c = s(&p["currency"]);
+        let _ = writeln!(
+            out,
+            "  {c}: projected upsell revenue {} {c} (page {}, email {}, SMS {}) on {} treated orders worth {} {c}: projected AOV lift {:.1}% (industry range 15-28%)",
+            s(&p["upsell_revenue"]),
+            s(&p["page_revenue"]),
+            s(&p["email_revenue"]),
+            s(&p["sms_revenue"]),
+            n(&p["treated_orders"]),
+            s(&p["treated_value"]),
+            p["aov_lift"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+    let _ = writeln!(out, "\nassumptions");
+    for a in v["assumptions"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  - {}", s(a));
+    }
+    out
 }
 
 fn send_test(

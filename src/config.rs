@@ -287,6 +287,56 @@ pub struct StoreConfig {
     /// Opens of this store's emails are reported (`touch opened`, later the providers'
     /// webhooks), so an email without one was not opened and the engagement rule applies.
     pub opens_reported: bool,
+    /// `[stores.projection]`: the rates `replay` projects revenue at.
+    pub projection: Projection,
+}
+
+/// How often an offer is taken, for `replay`'s projections (never for decisions).
+/// Defaults: the middle of product.md's industry ranges.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Projection {
+    /// Thank-you page offers accepted (5-8%).
+    pub page_acceptance: f64,
+    /// Offer emails clicked (12-18%).
+    pub email_click_rate: f64,
+    /// Offer SMS clicked (no industry figure in product.md: the email rate unless set).
+    pub sms_click_rate: f64,
+    /// Clicks that buy (4-8%).
+    pub click_to_purchase: f64,
+}
+
+impl Default for Projection {
+    fn default() -> Projection {
+        Projection {
+            page_acceptance: 0.065,
+            email_click_rate: 0.15,
+            sms_click_rate: 0.15,
+            click_to_purchase: 0.06,
+        }
+    }
+}
+
+/// `[stores.projection]`: each a fraction from 0 to 1.
+fn projection(raw: RawProjection, at: &str) -> Result<Projection, String> {
+    let d = Projection::default();
+    let rate = |v: Option<f64>, name: &str, default: f64| match v {
+        None => Ok(default),
+        Some(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        Some(x) => Err(format!(
+            "{at}.{name} = {x} must be a fraction from 0 to 1 (0.065 is 6.5%)"
+        )),
+    };
+    let email_click_rate = rate(raw.email_click_rate, "email_click_rate", d.email_click_rate)?;
+    Ok(Projection {
+        page_acceptance: rate(raw.page_acceptance, "page_acceptance", d.page_acceptance)?,
+        email_click_rate,
+        sms_click_rate: rate(raw.sms_click_rate, "sms_click_rate", email_click_rate)?,
+        click_to_purchase: rate(
+            raw.click_to_purchase,
+            "click_to_purchase",
+            d.click_to_purchase,
+        )?,
+    })
 }
 
 impl Config {
@@ -393,6 +443,16 @@ struct RawStore {
     offers: Option<RawOffers>,
     touches: Option<RawTouches>,
     channels: Option<RawChannels>,
+    projection: Option<RawProjection>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProjection {
+    page_acceptance: Option<f64>,
+    email_click_rate: Option<f64>,
+    sms_click_rate: Option<f64>,
+    click_to_purchase: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1356,7 +1416,9 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         let touches = s.touches.unwrap_or_default();
         let opens_reported = touches.opens_reported.unwrap_or(false);
         let (rules, delivery) = touch_rules(touches, offers.stock_threshold, &key("touches"))?;
+        let projection = projection(s.projection.unwrap_or_default(), &key("projection"))?;
         stores.push(StoreConfig {
+            projection,
             name: s
                 .name
                 .filter(|n| !n.trim().is_empty())

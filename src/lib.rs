@@ -13,4 +13,5 @@ pub mod ingest;
 pub mod ops;
 pub mod outbound;
 pub mod pipeline;
+pub mod replay;
 pub mod storage;

@@ -1095,6 +1095,66 @@ pub fn send_test(
     )
 }
 
+/// `replay --store ID [--from DATE] [--to DATE]`: the store's history as the appliance
+/// would have handled it under today's configuration (see `crate::replay`).
+pub fn replay(
+    storage: &Storage,
+    config: &crate::config::Config,
+    store: &crate::config::StoreConfig,
+    from: Option<&str>,
+    to: Option<&str>,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let window = replay_window(from, to)?;
+    let snap = storage.snapshot()?;
+    let report = crate::replay::run(&snap, config, store, window, now)?;
+    serde_json::to_value(report).map_err(|e| OpsError::Invalid(format!("encoding the report: {e}")))
+}
+
+/// `--from` and `--to`: a date (from its start; `--to` through its end, UTC) or an RFC 3339
+/// time.
+fn replay_window(from: Option<&str>, to: Option<&str>) -> Result<crate::replay::Window, OpsError> {
+    let parse = |flag: &str, text: &str, end_of_day: bool| -> Result<Timestamp, OpsError> {
+        let text = text.trim();
+        if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            let d = if end_of_day {
+                d.succ_opt().unwrap_or(d)
+            } else {
+                d
+            };
+            let t = d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
+            return Ok(Timestamp(t.timestamp_millis()));
+        }
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| Timestamp(t.timestamp_millis()))
+            .map_err(|_| {
+                OpsError::Invalid(format!(
+                    "{flag} {text:?} is not a date such as 2026-03-01 or a time such as 2026-03-01T00:00:00Z"
+                ))
+            })
+    };
+    let window = crate::replay::Window {
+        from: from
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse("--from", s, false))
+            .transpose()?,
+        to: to
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse("--to", s, true))
+            .transpose()?,
+    };
+    if let (Some(f), Some(t)) = (window.from, window.to) {
+        if f >= t {
+            return Err(OpsError::Invalid(format!(
+                "--from {} is not before --to {}: no order could be in that window",
+                from.unwrap_or_default().trim(),
+                to.unwrap_or_default().trim()
+            )));
+        }
+    }
+    Ok(window)
+}
+
 /// An RFC 3339 time given to `--at`.
 fn parse_time_arg(text: &str) -> Result<Timestamp, OpsError> {
     chrono::DateTime::parse_from_rfc3339(text.trim())

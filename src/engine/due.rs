@@ -167,6 +167,15 @@ pub struct Anchors {
 }
 
 impl Anchors {
+    /// Where a touch of `kind` goes, if it moves with the delivery.
+    pub fn of(self, kind: TouchKind, after_delivery: bool) -> Option<Timestamp> {
+        match kind {
+            TouchKind::Review if after_delivery => self.review,
+            TouchKind::Touch2 => self.touch2,
+            _ => None,
+        }
+    }
+
     /// Never in the past: a delivery learned late sends what is due at once rather than
     /// leaving it to be skipped as stale.
     pub fn not_before(self, now: Timestamp) -> Anchors {

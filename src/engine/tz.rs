@@ -130,6 +130,15 @@ const SUBDIVISIONS: &[(&str, Tz, &[&str])] = &[
     ("RU", Europe::Kaliningrad, &["KGD"]),
 ];
 
+/// A customer's time zone for an order: its shipping address's, else `fallback` (the
+/// store's).
+pub fn of_order(order: Option<&crate::engine::Order>, fallback: Tz) -> Tz {
+    order
+        .and_then(|o| o.shipping.as_ref())
+        .and_then(|r| of_address(r.country.as_deref()?, r.province.as_deref()))
+        .unwrap_or(fallback)
+}
+
 /// The customer's zone from the shipping country (ISO alpha-2, "UK" taken for "GB") and
 /// subdivision; `None` when the country is unknown or spans zones and the subdivision does
 /// not settle it. See the module documentation for the choices made.

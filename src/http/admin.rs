@@ -169,6 +169,20 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 crate::ops::settle_dead_letter(&ctx.storage, &store, &touch, retry, ctx.clock.now())
             })
         }
+        (Method::Get, "/api/replay") => pick(ctx, &query).and_then(|store| {
+            let arg = |k: &str| super::page::form_value(query.as_bytes(), k);
+            let cfg = ctx.config.store(&store).ok_or_else(|| {
+                crate::ops::OpsError::Invalid(format!("no store {store:?} is configured"))
+            })?;
+            crate::ops::replay(
+                &ctx.storage,
+                &ctx.config,
+                cfg,
+                arg("from").as_deref(),
+                arg("to").as_deref(),
+                ctx.clock.now(),
+            )
+        }),
         (Method::Post, "/api/send-test") => pick(ctx, &query).and_then(|store| {
             let arg = |k: &str| super::page::form_value(query.as_bytes(), k).unwrap_or_default();
             let cfg = ctx.config.store(&store).ok_or_else(|| {

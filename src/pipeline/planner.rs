@@ -297,6 +297,11 @@ impl<'a> Reader<'a> {
         Ok(v)
     }
 
+    /// Units in stock of a product, where the catalog knows.
+    pub fn stock(&mut self, key: &str) -> Result<Option<i64>, Error> {
+        Ok(self.variant(key)?.and_then(|v| v.inventory))
+    }
+
     /// The basket, the catalog entries involved, the candidates and the bundles.
     pub fn order_inputs(&mut self, order: &Order) -> Result<OrderInputs, Error> {
         let mut basket = Vec::new();

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::engine::due::{on_due, Action, Due, Rules, State};
+use crate::engine::due::{on_due, Action, Rules, State};
 use crate::engine::lifecycle::PlanRecord;
 use crate::engine::plan::{Channel, Offer, Recipe};
 use crate::engine::Timestamp;
@@ -916,12 +916,10 @@ fn decide(
         _ => None,
     };
     // Quiet hours in the customer's zone: the shipping address's, else the store's.
-    let tz = order
-        .as_ref()
-        .and_then(|o| o.order.as_ref())
-        .and_then(|o| o.shipping.as_ref())
-        .and_then(|r| crate::engine::tz::of_address(r.country.as_deref()?, r.province.as_deref()))
-        .unwrap_or(store.timezone);
+    let tz = crate::engine::tz::of_order(
+        order.as_ref().and_then(|o| o.order.as_ref()),
+        store.timezone,
+    );
     let state = State {
         status: &plan.status,
         refunded_at: plan.refunded_at,
@@ -934,14 +932,7 @@ fn decide(
         sent: &sent,
         tz,
     };
-    let touch = Due {
-        kind: t.kind,
-        channel: t.channel,
-        due_at: t.due_at,
-        order_at: plan.order_at,
-        after_delivery: t.after_delivery,
-        carries_offer: t.carries_offer,
-    };
+    let touch = t.due(plan.order_at);
     let rules = Rules {
         latency_ms,
         ..store.rules.clone()

@@ -28,7 +28,90 @@ pub struct OfferResponse {
     pub at: Timestamp,
 }
 
+/// A ticket with its times, for deciding as of a past moment (`replay`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedTicket {
+    pub ticket: Ticket,
+    pub opened_at: Timestamp,
+    pub closed_at: Option<Timestamp>,
+}
+
+impl TimedTicket {
+    /// The ticket as it stood at `t`, if it was opened by then.
+    pub fn at(&self, t: Timestamp) -> Option<Ticket> {
+        if self.opened_at > t {
+            return None;
+        }
+        let closed = self.closed_at.is_some_and(|c| c <= t);
+        Some(Ticket {
+            id: self.ticket.id.clone(),
+            open: !closed,
+            csat: if closed { self.ticket.csat } else { None },
+        })
+    }
+}
+
 impl Snapshot {
+    /// Every ticket of a store with its times: (contact, ticket).
+    pub fn store_tickets(&self, store: &str) -> Result<Vec<(String, TimedTicket)>, Error> {
+        let mut out = Vec::new();
+        for item in self.tickets.range((store, "", "")..)? {
+            let (k, v) = item?;
+            let (s, c, id) = k.value();
+            if s != store {
+                break;
+            }
+            let row: TicketRow = codec::decode("ticket", TICKET_V1, v.value())?;
+            out.push((
+                c.to_string(),
+                TimedTicket {
+                    ticket: Ticket {
+                        id: id.to_string(),
+                        open: row.open,
+                        csat: row.csat,
+                    },
+                    opened_at: row.opened_at,
+                    closed_at: row.closed_at,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every page-offer response of a store: (order, response).
+    pub fn store_offer_responses(
+        &self,
+        store: &str,
+    ) -> Result<Vec<(String, OfferResponse)>, Error> {
+        let mut out = Vec::new();
+        for item in self.offer_responses.range((store, "")..)? {
+            let (k, v) = item?;
+            let (s, order) = k.value();
+            if s != store {
+                break;
+            }
+            out.push((
+                order.to_string(),
+                codec::decode("offer response", RESPONSE_V1, v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every delivery told by hand in a store: (order, when).
+    pub fn store_deliveries_by_hand(&self, store: &str) -> Result<Vec<(String, Timestamp)>, Error> {
+        let mut out = Vec::new();
+        for item in self.deliveries.range((store, "")..)? {
+            let (k, v) = item?;
+            let (s, order) = k.value();
+            if s != store {
+                break;
+            }
+            out.push((order.to_string(), Timestamp(v.value())));
+        }
+        Ok(out)
+    }
+
     /// The tickets of a contact (a suppression-list key: `email:...` or `phone:...`).
     pub fn tickets(&self, store: &str, contact: &str) -> Result<Vec<Ticket>, Error> {
         let mut out = Vec::new();

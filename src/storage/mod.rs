@@ -280,6 +280,49 @@ impl Storage {
         self.applying.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A fingerprint of every table: its name, entries and a SHA-256 of its keys and
+    /// values. Proves that a read-only operation (`replay`) left the database as it was.
+    pub fn digest(&self) -> Result<Vec<(String, u64, String)>, Error> {
+        use redb::ReadableDatabase;
+        fn one<K: redb::Key + 'static, V: redb::Value + 'static>(
+            tx: &redb::ReadTransaction,
+            def: redb::TableDefinition<'static, K, V>,
+        ) -> Result<(String, u64, String), Error> {
+            use redb::TableHandle;
+            use sha2::Digest;
+            let name = def.name().to_string();
+            let t = match tx.open_table(def) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok((name, 0, String::new())),
+                Err(e) => return Err(e.into()),
+            };
+            let mut h = sha2::Sha256::new();
+            let mut n = 0;
+            for item in t.iter()? {
+                let (k, v) = item?;
+                for bytes in [
+                    K::as_bytes(&k.value()).as_ref(),
+                    V::as_bytes(&v.value()).as_ref(),
+                ] {
+                    h.update((bytes.len() as u64).to_le_bytes());
+                    h.update(bytes);
+                }
+                n += 1;
+            }
+            let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            Ok((name, n, hex))
+        }
+        let tx = self.db.begin_read()?;
+        let mut out = vec![one(&tx, META)?];
+        macro_rules! digest {
+            ($t:ident) => {
+                out.push(one(&tx, $t)?);
+            };
+        }
+        each_table!(digest);
+        Ok(out)
+    }
+
     /// Whether a database file exists in `data_dir` (without creating one).
     pub fn exists(data_dir: &Path) -> bool {
         data_dir.join(Self::FILE_NAME).exists()
@@ -303,48 +346,12 @@ impl Storage {
                     })
                 }
             }
-            tx.open_table(EVENTS)?;
-            tx.open_table(BODIES)?;
-            tx.open_table(QUARANTINE)?;
-            tx.open_table(DEDUPE)?;
-            tx.open_table(ORDERS)?;
-            tx.open_table(CUSTOMERS)?;
-            tx.open_table(CUSTOMER_LOOKUP)?;
-            tx.open_table(COUNTERS)?;
-            tx.open_table(CATALOG)?;
-            tx.open_table(CATALOG_IDS)?;
-            tx.open_table(CATALOG_HANDLES)?;
-            tx.open_table(PRODUCT_NOS)?;
-            tx.open_table(PRODUCT_KEYS)?;
-            tx.open_table(AFF_ITEMS)?;
-            tx.open_table(AFF_PAIRS)?;
-            tx.open_table(AFF_ORDERS)?;
-            tx.open_table(TIMELINE)?;
-            tx.open_table(PAIRINGS)?;
-            tx.open_table(FEEDBACK)?;
-            tx.open_table(PLANS)?;
-            tx.open_table(PLAN_QUEUE)?;
-            tx.open_table(SUPPRESSIONS)?;
-            tx.open_table(STORE_KEYS)?;
-            tx.open_table(CUSTOMER_REFUNDS)?;
-            tx.open_table(ORDER_VALUES)?;
-            tx.open_table(TOUCHES)?;
-            tx.open_table(TIMERS)?;
-            tx.open_table(ORDER_TOUCHES)?;
-            tx.open_table(SENDING)?;
-            tx.open_table(SENT_LOG)?;
-            tx.open_table(TICKETS)?;
-            tx.open_table(OFFER_RESPONSES)?;
-            tx.open_table(DELIVERIES)?;
-            tx.open_table(OUTCOME_COUNTS)?;
-            tx.open_table(OPENS)?;
-            tx.open_table(ATTEMPTS)?;
-            tx.open_table(RECEIPTS)?;
-            tx.open_table(DISABLED)?;
-            tx.open_table(DEAD_LETTERS)?;
-            tx.open_table(CLICKS)?;
-            tx.open_table(RESENT)?;
-            tx.open_table(MIRRORS)?;
+            macro_rules! create {
+                ($t:ident) => {
+                    tx.open_table($t)?;
+                };
+            }
+            each_table!(create);
         }
         touches::count_pending_once(&tx)?;
         tx.commit()?;
@@ -890,6 +897,27 @@ impl Snapshot {
             .get((store, id))?
             .map(|v| records::decode_order(v.value()))
             .transpose()
+    }
+
+    /// Calls `f(customer, created ms, id)` for every order of a store, in id order. Reads
+    /// each record once (a million take a few seconds).
+    pub fn each_order(
+        &self,
+        store: &str,
+        mut f: impl FnMut(Option<CustomerId>, i64, &str),
+    ) -> Result<(), Error> {
+        for item in self.orders.range((store, "")..)? {
+            let (k, v) = item?;
+            let (s, id) = k.value();
+            if s != store {
+                break;
+            }
+            let state = records::decode_order(v.value())?;
+            if let Some(o) = &state.order {
+                f(state.customer, o.created_at.0, id);
+            }
+        }
+        Ok(())
     }
 
     pub fn customer(&self, store: &str, id: CustomerId) -> Result<Option<Customer>, Error> {

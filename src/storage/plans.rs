@@ -203,6 +203,29 @@ impl Snapshot {
         Ok(None)
     }
 
+    /// A store's whole suppression list: (key, entry).
+    pub fn suppression_list(&self, store: &str) -> Result<Vec<(String, SuppressionRow)>, Error> {
+        let mut out = Vec::new();
+        for item in self.suppressions.range((store, "")..)? {
+            let (k, v) = item?;
+            let (s, key) = k.value();
+            if s != store {
+                break;
+            }
+            out.push((
+                key.to_string(),
+                codec::decode("suppression", SUPPRESSION_V1, v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The store's holdout salt, if the service has made it yet (it does when it first
+    /// plans an order).
+    pub fn salt(&self, store: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.store_key(store, SALT)
+    }
+
     pub fn suppression(&self, store: &str, key: &str) -> Result<Option<SuppressionRow>, Error> {
         self.suppressions
             .get((store, key))?

@@ -3,6 +3,58 @@
 
 use redb::TableDefinition;
 
+/// Calls `$m!(TABLE)` for every table but `META` (which opening reads first): to create
+/// them when the database opens and to fingerprint them (`Storage::digest`). A new table
+/// goes here.
+macro_rules! each_table {
+    ($m:ident) => {
+        $m!(EVENTS);
+        $m!(BODIES);
+        $m!(QUARANTINE);
+        $m!(DEDUPE);
+        $m!(ORDERS);
+        $m!(CUSTOMERS);
+        $m!(CUSTOMER_LOOKUP);
+        $m!(COUNTERS);
+        $m!(CATALOG);
+        $m!(CATALOG_IDS);
+        $m!(CATALOG_HANDLES);
+        $m!(PRODUCT_NOS);
+        $m!(PRODUCT_KEYS);
+        $m!(AFF_ITEMS);
+        $m!(AFF_PAIRS);
+        $m!(AFF_ORDERS);
+        $m!(TIMELINE);
+        $m!(PAIRINGS);
+        $m!(FEEDBACK);
+        $m!(PLANS);
+        $m!(PLAN_QUEUE);
+        $m!(SUPPRESSIONS);
+        $m!(STORE_KEYS);
+        $m!(CUSTOMER_REFUNDS);
+        $m!(ORDER_VALUES);
+        $m!(TOUCHES);
+        $m!(TIMERS);
+        $m!(ORDER_TOUCHES);
+        $m!(SENDING);
+        $m!(SENT_LOG);
+        $m!(TICKETS);
+        $m!(OFFER_RESPONSES);
+        $m!(DELIVERIES);
+        $m!(OUTCOME_COUNTS);
+        $m!(OPENS);
+        $m!(ATTEMPTS);
+        $m!(RECEIPTS);
+        $m!(DISABLED);
+        $m!(DEAD_LETTERS);
+        $m!(CLICKS);
+        $m!(RESENT);
+        $m!(MIRRORS);
+        $m!(PENDING_COUNTS);
+    };
+}
+pub(crate) use each_table;
+
 /// "schema_version" -> u32 LE; "processed_seq" -> u64 LE; "next_touch_id" -> u64 LE.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Commit sequence number -> event head (who sent it, headers, the normalized form).

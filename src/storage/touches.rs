@@ -116,6 +116,20 @@ pub struct TouchRecord {
     pub state: TouchState,
 }
 
+impl TouchRecord {
+    /// The touch as `on_due` decides it; `order_at` is its plan's order time.
+    pub fn due(&self, order_at: Timestamp) -> crate::engine::due::Due {
+        crate::engine::due::Due {
+            kind: self.kind,
+            channel: self.channel,
+            due_at: self.due_at,
+            order_at,
+            after_delivery: self.after_delivery,
+            carries_offer: self.carries_offer,
+        }
+    }
+}
+
 fn encode(r: &TouchRecord) -> Result<Vec<u8>, Error> {
     codec::encode(TOUCH_V1, r)
 }
@@ -282,7 +296,9 @@ fn next_id(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64
 
 /// The touches a plan wants pending: none while held out or once the sequence is over;
 /// the thank-you page is served, not scheduled; what was sent stays sent.
-fn wanted(store: &str, rec: &PlanRecord) -> Vec<TouchRecord> {
+/// The timers a plan record asks for (the thank-you page offer is shown, not sent: no
+/// timer), as the planner schedules them.
+pub fn wanted(store: &str, rec: &PlanRecord) -> Vec<TouchRecord> {
     if rec.plan.holdout || rec.status != Status::Active {
         return Vec::new();
     }
@@ -393,12 +409,10 @@ pub(super) fn reanchor(
         let Some(mut t) = read(&touches, id)?.filter(|t| t.state.pending()) else {
             continue;
         };
-        let to = match t.kind {
-            TouchKind::Review if t.after_delivery => anchors.review,
-            TouchKind::Touch2 => anchors.touch2,
-            _ => None,
-        };
-        let Some(to) = to.filter(|to| *to != t.due_at) else {
+        let Some(to) = anchors
+            .of(t.kind, t.after_delivery)
+            .filter(|to| *to != t.due_at)
+        else {
             continue;
         };
         timers.remove(id, &t)?;

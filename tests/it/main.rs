@@ -13,6 +13,7 @@ mod jobs;
 mod outbound;
 mod plans;
 mod quarantine;
+mod replay;
 mod scheduler;
 mod status_page;
 mod support;
