@@ -474,12 +474,11 @@ enum Event {
 /// An order in the replay.
 struct Placed {
     state: OrderState,
-    /// As it was when placed: paid (an export without a status counts as paid, a refunded
-    /// order was paid first), not cancelled, not refunded yet.
-    order: Order,
     contacts: Vec<String>,
     placed: bool,
     cancelled: bool,
+    /// Its products with their categories (read once placed, for later orders' history).
+    products: Vec<(String, Option<String>)>,
     /// Its plan, when placed inside the window.
     plan: Option<PlanRecord>,
 }
@@ -511,14 +510,13 @@ impl Sim<'_> {
             let Some(o) = state.order.as_ref() else {
                 continue;
             };
-            let order = as_placed(o);
             let contacts = contact_keys(record.as_ref(), Some(o));
             orders.push(Placed {
                 state,
-                order,
                 contacts,
                 placed: false,
                 cancelled: false,
+                products: Vec::new(),
                 plan: None,
             });
         }
@@ -670,7 +668,10 @@ impl Sim<'_> {
         let sh = self.shared;
         let store = sh.store.id.as_str();
         orders[i].placed = true;
-        let order = orders[i].order.clone();
+        // As it was when placed: paid (an export without a status counts as paid, a
+        // refunded order was paid first), not cancelled, not refunded yet.
+        let order = as_placed(orders[i].state.order.as_ref().expect("kept above"));
+        orders[i].products = self.reader.products(&order)?;
         if !sh.window.contains(now.0) {
             if sh.window.from.is_some_and(|f| now.0 < f.0) {
                 self.counts.orders.before_window += 1;
@@ -690,8 +691,7 @@ impl Sim<'_> {
                 shopper.prior_orders = earlier.len() as u32;
                 shopper.last_refund_at = last_refund;
                 for &j in earlier.iter().take(HISTORY) {
-                    let products = self.reader.products(&orders[j].order)?;
-                    add_earlier(&mut shopper, &products);
+                    add_earlier(&mut shopper, &orders[j].products);
                 }
             }
             shopper.suppressed = orders[i]
@@ -939,7 +939,7 @@ fn known_at(f: DeliveryFacts, now: Timestamp) -> DeliveryFacts {
     }
 }
 
-/// The order as it was when placed (see [`Placed::order`]).
+/// The order as it was when placed (see `Sim::placed`).
 fn as_placed(o: &Order) -> Order {
     let mut order = o.clone();
     order.cancelled_at = None;

@@ -506,6 +506,12 @@ impl Evidence {
         }
     }
 
+    /// How this evidence alone ranks a product: (group, score), lower group first, higher
+    /// score first; `None` when it cannot rank one (a weak pair).
+    pub fn sort_key(&self) -> Option<(u8, f64)> {
+        self.rank().map(|r| (r, self.score(FEEDBACK_PRIOR)))
+    }
+
     fn score(&self, prior: f64) -> f64 {
         match self {
             Evidence::Manual { priority, .. } => f64::from(*priority),
@@ -539,7 +545,10 @@ pub fn rank(
     exclude: &BTreeSet<String>,
     limit: usize,
 ) -> Vec<Candidate> {
-    let mut by: std::collections::BTreeMap<String, Vec<Evidence>> = Default::default();
+    // The final sort orders every candidate (products are distinct), so the map's order
+    // does not matter: a hash map is the cheaper one.
+    let mut by: rustc_hash::FxHashMap<String, Vec<Evidence>> = Default::default();
+    by.reserve(found.len());
     for (p, e) in found {
         if !exclude.contains(&p) {
             by.entry(p).or_default().push(e);

@@ -211,7 +211,7 @@ pub struct PlanInput<'a> {
     pub shopper: &'a Shopper,
     /// Catalog entries by product key: the basket's, the candidates', upgrade targets and
     /// bundle members.
-    pub catalog: &'a BTreeMap<String, Variant>,
+    pub catalog: &'a BTreeMap<String, std::sync::Arc<Variant>>,
     /// Affinity candidates for the basket, best first.
     pub candidates: &'a [Candidate],
     /// Product keys per bundle id.
@@ -1392,6 +1392,11 @@ mod tests {
                 gift_card: l.gift_card,
             })
             .collect();
+        let catalog: BTreeMap<String, std::sync::Arc<Variant>> = c
+            .catalog
+            .iter()
+            .map(|(k, v)| (k.clone(), std::sync::Arc::new(v.clone())))
+            .collect();
         plan(&PlanInput {
             store: "demo",
             salt: b"salt",
@@ -1400,7 +1405,7 @@ mod tests {
             order: &c.order,
             basket: &basket,
             shopper: &c.shopper,
-            catalog: &c.catalog,
+            catalog: &catalog,
             candidates: &c.candidates,
             bundles: &c.bundles,
             median_order: c.median,

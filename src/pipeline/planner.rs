@@ -223,7 +223,7 @@ pub(crate) struct OrderInputs {
     pub basket: Vec<BasketLine>,
     /// Catalog entries by product key: the basket's, their upgrade targets, the
     /// candidates' and the bundle members'.
-    pub catalog: BTreeMap<String, Variant>,
+    pub catalog: BTreeMap<String, Arc<Variant>>,
     pub candidates: Vec<Candidate>,
     /// Members of the basket's bundles.
     pub bundles: BTreeMap<String, Vec<String>>,
@@ -231,6 +231,8 @@ pub(crate) struct OrderInputs {
 
 /// Identifies what `Snapshot::line_product` reads of a line.
 type LineId = (Option<String>, Option<String>, Option<String>);
+/// A line's product key and catalog entry.
+type LineProduct = (String, Option<Arc<Variant>>);
 
 /// Reads what `plan` decides from for one store out of one snapshot, remembering catalog
 /// and affinity reads: a planning pass meets the same products again and again, `replay`
@@ -239,8 +241,8 @@ pub(crate) struct Reader<'a> {
     snap: &'a Snapshot,
     store: &'a str,
     /// Each line's product key and catalog entry (its upgrade target resolved to a key).
-    lines: HashMap<LineId, Option<(String, Option<Variant>)>>,
-    variants: HashMap<String, Option<Variant>>,
+    lines: rustc_hash::FxHashMap<LineId, Option<LineProduct>>,
+    variants: rustc_hash::FxHashMap<String, Option<Arc<Variant>>>,
     bundles: Option<BTreeMap<String, Vec<String>>>,
     candidates: CandidateReader<'a>,
     /// The store's median and 80th-percentile order value.
@@ -258,8 +260,8 @@ impl<'a> Reader<'a> {
         Ok(Reader {
             snap,
             store,
-            lines: HashMap::new(),
-            variants: HashMap::new(),
+            lines: Default::default(),
+            variants: Default::default(),
             bundles: None,
             candidates: CandidateReader::new(snap, store, rs),
             median,
@@ -268,7 +270,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A line's product key and catalog entry, if it is a product.
-    fn line(&mut self, line: &LineItem) -> Result<Option<(String, Option<Variant>)>, Error> {
+    fn line(&mut self, line: &LineItem) -> Result<Option<LineProduct>, Error> {
         let id = (
             line.variant_id.clone(),
             line.sku.clone(),
@@ -284,15 +286,16 @@ impl<'a> Reader<'a> {
                 v.upgrade_to = Some(self.snap.resolve_product(self.store, &to)?.unwrap_or(to));
             }
         }
+        let found = found.map(|(key, v)| (key, v.map(Arc::new)));
         self.lines.insert(id, found.clone());
         Ok(found)
     }
 
-    fn variant(&mut self, key: &str) -> Result<Option<Variant>, Error> {
+    fn variant(&mut self, key: &str) -> Result<Option<Arc<Variant>>, Error> {
         if let Some(v) = self.variants.get(key) {
             return Ok(v.clone());
         }
-        let v = self.snap.variant_of_key(self.store, key)?;
+        let v = self.snap.variant_of_key(self.store, key)?.map(Arc::new);
         self.variants.insert(key.to_string(), v.clone());
         Ok(v)
     }
@@ -372,10 +375,8 @@ impl<'a> Reader<'a> {
         let mut out = Vec::new();
         for line in &order.lines {
             if let Some((key, variant)) = self.line(line)? {
-                let category = variant
-                    .and_then(|v| v.product_type)
-                    .filter(|c| !c.is_empty());
-                out.push((key, category));
+                let category = variant.and_then(|v| v.product_type.clone());
+                out.push((key, category.filter(|c| !c.is_empty())));
             }
         }
         Ok(out)

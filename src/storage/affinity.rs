@@ -1867,37 +1867,73 @@ impl Snapshot {
 pub struct CandidateReader<'a> {
     names: Names<'a>,
     /// Per basket product: the evidence it brings (manual pairings, affinity leaders).
-    evidence: HashMap<String, Vec<(String, Evidence)>>,
+    evidence: rustc_hash::FxHashMap<String, Listed>,
     /// Catalog category per product key, where it has one.
-    categories: HashMap<String, Option<String>>,
-    /// The store's most bought products with their weighted orders.
-    popular: Option<Vec<(String, f64)>>,
+    categories: rustc_hash::FxHashMap<String, Option<String>>,
+    /// The store's most bought products with their weighted orders and category.
+    popular: Option<Vec<(String, f64, Option<String>)>>,
+}
+
+/// One basket product's evidence, with the products it names best first.
+struct Listed {
+    all: Vec<(String, Evidence)>,
+    /// Per product named (that its evidence can rank), the index of its best entry, in
+    /// rank order: group, then score, then product.
+    ranked: Vec<usize>,
+}
+
+impl Listed {
+    fn new(all: Vec<(String, Evidence)>) -> Listed {
+        let mut best: rustc_hash::FxHashMap<&str, (usize, (u8, f64))> = Default::default();
+        for (i, (p, e)) in all.iter().enumerate() {
+            let Some(k) = e.sort_key() else { continue };
+            let better = |old: &(u8, f64)| k.0.cmp(&old.0).then(old.1.total_cmp(&k.1)).is_lt();
+            match best.get(p.as_str()) {
+                Some((_, old)) if !better(old) => {}
+                _ => {
+                    best.insert(p, (i, k));
+                }
+            }
+        }
+        let mut ranked: Vec<(usize, (u8, f64))> = best.into_values().collect();
+        ranked.sort_by(|(i, a), (j, b)| {
+            a.0.cmp(&b.0)
+                .then(b.1.total_cmp(&a.1))
+                .then_with(|| all[*i].0.cmp(&all[*j].0))
+        });
+        let ranked = ranked.into_iter().map(|(i, _)| i).collect();
+        Listed { all, ranked }
+    }
 }
 
 impl<'a> CandidateReader<'a> {
     pub fn new(snap: &'a Snapshot, store: &'a str, rs: &'a ReadSettings) -> CandidateReader<'a> {
         CandidateReader {
             names: Names::new(snap, store, rs),
-            evidence: HashMap::new(),
-            categories: HashMap::new(),
+            evidence: Default::default(),
+            categories: Default::default(),
             popular: None,
         }
     }
 
     /// [`Snapshot::candidates`] for one basket.
+    ///
+    /// Only evidence that can matter is weighed: a product ranks by its best evidence,
+    /// so one outside the best `limit` (basket excluded) of every list naming it (each
+    /// basket product's list, and the popular list) is beaten by `limit` others and
+    /// cannot rank. The products inside are weighed with all their evidence: the same
+    /// result as weighing everything, without cloning hundreds of entries per basket.
     pub fn candidates(
         &mut self,
         basket: &[String],
         limit: usize,
     ) -> Result<Vec<crate::engine::affinity::Candidate>, Error> {
-        let mut found: Vec<(String, Evidence)> = Vec::new();
         let mut categories = BTreeSet::new();
         for key in basket {
             if !self.evidence.contains_key(key) {
-                let e = self.read_evidence(key)?;
+                let e = Listed::new(self.read_evidence(key)?);
                 self.evidence.insert(key.clone(), e);
             }
-            found.extend(self.evidence[key].iter().cloned());
             if let Some(c) = self.category(key)? {
                 categories.insert(c);
             }
@@ -1907,25 +1943,67 @@ impl<'a> CandidateReader<'a> {
             let (snap, store) = (self.names.snap, self.names.store);
             for (p, _) in snap.item_row(store, Kind::SameOrder, TOTAL)?.leaders.0 {
                 let orders = self.names.side(Kind::SameOrder, p)?.0;
-                popular.push((self.names.key(p)?, orders));
+                let key = self.names.key(p)?;
+                let category = self.category(&key)?;
+                popular.push((key, orders, category));
             }
             self.popular = Some(popular);
         }
-        for (key, orders) in self.popular.clone().unwrap_or_default() {
-            if !categories.is_empty() {
-                if let Some(c) = self.category(&key)?.filter(|c| categories.contains(c)) {
-                    found.push((
-                        key.clone(),
-                        Evidence::Category {
-                            category: c,
-                            orders,
-                        },
-                    ));
+        let exclude: BTreeSet<String> = basket.iter().cloned().collect();
+        let popular = self.popular.as_deref().unwrap_or_default();
+        let in_category = |c: &Option<String>| c.as_ref().is_some_and(|c| categories.contains(c));
+        let mut keep: rustc_hash::FxHashSet<&str> = Default::default();
+        for key in basket {
+            let l = &self.evidence[key];
+            let best = l
+                .ranked
+                .iter()
+                .map(|&i| l.all[i].0.as_str())
+                .filter(|p| !exclude.contains(*p))
+                .take(limit);
+            keep.extend(best);
+        }
+        // The popular list for this basket: in one of its categories first, then by orders.
+        let mut pop: Vec<(u8, f64, &str)> = popular
+            .iter()
+            .filter(|(key, _, _)| !exclude.contains(key))
+            .map(|(key, orders, c)| (if in_category(c) { 4 } else { 5 }, *orders, key.as_str()))
+            .collect();
+        let order = |a: &(u8, f64, &str), b: &(u8, f64, &str)| {
+            a.0.cmp(&b.0)
+                .then(b.1.total_cmp(&a.1))
+                .then_with(|| a.2.cmp(b.2))
+        };
+        if pop.len() > limit {
+            if limit > 0 {
+                pop.select_nth_unstable_by(limit - 1, order);
+            }
+            pop.truncate(limit);
+        }
+        keep.extend(pop.iter().map(|p| p.2));
+        let mut found: Vec<(String, Evidence)> = Vec::new();
+        for key in basket {
+            for (p, e) in &self.evidence[key].all {
+                if keep.contains(p.as_str()) {
+                    found.push((p.clone(), e.clone()));
                 }
             }
-            found.push((key, Evidence::Popularity { orders }));
         }
-        let exclude: BTreeSet<String> = basket.iter().cloned().collect();
+        for (key, orders, category) in popular {
+            if !keep.contains(key.as_str()) {
+                continue;
+            }
+            if let (true, Some(c)) = (in_category(category), category) {
+                found.push((
+                    key.clone(),
+                    Evidence::Category {
+                        category: c.clone(),
+                        orders: *orders,
+                    },
+                ));
+            }
+            found.push((key.clone(), Evidence::Popularity { orders: *orders }));
+        }
         Ok(crate::engine::affinity::rank(found, &exclude, limit))
     }
 

@@ -8,7 +8,6 @@
 //! steps on 20,000 orders, for CI; `--orders N` the full shape at another size; `--batch
 //! K` applies live orders K at a time (default 1) to show what batching saves.
 
-use std::io::Write;
 use std::time::Instant;
 
 use upsell_appliance::config::{self, Origin};
@@ -22,58 +21,7 @@ use upsell_appliance::storage::{self, NewEvent, Storage};
 
 #[path = "synthetic.rs"]
 mod synthetic;
-use synthetic::{pct, Rng, Zipf, SPAN_DAYS, START_MS};
-
-fn basket(r: &mut Rng, z: &Zipf) -> Vec<usize> {
-    // 1-8 items, mean ~3.
-    let n = match r.next() % 100 {
-        0..=24 => 1,
-        25..=44 => 2,
-        45..=62 => 3,
-        63..=76 => 4,
-        77..=86 => 5,
-        87..=93 => 6,
-        94..=97 => 7,
-        _ => 8,
-    };
-    let mut items: Vec<usize> = (0..n).map(|_| z.draw(r)).collect();
-    items.sort_unstable();
-    items.dedup();
-    items
-}
-
-fn generate(path: &std::path::Path, orders: usize, customers: u64, products: usize) -> usize {
-    let mut r = Rng(0x9E37_79B9_7F4A_7C15);
-    let z = Zipf::new(products);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    writeln!(
-        f,
-        "order_id,created_at,customer_id,email,sku,quantity,unit_price"
-    )
-    .unwrap();
-    let mut lines = 0;
-    for i in 0..orders {
-        // Customers repeat: a skewed draw makes some come back often.
-        let c = ((r.unit().powf(1.6)) * customers as f64) as u64;
-        let at = START_MS + (i as i64 * SPAN_DAYS * 86_400_000) / orders as i64;
-        let day = chrono::DateTime::from_timestamp_millis(at)
-            .unwrap()
-            .format("%Y-%m-%d %H:%M:%S");
-        for p in basket(&mut r, &z) {
-            writeln!(
-                f,
-                "{i},{day},c{c},c{c}@example.com,SKU-{p},{},{}.{:02}",
-                1 + r.next() % 2,
-                5 + p % 60,
-                r.next() % 100
-            )
-            .unwrap();
-            lines += 1;
-        }
-    }
-    f.flush().unwrap();
-    lines
-}
+use synthetic::{basket, generate, pct, Rng, Zipf, SPAN_DAYS, START_MS};
 
 fn peak_rss_mb() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -226,7 +226,7 @@ struct Loaded {
     order: Order,
     basket: Vec<BasketLine>,
     shopper: Shopper,
-    catalog: BTreeMap<String, Variant>,
+    catalog: BTreeMap<String, std::sync::Arc<Variant>>,
     candidates: Vec<Candidate>,
     /// Members of the basket's bundles.
     bundles: BTreeMap<String, Vec<String>>,
@@ -420,7 +420,7 @@ fn main() {
             }
             let catalog = involved
                 .into_iter()
-                .map(|p| (key(p), all[p].clone()))
+                .map(|p| (key(p), std::sync::Arc::new(all[p].clone())))
                 .collect();
             // What they bought in their last HISTORY orders, and in how many of those
             // orders each category was bought.

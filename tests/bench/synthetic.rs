@@ -2,6 +2,8 @@
 //! source, Zipf-like product popularity, the time span of the orders, and percentiles.
 //! Included by each benchmark with `#[path]` (benchmarks are separate crates).
 
+use std::io::Write;
+
 pub struct Rng(pub u64);
 
 impl Rng {
@@ -45,6 +47,64 @@ pub const START_MS: i64 = 1_735_689_600_000;
 pub const SPAN_DAYS: i64 = 690;
 
 /// The `p` quantile of sorted figures.
+#[allow(dead_code)]
 pub fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// An order's products: 1-8 items, mean ~3, Zipf-like popularity.
+#[allow(dead_code)] // not every benchmark uses every piece
+pub fn basket(r: &mut Rng, z: &Zipf) -> Vec<usize> {
+    // 1-8 items, mean ~3.
+    let n = match r.next() % 100 {
+        0..=24 => 1,
+        25..=44 => 2,
+        45..=62 => 3,
+        63..=76 => 4,
+        77..=86 => 5,
+        87..=93 => 6,
+        94..=97 => 7,
+        _ => 8,
+    };
+    let mut items: Vec<usize> = (0..n).map(|_| z.draw(r)).collect();
+    items.sort_unstable();
+    items.dedup();
+    items
+}
+
+/// The affinity benchmark's native orders CSV: `orders` orders over [`SPAN_DAYS`] from
+/// [`START_MS`], customers who come back (a skewed draw of `customers`), products
+/// `SKU-0`.. with Zipf-like popularity priced 5-64 dollars. Returns the line count.
+#[allow(dead_code)]
+pub fn generate(path: &std::path::Path, orders: usize, customers: u64, products: usize) -> usize {
+    let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+    let z = Zipf::new(products);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(
+        f,
+        "order_id,created_at,customer_id,email,sku,quantity,unit_price"
+    )
+    .unwrap();
+    let mut lines = 0;
+    for i in 0..orders {
+        // Customers repeat: a skewed draw makes some come back often.
+        let c = ((r.unit().powf(1.6)) * customers as f64) as u64;
+        let at = START_MS + (i as i64 * SPAN_DAYS * 86_400_000) / orders as i64;
+        let day = chrono::DateTime::from_timestamp_millis(at)
+            .unwrap()
+            .format("%Y-%m-%d %H:%M:%S");
+        for p in basket(&mut r, &z) {
+            writeln!(
+                f,
+                "{i},{day},c{c},c{c}@example.com,SKU-{p},{},{}.{:02}",
+                1 + r.next() % 2,
+                5 + p % 60,
+                r.next() % 100
+            )
+            .unwrap();
+            lines += 1;
+        }
+    }
+    f.flush().unwrap();
+    lines
 }
