@@ -448,6 +448,17 @@ fn serve(config: Config, time_scale: Option<f64>) -> anyhow::Result<ExitCode> {
             "store {}: POST {}/webhooks/{}",
             s.id, summary.public_url, s.id
         )?;
+        if s.mode == config::Mode::DryRun {
+            writeln!(
+                out,
+                "store {}: dry_run — touches go to the outbox only, nothing reaches customers; {}",
+                s.id,
+                match &summary.origin {
+                    Origin::File(p) => format!("set mode = \"live\" in {} to send", p.display()),
+                    Origin::Demo => "the built-in demo always is (`upsell-appliance init` writes a config of your own)".into(),
+                }
+            )?;
+        }
     }
     if demo {
         let s = &summary.stores[0];
@@ -556,7 +567,7 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
             .stores
             .iter()
             .map(|s| {
-                json!({"id": s.id, "platform": s.platform.as_str(), "domain": s.domain,
+                json!({"id": s.id, "mode": s.mode.as_str(), "platform": s.platform.as_str(), "domain": s.domain,
                 "webhook_url": format!("{}/webhooks/{}", config.public_url, s.id),
                 "secrets": s.webhook_secrets.len(), "currency": s.currency.as_str(),
                 "timezone": s.timezone.name()})
@@ -581,8 +592,9 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
         );
         for s in &config.stores {
             println!(
-                "  store {} ({}, {}): webhooks at {}/webhooks/{} ({} secret{})",
+                "  store {} ({}, {}, {}): webhooks at {}/webhooks/{} ({} secret{})",
                 s.id,
+                s.mode.as_str(),
                 s.platform.as_str(),
                 s.domain,
                 config.public_url,
@@ -739,7 +751,7 @@ fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result
         .context("status: unexpected shape of stores")?;
     for s in parsed {
         let w = &s.webhooks;
-        println!("store {}", s.id);
+        println!("store {} ({})", s.id, s.mode);
         println!(
             "  webhooks: {} accepted, {} duplicate, {} rejected, {} quarantined, {} ignored",
             w.accepted, w.duplicate, w.rejected, w.quarantined, w.ignored

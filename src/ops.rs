@@ -975,7 +975,8 @@ pub fn settle_dead_letter(
 
 /// `send-test --touch KIND --to CONTACT`: renders a real offer (the store's latest plan
 /// with one, else a sample) as that touch and sends it through the channel the store routes
-/// it to. With the outbox route nothing is sent: the rendered text is returned.
+/// it to, in `dry_run` too (it goes to the operator, never to a customer). With the outbox
+/// route nothing is sent: the rendered text is returned.
 pub fn send_test(
     storage: &Storage,
     config: &crate::config::Config,
@@ -1065,7 +1066,8 @@ pub fn send_test(
         at: now,
     };
     let router = Router::new(config, templates.clone());
-    let Some(channel) = router.route(&store.id, medium, kind) else {
+    // The configured route even in a dry run: a test goes to the operator's own address.
+    let Some(channel) = router.route_configured(&store.id, medium, kind) else {
         let t = &templates;
         let rendered = match medium {
             Channel::Sms => json!({"sms": t.sms(&m, &store.name).map_err(OpsError::Invalid)?}),

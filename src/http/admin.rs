@@ -379,7 +379,10 @@ pub fn report(
     now: Timestamp,
 ) -> Result<Report, crate::storage::Error> {
     let ids: Vec<&str> = config.stores.iter().map(|s| s.id.as_str()).collect();
-    let stores = storage.status(&ids)?;
+    let mut stores = storage.status(&ids)?;
+    for (st, cfg) in stores.iter_mut().zip(&config.stores) {
+        st.mode = cfg.mode.as_str().to_string();
+    }
     let (stored, processed) = (storage.last_seq()?, storage.processed_seq()?);
     let notices = notices(
         config,
@@ -462,6 +465,16 @@ pub fn notices(
     for (cfg, st) in config.stores.iter().zip(stores) {
         let id = &cfg.id;
         let platform = platform_name(cfg.platform);
+        // Whether anything reaches the store's customers comes first.
+        if cfg.mode == crate::config::Mode::DryRun {
+            say("warn", format!(
+                "Store {id}: DRY RUN: touches go to the outbox only; nothing reaches customers. {}",
+                match &config.origin {
+                    crate::config::Origin::File(p) => format!("Set mode = \"live\" for this store in {} and restart to send.", p.display()),
+                    crate::config::Origin::Demo => "The built-in demo always is; `upsell-appliance init` writes a configuration of your own.".to_string(),
+                }
+            ));
+        }
         let last_rejected = st
             .last_rejected_at
             .as_deref()

@@ -78,7 +78,13 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
             ),
             None => "never".to_string(),
         };
+        // Whether touches reach customers: the notices on top say what to do about it.
+        let sending = match cfg.mode {
+            crate::config::Mode::DryRun => "dry run<small>outbox only</small>",
+            crate::config::Mode::Live => "live",
+        };
         let figures = [
+            ("Sending", sending.to_string()),
             ("Last webhook", last),
             ("Accepted", w.accepted.to_string()),
             ("Duplicates", w.duplicate.to_string()),

@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::engine::due::{on_due, Action, Due, Rules, State};
 use crate::engine::lifecycle::PlanRecord;
 use crate::engine::plan::{Channel, Offer, Recipe};
@@ -815,7 +815,8 @@ impl Worker {
         }
         storage.finish_sent_via(&receipts, now)?;
         // Stores with `also_webhook` get a copy of each message sent to a customer (not of
-        // a copy, nor of one that went to the webhook).
+        // a copy, nor of one that went to the webhook). Not in a dry run: its outbox line
+        // is the whole record, and the webhook is the store's live system.
         mirror.extend(
             receipts
                 .iter()
@@ -828,7 +829,7 @@ impl Worker {
                     && t.channel != Channel::Webhook
                     && config
                         .store(&t.store)
-                        .is_some_and(|s| s.channels.also_webhook)
+                        .is_some_and(|s| s.channels.also_webhook && s.mode == Mode::Live)
             }) && snap.mirror_of(*id).ok().flatten().is_none()
         });
         storage.mirror(&mirror, now)?;

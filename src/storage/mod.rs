@@ -139,6 +139,9 @@ pub struct PurgeBatch {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoreStatus {
     pub id: String,
+    /// `dry_run` or `live`: from the config (the admin report fills it in).
+    #[serde(default)]
+    pub mode: String,
     pub webhooks: WebhookCounts,
     pub orders: i64,
     pub customers: i64,
@@ -778,6 +781,7 @@ impl Storage {
             };
             out.push(StoreStatus {
                 id: s.to_string(),
+                mode: String::new(),
                 webhooks: WebhookCounts {
                     accepted: get(s, C_ACCEPTED)?,
                     duplicate: get(s, C_DUPLICATE)?,

@@ -332,6 +332,38 @@ fn status_works_with_and_without_the_service() {
     assert!(v.get("uptime_seconds").is_none());
 }
 
+/// A store without `mode` is a dry run, and `check-config` and `serve` say so; `live` is
+/// shown as such.
+#[test]
+fn check_config_and_serve_say_which_stores_are_a_dry_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let text = config_text(&data, "127.0.0.1:0", "127.0.0.1:0")
+        .replace("id = \"woo\"\n", "id = \"woo\"\nmode = \"live\"\n");
+    let path = write_config(tmp.path(), &text);
+    let (code, out, _) = run(&["check-config", "--config", &path], tmp.path());
+    assert_eq!(code, 0);
+    assert!(out.contains("  store main (dry_run, shopify,"), "{out}");
+    assert!(out.contains("  store woo (live, woocommerce,"), "{out}");
+    let (code, out, _) = run(&["check-config", "--json", "--config", &path], tmp.path());
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stores"][0]["mode"], "dry_run");
+    assert_eq!(v["stores"][1]["mode"], "live");
+    let (mut child, lines) = spawn_serve(&["--config", &path], tmp.path());
+    let _ = child.kill();
+    let _ = child.wait();
+    let dry: Vec<&String> = lines.iter().filter(|l| l.contains("dry_run")).collect();
+    assert_eq!(
+        dry.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
+        [
+            format!("store main: dry_run — touches go to the outbox only, nothing reaches customers; set mode = \"live\" in {path} to send"),
+            format!("store bc: dry_run — touches go to the outbox only, nothing reaches customers; set mode = \"live\" in {path} to send"),
+        ],
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn demo_default_serves_a_signed_test_order() {
     let tmp = tempfile::tempdir().unwrap();
