@@ -98,6 +98,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop all sending of a store at once, without a restart (durable: a restart keeps it)
+    Pause {
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start sending again; touches that fell due meanwhile follow the misfire policy
+    Resume {
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Touches a provider refused for good: list, show, retry or drop them
     Deadletters {
         #[command(subcommand)]
@@ -392,6 +406,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
             json,
         } => send_test(&load(&cli.config)?, &touch, &to, store, json),
         Command::Compact { json } => compact(&load(&cli.config)?, json),
+        Command::Pause { store, json } => pause(&load(&cli.config)?, true, store, json),
+        Command::Resume { store, json } => pause(&load(&cli.config)?, false, store, json),
     }
 }
 
@@ -442,6 +458,7 @@ fn serve(config: Config, time_scale: Option<f64>) -> anyhow::Result<ExitCode> {
         "admin on {} (status: http://{}/api/status)",
         running.admin_addr, running.admin_addr
     )?;
+    let snap = running.storage.snapshot()?;
     for s in &summary.stores {
         writeln!(
             out,
@@ -459,7 +476,17 @@ fn serve(config: Config, time_scale: Option<f64>) -> anyhow::Result<ExitCode> {
                 }
             )?;
         }
+        if let Some(p) = snap.paused(&s.id)? {
+            writeln!(
+                out,
+                "store {}: PAUSED since {} — nothing is sent until `upsell-appliance resume --store {}`",
+                s.id,
+                p.since.to_rfc3339(),
+                s.id
+            )?;
+        }
     }
+    drop(snap);
     if demo {
         let s = &summary.stores[0];
         writeln!(out, "demo admin token: {}", summary.admin_token)?;
@@ -751,7 +778,14 @@ fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result
         .context("status: unexpected shape of stores")?;
     for s in parsed {
         let w = &s.webhooks;
-        println!("store {} ({})", s.id, s.mode);
+        println!(
+            "store {} ({}{})",
+            s.id,
+            s.mode,
+            s.paused_since
+                .as_deref()
+                .map_or(String::new(), |t| format!(", PAUSED since {t}"))
+        );
         println!(
             "  webhooks: {} accepted, {} duplicate, {} rejected, {} quarantined, {} ignored",
             w.accepted, w.duplicate, w.rejected, w.quarantined, w.ignored
@@ -1497,6 +1531,49 @@ fn send_test(
             v["result"]["error"].as_str().unwrap_or("")
         );
         return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pause` / `resume`: through the service (which also stops or restarts its sending at
+/// once), else into the database file (the next `serve` reads it).
+fn pause(
+    config: &Config,
+    pause: bool,
+    store: Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let store = store_of(config, &store)?;
+    let verb = if pause { "pause" } else { "resume" };
+    let api = format!("/api/{verb}?store={store}");
+    let (v, source) = via_service_or_file(config, "POST", &api, |s| {
+        let by = "the command line (service stopped)";
+        crate::ops::set_paused(s, &store, pause, by, now).map_err(ops_err)
+    })?;
+    if as_json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let since = v["paused_since"].as_str().unwrap_or("");
+    let changed = v["changed"] == true;
+    match (pause, changed) {
+        (true, true) => println!(
+            "store {store} paused at {since}: nothing is sent until `upsell-appliance resume --store {store}`; touches falling due meanwhile wait and then follow the misfire policy ({source})"
+        ),
+        (true, false) => println!(
+            "store {store} was already paused (since {since}): nothing is sent until `upsell-appliance resume --store {store}` ({source})"
+        ),
+        (false, true) => println!(
+            "store {store} resumed (paused since {since}): sending again; touches that fell due meanwhile are decided now by the misfire policy (within their grace they go, later ones are skipped as stale) ({source})"
+        ),
+        (false, false) => println!("store {store} was not paused; nothing changed ({source})"),
+    }
+    if let Some(n) = v["still_sending"].as_u64().filter(|n| *n > 0) {
+        println!(
+            "warning: {n} send(s) of store {store} already in flight had not finished after {} s (a provider slow to answer); they end within [outbound] timeout_secs, and no new one starts",
+            crate::pipeline::pause::WAIT.as_secs()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,6 +29,8 @@ pub struct AdminCtx {
     pub clock: Arc<dyn Clock>,
     /// What the scheduler reports (start-up catch-up, rounds, its last error).
     pub scheduler: crate::pipeline::scheduler::SharedReport,
+    /// Each store's pause, as the scheduler reads it before every send.
+    pub pauses: Arc<crate::pipeline::pause::Pauses>,
 }
 
 pub fn handle(ctx: &AdminCtx, rq: Request) {
@@ -169,6 +171,21 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 crate::ops::settle_dead_letter(&ctx.storage, &store, &touch, retry, ctx.clock.now())
             })
         }
+        (Method::Post, "/api/pause" | "/api/resume") => pick(ctx, &query).and_then(|store| {
+            let pause = path == "/api/pause";
+            // Durable first, so a restart from here on keeps it; then the scheduler's flag,
+            // waiting for the sends in flight: when this answers, nothing more is sent.
+            let mut v = crate::ops::set_paused(
+                &ctx.storage,
+                &store,
+                pause,
+                "the admin API",
+                ctx.clock.now(),
+            )?;
+            let left = ctx.pauses.set(&store, pause, crate::pipeline::pause::WAIT);
+            v["still_sending"] = json!(left);
+            Ok(v)
+        }),
         (Method::Post, "/api/send-test") => pick(ctx, &query).and_then(|store| {
             let arg = |k: &str| super::page::form_value(query.as_bytes(), k).unwrap_or_default();
             let cfg = ctx.config.store(&store).ok_or_else(|| {
@@ -466,6 +483,12 @@ pub fn notices(
         let id = &cfg.id;
         let platform = platform_name(cfg.platform);
         // Whether anything reaches the store's customers comes first.
+        if let Some(since) = &st.paused_since {
+            say("warn", format!(
+                "Store {id}: PAUSED since {since} — nothing is sent{}. Touches falling due meanwhile wait; `upsell-appliance resume --store {id}` sends again, and they then follow the misfire policy (within their grace they go, later ones are skipped as stale).",
+                st.paused_by.as_deref().map_or(String::new(), |by| format!(" (paused through {by})"))
+            ));
+        }
         if cfg.mode == crate::config::Mode::DryRun {
             say("warn", format!(
                 "Store {id}: DRY RUN: touches go to the outbox only; nothing reaches customers. {}",
