@@ -164,14 +164,20 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         keys.insert(s.id.clone(), storage.link_key(&s.id)?);
     }
     let link_keys = Arc::new(keys);
+    // Paused stores, as the database has them: a restart does not resume sending.
+    let pauses = Arc::new(crate::pipeline::pause::Pauses::load(
+        &storage,
+        &config.store_ids(),
+    )?);
     let scheduler = {
-        let (storage, stop, config, clock, scheduler_report, link_keys) = (
+        let (storage, stop, config, clock, scheduler_report, link_keys, pauses) = (
             storage.clone(),
             stop.clone(),
             config.clone(),
             opts.clock.clone(),
             scheduler_report.clone(),
             link_keys.clone(),
+            pauses.clone(),
         );
         let outbox =
             crate::outbound::outbox::Outbox::open(&config.data_dir).with_context(|| {
@@ -189,6 +195,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
             clock,
             outbox,
             link_keys,
+            pauses,
             scheduler_report,
             stop,
         )?
@@ -223,6 +230,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         started: Instant::now(),
         clock: opts.clock.clone(),
         scheduler: scheduler_report.clone(),
+        pauses,
     });
     let workers = [
         Workers::start(

@@ -111,6 +111,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop all sending of a store at once, without a restart (durable: a restart keeps it)
+    Pause {
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start sending again; touches that fell due meanwhile follow the misfire policy
+    Resume {
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Touches a provider refused for good: list, show, retry or drop them
     Deadletters {
         #[command(subcommand)]
@@ -411,6 +425,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
             json,
         } => send_test(&load(&cli.config)?, &touch, &to, store, json),
         Command::Compact { json } => compact(&load(&cli.config)?, json),
+        Command::Pause { store, json } => pause(&load(&cli.config)?, true, store, json),
+        Command::Resume { store, json } => pause(&load(&cli.config)?, false, store, json),
     }
 }
 
@@ -461,13 +477,35 @@ fn serve(config: Config, time_scale: Option<f64>) -> anyhow::Result<ExitCode> {
         "admin on {} (status: http://{}/api/status)",
         running.admin_addr, running.admin_addr
     )?;
+    let snap = running.storage.snapshot()?;
     for s in &summary.stores {
         writeln!(
             out,
             "store {}: POST {}/webhooks/{}",
             s.id, summary.public_url, s.id
         )?;
+        if s.mode == config::Mode::DryRun {
+            writeln!(
+                out,
+                "store {}: dry_run — touches go to the outbox only, nothing reaches customers; {}",
+                s.id,
+                match &summary.origin {
+                    Origin::File(p) => format!("set mode = \"live\" in {} to send", p.display()),
+                    Origin::Demo => "the built-in demo always is (`upsell-appliance init` writes a config of your own)".into(),
+                }
+            )?;
+        }
+        if let Some(p) = snap.paused(&s.id)? {
+            writeln!(
+                out,
+                "store {}: PAUSED since {} — nothing is sent until `upsell-appliance resume --store {}`",
+                s.id,
+                p.since.to_rfc3339(),
+                s.id
+            )?;
+        }
     }
+    drop(snap);
     if demo {
         let s = &summary.stores[0];
         writeln!(out, "demo admin token: {}", summary.admin_token)?;
@@ -575,7 +613,7 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
             .stores
             .iter()
             .map(|s| {
-                json!({"id": s.id, "platform": s.platform.as_str(), "domain": s.domain,
+                json!({"id": s.id, "mode": s.mode.as_str(), "platform": s.platform.as_str(), "domain": s.domain,
                 "webhook_url": format!("{}/webhooks/{}", config.public_url, s.id),
                 "secrets": s.webhook_secrets.len(), "currency": s.currency.as_str(),
                 "timezone": s.timezone.name()})
@@ -600,8 +638,9 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
         );
         for s in &config.stores {
             println!(
-                "  store {} ({}, {}): webhooks at {}/webhooks/{} ({} secret{})",
+                "  store {} ({}, {}, {}): webhooks at {}/webhooks/{} ({} secret{})",
                 s.id,
+                s.mode.as_str(),
                 s.platform.as_str(),
                 s.domain,
                 config.public_url,
@@ -758,7 +797,14 @@ fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result
         .context("status: unexpected shape of stores")?;
     for s in parsed {
         let w = &s.webhooks;
-        println!("store {}", s.id);
+        println!(
+            "store {} ({}{})",
+            s.id,
+            s.mode,
+            s.paused_since
+                .as_deref()
+                .map_or(String::new(), |t| format!(", PAUSED since {t}"))
+        );
         println!(
             "  webhooks: {} accepted, {} duplicate, {} rejected, {} quarantined, {} ignored",
             w.accepted, w.duplicate, w.rejected, w.quarantined, w.ignored
@@ -1668,6 +1714,49 @@ fn send_test(
             v["result"]["error"].as_str().unwrap_or("")
         );
         return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pause` / `resume`: through the service (which also stops or restarts its sending at
+/// once), else into the database file (the next `serve` reads it).
+fn pause(
+    config: &Config,
+    pause: bool,
+    store: Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let store = store_of(config, &store)?;
+    let verb = if pause { "pause" } else { "resume" };
+    let api = format!("/api/{verb}?store={store}");
+    let (v, source) = via_service_or_file(config, "POST", &api, |s| {
+        let by = "the command line (service stopped)";
+        crate::ops::set_paused(s, &store, pause, by, now).map_err(ops_err)
+    })?;
+    if as_json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let since = v["paused_since"].as_str().unwrap_or("");
+    let changed = v["changed"] == true;
+    match (pause, changed) {
+        (true, true) => println!(
+            "store {store} paused at {since}: nothing is sent until `upsell-appliance resume --store {store}`; touches falling due meanwhile wait and then follow the misfire policy ({source})"
+        ),
+        (true, false) => println!(
+            "store {store} was already paused (since {since}): nothing is sent until `upsell-appliance resume --store {store}` ({source})"
+        ),
+        (false, true) => println!(
+            "store {store} resumed (paused since {since}): sending again; touches that fell due meanwhile are decided now by the misfire policy (within their grace they go, later ones are skipped as stale) ({source})"
+        ),
+        (false, false) => println!("store {store} was not paused; nothing changed ({source})"),
+    }
+    if let Some(n) = v["still_sending"].as_u64().filter(|n| *n > 0) {
+        println!(
+            "warning: {n} send(s) of store {store} already in flight had not finished after {} s (a provider slow to answer); they end within [outbound] timeout_secs, and no new one starts",
+            crate::pipeline::pause::WAIT.as_secs()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

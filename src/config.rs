@@ -264,9 +264,30 @@ impl Cron {
     }
 }
 
+/// Whether a store's touches reach customers (`mode` per store).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything runs, but every touch goes to the outbox file, whatever the channels
+    /// say: nothing reaches a customer. The default, so a new store is tried out first.
+    DryRun,
+    /// Touches go through the configured channels.
+    Live,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::DryRun => "dry_run",
+            Mode::Live => "live",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     pub id: String,
+    /// `dry_run` (default) or `live`: whether touches reach customers.
+    pub mode: Mode,
     /// The store's name as customers know it, in messages (default: the id).
     pub name: String,
     pub platform: Platform,
@@ -432,6 +453,7 @@ struct RawAffinity {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     id: Option<String>,
+    mode: Option<String>,
     name: Option<String>,
     platform: Option<String>,
     domain: Option<String>,
@@ -1341,6 +1363,16 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
                 key("id")
             ));
         }
+        let mode = match s.mode.as_deref() {
+            None | Some("dry_run") => Mode::DryRun,
+            Some("live") => Mode::Live,
+            Some(m) => {
+                return Err(format!(
+                    "{} = {m:?} (store {id}) is not a mode; use \"dry_run\" (touches go to the outbox only) or \"live\" (touches reach customers)",
+                    key("mode")
+                ))
+            }
+        };
         let platform = match s.platform.as_deref() {
             Some("shopify") => Platform::Shopify,
             Some("woocommerce") => Platform::WooCommerce,
@@ -1419,6 +1451,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         let projection = projection(s.projection.unwrap_or_default(), &key("projection"))?;
         stores.push(StoreConfig {
             projection,
+            mode,
             name: s
                 .name
                 .filter(|n| !n.trim().is_empty())
@@ -1715,6 +1748,26 @@ transit_days = 6
             assert!(err.contains(says), "{channels}: {err}");
             assert!(!err.contains("c2VjcmV0"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_store_is_a_dry_run_unless_its_mode_says_live() {
+        let store = "admin_token = \"0123456789abcdef0123\"\n[[stores]]\nid = \"s\"\nplatform = \"shopify\"\ndomain = \"s.myshopify.com\"\nwebhook_secrets = [\"x\"]\n";
+        let mode = |line: &str| {
+            parse(&format!("{store}{line}"), Path::new("/"), Origin::Demo)
+                .map(|c| c.stores[0].mode)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(mode(""), Ok(Mode::DryRun));
+        assert_eq!(mode("mode = \"dry_run\""), Ok(Mode::DryRun));
+        assert_eq!(mode("mode = \"live\""), Ok(Mode::Live));
+        assert_eq!(
+            mode("mode = \"Live\""),
+            Err("config the built-in demo config: stores[0].mode = \"Live\" (store s) is not a mode; use \"dry_run\" (touches go to the outbox only) or \"live\" (touches reach customers)".into())
+        );
+        // The demo and the template `init` writes start as dry runs.
+        assert!(DEMO_CONFIG.contains("\nmode = \"dry_run\""));
+        assert!(TEMPLATE.contains("\nmode = \"dry_run\""));
     }
 
     #[test]

@@ -628,6 +628,31 @@ pub fn customer_suppress(
     )
 }
 
+/// `pause` (`pause = true`) or `resume`: the store's durable pause row, written before it
+/// returns (the service then sets the scheduler's flag; without a service the next `serve`
+/// reads it). A pause already in force keeps its time. `paused_since`: when the pause in
+/// force (or, resuming, the one ended) began; `changed`: false when the store already was
+/// in that state. `still_sending`: sends in flight that a pause did not see finish (the
+/// service fills it in).
+pub fn set_paused(
+    storage: &Storage,
+    store: &str,
+    pause: bool,
+    source: &str,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let row = crate::storage::pause::PauseRow {
+        since: now,
+        source: source.to_string(),
+    };
+    let before = storage.set_paused(store, pause.then_some(&row))?;
+    let changed = before.is_some() != pause;
+    let shown = if pause { before.or(Some(row)) } else { before };
+    Ok(json!({"store": store, "paused": pause, "changed": changed,
+        "paused_since": shown.as_ref().map(|r| r.since.to_rfc3339()),
+        "paused_by": shown.map(|r| r.source), "still_sending": 0}))
+}
+
 /// `customer unsuppress`: takes a contact off the list.
 pub fn customer_unsuppress(
     storage: &Storage,
@@ -975,7 +1000,8 @@ pub fn settle_dead_letter(
 
 /// `send-test --touch KIND --to CONTACT`: renders a real offer (the store's latest plan
 /// with one, else a sample) as that touch and sends it through the channel the store routes
-/// it to. With the outbox route nothing is sent: the rendered text is returned.
+/// it to, in `dry_run` too (it goes to the operator, never to a customer). With the outbox
+/// route nothing is sent: the rendered text is returned.
 pub fn send_test(
     storage: &Storage,
     config: &crate::config::Config,
@@ -1065,7 +1091,8 @@ pub fn send_test(
         at: now,
     };
     let router = Router::new(config, templates.clone());
-    let Some(channel) = router.route(&store.id, medium, kind) else {
+    // The configured route even in a dry run: a test goes to the operator's own address.
+    let Some(channel) = router.route_configured(&store.id, medium, kind) else {
         let t = &templates;
         let rendered = match medium {
             Channel::Sms => json!({"sms": t.sms(&m, &store.name).map_err(OpsError::Invalid)?}),

@@ -29,6 +29,8 @@ pub struct AdminCtx {
     pub clock: Arc<dyn Clock>,
     /// What the scheduler reports (start-up catch-up, rounds, its last error).
     pub scheduler: crate::pipeline::scheduler::SharedReport,
+    /// Each store's pause, as the scheduler reads it before every send.
+    pub pauses: Arc<crate::pipeline::pause::Pauses>,
 }
 
 pub fn handle(ctx: &AdminCtx, rq: Request) {
@@ -169,6 +171,21 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 crate::ops::settle_dead_letter(&ctx.storage, &store, &touch, retry, ctx.clock.now())
             })
         }
+        (Method::Post, "/api/pause" | "/api/resume") => pick(ctx, &query).and_then(|store| {
+            let pause = path == "/api/pause";
+            // Durable first, so a restart from here on keeps it; then the scheduler's flag,
+            // waiting for the sends in flight: when this answers, nothing more is sent.
+            let mut v = crate::ops::set_paused(
+                &ctx.storage,
+                &store,
+                pause,
+                "the admin API",
+                ctx.clock.now(),
+            )?;
+            let left = ctx.pauses.set(&store, pause, crate::pipeline::pause::WAIT);
+            v["still_sending"] = json!(left);
+            Ok(v)
+        }),
         (Method::Get, "/api/replay") => pick(ctx, &query).and_then(|store| {
             let arg = |k: &str| super::page::form_value(query.as_bytes(), k);
             let cfg = ctx.config.store(&store).ok_or_else(|| {
@@ -393,7 +410,10 @@ pub fn report(
     now: Timestamp,
 ) -> Result<Report, crate::storage::Error> {
     let ids: Vec<&str> = config.stores.iter().map(|s| s.id.as_str()).collect();
-    let stores = storage.status(&ids)?;
+    let mut stores = storage.status(&ids)?;
+    for (st, cfg) in stores.iter_mut().zip(&config.stores) {
+        st.mode = cfg.mode.as_str().to_string();
+    }
     let (stored, processed) = (storage.last_seq()?, storage.processed_seq()?);
     let notices = notices(
         config,
@@ -476,6 +496,22 @@ pub fn notices(
     for (cfg, st) in config.stores.iter().zip(stores) {
         let id = &cfg.id;
         let platform = platform_name(cfg.platform);
+        // Whether anything reaches the store's customers comes first.
+        if let Some(since) = &st.paused_since {
+            say("warn", format!(
+                "Store {id}: PAUSED since {since} — nothing is sent{}. Touches falling due meanwhile wait; `upsell-appliance resume --store {id}` sends again, and they then follow the misfire policy (within their grace they go, later ones are skipped as stale).",
+                st.paused_by.as_deref().map_or(String::new(), |by| format!(" (paused through {by})"))
+            ));
+        }
+        if cfg.mode == crate::config::Mode::DryRun {
+            say("warn", format!(
+                "Store {id}: DRY RUN: touches go to the outbox only; nothing reaches customers. {}",
+                match &config.origin {
+                    crate::config::Origin::File(p) => format!("Set mode = \"live\" for this store in {} and restart to send.", p.display()),
+                    crate::config::Origin::Demo => "The built-in demo always is; `upsell-appliance init` writes a configuration of your own.".to_string(),
+                }
+            ));
+        }
         let last_rejected = st
             .last_rejected_at
             .as_deref()

@@ -78,7 +78,17 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
             ),
             None => "never".to_string(),
         };
+        // Whether touches reach customers: the notices on top say what to do about it.
+        let sending = match (&st.paused_since, cfg.mode) {
+            (Some(t), _) => format!(
+                "paused<small>since {}</small>",
+                millis_of(t).map_or_else(|| esc(t), |ms| ago(now, ms))
+            ),
+            (None, crate::config::Mode::DryRun) => "dry run<small>outbox only</small>".into(),
+            (None, crate::config::Mode::Live) => "live".into(),
+        };
         let figures = [
+            ("Sending", sending),
             ("Last webhook", last),
             ("Accepted", w.accepted.to_string()),
             ("Duplicates", w.duplicate.to_string()),

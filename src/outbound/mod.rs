@@ -135,6 +135,8 @@ pub struct Router {
 }
 
 struct StoreChannels {
+    /// `mode = "live"`: a dry run routes every touch to the outbox.
+    live: bool,
     email: crate::config::Route,
     sms: crate::config::Route,
     kinds: std::collections::BTreeMap<TouchKind, crate::config::Route>,
@@ -156,6 +158,7 @@ impl Router {
             .map(|s| {
                 let c = &s.channels;
                 let channels = StoreChannels {
+                    live: s.mode == crate::config::Mode::Live,
                     email: c.email,
                     sms: c.sms,
                     kinds: c.kinds.clone(),
@@ -200,8 +203,24 @@ impl Router {
     }
 
     /// The channel a touch of `kind` on `medium` of `store` goes through (the kind's own
-    /// route where the store set one, else the medium's); `None`: the outbox.
+    /// route where the store set one, else the medium's); `None`: the outbox, which is
+    /// where every touch of a store in `dry_run` goes.
     pub fn route(&self, store: &str, medium: Medium, kind: TouchKind) -> Option<&dyn Channel> {
+        if !self.stores.get(store)?.live {
+            return None;
+        }
+        self.route_configured(store, medium, kind)
+    }
+
+    /// The route the store's `[stores.channels]` names, whatever its mode: only for
+    /// `send-test`, which sends to the operator, never to a customer, so it really sends
+    /// in a dry run too (that is its purpose). Touches go by [`Router::route`].
+    pub fn route_configured(
+        &self,
+        store: &str,
+        medium: Medium,
+        kind: TouchKind,
+    ) -> Option<&dyn Channel> {
         use crate::config::Route;
         let s = self.stores.get(store)?;
         let route = match medium {

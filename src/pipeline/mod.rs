@@ -8,6 +8,7 @@
 //! side hands over) or ureq.
 
 pub mod jobs;
+pub mod pause;
 pub mod planner;
 pub mod processor;
 pub mod scheduler;

@@ -14,6 +14,12 @@
 //! At start, touches left in `sending` by a crash are reconciled against the outbox's tail,
 //! so each touch goes out exactly once; touches that fell due while stopped are counted and
 //! the misfire policy's outcome is logged and kept for `/api/status`.
+//!
+//! A paused store's touches (`pipeline::pause`) are neither decided nor sent: the wheel
+//! holds them back (remembering the earliest due time per store and loading again from
+//! there once the store is resumed), a worker hands back those that reach it, and one
+//! caught between its decision and its send is put back at its due time unchanged. After
+//! `resume` they are decided like any late touch: the misfire policy applies.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -26,7 +32,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::engine::due::{on_due, Action, Rules, State};
 use crate::engine::lifecycle::PlanRecord;
 use crate::engine::plan::{Channel, Offer, Recipe};
@@ -34,6 +40,7 @@ use crate::engine::Timestamp;
 use crate::outbound::outbox::{Outbox, OutboxLine};
 use crate::outbound::templates::Templates;
 use crate::outbound::{LinkKeys, Links, Message, Outcome, Router};
+use crate::pipeline::pause::Pauses;
 use crate::storage::plans::{contact_keys, contact_of, suppression_key, SuppressionRow};
 use crate::storage::touches::{Receipt, Settle, TimerKey, TouchRecord};
 use crate::storage::{Error, Snapshot, Storage};
@@ -122,12 +129,14 @@ impl Scheduler {
 }
 
 /// Reconciles what a crash left in `sending`, then starts the wheel and `workers` workers.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     storage: Arc<Storage>,
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
     outbox: Outbox,
     link_keys: Arc<LinkKeys>,
+    pauses: Arc<Pauses>,
     report: SharedReport,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Scheduler> {
@@ -176,6 +185,7 @@ pub fn start(
                     outbox: outbox.clone(),
                     router: router.clone(),
                     link_keys: link_keys.clone(),
+                    pauses: pauses.clone(),
                     started,
                     stop: stop.clone(),
                 };
@@ -195,7 +205,7 @@ pub fn start(
             if queues.is_empty() {
                 eprintln!("scheduler: no workers; touches are not sent");
             } else {
-                Wheel::new(storage, clock, report, queues, done_rx, late).run(&stop);
+                Wheel::new(storage, clock, pauses, report, queues, done_rx, late).run(&stop);
             }
             for w in workers {
                 let _ = w.join();
@@ -251,12 +261,15 @@ struct Done {
     result: Result<Round, String>,
     /// Of those decided, the ones that fell due while the service was stopped.
     late: Round,
+    /// Not decided: their store is paused (back to the wheel, which holds them).
+    held: Vec<TimerKey>,
 }
 
 /// The in-memory near horizon, and the dispatch to workers.
 struct Wheel {
     storage: Arc<Storage>,
     clock: Arc<dyn Clock>,
+    pauses: Arc<Pauses>,
     report: SharedReport,
     queues: Vec<Sender<Vec<u64>>>,
     done: Receiver<Done>,
@@ -268,6 +281,9 @@ struct Wheel {
     busy: Vec<usize>,
     /// Keys popped while their touch was at a worker: back into `due` when it reports.
     parked: Vec<TimerKey>,
+    /// Per paused store, the earliest due time of the keys popped and not dispatched:
+    /// loaded again from there once the store is resumed.
+    held: HashMap<String, i64>,
     /// Touches that fell due while stopped and are not decided yet.
     late_left: u64,
     paused_until: Option<Instant>,
@@ -279,6 +295,7 @@ impl Wheel {
     fn new(
         storage: Arc<Storage>,
         clock: Arc<dyn Clock>,
+        pauses: Arc<Pauses>,
         report: SharedReport,
         queues: Vec<Sender<Vec<u64>>>,
         done: Receiver<Done>,
@@ -288,6 +305,7 @@ impl Wheel {
         Wheel {
             storage,
             clock,
+            pauses,
             report,
             queues,
             done,
@@ -296,6 +314,7 @@ impl Wheel {
             in_flight: HashMap::new(),
             busy: vec![0; n],
             parked: Vec::new(),
+            held: HashMap::new(),
             late_left: late,
             paused_until: None,
             blocked: false,
@@ -334,6 +353,20 @@ impl Wheel {
         if let Some(from) = feed.rescan_from {
             let keys = snap.timers_between((from, 0), self.loaded, usize::MAX)?;
             self.due.extend(keys);
+        }
+        // A resumed store's held keys: the refill below loads them again (a bounded
+        // scan, unlike the rescan above: a long pause may hold more than the wheel).
+        let pauses = &self.pauses;
+        let mut resumed = None;
+        self.held.retain(|store, from| {
+            let back = !pauses.is_paused(store);
+            if back {
+                resumed = Some(resumed.map_or(*from, |r: i64| r.min(*from)));
+            }
+            !back
+        });
+        if let Some(from) = resumed {
+            self.loaded = self.loaded.min((from, 0));
         }
         let end = (now.saturating_add(HORIZON), 0);
         if self.loaded < end && self.due.len() < WHEEL_MAX {
@@ -381,6 +414,12 @@ impl Wheel {
                 // Sent, skipped or moved since this key was loaded: its current key (if
                 // any) is in the wheel or beyond it.
                 self.due.pop_first();
+                continue;
+            }
+            if self.pauses.is_paused(&t.store) {
+                self.due.pop_first();
+                let from = self.held.entry(t.store).or_insert(key.0);
+                *from = (*from).min(key.0);
                 continue;
             }
             let w = shard(&t, n);
@@ -436,6 +475,8 @@ impl Wheel {
                 self.busy[w] -= 1;
             }
         }
+        // Back into the wheel: `dispatch` holds them while their store is paused.
+        self.due.extend(d.held);
         if !self.parked.is_empty() {
             let parked = std::mem::take(&mut self.parked);
             for k in parked {
@@ -510,6 +551,7 @@ struct Worker {
     outbox: Arc<Mutex<Outbox>>,
     router: Arc<Router>,
     link_keys: Arc<LinkKeys>,
+    pauses: Arc<Pauses>,
     started: Timestamp,
     /// Set at shutdown: the round's touches not yet sent are put back, due at once.
     stop: Arc<AtomicBool>,
@@ -526,7 +568,8 @@ impl Worker {
                 }
             }
             let mut late = Round::default();
-            let result = self.fire(&ids, &mut late).map_err(|e| {
+            let mut held = Vec::new();
+            let result = self.fire(&ids, &mut late, &mut held).map_err(|e| {
                 // What this round left in `sending` is settled against the outbox now.
                 if let Err(e) = reconcile(
                     &self.storage,
@@ -539,15 +582,27 @@ impl Worker {
                 }
                 format!("scheduler: {e}; retrying in {BACKOFF:?}")
             });
-            if done.send(Done { ids, result, late }).is_err() {
+            let report = Done {
+                ids,
+                result,
+                late,
+                held,
+            };
+            if done.send(report).is_err() {
                 return;
             }
         }
     }
 
     /// Decides and records the touches `ids` that are pending and due by the clock's now.
-    /// `late` counts the outcome of those that fell due before `started`.
-    fn fire(&self, ids: &[u64], late: &mut Round) -> Result<Round, Error> {
+    /// `late` counts the outcome of those that fell due before `started`; `held` gets the
+    /// keys of those not decided because their store is paused.
+    fn fire(
+        &self,
+        ids: &[u64],
+        late: &mut Round,
+        held: &mut Vec<TimerKey>,
+    ) -> Result<Round, Error> {
         let (storage, config, clock, outbox, started) = (
             self.storage.as_ref(),
             self.config.as_ref(),
@@ -573,6 +628,11 @@ impl Worker {
         for &id in ids {
             let Some(t) = snap.touch(id)? else { continue };
             if !t.state.pending() || t.due_at > now {
+                continue;
+            }
+            if self.pauses.is_paused(&t.store) {
+                // Left pending, its due time unchanged: decided after `resume`.
+                held.push((t.due_at.0, id));
                 continue;
             }
             let was_late = t.due_at < started;
@@ -665,13 +725,52 @@ impl Worker {
         // Messages sent through a provider, to copy to stores' webhooks (`also_webhook`).
         let mut mirror: Vec<u64> = Vec::new();
         let mut sent_now: Vec<u64> = Vec::new();
+        // A touch whose store was paused after it was decided: back, at its due time.
+        let paused = |id: u64, t: &TouchRecord| {
+            (
+                (t.due_at.0, id),
+                Settle::Defer {
+                    until: t.due_at,
+                    reason: "sending is paused (upsell-appliance pause)".into(),
+                    code: "paused",
+                },
+            )
+        };
+        // The outbox's lines first, each counted in flight for its store's pause until the
+        // file is synced; then the providers, one request at a time (a slow provider does
+        // not hold a pause back for a whole round).
+        let mut writing = Vec::new();
+        let mut providers = Vec::new();
         for (id, t) in &sending {
             let offer = offers.remove(id).flatten();
             let key = self.link_keys.get(&t.store).map_or(&[][..], Vec::as_slice);
             let links = Links::of(&config.public_url, key, &t.store, *id, offer.is_some());
-            if self.stop.load(Ordering::Relaxed)
-                && self.router.route(&t.store, t.channel, t.kind).is_some()
-            {
+            if let Some(channel) = self.router.route(&t.store, t.channel, t.kind) {
+                providers.push((id, t, offer, links, channel));
+                continue;
+            }
+            match self.pauses.enter(&t.store) {
+                Some(s) => {
+                    writing.push(s);
+                    lines.push(line(*id, t, offer.as_ref(), links, now));
+                    receipts.push((*id, Receipt::outbox()));
+                }
+                None => outcomes.push(paused(*id, t)),
+            }
+        }
+        if !lines.is_empty() {
+            let mut outbox = outbox.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = outbox.send(&lines) {
+                return Err(Error::Codec(format!(
+                    "writing {}: {e} ({} touches to reconcile)",
+                    outbox.path().display(),
+                    lines.len()
+                )));
+            }
+        }
+        drop(writing);
+        for (id, t, offer, links, channel) in providers {
+            if self.stop.load(Ordering::Relaxed) {
                 // Stopping: what a provider has not been asked yet waits for the next start
                 // (the request in flight finished; no new one starts).
                 outcomes.push((
@@ -684,11 +783,6 @@ impl Worker {
                 ));
                 continue;
             }
-            let Some(channel) = self.router.route(&t.store, t.channel, t.kind) else {
-                lines.push(line(*id, t, offer.as_ref(), links, now));
-                receipts.push((*id, Receipt::outbox()));
-                continue;
-            };
             if let Some(why) = snap.disabled(&t.store, channel.name())? {
                 let reason = format!("the {} endpoint is disabled: {why}", channel.name());
                 outcomes.push((
@@ -722,8 +816,13 @@ impl Worker {
                 at,
                 links,
             };
+            let Some(in_flight) = self.pauses.enter(&t.store) else {
+                outcomes.push(paused(*id, t));
+                continue;
+            };
             let started = std::time::Instant::now();
             let outcome = channel.send(&m);
+            drop(in_flight);
             let key = (t.due_at.0, *id);
             let dead = |reason: String, disable: Option<&'static str>| Settle::Dead {
                 reason,
@@ -803,19 +902,10 @@ impl Worker {
                 mirror.push(*id);
             }
         }
-        if !lines.is_empty() {
-            let mut outbox = outbox.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = outbox.send(&lines) {
-                return Err(Error::Codec(format!(
-                    "writing {}: {e} ({} touches to reconcile)",
-                    outbox.path().display(),
-                    lines.len()
-                )));
-            }
-        }
         storage.finish_sent_via(&receipts, now)?;
         // Stores with `also_webhook` get a copy of each message sent to a customer (not of
-        // a copy, nor of one that went to the webhook).
+        // a copy, nor of one that went to the webhook). Not in a dry run: its outbox line
+        // is the whole record, and the webhook is the store's live system.
         mirror.extend(
             receipts
                 .iter()
@@ -828,7 +918,7 @@ impl Worker {
                     && t.channel != Channel::Webhook
                     && config
                         .store(&t.store)
-                        .is_some_and(|s| s.channels.also_webhook)
+                        .is_some_and(|s| s.channels.also_webhook && s.mode == Mode::Live)
             }) && snap.mirror_of(*id).ok().flatten().is_none()
         });
         storage.mirror(&mirror, now)?;
@@ -1060,18 +1150,60 @@ mod tests {
                 Arc::new(Templates::load(None).unwrap()),
             )),
             link_keys: Arc::new(LinkKeys::new()),
+            pauses: Arc::new(Pauses::load(&storage, &config.store_ids()).unwrap()),
             stop: Arc::new(AtomicBool::new(false)),
             config,
             clock: Arc::new(crate::clock::TestClock::at(Timestamp(T0 + 10 * DAY))),
             outbox: Arc::new(Mutex::new(Outbox::open(dir.path()).unwrap())),
             started: Timestamp(T0),
         };
-        worker.fire(&[5], &mut Round::default()).unwrap();
+        worker
+            .fire(&[5], &mut Round::default(), &mut Vec::new())
+            .unwrap();
         let t = storage.snapshot().unwrap().touch(5).unwrap().unwrap();
         match t.state {
             crate::storage::touches::TouchState::Skipped { reason } => reason,
             s => s.as_str().to_string(),
         }
+    }
+
+    #[test]
+    fn a_paused_stores_due_touch_is_handed_back_undecided() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &Default::default()).unwrap();
+        storage
+            .write_plans(&PlanWrites {
+                plans: vec![record(1, TouchKind::Touch1, T0)],
+                ..Default::default()
+            })
+            .unwrap();
+        let config = Arc::new(config(false));
+        let pauses = Arc::new(Pauses::load(&storage, &config.store_ids()).unwrap());
+        pauses.set("s", true, Duration::ZERO);
+        let worker = Worker {
+            storage: storage.clone(),
+            router: Arc::new(Router::new(
+                &config,
+                Arc::new(Templates::load(None).unwrap()),
+            )),
+            link_keys: Arc::new(LinkKeys::new()),
+            pauses: pauses.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            config,
+            clock: Arc::new(crate::clock::TestClock::at(Timestamp(T0 + DAY))),
+            outbox: Arc::new(Mutex::new(Outbox::open(dir.path()).unwrap())),
+            started: Timestamp(T0),
+        };
+        let mut held = Vec::new();
+        let round = worker.fire(&[1], &mut Round::default(), &mut held).unwrap();
+        assert_eq!((round, held), (Round::default(), vec![(T0, 1)]));
+        let t = storage.snapshot().unwrap().touch(1).unwrap().unwrap();
+        assert_eq!((t.state.as_str(), t.due_at), ("scheduled", Timestamp(T0)));
+        // Resumed: decided by the misfire policy (a day late is past touch-1's grace).
+        pauses.set("s", false, Duration::ZERO);
+        let mut held = Vec::new();
+        let round = worker.fire(&[1], &mut Round::default(), &mut held).unwrap();
+        assert_eq!((round.skipped, held.len()), (1, 0));
     }
 
     #[test]

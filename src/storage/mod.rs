@@ -8,6 +8,7 @@ pub mod affinity;
 mod backend;
 mod codec;
 pub mod intake;
+pub mod pause;
 pub mod plans;
 pub mod records;
 mod tables;
@@ -139,6 +140,15 @@ pub struct PurgeBatch {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoreStatus {
     pub id: String,
+    /// `dry_run` or `live`: from the config (the admin report fills it in).
+    #[serde(default)]
+    pub mode: String,
+    /// When sending was paused (`upsell-appliance pause`), while it is.
+    #[serde(default)]
+    pub paused_since: Option<String>,
+    /// Through what it was paused.
+    #[serde(default)]
+    pub paused_by: Option<String>,
     pub webhooks: WebhookCounts,
     pub orders: i64,
     pub customers: i64,
@@ -707,6 +717,7 @@ impl Storage {
             resent: tx.open_table(RESENT)?,
             mirrors: tx.open_table(MIRRORS)?,
             deliveries: tx.open_table(DELIVERIES)?,
+            paused: tx.open_table(PAUSED)?,
         })
     }
 
@@ -778,13 +789,18 @@ impl Storage {
                 .entry(item?.1.value().to_string())
                 .or_default() += 1;
         }
+        let paused = tx.open_table(PAUSED)?;
         let mut out = Vec::new();
         for &s in stores {
+            let pause = pause::read(&paused, s)?;
             let time = |n: &str| -> Result<Option<String>, Error> {
                 Ok(c.get((s, n))?.map(|v| Timestamp(v.value()).to_rfc3339()))
             };
             out.push(StoreStatus {
                 id: s.to_string(),
+                mode: String::new(),
+                paused_since: pause.as_ref().map(|p| p.since.to_rfc3339()),
+                paused_by: pause.map(|p| p.source),
                 webhooks: WebhookCounts {
                     accepted: get(s, C_ACCEPTED)?,
                     duplicate: get(s, C_DUPLICATE)?,
@@ -882,6 +898,7 @@ pub struct Snapshot {
     resent: redb::ReadOnlyTable<u64, ()>,
     mirrors: redb::ReadOnlyTable<u64, u64>,
     deliveries: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
+    paused: redb::ReadOnlyTable<&'static str, &'static [u8]>,
 }
 
 impl Snapshot {

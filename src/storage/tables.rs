@@ -51,6 +51,7 @@ macro_rules! each_table {
         $m!(RESENT);
         $m!(MIRRORS);
         $m!(PENDING_COUNTS);
+        $m!(PAUSED);
     };
 }
 pub(crate) use each_table;
@@ -170,5 +171,8 @@ pub const CLICKS: TableDefinition<(u64, i64), &str> = TableDefinition::new("clic
 pub const OPENS: TableDefinition<u64, i64> = TableDefinition::new("opens");
 /// (store, order id) -> delivery time ms told by hand.
 pub const DELIVERIES: TableDefinition<(&str, &str), i64> = TableDefinition::new("deliveries");
+/// Store id -> since when, and through what, its sending is paused (`storage::pause`):
+/// durable, so a restart (a crash, systemd) does not resume sending.
+pub const PAUSED: TableDefinition<&str, &[u8]> = TableDefinition::new("paused");
 
 pub const SCHEMA_VERSION: u32 = 1;

@@ -214,7 +214,7 @@ fn config_text(dir: &Path, url: &str) -> String {
         "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\
          admin_token = \"bench-admin-token-0123456789\"\n\
          [[stores]]\nid = \"{STORE}\"\nplatform = \"shopify\"\ndomain = \"bench.myshopify.com\"\n\
-         webhook_secrets = [\"shpss_bench_secret_0123456789abcdef\"]\n\
+         webhook_secrets = [\"shpss_bench_secret_0123456789abcdef\"]\nmode = \"live\"\n\
          [stores.channels]\nemail = \"klaviyo\"\n[stores.channels.klaviyo]\napi_key = \"pk_bench\"\n\
          base_url = \"{url}\"\nrate_per_second = 10000\n",
         dir.join("data").display()

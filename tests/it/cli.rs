@@ -332,6 +332,115 @@ fn status_works_with_and_without_the_service() {
     assert!(v.get("uptime_seconds").is_none());
 }
 
+/// A store without `mode` is a dry run, and `check-config` and `serve` say so; `live` is
+/// shown as such.
+#[test]
+fn check_config_and_serve_say_which_stores_are_a_dry_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let text = config_text(&data, "127.0.0.1:0", "127.0.0.1:0")
+        .replace("id = \"woo\"\n", "id = \"woo\"\nmode = \"live\"\n");
+    let path = write_config(tmp.path(), &text);
+    let (code, out, _) = run(&["check-config", "--config", &path], tmp.path());
+    assert_eq!(code, 0);
+    assert!(out.contains("  store main (dry_run, shopify,"), "{out}");
+    assert!(out.contains("  store woo (live, woocommerce,"), "{out}");
+    let (code, out, _) = run(&["check-config", "--json", "--config", &path], tmp.path());
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stores"][0]["mode"], "dry_run");
+    assert_eq!(v["stores"][1]["mode"], "live");
+    let (mut child, lines) = spawn_serve(&["--config", &path], tmp.path());
+    let _ = child.kill();
+    let _ = child.wait();
+    let dry: Vec<&String> = lines.iter().filter(|l| l.contains("dry_run")).collect();
+    assert_eq!(
+        dry.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
+        [
+            format!("store main: dry_run — touches go to the outbox only, nothing reaches customers; set mode = \"live\" in {path} to send"),
+            format!("store bc: dry_run — touches go to the outbox only, nothing reaches customers; set mode = \"live\" in {path} to send"),
+        ],
+        "{lines:?}"
+    );
+}
+
+/// `pause` and `resume` through the running service and straight into the file; a pause
+/// written while the service is stopped holds at the next start, which says so.
+#[test]
+fn pause_and_resume_work_with_and_without_the_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let path = write_config(
+        tmp.path(),
+        &config_text(&tmp.path().join("data"), &listen, &admin),
+    );
+    let (mut child, _) = spawn_serve(&["--config", &path], tmp.path());
+    let cli = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--store", STORE, "--config", &path]);
+        let (code, out, err) = run(&a, tmp.path());
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        out
+    };
+    let out = cli(&["pause"]);
+    assert!(
+        out.starts_with("store main paused at ")
+            && out.contains("nothing is sent until `upsell-appliance resume --store main`; touches falling due meanwhile wait and then follow the misfire policy (from the running service"),
+        "{out}"
+    );
+    assert!(cli(&["pause"]).starts_with("store main was already paused (since "));
+    let out = cli(&["status"]);
+    assert!(
+        out.starts_with("store main (dry_run, PAUSED since "),
+        "{out}"
+    );
+    assert!(out.contains("warn: Store main: PAUSED since "), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&cli(&["status", "--json"])).unwrap();
+    assert_eq!(v["stores"][0]["mode"], "dry_run");
+    assert!(v["stores"][0]["paused_since"].is_string(), "{v}");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+
+    // Without the service: the file.
+    let v: serde_json::Value = serde_json::from_str(&cli(&["resume", "--json"])).unwrap();
+    assert_eq!(
+        (&v["paused"], &v["changed"]),
+        (&false.into(), &true.into()),
+        "{v}"
+    );
+    assert_eq!(
+        cli(&["resume"]).trim(),
+        format!(
+            "store main was not paused; nothing changed (from the database in {})",
+            tmp.path().join("data").display()
+        )
+    );
+    assert!(cli(&["pause"]).contains("(from the database in "));
+    let (mut child, lines) = spawn_serve(&["--config", &path], tmp.path());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("store main: PAUSED since ")),
+        "{lines:?}"
+    );
+    let out = cli(&["resume"]);
+    assert!(
+        out.starts_with("store main resumed (paused since ")
+            && out.contains("(from the running service"),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&cli(&["status", "--json"])).unwrap();
+    assert_eq!(v["stores"][0]["paused_since"], serde_json::Value::Null);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn demo_default_serves_a_signed_test_order() {
     let tmp = tempfile::tempdir().unwrap();

@@ -10,6 +10,7 @@ mod crash;
 mod fixtures;
 mod hardening;
 mod jobs;
+mod live;
 mod outbound;
 mod plans;
 mod quarantine;

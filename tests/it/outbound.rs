@@ -121,8 +121,14 @@ fn message() -> Message {
     }
 }
 
-/// The Shopify store's `[stores.channels]` sending email through Klaviyo at `url`.
-fn klaviyo_channels(url: &str) -> String {
+/// The Shopify store, live, sending email through Klaviyo at `url`.
+pub(crate) fn klaviyo_channels(url: &str) -> String {
+    format!("mode = \"live\"\n{}", klaviyo_routes(url))
+}
+
+/// The Shopify store's `[stores.channels]` routing email to Klaviyo at `url` (without a
+/// `mode`: a dry run).
+pub(crate) fn klaviyo_routes(url: &str) -> String {
     format!(
         "[stores.channels]\nemail = \"klaviyo\"\n[stores.channels.klaviyo]\napi_key = \"pk_test_0123456789\"\nbase_url = \"{url}\"\n"
     )
@@ -641,7 +647,7 @@ mod routed {
         let tmp = tempfile::tempdir().unwrap();
         let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
         let extra = format!(
-            "[stores.channels]\nalso_webhook = true\n[stores.channels.webhook]\nurl = \"{}/hook\"\nsecrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]\n",
+            "mode = \"live\"\n[stores.channels]\nalso_webhook = true\n[stores.channels.webhook]\nurl = \"{}/hook\"\nsecrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]\n",
             fake.url
         );
         let s = TestServer::start_demo_with(tmp.path(), clock.clone(), &extra);
@@ -1149,7 +1155,7 @@ fn a_signed_sms_stop_reply_suppresses_the_number() {
     use upsell_appliance::clock::TestClock;
     let tmp = tempfile::tempdir().unwrap();
     let clock = Arc::new(TestClock::at(Timestamp(1_795_186_800_000)));
-    let extra = "[stores.channels]\nsms = \"twilio\"\n[stores.channels.twilio]\naccount_sid = \"AC0123456789abcdef0123456789abcdef\"\nauth_token = \"tok_0123456789\"\nfrom = \"+16175550199\"\n";
+    let extra = "mode = \"live\"\n[stores.channels]\nsms = \"twilio\"\n[stores.channels.twilio]\naccount_sid = \"AC0123456789abcdef0123456789abcdef\"\nauth_token = \"tok_0123456789\"\nfrom = \"+16175550199\"\n";
     let s = crate::support::TestServer::start_demo_with(tmp.path(), clock, extra);
     let params = vec![
         ("From".to_string(), "+16175550100".to_string()),

@@ -28,7 +28,7 @@ pub(crate) fn outbox(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn wait_outbox(dir: &Path, n: usize) -> Vec<Value> {
+pub(crate) fn wait_outbox(dir: &Path, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let lines = outbox(dir);

@@ -24,8 +24,8 @@ pub fn config_text(data_dir: &Path, listen: &str, admin_listen: &str) -> String 
     config_text_with(data_dir, listen, admin_listen, "")
 }
 
-/// [`config_text`] with `shopify_extra` (TOML tables such as `[stores.channels]`) added to
-/// the Shopify store.
+/// [`config_text`] with `shopify_extra` (top-level keys such as `mode`, then TOML tables
+/// such as `[stores.channels]`) added to the Shopify store.
 pub fn config_text_with(
     data_dir: &Path,
     listen: &str,
@@ -48,11 +48,11 @@ domain = "test-store.myshopify.com"
 webhook_secrets = ["{SECRET}", "{OLD_SECRET}"]
 currency = "USD"
 timezone = "America/Toronto"
+{shopify_extra}
 
 [stores.offers]
 # Plans in tests must not depend on the random salt's holdout draw.
 holdout_percent = 0
-{shopify_extra}
 
 [[stores]]
 id = "{WOO_STORE}"
