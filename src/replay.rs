@@ -108,7 +108,9 @@ pub struct Touches {
     pub skipped: BTreeMap<String, u64>,
     /// Touches deferred at least once, by rule (`frequency_cap`, `quiet_hours`, ...).
     pub deferred: BTreeMap<String, u64>,
-    /// Deferrals, by rule (a touch may be deferred more than once).
+    /// Deferrals, by rule (a touch may be deferred more than once). A wait that only a
+    /// fact can end (`awaiting_delivery`, `ticket_open`) counts once per fact, where the
+    /// service would count each 6-hourly look.
     pub deferrals: BTreeMap<String, u64>,
     /// Due after the replay's end.
     pub pending_at_end: u64,
@@ -155,7 +157,8 @@ pub fn run(
     let id = store.id.as_str();
     let mut assumptions = vec![
         "offers are chosen with today's catalog (prices, stock, ratings) and today's affinity model".to_string(),
-        "a customer's tags and consents are as their record stands today".to_string(),
+        "a customer's tags and consents are as their record stands today, and the suppression list applies as it stands today (an imported list carries no dates)".to_string(),
+        "orders outside --from/--to are replayed too (their messages count for the caps and a newer order ends a sequence) but not reported".to_string(),
         "email opens of replayed messages cannot be known: the engagement rule does not apply".to_string(),
         "an order's page offer is counted as shown when its plan has one (the thank-you page loads once)".to_string(),
     ];
@@ -235,6 +238,7 @@ pub fn run(
                         snap,
                         reader: Reader::new(snap, id, &rs)?,
                         counts: Counts::default(),
+                        scratch: Counts::default(),
                     };
                     loop {
                         let start = next.fetch_add(CHUNK, Ordering::Relaxed);
@@ -247,7 +251,15 @@ pub fn run(
                                 .map(|e| &ids[e.2 as usize..e.3 as usize])
                                 .collect();
                             let customer = (index[a].0 != GUEST).then_some(index[a].0);
-                            sim.customer(customer, &orders)?;
+                            match sim.load(customer, &orders) {
+                                Ok(loaded) => sim.customer(customer, loaded)?,
+                                // A damaged record: this customer is left out and said so;
+                                // the rest of the history is still replayed.
+                                Err(e) => {
+                                    sim.counts.unreadable += 1;
+                                    sim.counts.first_error.get_or_insert(e.to_string());
+                                }
+                            }
                         }
                     }
                 })();
@@ -302,6 +314,9 @@ struct Counts {
     /// product -> (title, offers, sent)
     products: HashMap<String, (String, u64, u64)>,
     money: BTreeMap<Currency, Money>,
+    /// Customers left out because a record of theirs could not be read.
+    unreadable: u64,
+    first_error: Option<String>,
 }
 
 /// Per currency: treated orders and value (minor units), and expected revenue in minor
@@ -348,6 +363,10 @@ impl Counts {
             bump(&mut self.by_channel_day, k, n);
         }
         self.pending_at_end += o.pending_at_end;
+        self.unreadable += o.unreadable;
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
         for (p, (title, offers, sent)) in o.products {
             let e = self.products.entry(p).or_insert((title, 0, 0));
             e.1 += offers;
@@ -416,6 +435,13 @@ impl Counts {
                 }
             })
             .collect();
+        if self.unreadable > 0 {
+            assumptions.push(format!(
+                "{} customers were left out: a record of theirs could not be read (the first: {})",
+                self.unreadable,
+                self.first_error.as_deref().unwrap_or("unknown")
+            ));
+        }
         assumptions.push(format!(
             "projected at: page offers accepted {:.1}%, emails clicked {:.1}%, SMS clicked {:.1}%, clicks that buy {:.1}% ([stores.projection]; each message counted on its own)",
             p.page_acceptance * 100.0,
@@ -456,6 +482,8 @@ struct Sim<'a> {
     snap: &'a Snapshot,
     reader: Reader<'a>,
     counts: Counts,
+    /// Where what orders outside the window do is counted (and not reported).
+    scratch: Counts,
 }
 
 /// What happens in a customer's history, in time order; at one moment facts come before
@@ -471,16 +499,42 @@ enum Event {
     Due(usize),
 }
 
+/// A customer's record and orders, read before their replay.
+struct Loaded {
+    record: Option<Customer>,
+    orders: Vec<Placed>,
+}
+
+/// A customer during their replay.
+struct Person {
+    record: Option<Customer>,
+    id: Option<u64>,
+    touches: Vec<SimTouch>,
+    /// Messages sent to them, in time order, for the caps.
+    sent: Vec<(Timestamp, Channel)>,
+    last_refund: Option<Timestamp>,
+    /// Their orders placed so far and not cancelled.
+    earlier: u32,
+    /// Orders whose sequence may still run.
+    active: Vec<usize>,
+    /// Counted among the customers in the window.
+    counted: bool,
+}
+
 /// An order in the replay.
 struct Placed {
+    /// Placed inside the window: reported.
+    inside: bool,
     state: OrderState,
     contacts: Vec<String>,
+    refund_at: Option<i64>,
     placed: bool,
     cancelled: bool,
     /// Its products with their categories (read once placed, for later orders' history).
     products: Vec<(String, Option<String>)>,
-    /// Its plan, when placed inside the window.
     plan: Option<PlanRecord>,
+    /// Its touches (indexes into the customer's).
+    touches: Vec<usize>,
 }
 
 struct SimTouch {
@@ -495,9 +549,9 @@ struct SimTouch {
 const WAIT_FOR_FACT: [&str; 2] = ["awaiting_delivery", "ticket_open"];
 
 impl Sim<'_> {
-    fn customer(&mut self, customer: Option<u64>, ids: &[&str]) -> Result<(), Error> {
-        let sh = self.shared;
-        let store = sh.store.id.as_str();
+    /// A customer's record and orders; an error means a damaged record.
+    fn load(&self, customer: Option<u64>, ids: &[&str]) -> Result<Loaded, Error> {
+        let store = self.shared.store.id.as_str();
         let record: Option<Customer> = match customer {
             Some(c) => self.snap.customer(store, c)?,
             None => None,
@@ -510,40 +564,53 @@ impl Sim<'_> {
             let Some(o) = state.order.as_ref() else {
                 continue;
             };
+            // When a refund happened: as the live plan recorded it, else the order's last
+            // update (an export does not date refunds; counting from the order is the
+            // cautious reading).
+            let refund_at = if refunded(&state, o) {
+                let at = o.created_at.0;
+                Some(
+                    match self.snap.plan(store, &o.id)?.and_then(|r| r.refunded_at) {
+                        Some(r) => r.0.max(at),
+                        None => o.updated_at.0.max(at),
+                    },
+                )
+            } else {
+                None
+            };
             let contacts = contact_keys(record.as_ref(), Some(o));
             orders.push(Placed {
+                inside: self.shared.window.contains(o.created_at.0),
                 state,
                 contacts,
+                refund_at,
                 placed: false,
                 cancelled: false,
                 products: Vec::new(),
                 plan: None,
+                touches: Vec::new(),
             });
         }
+        Ok(Loaded { record, orders })
+    }
+
+    fn customer(&mut self, customer: Option<u64>, loaded: Loaded) -> Result<(), Error> {
+        let sh = self.shared;
+        let Loaded { record, mut orders } = loaded;
         let mut queue: BinaryHeap<Reverse<(i64, Event)>> = BinaryHeap::new();
         // Moments something changed for this customer: a deferral that only a fact can
         // lift waits for the next of these.
         let mut facts: Vec<i64> = Vec::new();
-        let mut in_window = false;
         for (i, p) in orders.iter().enumerate() {
-            let o = p.state.order.as_ref().expect("kept above");
+            let o = p.state.order.as_ref().expect("kept in load");
             let at = o.created_at.0;
-            if sh.window.contains(at) {
-                in_window = true;
-            }
             queue.push(Reverse((at, Event::Placed(i))));
             facts.push(at);
             if let Some(c) = o.cancelled_at {
                 queue.push(Reverse((c.0.max(at), Event::Cancelled(i))));
                 facts.push(c.0.max(at));
             }
-            if refunded(p, o) {
-                // When: as the live plan recorded it, else the order's last update (an export
-                // does not date refunds; counting from the order is the cautious reading).
-                let r = match self.snap.plan(store, &o.id)?.and_then(|r| r.refunded_at) {
-                    Some(r) => r.0.max(at),
-                    None => o.updated_at.0.max(at),
-                };
+            if let Some(r) = p.refund_at {
                 queue.push(Reverse((r, Event::Refunded(i))));
                 facts.push(r);
             }
@@ -557,250 +624,264 @@ impl Sim<'_> {
                     facts.push(t.opened_at.0);
                     facts.extend(t.closed_at.map(|c| c.0));
                 }
-                if let Some(s) = sh.suppressions.get(c) {
-                    facts.push(s.at.0);
-                }
             }
             if let Some(r) = sh.responses.get(&o.id) {
                 facts.push(r.at.0);
             }
         }
-        if in_window {
-            self.counts.orders.customers += 1;
-        }
         facts.sort_unstable();
-        let mut touches: Vec<SimTouch> = Vec::new();
-        let mut sent: Vec<(Timestamp, Channel)> = Vec::new();
-        let mut last_refund: Option<Timestamp> = None;
+        let mut c = Person {
+            record,
+            id: customer,
+            touches: Vec::new(),
+            sent: Vec::new(),
+            last_refund: None,
+            earlier: 0,
+            active: Vec::new(),
+            counted: false,
+        };
         while let Some(Reverse((t, event))) = queue.pop() {
             if t > sh.until.0 {
                 break;
             }
             let now = Timestamp(t);
-            match event {
-                Event::Placed(i) => self.placed(
-                    &mut orders,
-                    i,
-                    customer,
-                    record.as_ref(),
-                    last_refund,
-                    now,
-                    &mut touches,
-                    &mut queue,
-                )?,
-                Event::Cancelled(i) => {
-                    orders[i].cancelled = true;
-                    if let Some(rec) = orders[i]
-                        .plan
-                        .as_mut()
-                        .filter(|r| r.status == Status::Active)
-                    {
-                        rec.status = Status::Cancelled { at: now };
+            let order = match event {
+                Event::Placed(i)
+                | Event::Cancelled(i)
+                | Event::Refunded(i)
+                | Event::Delivery(i) => i,
+                Event::Due(k) => c.touches[k].order,
+            };
+            if let Event::Placed(i) = event {
+                let at = orders[i].state.order.as_ref().map_or(0, |o| o.created_at.0);
+                if orders[i].inside && !c.counted {
+                    c.counted = true;
+                    self.counts.orders.customers += 1;
+                } else if !orders[i].inside {
+                    if sh.window.from.is_some_and(|f| at < f.0) {
+                        self.counts.orders.before_window += 1;
+                    } else {
+                        self.counts.orders.after_window += 1;
                     }
-                }
-                Event::Refunded(i) => {
-                    if customer.is_some() {
-                        last_refund = Some(last_refund.map_or(now, |r| r.max(now)));
-                    }
-                    if let Some(rec) = orders[i].plan.as_mut() {
-                        lifecycle::refunded(rec, now);
-                    }
-                }
-                Event::Delivery(i) => {
-                    if orders[i].plan.is_none() {
-                        continue;
-                    }
-                    let o = orders[i].state.order.as_ref().expect("kept above");
-                    let facts = known_at(self.delivery(&orders[i], o), now);
-                    let a = crate::engine::due::anchors(
-                        &facts,
-                        &sh.store.delivery,
-                        &sh.store.offers.cadence,
-                    )
-                    .not_before(now);
-                    for (k, st) in touches.iter_mut().enumerate() {
-                        if st.order != i || st.done {
-                            continue;
-                        }
-                        if let Some(to) = a
-                            .of(st.rec.kind, st.rec.after_delivery)
-                            .filter(|to| *to != st.rec.due_at)
-                        {
-                            st.rec.due_at = to;
-                            queue.push(Reverse((to.0, Event::Due(k))));
-                        }
-                    }
-                }
-                Event::Due(k) => {
-                    if touches[k].done || touches[k].rec.due_at != now {
-                        continue; // moved since
-                    }
-                    self.due(
-                        &orders,
-                        &mut touches[k],
-                        &mut sent,
-                        &facts,
-                        now,
-                        &mut queue,
-                        k,
-                    )?;
                 }
             }
+            // What an order outside the window does still happens (its messages count for
+            // the caps, it ends sequences) but is counted apart and not reported.
+            let inside = orders[order].inside;
+            if !inside {
+                std::mem::swap(&mut self.counts, &mut self.scratch);
+            }
+            let result = self.event(&mut orders, &mut c, &facts, &mut queue, event, now);
+            if !inside {
+                std::mem::swap(&mut self.counts, &mut self.scratch);
+            }
+            result?;
         }
-        self.counts.pending_at_end += touches.iter().filter(|t| !t.done).count() as u64;
+        self.counts.pending_at_end += c
+            .touches
+            .iter()
+            .filter(|t| !t.done && orders[t.order].inside)
+            .count() as u64;
         Ok(())
     }
 
-    /// An order is placed: it joins the customer's history, ends their running sequence if
-    /// it starts one, and inside the window is planned.
-    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &mut self,
+        orders: &mut [Placed],
+        c: &mut Person,
+        facts: &[i64],
+        queue: &mut BinaryHeap<Reverse<(i64, Event)>>,
+        event: Event,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let sh = self.shared;
+        match event {
+            Event::Placed(i) => self.placed(orders, i, c, now, queue)?,
+            Event::Cancelled(i) => {
+                if orders[i].placed && !orders[i].cancelled {
+                    c.earlier = c.earlier.saturating_sub(1);
+                }
+                orders[i].cancelled = true;
+                if let Some(rec) = orders[i]
+                    .plan
+                    .as_mut()
+                    .filter(|r| r.status == Status::Active)
+                {
+                    rec.status = Status::Cancelled { at: now };
+                }
+            }
+            Event::Refunded(i) => {
+                if c.id.is_some() {
+                    c.last_refund = Some(c.last_refund.map_or(now, |r| r.max(now)));
+                }
+                if let Some(rec) = orders[i].plan.as_mut() {
+                    lifecycle::refunded(rec, now);
+                }
+            }
+            Event::Delivery(i) => {
+                if orders[i].plan.is_none() {
+                    return Ok(());
+                }
+                let o = orders[i].state.order.as_ref().expect("kept in load");
+                let known = known_at(self.delivery(&orders[i], o), now);
+                let a = crate::engine::due::anchors(
+                    &known,
+                    &sh.store.delivery,
+                    &sh.store.offers.cadence,
+                )
+                .not_before(now);
+                for &k in &orders[i].touches {
+                    let st = &mut c.touches[k];
+                    if st.done {
+                        continue;
+                    }
+                    if let Some(to) = a
+                        .of(st.rec.kind, st.rec.after_delivery)
+                        .filter(|to| *to != st.rec.due_at)
+                    {
+                        st.rec.due_at = to;
+                        queue.push(Reverse((to.0, Event::Due(k))));
+                    }
+                }
+            }
+            Event::Due(k) => {
+                if c.touches[k].done || c.touches[k].rec.due_at != now {
+                    return Ok(()); // moved since
+                }
+                self.due(orders, c, k, facts, now, queue)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An order is placed: it is planned, ends the customer's running sequence if it
+    /// starts one, and joins the history of their later orders.
     fn placed(
         &mut self,
         orders: &mut [Placed],
         i: usize,
-        customer: Option<u64>,
-        record: Option<&Customer>,
-        last_refund: Option<Timestamp>,
+        c: &mut Person,
         now: Timestamp,
-        touches: &mut Vec<SimTouch>,
         queue: &mut BinaryHeap<Reverse<(i64, Event)>>,
     ) -> Result<(), Error> {
         let sh = self.shared;
         let store = sh.store.id.as_str();
-        orders[i].placed = true;
         // As it was when placed: paid (an export without a status counts as paid, a
         // refunded order was paid first), not cancelled, not refunded yet.
-        let order = as_placed(orders[i].state.order.as_ref().expect("kept above"));
-        orders[i].products = self.reader.products(&order)?;
-        if !sh.window.contains(now.0) {
-            if sh.window.from.is_some_and(|f| now.0 < f.0) {
-                self.counts.orders.before_window += 1;
-            } else {
-                self.counts.orders.after_window += 1;
+        let order = as_placed(orders[i].state.order.as_ref().expect("kept in load"));
+        self.counts.orders.seen += 1;
+        let inputs = self.reader.order_inputs(&order)?;
+        let mut shopper = shopper_of(c.record.as_ref(), &order);
+        if c.record.is_some() {
+            // Earlier orders not cancelled by now, newest first (as the timeline).
+            shopper.prior_orders = c.earlier;
+            shopper.last_refund_at = c.last_refund;
+            let earlier = (0..i)
+                .rev()
+                .filter(|&j| orders[j].placed && !orders[j].cancelled)
+                .take(HISTORY);
+            for j in earlier {
+                add_earlier(&mut shopper, &orders[j].products);
             }
-        } else {
-            self.counts.orders.seen += 1;
-            let inputs = self.reader.order_inputs(&order)?;
-            let mut shopper = shopper_of(record, &order);
-            if record.is_some() {
-                // Earlier orders not cancelled by now, newest first (as the timeline).
-                let earlier: Vec<usize> = (0..i)
-                    .rev()
-                    .filter(|&j| orders[j].placed && !orders[j].cancelled)
-                    .collect();
-                shopper.prior_orders = earlier.len() as u32;
-                shopper.last_refund_at = last_refund;
-                for &j in earlier.iter().take(HISTORY) {
-                    add_earlier(&mut shopper, &orders[j].products);
-                }
-            }
-            shopper.suppressed = orders[i]
-                .contacts
-                .iter()
-                .find_map(|c| sh.suppressions.get(c).filter(|s| s.at <= now))
-                .map(|s| s.reason.clone());
-            let (fresh, codes) = plan::plan_coded(&PlanInput {
-                store,
-                salt: &sh.salt,
-                policy: &sh.store.offers,
-                currency: sh.store.currency,
-                order: &order,
-                basket: &inputs.basket,
-                shopper: &shopper,
-                catalog: &inputs.catalog,
-                candidates: &inputs.candidates,
-                bundles: &inputs.bundles,
-                median_order: self.reader.median,
-                top_fifth_order: self.reader.top_fifth,
-                now,
-                seen_at: now,
-            });
-            let c = &mut self.counts;
-            bump(
-                &mut c.offers,
-                fresh
-                    .recipe
-                    .filter(|_| fresh.offer.is_some())
-                    .map_or("none", |r| r.as_str()),
-                1,
-            );
-            if let Some(o) = &fresh.offer {
-                c.orders.with_offer += 1;
-                let e = c
-                    .products
-                    .entry(o.product.clone())
-                    .or_insert_with(|| (o.title.clone(), 0, 0));
-                e.1 += 1;
-            }
-            if fresh.holdout {
-                c.orders.holdout += 1;
-            }
-            if let Some(code) = codes.stop {
-                bump(&mut c.no_touches, code, 1);
-            }
-            if let Some(code) = codes.no_email {
-                bump(&mut c.no_email, code, 1);
-            }
-            if let Some(code) = codes.no_sms {
-                bump(&mut c.no_sms, code, 1);
-            }
-            for t in &fresh.touches {
-                bump(&mut c.planned, t.kind.as_str(), 1);
-            }
-            if !fresh.touches.is_empty() {
-                let m = c.money.entry(order.currency).or_default();
-                m.treated += 1;
-                m.treated_value += order.total;
-            }
-            let rec = lifecycle::revise(None, fresh, &order, customer, &inputs.basket, now);
-            if rec.plan.touches.iter().any(|t| t.kind == TouchKind::Page) {
-                // Shown on the thank-you page as the order completes (no timer).
-                self.count_sent(&rec, TouchKind::Page, Channel::Page, now);
-            }
-            for r in wanted(store, &rec) {
-                queue.push(Reverse((r.due_at.0, Event::Due(touches.len()))));
-                touches.push(SimTouch {
-                    order: i,
-                    rec: r,
-                    done: false,
-                    deferred_by: Vec::new(),
-                });
-            }
-            orders[i].plan = Some(rec);
+        }
+        shopper.suppressed = suppressed(sh, &orders[i].contacts);
+        let (fresh, codes) = plan::plan_coded(&PlanInput {
+            store,
+            salt: &sh.salt,
+            policy: &sh.store.offers,
+            currency: sh.store.currency,
+            order: &order,
+            basket: &inputs.basket,
+            shopper: &shopper,
+            catalog: &inputs.catalog,
+            candidates: &inputs.candidates,
+            bundles: &inputs.bundles,
+            median_order: self.reader.median,
+            top_fifth_order: self.reader.top_fifth,
+            now,
+            seen_at: now,
+        });
+        let n = &mut self.counts;
+        let recipe = fresh.recipe.filter(|_| fresh.offer.is_some());
+        bump(&mut n.offers, recipe.map_or("none", |r| r.as_str()), 1);
+        if let Some(o) = &fresh.offer {
+            n.orders.with_offer += 1;
+            let e = n
+                .products
+                .entry(o.product.clone())
+                .or_insert_with(|| (o.title.clone(), 0, 0));
+            e.1 += 1;
+        }
+        if fresh.holdout {
+            n.orders.holdout += 1;
+        }
+        if let Some(code) = codes.stop {
+            bump(&mut n.no_touches, code, 1);
+        }
+        if let Some(code) = codes.no_email {
+            bump(&mut n.no_email, code, 1);
+        }
+        if let Some(code) = codes.no_sms {
+            bump(&mut n.no_sms, code, 1);
+        }
+        for t in &fresh.touches {
+            bump(&mut n.planned, t.kind.as_str(), 1);
+        }
+        if !fresh.touches.is_empty() {
+            let m = n.money.entry(order.currency).or_default();
+            m.treated += 1;
+            m.treated_value += order.total;
         }
         // Sequence exclusivity: a paid, live order ends the customer's older sequences.
-        if customer.is_some() && plan::paid(&order) {
-            let id = order.id.clone();
-            for o in orders.iter_mut().take(i) {
-                if let Some(rec) = o.plan.as_mut() {
-                    lifecycle::end(rec, &id, now);
+        if c.id.is_some() && plan::paid(&order) {
+            for j in c.active.drain(..) {
+                if let Some(rec) = orders[j].plan.as_mut() {
+                    lifecycle::end(rec, &order.id, now);
                 }
             }
         }
+        let rec = lifecycle::revise(None, fresh, &order, c.id, &inputs.basket, now);
+        if rec.plan.touches.iter().any(|t| t.kind == TouchKind::Page) {
+            // Shown on the thank-you page as the order completes (no timer).
+            self.count_sent(&rec, TouchKind::Page, Channel::Page, now);
+        }
+        for r in wanted(store, &rec) {
+            let k = c.touches.len();
+            queue.push(Reverse((r.due_at.0, Event::Due(k))));
+            orders[i].touches.push(k);
+            c.touches.push(SimTouch {
+                order: i,
+                rec: r,
+                done: false,
+                deferred_by: Vec::new(),
+            });
+        }
+        if rec.status == Status::Active {
+            c.active.push(i);
+        }
+        orders[i].plan = Some(rec);
+        orders[i].products = self.reader.products(&order)?;
+        orders[i].placed = true;
+        c.earlier += 1;
         Ok(())
     }
 
     /// A touch falls due: decided with the state of this moment.
-    #[allow(clippy::too_many_arguments)]
     fn due(
         &mut self,
         orders: &[Placed],
-        st: &mut SimTouch,
-        sent: &mut Vec<(Timestamp, Channel)>,
+        c: &mut Person,
+        k: usize,
         facts: &[i64],
         now: Timestamp,
         queue: &mut BinaryHeap<Reverse<(i64, Event)>>,
-        k: usize,
     ) -> Result<(), Error> {
         let sh = self.shared;
+        let (st, sent) = (&mut c.touches[k], &mut c.sent);
         let p = &orders[st.order];
         let rec = p.plan.as_ref().expect("touches come from plans");
         let o = p.state.order.as_ref().expect("kept above");
-        let suppressed = p
-            .contacts
-            .iter()
-            .find_map(|c| sh.suppressions.get(c).filter(|s| s.at <= now))
-            .map(|s| s.reason.clone());
+        let suppressed = suppressed(sh, &p.contacts);
         let tickets: Vec<Ticket> = p
             .contacts
             .iter()
@@ -957,10 +1038,19 @@ fn as_placed(o: &Order) -> Order {
     order
 }
 
+/// Why a customer known by `contacts` is on the suppression list, if they are: as it
+/// stands today.
+fn suppressed(sh: &Shared<'_>, contacts: &[String]) -> Option<crate::engine::plan::Suppressed> {
+    contacts
+        .iter()
+        .find_map(|c| sh.suppressions.get(c))
+        .map(|s| s.reason.clone())
+}
+
 /// Whether an order was refunded (a refund event, or the status an export gives).
-fn refunded(p: &Placed, o: &Order) -> bool {
+fn refunded(state: &OrderState, o: &Order) -> bool {
     let status = o.financial_status.as_deref().map(str::to_ascii_lowercase);
-    !p.state.refunds.is_empty()
+    !state.refunds.is_empty()
         || matches!(
             status.as_deref(),
             Some("refunded") | Some("partially_refunded")

@@ -175,14 +175,17 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
             let pause = path == "/api/pause";
             // Durable first, so a restart from here on keeps it; then the scheduler's flag,
             // waiting for the sends in flight: when this answers, nothing more is sent.
-            let mut v = crate::ops::set_paused(
-                &ctx.storage,
-                &store,
-                pause,
-                "the admin API",
-                ctx.clock.now(),
-            )?;
-            let left = ctx.pauses.set(&store, pause, crate::pipeline::pause::WAIT);
+            let (mut v, left) =
+                ctx.pauses
+                    .set(&store, pause, crate::pipeline::pause::WAIT, || {
+                        crate::ops::set_paused(
+                            &ctx.storage,
+                            &store,
+                            pause,
+                            "the admin API",
+                            ctx.clock.now(),
+                        )
+                    })?;
             v["still_sending"] = json!(left);
             Ok(v)
         }),

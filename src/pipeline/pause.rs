@@ -26,6 +26,9 @@ pub struct Pauses {
 
 #[derive(Default)]
 struct Gate {
+    /// Held while a pause or resume writes its row and sets the flag: two at once would
+    /// otherwise leave the row and the flag disagreeing.
+    change: std::sync::Mutex<()>,
     paused: AtomicBool,
     /// Sends between [`Pauses::enter`] and the drop of its [`Sending`].
     in_flight: AtomicUsize,
@@ -75,19 +78,32 @@ impl Pauses {
         (!g.paused.load(SeqCst)).then_some(sending)
     }
 
-    /// Pauses or resumes `store`'s sending (its durable row is written first, by the
-    /// caller). A pause waits, up to `wait`, until no send of the store is in flight;
-    /// returns how many still are (0: nothing more is sent from now on).
-    pub fn set(&self, store: &str, paused: bool, wait: Duration) -> usize {
+    /// Pauses or resumes `store`'s sending: `write` makes it durable, then the flag
+    /// follows, the two under the store's lock so a pause and a resume at once cannot
+    /// leave them disagreeing. A pause then waits, up to `wait`, until no send of the
+    /// store is in flight. Returns what `write` gave and how many sends still are in
+    /// flight (0: nothing more is sent from now on).
+    pub fn set<T, E>(
+        &self,
+        store: &str,
+        paused: bool,
+        wait: Duration,
+        write: impl FnOnce() -> Result<T, E>,
+    ) -> Result<(T, usize), E> {
         let Some(g) = self.stores.get(store) else {
-            return 0;
+            return write().map(|v| (v, 0));
         };
-        g.paused.store(paused, SeqCst);
+        let v = {
+            let _change = g.change.lock().unwrap_or_else(|p| p.into_inner());
+            let v = write()?;
+            g.paused.store(paused, SeqCst);
+            v
+        };
         let deadline = Instant::now() + wait;
         loop {
             let n = g.in_flight.load(SeqCst);
             if !paused || n == 0 || Instant::now() >= deadline {
-                return if paused { n } else { 0 };
+                return Ok((v, if paused { n } else { 0 }));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -97,6 +113,10 @@ impl Pauses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ok() -> Result<(), ()> {
+        Ok(())
+    }
 
     fn pauses() -> Pauses {
         let dir = tempfile::tempdir().unwrap();
@@ -109,7 +129,7 @@ mod tests {
         let p = std::sync::Arc::new(pauses());
         let sending = p.enter("a").expect("not paused");
         let (p2, started) = (p.clone(), Instant::now());
-        let pause = std::thread::spawn(move || p2.set("a", true, WAIT));
+        let pause = std::thread::spawn(move || p2.set("a", true, WAIT, ok).unwrap().1);
         std::thread::sleep(Duration::from_millis(100));
         assert!(p.enter("a").is_none(), "no new send once the flag is set");
         assert!(p.enter("b").is_some(), "other stores send on");
@@ -122,11 +142,14 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(100));
         assert!(p.is_paused("a") && !p.is_paused("b"));
         // Bounded: a send that does not finish is reported, not waited for forever.
-        p.set("a", false, WAIT);
+        p.set("a", false, WAIT, ok).unwrap();
         let stuck = p.enter("a").unwrap();
-        assert_eq!(p.set("a", true, Duration::from_millis(30)), 1);
+        assert_eq!(
+            p.set("a", true, Duration::from_millis(30), ok).unwrap().1,
+            1
+        );
         drop(stuck);
-        p.set("a", false, WAIT);
+        p.set("a", false, WAIT, ok).unwrap();
         assert!(p.enter("a").is_some() && !p.is_paused("a"));
     }
 }

@@ -1179,7 +1179,9 @@ mod tests {
             .unwrap();
         let config = Arc::new(config(false));
         let pauses = Arc::new(Pauses::load(&storage, &config.store_ids()).unwrap());
-        pauses.set("s", true, Duration::ZERO);
+        pauses
+            .set("s", true, Duration::ZERO, || Ok::<_, ()>(()))
+            .unwrap();
         let worker = Worker {
             storage: storage.clone(),
             router: Arc::new(Router::new(
@@ -1200,7 +1202,9 @@ mod tests {
         let t = storage.snapshot().unwrap().touch(1).unwrap().unwrap();
         assert_eq!((t.state.as_str(), t.due_at), ("scheduled", Timestamp(T0)));
         // Resumed: decided by the misfire policy (a day late is past touch-1's grace).
-        pauses.set("s", false, Duration::ZERO);
+        pauses
+            .set("s", false, Duration::ZERO, || Ok::<_, ()>(()))
+            .unwrap();
         let mut held = Vec::new();
         let round = worker.fire(&[1], &mut Round::default(), &mut held).unwrap();
         assert_eq!((round.skipped, held.len()), (1, 0));

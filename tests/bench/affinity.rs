@@ -10,14 +10,13 @@
 
 use std::time::Instant;
 
-use upsell_appliance::config::{self, Origin};
 use upsell_appliance::engine::affinity::month_of;
 use upsell_appliance::engine::*;
 use upsell_appliance::ops;
 use upsell_appliance::pipeline::processor::{self, Settings};
 use upsell_appliance::storage::affinity::ReadSettings;
 use upsell_appliance::storage::records::{EventHead, EventRecord, ParsedRecord};
-use upsell_appliance::storage::{self, NewEvent, Storage};
+use upsell_appliance::storage::{NewEvent, Storage};
 
 #[path = "synthetic.rs"]
 mod synthetic;
@@ -65,24 +64,8 @@ fn main() {
     let parse_s = t.elapsed().as_secs_f64();
     assert_eq!(parsed, orders);
 
+    let (cfg, storage) = synthetic::bench_store(dir.path(), "bench");
     let data = dir.path().join("data");
-    let cfg = config::parse(
-        &format!(
-            "data_dir = {:?}\nadmin_token = \"0123456789abcdef0123\"\n[[stores]]\nid = \"bench\"\nplatform = \"shopify\"\ndomain = \"bench.myshopify.com\"\nwebhook_secrets = [\"s\"]\ncurrency = \"USD\"\n",
-            data.display()
-        ),
-        dir.path(),
-        Origin::Demo,
-    )
-    .unwrap();
-    let storage = Storage::open(
-        &data,
-        &storage::Options {
-            cache_size_mb: cfg.cache_size_mb,
-            ..Default::default()
-        },
-    )
-    .unwrap();
 
     let t = Instant::now();
     let summary = ops::import_orders(&storage, &cfg, "bench", &csv, false, &mut |_| {}).unwrap();

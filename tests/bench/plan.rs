@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use upsell_appliance::config::{self, Origin};
 use upsell_appliance::engine::affinity::{month_of, Candidate, Evidence};
 use upsell_appliance::engine::catalog::Variant;
 use upsell_appliance::engine::plan::{
@@ -30,7 +29,6 @@ use upsell_appliance::engine::plan::{
 use upsell_appliance::engine::*;
 use upsell_appliance::ops;
 use upsell_appliance::storage::affinity::ReadSettings;
-use upsell_appliance::storage::{self, Storage};
 
 #[path = "synthetic.rs"]
 mod synthetic;
@@ -269,24 +267,7 @@ fn main() {
     let generated = generate(&csv, orders, customers, products);
     let gen_s = t.elapsed().as_secs_f64();
 
-    let data = dir.path().join("data");
-    let cfg = config::parse(
-        &format!(
-            "data_dir = {:?}\nadmin_token = \"0123456789abcdef0123\"\n[[stores]]\nid = \"{STORE}\"\nplatform = \"shopify\"\ndomain = \"bench.myshopify.com\"\nwebhook_secrets = [\"s\"]\ncurrency = \"USD\"\n",
-            data.display()
-        ),
-        dir.path(),
-        Origin::Demo,
-    )
-    .unwrap();
-    let storage = Storage::open(
-        &data,
-        &storage::Options {
-            cache_size_mb: cfg.cache_size_mb,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (cfg, storage) = synthetic::bench_store(dir.path(), STORE);
     let t = Instant::now();
     ops::import_orders(&storage, &cfg, STORE, &csv, false, &mut |_| {}).unwrap();
     let import_s = t.elapsed().as_secs_f64();

@@ -12,10 +12,8 @@
 use std::io::Write;
 use std::time::Instant;
 
-use upsell_appliance::config::{self, Origin};
 use upsell_appliance::engine::Timestamp;
 use upsell_appliance::ops;
-use upsell_appliance::storage::{self, Storage};
 
 #[path = "synthetic.rs"]
 mod synthetic;
@@ -110,24 +108,7 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    let data = dir.path().join("data");
-    let cfg = config::parse(
-        &format!(
-            "data_dir = {:?}\nadmin_token = \"0123456789abcdef0123\"\n[[stores]]\nid = \"bench\"\nplatform = \"shopify\"\ndomain = \"bench.myshopify.com\"\nwebhook_secrets = [\"s\"]\ncurrency = \"USD\"\n",
-            data.display()
-        ),
-        dir.path(),
-        Origin::Demo,
-    )
-    .unwrap();
-    let storage = Storage::open(
-        &data,
-        &storage::Options {
-            cache_size_mb: cfg.cache_size_mb,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (cfg, storage) = synthetic::bench_store(dir.path(), "bench");
     let t = Instant::now();
     ops::import_catalog(&storage, &cfg, "bench", &cat).unwrap();
     ops::import_orders(&storage, &cfg, "bench", &csv, false, &mut |_| {}).unwrap();

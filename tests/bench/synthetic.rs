@@ -108,3 +108,36 @@ pub fn generate(path: &std::path::Path, orders: usize, customers: u64, products:
     f.flush().unwrap();
     lines
 }
+
+/// A one-store config (`store`, Shopify, USD, the defaults) with its data in `dir/data`,
+/// and that database opened with the config's cache size.
+#[allow(dead_code)]
+pub fn bench_store(
+    dir: &std::path::Path,
+    store: &str,
+) -> (
+    upsell_appliance::config::Config,
+    std::sync::Arc<upsell_appliance::storage::Storage>,
+) {
+    use upsell_appliance::config::{self, Origin};
+    use upsell_appliance::storage::{self, Storage};
+    let data = dir.join("data");
+    let cfg = config::parse(
+        &format!(
+            "data_dir = {:?}\nadmin_token = \"0123456789abcdef0123\"\n[[stores]]\nid = \"{store}\"\nplatform = \"shopify\"\ndomain = \"bench.myshopify.com\"\nwebhook_secrets = [\"s\"]\ncurrency = \"USD\"\n",
+            data.display()
+        ),
+        dir,
+        Origin::Demo,
+    )
+    .unwrap();
+    let storage = Storage::open(
+        &data,
+        &storage::Options {
+            cache_size_mb: cfg.cache_size_mb,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (cfg, storage)
+}

@@ -486,7 +486,7 @@ mod routed {
     }
 
     fn wait_seen(fake: &Fake, n: usize) -> Vec<Seen> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let seen = fake.seen();
             if seen.len() >= n {
@@ -511,7 +511,7 @@ mod routed {
     }
 
     fn wait_for(s: &TestServer, order: &str, kind: &str, want: &str) -> (String, String) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let st = state(s, order, kind);
             if st.0 == want {

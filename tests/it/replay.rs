@@ -179,3 +179,74 @@ fn replay_through_the_running_service_gives_the_same_report() {
     );
     assert_eq!(counts(through), counts(from_file));
 }
+
+/// Orders outside `--from` still send (for the caps) and end sequences; they are just not
+/// reported. Bob's first order is before the window: its touch-1 still holds his second
+/// order's touch-2 to day 5.
+#[test]
+fn a_window_keeps_the_caps_of_messages_sent_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir, free_port());
+    let v = replay_json(dir, &["--from", "2026-03-10"]);
+    assert_eq!(v["orders"]["seen"], 1, "{}", v["orders"]);
+    assert_eq!(v["orders"]["customers"], 1, "{}", v["orders"]);
+    assert_eq!(v["orders"]["before_window"], 2, "{}", v["orders"]);
+    assert_eq!(
+        v["touches"]["deferred"]["frequency_cap"], 1,
+        "{}",
+        v["touches"]
+    );
+    assert_eq!(
+        v["touches"]["by_channel_day"],
+        json!({"email": {"0": 1, "5": 1, "35": 1}, "page": {"0": 1}}),
+        "only 1003's touches are reported"
+    );
+}
+
+/// An order dated after the replay's end is neither seen nor makes a customer.
+#[test]
+fn an_order_after_the_end_is_not_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir, free_port());
+    let extra = "order_id,created_at,customer_id,email,sku,quantity,unit_price\n\
+                 9001,2999-01-01 10:00:00,c77,future@example.com,MUG,1,20.00\n";
+    std::fs::write(dir.join("future.csv"), extra).unwrap();
+    let (code, out, err) = run(
+        &["import", "orders", "future.csv", "--config", "config.toml"],
+        dir,
+    );
+    assert_eq!(code, 0, "{out} {err}");
+    let v = replay_json(dir, &[]);
+    assert_eq!(v["orders"]["seen"], 3, "{}", v["orders"]);
+    assert_eq!(v["orders"]["customers"], 2, "{}", v["orders"]);
+}
+
+/// The suppression list applies as it stands today: an imported list (dated at its
+/// import, after the history) still stops Bob's touches.
+#[test]
+fn an_imported_suppression_list_applies_in_the_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir, free_port());
+    std::fs::write(
+        dir.join("supp.csv"),
+        "email,reason\nbob@example.com,unsubscribed\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        &[
+            "import",
+            "suppressions",
+            "supp.csv",
+            "--config",
+            "config.toml",
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{out} {err}");
+    let v = replay_json(dir, &[]);
+    assert_eq!(v["no_touches"], json!({"holdout": 1, "unsubscribed": 2}));
+    assert_eq!(v["touches"]["sent"], json!({}), "{}", v["touches"]);
+}
