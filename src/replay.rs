@@ -1002,11 +1002,9 @@ impl Sim<'_> {
 
     /// What the history says of an order's delivery (a delivery told by hand first).
     fn delivery(&self, p: &Placed, o: &Order) -> DeliveryFacts {
-        let mut f = p.state.delivery();
-        if let Some(t) = self.shared.by_hand.get(&o.id) {
-            f.delivered_at = Some(*t);
-        }
-        f
+        p.state
+            .delivery()
+            .told_by_hand(self.shared.by_hand.get(&o.id).copied())
     }
 }
 

@@ -145,6 +145,14 @@ pub struct DeliveryFacts {
 }
 
 impl DeliveryFacts {
+    /// With a delivery told by hand (`order delivered`), which takes precedence.
+    pub fn told_by_hand(self, at: Option<Timestamp>) -> DeliveryFacts {
+        DeliveryFacts {
+            delivered_at: at.or(self.delivered_at),
+            ..self
+        }
+    }
+
     /// When the order counts as delivered: the delivery event's time, or for a store
     /// without delivery events, the shipping time plus the transit days.
     pub fn delivered(&self, rules: &DeliveryRules) -> Option<Timestamp> {

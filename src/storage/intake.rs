@@ -54,11 +54,20 @@ impl TimedTicket {
 impl Snapshot {
     /// Every ticket of a store with its times: (contact, ticket).
     pub fn store_tickets(&self, store: &str) -> Result<Vec<(String, TimedTicket)>, Error> {
+        self.timed_tickets(store, None)
+    }
+
+    /// A store's tickets, or one contact's: (contact, ticket).
+    fn timed_tickets(
+        &self,
+        store: &str,
+        contact: Option<&str>,
+    ) -> Result<Vec<(String, TimedTicket)>, Error> {
         let mut out = Vec::new();
-        for item in self.tickets.range((store, "", "")..)? {
+        for item in self.tickets.range((store, contact.unwrap_or(""), "")..)? {
             let (k, v) = item?;
             let (s, c, id) = k.value();
-            if s != store {
+            if s != store || contact.is_some_and(|want| want != c) {
                 break;
             }
             let row: TicketRow = codec::decode("ticket", TICKET_V1, v.value())?;
@@ -114,21 +123,11 @@ impl Snapshot {
 
     /// The tickets of a contact (a suppression-list key: `email:...` or `phone:...`).
     pub fn tickets(&self, store: &str, contact: &str) -> Result<Vec<Ticket>, Error> {
-        let mut out = Vec::new();
-        for item in self.tickets.range((store, contact, "")..)? {
-            let (k, v) = item?;
-            let (s, c, id) = k.value();
-            if s != store || c != contact {
-                break;
-            }
-            let row: TicketRow = codec::decode("ticket", TICKET_V1, v.value())?;
-            out.push(Ticket {
-                id: id.to_string(),
-                open: row.open,
-                csat: row.csat,
-            });
-        }
-        Ok(out)
+        Ok(self
+            .timed_tickets(store, Some(contact))?
+            .into_iter()
+            .map(|(_, t)| t.ticket)
+            .collect())
     }
 
     pub fn offer_response(&self, store: &str, order: &str) -> Result<Option<OfferResponse>, Error> {
@@ -146,9 +145,8 @@ impl Snapshot {
         order: &str,
         state: Option<&crate::engine::history::OrderState>,
     ) -> Result<crate::engine::due::DeliveryFacts, Error> {
-        let mut facts = state.map(|s| s.delivery()).unwrap_or_default();
-        facts.delivered_at = self.delivered_by_hand(store, order)?.or(facts.delivered_at);
-        Ok(facts)
+        let facts = state.map(|s| s.delivery()).unwrap_or_default();
+        Ok(facts.told_by_hand(self.delivered_by_hand(store, order)?))
     }
 
     /// A delivery told by hand (`order delivered`).

@@ -18,6 +18,7 @@ use upsell_appliance::engine::Timestamp;
 use upsell_appliance::storage::plans::PlanWrites;
 use upsell_appliance::storage::{Changes, Storage};
 
+use crate::outbound::routed::order;
 use crate::outbound::{klaviyo_channels, klaviyo_routes, Fake};
 use crate::scheduler::{explain, outbox, touch, wait_outbox, wait_state};
 use crate::support::{config_text_with, TestServer, STORE};
@@ -27,22 +28,6 @@ const T0: i64 = 1_795_186_800_000;
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
 const DAY: i64 = 86_400_000;
-
-/// A paid order at T0 of the demo's kit: touch-1 due at T0 + 20 min.
-fn order(s: &TestServer, id: u64) {
-    let body = serde_json::to_vec(&json!({
-        "id": id, "name": format!("#{id}"), "email": format!("c{id}@example.com"),
-        "created_at": Timestamp(T0).to_rfc3339(), "updated_at": Timestamp(T0).to_rfc3339(),
-        "currency": "USD", "total_price": "54.00", "financial_status": "paid",
-        "line_items": [{"id": 1, "sku": "KIT-POUR", "quantity": 1, "price": "54.00",
-            "title": "Pour-over Kit", "requires_shipping": false}],
-        "customer": {"id": id + 1000, "email": format!("c{id}@example.com"),
-            "email_marketing_consent": {"state": "subscribed"}}
-    }))
-    .unwrap();
-    assert_eq!(s.webhook("orders/paid", &format!("o{id}"), &body), 200);
-    wait_state(s, &id.to_string(), "touch1", "scheduled");
-}
 
 fn pause(s: &TestServer, pause: bool) -> Value {
     let verb = if pause { "pause" } else { "resume" };

@@ -452,7 +452,7 @@ fn postmark_gets_the_rendered_email_with_one_click_unsubscribe_headers() {
         .contains("See it: https://u.example.com/r/demo/42.sig"));
 }
 
-mod routed {
+pub(crate) mod routed {
     //! Touches routed to a provider by `[stores.channels]`, end to end on a test clock.
 
     use super::*;
@@ -470,7 +470,8 @@ mod routed {
         TestServer::start_demo_with(dir, clock, &extra)
     }
 
-    fn order(s: &TestServer, id: u64) {
+    /// A paid order at T0 of the demo's kit: touch-1 due at T0 + 20 min.
+    pub(crate) fn order(s: &TestServer, id: u64) {
         let body = serde_json::to_vec(&json!({
             "id": id, "name": format!("#{id}"), "email": format!("c{id}@example.com"),
             "created_at": Timestamp(T0).to_rfc3339(), "updated_at": Timestamp(T0).to_rfc3339(),
