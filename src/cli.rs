@@ -75,7 +75,8 @@ enum Command {
         #[command(subcommand)]
         action: CustomerAction,
     },
-    /// The thank-you page offer of an order: accepted (cancels touch-1) or declined
+    /// The thank-you page offer: an order's answer (accepted cancels touch-1), or the
+    /// WooCommerce snippet that shows it
     Offer {
         #[command(subcommand)]
         action: OfferAction,
@@ -203,6 +204,14 @@ enum OfferAction {
     /// The customer declined the page offer
     Decline {
         order: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the PHP snippet that puts the offer on WooCommerce's thank-you page, with
+    /// this store's URL and token key filled in
+    Widget {
         #[arg(long, value_name = "ID")]
         store: Option<String>,
         #[arg(long)]
@@ -1490,6 +1499,7 @@ fn offer(config: &Config, action: OfferAction) -> anyhow::Result<ExitCode> {
     let (accepted, order, store, as_json) = match &action {
         OfferAction::Accept { order, store, json } => (true, order, store, *json),
         OfferAction::Decline { order, store, json } => (false, order, store, *json),
+        OfferAction::Widget { store, json } => return offer_widget(config, store, *json),
     };
     let store = store_of(config, store)?;
     let api = format!(
@@ -1503,11 +1513,38 @@ fn offer(config: &Config, action: OfferAction) -> anyhow::Result<ExitCode> {
     if as_json {
         println!("{v}");
     } else {
+        let answer = if v["accepted"] == true {
+            "accepted"
+        } else {
+            "declined"
+        };
+        let how = if v["changed"] == true {
+            "recorded"
+        } else {
+            "already recorded; an acceptance stands"
+        };
         println!(
-            "order {}: page offer {} ({source})",
-            v["order"].as_str().unwrap_or(""),
-            if accepted { "accepted" } else { "declined" }
+            "order {}: page offer {answer} ({how}; {source})",
+            v["order"].as_str().unwrap_or("")
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn offer_widget(
+    config: &Config,
+    store: &Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = store_of(config, store)?;
+    let api = format!("/api/offer/widget?store={store}");
+    let (v, _) = via_service_or_file(config, "GET", &api, |s| {
+        crate::ops::offer_widget(s, config, &store).map_err(ops_err)
+    })?;
+    if as_json {
+        println!("{v}");
+    } else {
+        print!("{}", v["snippet"].as_str().unwrap_or(""));
     }
     Ok(ExitCode::SUCCESS)
 }

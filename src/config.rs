@@ -310,6 +310,90 @@ pub struct StoreConfig {
     pub opens_reported: bool,
     /// `[stores.projection]`: the rates `replay` projects revenue at.
     pub projection: Projection,
+    /// `[stores.page]`: the thank-you page offer, its page and its checkout link.
+    pub page: PageConfig,
+    /// The Shopify app's client id (`aud` of the session tokens its checkout extension
+    /// sends; its client secret is the first of `webhook_secrets`). Usually in
+    /// `secrets_file`.
+    pub shopify_client_id: Option<String>,
+}
+
+/// `[stores.page]`: the thank-you page offer as the customer sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PageConfig {
+    /// The offer (its card, page and links) can be taken this many days after the order.
+    pub offer_valid_days: i64,
+    /// WooCommerce: the checkout page's path, where taking the offer leads.
+    pub checkout_path: String,
+    /// What each recipe's discount code takes off, in percent, so the card can show the
+    /// price after it (the store's platform applies the code; this only describes it).
+    pub discount_percent: std::collections::BTreeMap<crate::engine::plan::Recipe, u32>,
+}
+
+impl Default for PageConfig {
+    fn default() -> PageConfig {
+        PageConfig {
+            offer_valid_days: 7,
+            checkout_path: "/checkout/".into(),
+            discount_percent: Default::default(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPage {
+    offer_valid_days: Option<i64>,
+    checkout_path: Option<String>,
+    #[serde(default)]
+    discount_percent: std::collections::BTreeMap<String, i64>,
+}
+
+/// `[stores.page]`; `offers` for the recipes' codes, which a percentage describes.
+fn page(
+    raw: RawPage,
+    offers: &crate::engine::plan::Policy,
+    key: &str,
+) -> Result<PageConfig, String> {
+    use crate::engine::plan::Recipe;
+    let d = PageConfig::default();
+    let offer_valid_days = in_range(
+        &format!("{key}.offer_valid_days"),
+        raw.offer_valid_days,
+        d.offer_valid_days,
+        1,
+        90,
+    )?;
+    let checkout_path = match raw.checkout_path {
+        None => d.checkout_path,
+        Some(p) if p.starts_with('/') && !p.contains(['?', '#', ' ']) => p,
+        Some(p) => {
+            return Err(format!(
+                "{key}.checkout_path = {p:?} must be a path such as \"/checkout/\" (no query)"
+            ))
+        }
+    };
+    let mut discount_percent = std::collections::BTreeMap::new();
+    for (r, pct) in raw.discount_percent {
+        let recipe = Recipe::parse(&r)
+            .ok_or_else(|| format!("{key}.discount_percent: {r:?} is not a recipe"))?;
+        if !(1..=99).contains(&pct) {
+            return Err(format!(
+                "{key}.discount_percent.{r} = {pct} must be a percentage from 1 to 99"
+            ));
+        }
+        if !offers.discount_codes.contains_key(&recipe) {
+            return Err(format!(
+                "{key}.discount_percent.{r} describes a discount code, but offers.discount_codes has none for {r}"
+            ));
+        }
+        discount_percent.insert(recipe, pct as u32);
+    }
+    Ok(PageConfig {
+        offer_valid_days,
+        checkout_path,
+        discount_percent,
+    })
 }
 
 /// How often an offer is taken, for `replay`'s projections (never for decisions).
@@ -466,6 +550,8 @@ struct RawStore {
     touches: Option<RawTouches>,
     channels: Option<RawChannels>,
     projection: Option<RawProjection>,
+    page: Option<RawPage>,
+    shopify_client_id: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1449,8 +1535,24 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         let opens_reported = touches.opens_reported.unwrap_or(false);
         let (rules, delivery) = touch_rules(touches, offers.stock_threshold, &key("touches"))?;
         let projection = projection(s.projection.unwrap_or_default(), &key("projection"))?;
+        let page = page(s.page.unwrap_or_default(), &offers, &key("page"))?;
+        let shopify_client_id = match (platform, s.shopify_client_id) {
+            (_, None) => None,
+            (Platform::Shopify, Some(c)) if !c.trim().is_empty() => Some(c.trim().to_string()),
+            (Platform::Shopify, Some(_)) => {
+                return Err(format!("{} is empty", key("shopify_client_id")))
+            }
+            (_, Some(_)) => {
+                return Err(format!(
+                    "{} is only for shopify stores (their checkout extension's session tokens)",
+                    key("shopify_client_id")
+                ))
+            }
+        };
         stores.push(StoreConfig {
             projection,
+            page,
+            shopify_client_id,
             mode,
             name: s
                 .name

@@ -789,9 +789,13 @@ pub fn explain(storage: &Storage, store: &str, order: &str) -> Result<serde_json
             (Some(at.to_rfc3339()), Some(by_order.clone()))
         }
     };
+    let response = snap
+        .offer_response(store, &rec.order_id)?
+        .map(|r| json!({"accepted": r.accepted, "at": r.at.to_rfc3339()}));
     Ok(json!({
         "store": store, "order": rec.order_id, "name": rec.order_name,
         "recipe": p.recipe.map(|r| r.as_str()), "offer": offer, "holdout": p.holdout,
+        "offer_response": response,
         "variants": variants, "touches": touches, "reasons": p.reasons,
         "status": rec.status.as_str(), "status_at": status_at, "ended_by": ended_by,
         "revision": rec.revision, "refunded_at": rec.refunded_at.map(|t| t.to_rfc3339()),
@@ -859,12 +863,28 @@ pub fn offer_response(
     now: Timestamp,
 ) -> Result<serde_json::Value, OpsError> {
     let id = known_order(storage, store, order)?;
-    storage.set_offer_response(
-        store,
-        &id,
-        &crate::storage::intake::OfferResponse { accepted, at: now },
-    )?;
-    Ok(json!({"store": store, "order": id, "accepted": accepted, "at": now.to_rfc3339()}))
+    let (stored, changed) = storage.respond_to_offer(store, &id, accepted, now)?;
+    Ok(
+        json!({"store": store, "order": id, "accepted": stored.accepted,
+        "at": stored.at.to_rfc3339(), "changed": changed}),
+    )
+}
+
+/// The WooCommerce snippet of `store` with its values filled in: the public URL, the
+/// store id and the key its thank-you pages sign offer tokens with (derived from the
+/// store's link key, so it opens offers and nothing else).
+pub fn offer_widget(
+    storage: &Storage,
+    config: &Config,
+    store: &str,
+) -> Result<serde_json::Value, OpsError> {
+    let key = crate::engine::offer::order_token_key(&storage.link_key(store)?);
+    let public_url = config.public_url.trim_end_matches('/');
+    let snippet = include_str!("../assets/woocommerce/thank-you-offer.php")
+        .replace("{{PUBLIC_URL}}", public_url)
+        .replace("{{STORE}}", store)
+        .replace("{{KEY}}", &key);
+    Ok(json!({"store": store, "public_url": public_url, "key": key, "snippet": snippet}))
 }
 
 /// A touch of `store` by its id, as the CLI and the admin API give it.

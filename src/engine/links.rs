@@ -1,5 +1,6 @@
-//! The links in messages: tracked product links (`/r/{store}/{token}`) and unsubscribe
-//! links (`/u/{store}/{token}`), each token the touch id and an HMAC of it under a
+//! The links in messages: offer links to the hosted offer page (`/o/{store}/{token}`),
+//! tracked product links (`/r/{store}/{token}`, in messages sent before the offer page
+//! existed) and unsubscribe links (`/u/{store}/{token}`), each token the touch id and an HMAC of it under a
 //! per-store key, so a forged or altered token is recognised without storing tokens; and
 //! the product URL a tracked link leads to, with its UTM parameters.
 
@@ -12,6 +13,8 @@ use super::Platform;
 /// What a link does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Link {
+    /// Records the click and shows the offer page (the card, with a button to take it).
+    Offer,
     /// Records the click and redirects to the offered product.
     Redirect,
     /// Takes the customer off the list.
@@ -21,6 +24,7 @@ pub enum Link {
 impl Link {
     fn purpose(self) -> &'static str {
         match self {
+            Link::Offer => "o",
             Link::Redirect => "r",
             Link::Unsubscribe => "u",
         }
@@ -82,10 +86,10 @@ pub fn product_url(
     if let (Some(v), Some(_), Platform::Shopify) = (variant_id, handle, platform) {
         query.push(format!("variant={}", enc(v)));
     }
-    let medium = if medium == Channel::Sms {
-        "sms"
-    } else {
-        "email"
+    let medium = match medium {
+        Channel::Sms => "sms",
+        Channel::Page => "thank_you_page",
+        _ => "email",
     };
     query.push("utm_source=upsell-appliance".into());
     query.push(format!("utm_medium={medium}"));

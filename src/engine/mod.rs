@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod links;
 pub mod model;
 pub mod money;
+pub mod offer;
 pub mod plan;
 pub mod tz;
 

@@ -157,6 +157,8 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 crate::ops::offer_response(&ctx.storage, &store, &order, accepted, ctx.clock.now())
             })
         }
+        (Method::Get, "/api/offer/widget") => pick(ctx, &query)
+            .and_then(|store| crate::ops::offer_widget(&ctx.storage, &ctx.config, &store)),
         (Method::Get, "/api/deadletters") => {
             pick(ctx, &query).and_then(|store| crate::ops::dead_letters(&ctx.storage, &store))
         }

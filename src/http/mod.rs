@@ -11,6 +11,7 @@
 
 pub mod admin;
 mod links;
+mod offers;
 pub mod page;
 pub mod public;
 

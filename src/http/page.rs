@@ -409,7 +409,7 @@ pub(crate) fn form_value(body: &[u8], key: &str) -> Option<String> {
     })
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

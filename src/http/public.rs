@@ -35,6 +35,9 @@ pub fn handle(ctx: &PublicCtx, rq: Request) {
     let Some(rq) = super::links::handle(ctx, rq, &path) else {
         return;
     };
+    let Some(rq) = super::offers::handle(ctx, rq, &path) else {
+        return;
+    };
     let method = rq.method().clone();
     if let Some(store) = path.strip_prefix("/webhooks/") {
         if method == Method::Post {

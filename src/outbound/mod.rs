@@ -76,8 +76,8 @@ pub struct Message {
     pub links: Links,
 }
 
-/// The links a message carries: the tracked product link (when it carries an offer) and
-/// the unsubscribe link, both under `public_url` and signed.
+/// The links a message carries: the offer page link (when it carries an offer; the page
+/// records the click) and the unsubscribe link, both under `public_url` and signed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Links {
     pub click: Option<String>,
@@ -88,7 +88,7 @@ impl Links {
     pub fn of(public_url: &str, key: &[u8], store: &str, touch: u64, has_offer: bool) -> Links {
         use crate::engine::links::{url, Link};
         Links {
-            click: has_offer.then(|| url(public_url, key, Link::Redirect, store, touch)),
+            click: has_offer.then(|| url(public_url, key, Link::Offer, store, touch)),
             unsubscribe: url(public_url, key, Link::Unsubscribe, store, touch),
         }
     }

@@ -167,7 +167,7 @@ fn sample(public_url: &str) -> Message {
         due_at: crate::engine::Timestamp(0),
         at: crate::engine::Timestamp(0),
         links: super::Links {
-            click: Some(link.replace("/x/", "/r/")),
+            click: Some(link.replace("/x/", "/o/")),
             unsubscribe: link.replace("/x/", "/u/"),
         },
     }

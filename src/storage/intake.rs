@@ -191,19 +191,73 @@ impl Storage {
         Ok(())
     }
 
-    pub fn set_offer_response(
+    /// Records what the customer did with the offer of `order` and counts it in the
+    /// affinity feedback of each of the order's products → the offered product, in one
+    /// transaction. The first answer stands, except that a decline followed by an accept
+    /// becomes an accept (the customer changed their mind; both are counted); an accept
+    /// is never undone by a later decline. Returns the stored answer and whether it changed.
+    pub fn respond_to_offer(
         &self,
         store: &str,
         order: &str,
-        response: &OfferResponse,
-    ) -> Result<(), Error> {
+        accepted: bool,
+        now: Timestamp,
+    ) -> Result<(OfferResponse, bool), Error> {
         let tx = self.db.begin_write()?;
-        tx.open_table(OFFER_RESPONSES)?.insert(
-            (store, order),
-            codec::encode(RESPONSE_V1, response)?.as_slice(),
-        )?;
+        let (stored, changed) = {
+            let mut t = tx.open_table(OFFER_RESPONSES)?;
+            let old: Option<OfferResponse> = t
+                .get((store, order))?
+                .map(|v| codec::decode("offer response", RESPONSE_V1, v.value()))
+                .transpose()?;
+            match old {
+                Some(o) if o.accepted || !accepted => (o, false),
+                _ => {
+                    let new = OfferResponse { accepted, at: now };
+                    t.insert((store, order), codec::encode(RESPONSE_V1, &new)?.as_slice())?;
+                    (new, true)
+                }
+            }
+        };
+        if changed {
+            let rec = super::plans::stored_plan(&tx, store, order)?;
+            if let Some(rec) = rec {
+                count_feedback(&tx, store, &rec, |f| {
+                    if accepted {
+                        f.accepted += 1
+                    } else {
+                        f.declined += 1
+                    }
+                })?;
+            }
+        }
         tx.commit()?;
-        Ok(())
+        Ok((stored, changed))
+    }
+
+    /// Records that the thank-you page showed the offer of `order` (the first time only):
+    /// the page counts as sent in its plan (a later edit of the order no longer changes
+    /// an offer the customer has seen) and as offered in the affinity feedback. Returns
+    /// whether this was the first time.
+    pub fn offer_shown(&self, store: &str, order: &str, now: Timestamp) -> Result<bool, Error> {
+        use crate::engine::plan::TouchKind;
+        let tx = self.db.begin_write()?;
+        let Some(mut rec) = super::plans::stored_plan(&tx, store, order)? else {
+            return Ok(false);
+        };
+        if rec.sent.contains(&TouchKind::Page) {
+            return Ok(false);
+        }
+        rec.sent.push(TouchKind::Page);
+        rec.history.push(format!(
+            "{} the thank-you page showed the offer",
+            now.to_rfc3339()
+        ));
+        tx.open_table(PLANS)?
+            .insert((store, order), super::plans::encode_plan(&rec)?.as_slice())?;
+        count_feedback(&tx, store, &rec, |f| f.offered += 1)?;
+        tx.commit()?;
+        Ok(true)
     }
 
     /// Records a delivery told by hand, and moves the order's delivery-anchored touches to
@@ -223,4 +277,46 @@ impl Storage {
         self.timer_feed.push(&timers);
         Ok(())
     }
+}
+
+/// Adds to the feedback counters of (each product of the order → the offered product,
+/// under the plan's recipe). Only products the affinity model has numbered have counters
+/// (the ones it can rank); others are left out.
+fn count_feedback(
+    tx: &redb::WriteTransaction,
+    store: &str,
+    rec: &crate::engine::lifecycle::PlanRecord,
+    add: impl Fn(&mut crate::engine::affinity::Feedback),
+) -> Result<(), Error> {
+    use super::records::{decode_evidence, decode_feedback, encode_feedback};
+    let (Some(offer), Some(recipe)) = (&rec.plan.offer, rec.plan.recipe) else {
+        return Ok(());
+    };
+    let b = tx
+        .open_table(PRODUCT_NOS)?
+        .get((store, offer.product.as_str()))?
+        .map(|v| v.value());
+    let evidence = tx
+        .open_table(AFF_ORDERS)?
+        .get((store, rec.order_id.as_str()))?
+        .map(|v| decode_evidence(v.value()))
+        .transpose()?;
+    let (Some(b), Some(evidence)) = (b, evidence) else {
+        return Ok(());
+    };
+    let mut table = tx.open_table(FEEDBACK)?;
+    let mut products = evidence.products;
+    products.sort_unstable();
+    products.dedup();
+    for a in products.into_iter().filter(|&a| a != b) {
+        let key = (store, a, b, recipe.as_str());
+        let mut f = table
+            .get(key)?
+            .map(|v| decode_feedback(v.value()))
+            .transpose()?
+            .unwrap_or_default();
+        add(&mut f);
+        table.insert(key, encode_feedback(&f)?.as_slice())?;
+    }
+    Ok(())
 }

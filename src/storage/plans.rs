@@ -169,6 +169,18 @@ pub fn decode_plan(bytes: &[u8]) -> Result<PlanRecord, Error> {
     codec::decode("plan record", PLAN_V1, bytes)
 }
 
+/// An order's plan record as a write transaction sees it.
+pub fn stored_plan(
+    tx: &redb::WriteTransaction,
+    store: &str,
+    order: &str,
+) -> Result<Option<PlanRecord>, Error> {
+    tx.open_table(PLANS)?
+        .get((store, order))?
+        .map(|v| decode_plan(v.value()))
+        .transpose()
+}
+
 impl Snapshot {
     pub fn plan(&self, store: &str, order: &str) -> Result<Option<PlanRecord>, Error> {
         self.plans

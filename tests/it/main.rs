@@ -4,6 +4,7 @@
 
 mod affinity;
 mod bigcommerce;
+mod browser;
 mod cadence;
 mod cli;
 mod crash;
@@ -11,6 +12,7 @@ mod fixtures;
 mod hardening;
 mod jobs;
 mod live;
+mod offers;
 mod outbound;
 mod plans;
 mod quarantine;

@@ -793,7 +793,7 @@ mod links {
 
     use super::*;
     use crate::scheduler::{outbox, wait_state};
-    use crate::support::TestServer;
+    use crate::support::{no_redirects, TestServer};
     use upsell_appliance::clock::TestClock;
 
     const T0: i64 = 1_795_186_800_000;
@@ -804,14 +804,6 @@ mod links {
     fn local(s: &TestServer, url: &str) -> String {
         let path = url.strip_prefix("https://upsell.example.com").expect(url);
         s.url(path)
-    }
-
-    fn no_redirects() -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .max_redirects(0)
-            .http_status_as_error(false)
-            .build()
-            .into()
     }
 
     #[test]
@@ -834,11 +826,17 @@ mod links {
         clock.set(Timestamp(T0 + 21 * MIN));
         wait_state(&s, "9901", "touch1", "sent");
         let line = outbox(tmp.path()).pop().unwrap();
-        let click = line["links"]["click"].as_str().unwrap().to_string();
         let unsub = line["links"]["unsubscribe"].as_str().unwrap().to_string();
-        assert!(
-            click.starts_with("https://upsell.example.com/r/main/"),
-            "{click}"
+        let id: u64 = line["touch_id"].as_str().unwrap().parse().unwrap();
+        // Messages link to the offer page now (tests/it/offers.rs); the tracked product
+        // link of messages sent before it still works.
+        let key = s.running().storage.link_key("main").unwrap();
+        let click = upsell_appliance::engine::links::url(
+            "https://upsell.example.com",
+            &key,
+            upsell_appliance::engine::links::Link::Redirect,
+            "main",
+            id,
         );
 
         // The tracked link: 302 to the product with UTM.
@@ -862,7 +860,6 @@ mod links {
         ] {
             assert!(to.contains(p), "{p} in {to}");
         }
-        let id: u64 = line["touch_id"].as_str().unwrap().parse().unwrap();
         let clicks = s.running().storage.snapshot().unwrap().clicks(id).unwrap();
         assert_eq!(clicks.len(), 1);
         assert_eq!(clicks[0].1, "mobile");

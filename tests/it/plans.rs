@@ -103,7 +103,10 @@ fn a_live_order_gets_an_explained_offer_and_its_plan_follows_the_order() {
     assert_eq!(v["offer"]["sku"], "SCALE-MINI", "{v:#}");
     assert_eq!(v["offer"]["title"], "Coffee Scale");
     assert_eq!(v["offer"]["price"], "19.00");
-    assert!(v["offer"]["variant_id"].is_null());
+    assert_eq!(
+        v["offer"]["variant_id"], "40001008",
+        "the catalog's, for the cart permalink"
+    );
     assert_eq!(v["holdout"], false);
     assert_eq!(
         kinds(&v),

@@ -90,6 +90,15 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// An agent that shows redirects instead of following them.
+pub fn no_redirects() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
 /// Imports the demo store's catalog and order history (`assets/demo`) into `store`.
 pub fn import_demo(storage: &upsell_appliance::storage::Storage, config: &Config, store: &str) {
     let assets = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo"));

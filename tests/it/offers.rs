@@ -1,0 +1,410 @@
+//! The thank-you page offer over HTTP: the offer API and who may read it (order tokens,
+//! Shopify session tokens), CORS, accept and decline with their feedback counters, the
+//! hosted offer page that offer messages link to, expired offers, the widget asset.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use hmac::Mac as _;
+use serde_json::{json, Value};
+use upsell_appliance::clock::TestClock;
+use upsell_appliance::engine::Timestamp;
+
+use crate::scheduler::{explain, outbox, touch, wait_state};
+use crate::support::{no_redirects, TestServer, SECRET, STORE};
+
+const T0: i64 = 1_790_000_000_000;
+const MIN: i64 = 60_000;
+const DAY: i64 = 86_400_000;
+const CLIENT_ID: &str = "client-123";
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The demo store with its app's client id, one paid first order (a welcome offer), the
+/// clock a minute after it.
+fn start(dir: &std::path::Path) -> (TestServer, Arc<TestClock>) {
+    let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
+    let s = TestServer::start_demo_with(
+        dir,
+        clock.clone(),
+        &format!("shopify_client_id = \"{CLIENT_ID}\""),
+    );
+    let body = serde_json::to_vec(&json!({
+        "id": 9901, "name": "#9901", "email": "lin@example.com", "phone": "+16175550100",
+        "created_at": Timestamp(T0).to_rfc3339(), "updated_at": Timestamp(T0).to_rfc3339(),
+        "currency": "USD", "total_price": "54.00", "financial_status": "paid",
+        "line_items": [{"id": 1, "sku": "KIT-POUR", "quantity": 1, "price": "54.00",
+            "title": "Pour-over Kit", "requires_shipping": false}],
+        "customer": {"id": 8901, "email": "lin@example.com", "first_name": "Lin",
+            "email_marketing_consent": {"state": "subscribed"}}
+    }))
+    .unwrap();
+    assert_eq!(s.webhook("orders/paid", "o9901", &body), 200);
+    wait_state(&s, "9901", "touch1", "scheduled");
+    (s, clock)
+}
+
+/// The store's order-token key, as `offer widget` gives it.
+fn key(s: &TestServer) -> String {
+    let (code, body) = s.admin_get(&format!("/api/offer/widget?store={STORE}"));
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["snippet"]
+        .as_str()
+        .unwrap()
+        .contains(v["key"].as_str().unwrap()));
+    v["key"].as_str().unwrap().to_string()
+}
+
+fn token(key: &str, order: &str) -> String {
+    upsell_appliance::engine::offer::order_token(key, STORE, order)
+}
+
+/// GET with headers: (status, headers we look at, body).
+fn get(s: &TestServer, path: &str, headers: &[(&str, &str)]) -> (u16, Option<String>, String) {
+    let mut rq = no_redirects().get(&s.url(path));
+    for (k, v) in headers {
+        rq = rq.header(*k, *v);
+    }
+    let mut r = rq.call().unwrap();
+    let cors = r
+        .headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_string());
+    (
+        r.status().as_u16(),
+        cors,
+        r.body_mut().read_to_string().unwrap(),
+    )
+}
+
+fn session_token(secret: &str, claims: Value) -> String {
+    let head = B64.encode(json!({"alg": "HS256", "typ": "JWT"}).to_string());
+    let body = B64.encode(claims.to_string());
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(format!("{head}.{body}").as_bytes());
+    format!("{head}.{body}.{}", B64.encode(m.finalize().into_bytes()))
+}
+
+fn claims(now_ms: i64) -> Value {
+    json!({"iss": "https://test-store.myshopify.com/checkouts", "dest": "https://test-store.myshopify.com",
+        "aud": CLIENT_ID, "exp": now_ms / 1000 + 300, "nbf": now_ms / 1000 - 5,
+        "iat": now_ms / 1000 - 5, "jti": "j1"})
+}
+
+#[test]
+fn the_offer_api_opens_only_to_its_token_or_the_shops_checkout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, _clock) = start(tmp.path());
+    let key = key(&s);
+    let t = token(&key, "9901");
+
+    let (code, cors, body) = get(&s, &format!("/v1/offers/{STORE}/9901?t={t}"), &[]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(cors.as_deref(), Some("*"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let offer = &v["offer"];
+    for f in [
+        "title",
+        "image_url",
+        "price",
+        "compare_at_price",
+        "currency",
+        "discount_code",
+        "saving",
+    ] {
+        assert!(offer.get(f).is_some(), "{f} in {v:#}");
+    }
+    assert_eq!(offer["currency"], "USD");
+    assert_eq!(
+        v["expires_at"],
+        Timestamp(T0 + 7 * DAY).to_rfc3339(),
+        "7 days after the order by default"
+    );
+    assert_eq!(
+        v["accept_url"],
+        format!("https://upsell.example.com/v1/offers/{STORE}/9901/accept?t={t}")
+    );
+    assert_eq!(
+        v["decline_url"],
+        format!("https://upsell.example.com/v1/offers/{STORE}/9901/decline?t={t}")
+    );
+    // Nothing personal in it.
+    for personal in ["lin@example.com", "Lin", "6175550100", "8901", "#9901"] {
+        assert!(!body.contains(personal), "{personal} in {body}");
+    }
+    // The page showed it: it counts as sent, so a later edit keeps this offer.
+    let e = explain(&s, "9901");
+    assert_eq!(touch(&e, "page")["sent"], true, "{e:#}");
+
+    // Everything else is the same 404, CORS included.
+    let (_, _, nothing) = get(&s, &format!("/v1/offers/{STORE}/9901"), &[]);
+    let other_order = token(&key, "9902");
+    let mut tampered = t.clone().into_bytes();
+    tampered[3] ^= 1;
+    let tampered = String::from_utf8(tampered).unwrap();
+    for path in [
+        format!("/v1/offers/{STORE}/9901"),
+        format!("/v1/offers/{STORE}/9901?t="),
+        format!("/v1/offers/{STORE}/9901?t={tampered}"),
+        format!("/v1/offers/{STORE}/9901?t={other_order}"),
+        format!("/v1/offers/{STORE}/9902?t={other_order}"),
+        format!("/v1/offers/woo/9901?t={t}"),
+        format!("/v1/offers/nowhere/9901?t={t}"),
+        format!("/v1/offers/{STORE}/9901/extra/parts?t={t}"),
+    ] {
+        let (code, cors, body) = get(&s, &path, &[]);
+        assert_eq!((code, cors.as_deref()), (404, Some("*")), "{path}");
+        assert_eq!(body, nothing, "{path}: the same answer whatever the reason");
+    }
+
+    // The Shopify checkout extension: a session token of the store's app.
+    let now = T0 + MIN;
+    let bearer = |jwt: String| format!("Bearer {jwt}");
+    let path = format!("/v1/offers/{STORE}/9901");
+    let ok = bearer(session_token(SECRET, claims(now)));
+    let (code, _, body) = get(&s, &path, &[("Authorization", &ok), ("Origin", "null")]);
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["accept_url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("?t={t}")),
+        "our token to take it"
+    );
+    // The signed-in buyer of this order; another customer's session sees nothing.
+    let mut c = claims(now);
+    c["sub"] = "gid://shopify/Customer/8901".into();
+    let (code, _, _) = get(
+        &s,
+        &path,
+        &[("Authorization", &bearer(session_token(SECRET, c)))],
+    );
+    assert_eq!(code, 200);
+    let mut refused = Vec::new();
+    let mut c = claims(now);
+    c["sub"] = "gid://shopify/Customer/777".into();
+    refused.push(("another customer", session_token(SECRET, c)));
+    refused.push(("wrong secret", session_token("shpss_wrong", claims(now))));
+    let mut c = claims(now);
+    c["exp"] = (now / 1000 - 60).into();
+    refused.push(("expired", session_token(SECRET, c)));
+    let mut c = claims(now);
+    c["dest"] = "https://another-shop.myshopify.com".into();
+    refused.push(("another shop", session_token(SECRET, c)));
+    let mut c = claims(now);
+    c["aud"] = "another-app".into();
+    refused.push(("another app", session_token(SECRET, c)));
+    for (why, jwt) in refused {
+        let (code, _, body) = get(&s, &path, &[("Authorization", &bearer(jwt))]);
+        assert_eq!((code, body.as_str()), (404, nothing.as_str()), "{why}");
+    }
+    // A session token cannot take the offer: accept needs our token.
+    let (code, _, _) = get(&s, &format!("{path}/accept"), &[("Authorization", &ok)]);
+    assert_eq!(code, 404);
+
+    // CORS preflight, as the extension's worker (origin null) sends it.
+    let r = no_redirects()
+        .options(&s.url(&path))
+        .header("Origin", "null")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let h = |n: &str| r.headers()[n].to_str().unwrap().to_string();
+    assert_eq!(h("access-control-allow-origin"), "*");
+    assert!(h("access-control-allow-headers").contains("Authorization"));
+    assert!(h("access-control-allow-methods").contains("POST"));
+
+    // The widget carries the card's style.
+    let (code, cors, js) = get(&s, "/thank-you.js", &[]);
+    assert_eq!((code, cors.as_deref()), (200, Some("*")));
+    assert!(
+        !js.contains("__CARD_CSS__") && js.contains(".upsell-card{"),
+        "{js}"
+    );
+}
+
+/// Sums the feedback counters of every antecedent → `offered`.
+fn feedback(s: &TestServer, offered: &str) -> upsell_appliance::engine::affinity::Feedback {
+    let snap = s.running().storage.snapshot().unwrap();
+    let b = snap
+        .product_no(STORE, offered)
+        .unwrap()
+        .expect("offered product is numbered");
+    let mut sum = upsell_appliance::engine::affinity::Feedback::default();
+    for a in 0..500 {
+        if let Some(f) = snap.feedback_from(STORE, a).unwrap().get(&b) {
+            sum.offered += f.offered;
+            sum.accepted += f.accepted;
+            sum.declined += f.declined;
+        }
+    }
+    sum
+}
+
+#[test]
+fn taking_the_offer_cancels_touch1_counts_feedback_and_leads_to_a_new_checkout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, clock) = start(tmp.path());
+    let t = token(&key(&s), "9901");
+    let e = explain(&s, "9901");
+    let product = e["offer"]["product"].as_str().unwrap().to_string();
+    let before = feedback(&s, &product);
+
+    let (code, _, _) = get(&s, &format!("/v1/offers/{STORE}/9901?t={t}"), &[]);
+    assert_eq!(code, 200);
+    let (code, _, _) = get(&s, &format!("/v1/offers/{STORE}/9901?t={t}"), &[]);
+    assert_eq!(code, 200);
+    let viewed = feedback(&s, &product);
+    assert!(
+        viewed.offered > before.offered,
+        "shown: {before:?} -> {viewed:?}"
+    );
+
+    // A decline, then a change of mind.
+    let r = no_redirects()
+        .post(&s.url(&format!("/v1/offers/{STORE}/9901/decline?t={t}")))
+        .header("Origin", "https://shop.example.com")
+        .send_empty()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let declined = feedback(&s, &product);
+    assert!(declined.declined > viewed.declined);
+
+    let r = no_redirects()
+        .get(&s.url(&format!("/v1/offers/{STORE}/9901/accept?t={t}")))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    let variant = e["offer"]["variant_id"].as_str().unwrap_or("");
+    assert!(
+        to == format!("https://test-store.myshopify.com/cart/{variant}:1")
+            || to.starts_with(&format!(
+                "https://test-store.myshopify.com/cart/{variant}:1?discount="
+            )),
+        "a cart permalink: {to} ({e:#})"
+    );
+    let accepted = feedback(&s, &product);
+    assert!(accepted.accepted > declined.accepted);
+    assert_eq!(accepted.declined, declined.declined);
+    // Again: nothing more is counted, and a decline now does not undo it.
+    no_redirects()
+        .get(&s.url(&format!("/v1/offers/{STORE}/9901/accept?t={t}")))
+        .call()
+        .unwrap();
+    no_redirects()
+        .post(&s.url(&format!("/v1/offers/{STORE}/9901/decline?t={t}")))
+        .send_empty()
+        .unwrap();
+    assert_eq!(feedback(&s, &product), accepted);
+    let (code, body) = s.admin_post(&format!("/api/offer/decline?store={STORE}&order=9901"));
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["accepted"].as_bool(), v["changed"].as_bool()),
+        (Some(true), Some(false))
+    );
+
+    // Touch-1 is not sent: the offer was taken on the page.
+    clock.set(Timestamp(T0 + 21 * MIN));
+    let v = wait_state(&s, "9901", "touch1", "skipped");
+    assert_eq!(
+        touch(&v, "touch1")["state_reason"],
+        "the thank-you page offer was accepted"
+    );
+}
+
+#[test]
+fn the_offer_page_of_a_message_records_the_click_and_takes_the_offer_by_post() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, clock) = start(tmp.path());
+    clock.set(Timestamp(T0 + 21 * MIN));
+    wait_state(&s, "9901", "touch1", "sent");
+    let line = outbox(tmp.path()).pop().unwrap();
+    let link = line["links"]["click"].as_str().unwrap().to_string();
+    let path = link
+        .strip_prefix("https://upsell.example.com")
+        .unwrap()
+        .to_string();
+    assert!(path.starts_with(&format!("/o/{STORE}/")), "{link}");
+    let id: u64 = line["touch_id"].as_str().unwrap().parse().unwrap();
+
+    let (code, _, page) = get(&s, &path, &[("User-Agent", "Mozilla/5.0 (iPhone) Mobile")]);
+    assert_eq!(code, 200, "{page}");
+    let title = line["offer"]["title"].as_str().unwrap();
+    assert!(page.contains(title), "{title} in {page}");
+    assert!(
+        page.contains("separate checkout"),
+        "the button says what it does"
+    );
+    let clicks = s.running().storage.snapshot().unwrap().clicks(id).unwrap();
+    assert_eq!(clicks.len(), 1);
+    assert_eq!(clicks[0].1, "mobile");
+    // The forms post to our accept and decline.
+    let t = token(&key(&s), "9901");
+    let accept = format!("https://upsell.example.com/v1/offers/{STORE}/9901/accept?t={t}");
+    assert!(
+        page.contains(&format!("<form method=\"post\" action=\"{accept}\"")),
+        "{page}"
+    );
+    let r = no_redirects()
+        .post(&s.url(&format!("/v1/offers/{STORE}/9901/accept?t={t}")))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send("")
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let v = explain(&s, "9901");
+    assert_eq!(v["offer_response"]["accepted"], true, "{v:#}");
+
+    // Forged, altered, or another store's: a 404 page; nothing recorded.
+    for bad in [
+        format!("{path}x"),
+        format!("/o/{STORE}/{id}.AAAAAAAAAAAAAAAAAAAAAA"),
+        "/o/woo/1.abc".to_string(),
+        format!("/o/{STORE}"),
+    ] {
+        let (code, _, _) = get(&s, &bad, &[]);
+        assert_eq!(code, 404, "{bad}");
+    }
+    assert_eq!(
+        s.running()
+            .storage
+            .snapshot()
+            .unwrap()
+            .clicks(id)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn an_offer_that_has_ended_gets_a_polite_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, clock) = start(tmp.path());
+    let t = token(&key(&s), "9901");
+    clock.set(Timestamp(T0 + 7 * DAY + MIN));
+    let (code, _, _) = get(&s, &format!("/v1/offers/{STORE}/9901?t={t}"), &[]);
+    assert_eq!(code, 404, "the API shows nothing once it ends");
+    let r = no_redirects()
+        .get(&s.url(&format!("/v1/offers/{STORE}/9901/accept?t={t}")))
+        .header("Accept", "text/html")
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 410);
+    let page = r.into_body().read_to_string().unwrap();
+    assert!(
+        page.contains("no longer available: it has expired"),
+        "{page}"
+    );
+    assert!(
+        page.contains("https://test-store.myshopify.com/products/"),
+        "a way to the product: {page}"
+    );
+    let v = explain(&s, "9901");
+    assert!(v["offer_response"].is_null(), "nothing recorded: {v:#}");
+}
