@@ -2,11 +2,11 @@
  * page. No dependencies, no cookies, nothing personal sent or shown.
  *
  *   <div data-upsell-offer="https://upsell.example.com/v1/offers/main/1234?t=TOKEN"
- *        style="min-height:14rem"></div>
+ *        style="min-height:18.5rem"></div>
  *   <script src="https://upsell.example.com/thank-you.js" async></script>
  *
- * The URL (with its token) comes from the README's PHP snippet. The container keeps its
- * reserved height while the offer loads, so the card appears without moving the page;
+ * The URL (with its token) comes from the README's PHP snippet. The container reserves
+ * the card's height (18.5rem at every width), so the card appears without moving the page;
  * with no offer (a 404: none, not yet, or not for this order) it retries a few times,
  * because the order's webhook may reach the service after this page, then collapses.
  */
@@ -43,38 +43,41 @@
     var o = data.offer;
     var id = "upsell-title-" + (++count);
     var card = el("section", { "class": "upsell-card", "aria-labelledby": id });
-    var img = o.image_url
-      ? el("img", { "class": "upsell-img", src: o.image_url, alt: o.title, width: "112", height: "112", decoding: "async" })
-      : el("div", { "class": "upsell-img", role: "presentation" });
+    var top = el("div", { "class": "upsell-top" });
+    top.appendChild(o.image_url
+      ? el("img", { "class": "upsell-img", src: o.image_url, alt: o.title, width: "96", height: "96", decoding: "async" })
+      : el("div", { "class": "upsell-img", role: "presentation" }));
     var body = el("div", { "class": "upsell-body" });
-    body.appendChild(el("p", { "class": "upsell-kicker" }, "Add to your order"));
+    body.appendChild(el("p", { "class": "upsell-kicker one" }, "You might also like"));
     body.appendChild(el("h2", { id: id }, o.title));
-    var price = el("p", { "class": "upsell-price" }, money(o.price, o.currency));
+    var price = el("p", { "class": "upsell-price one" }, money(o.price, o.currency));
     if (o.compare_at_price) {
       var was = el("s", {}, money(o.compare_at_price, o.currency));
       was.setAttribute("aria-label", "was " + money(o.compare_at_price, o.currency));
       price.appendChild(was);
     }
     body.appendChild(price);
-    body.appendChild(el("p", { "class": "upsell-saving" }, o.saving ? "You save " + money(o.saving, o.currency) : ""));
-    body.appendChild(el("p", { "class": "upsell-code" }, o.discount_code ? "Code " + o.discount_code + " is applied at checkout" : ""));
+    body.appendChild(el("p", { "class": "upsell-saving one" }, o.saving ? "You save " + money(o.saving, o.currency) : ""));
+    body.appendChild(el("p", { "class": "upsell-code one" }, o.discount_code ? "Code " + o.discount_code + " applied" : ""));
+    top.appendChild(body);
     var actions = el("div", { "class": "upsell-actions" });
-    var accept = el("a", { "class": "upsell-accept", href: data.accept_url }, "Buy it now \u2014 separate checkout");
+    var accept = el("a", { "class": "upsell-accept", href: data.accept_url }, "Buy now \u2014 new checkout");
     var decline = el("button", { "class": "upsell-decline", type: "button" }, "No thanks");
     decline.addEventListener("click", function () {
       try {
         fetch(data.decline_url, { method: "POST", mode: "cors", keepalive: true });
       } catch (e) { /* the answer is not needed */ }
-      var note = el("p", { "class": "upsell-note", role: "status" }, "No problem \u2014 enjoy your order.");
+      // Focus moves to the message that replaces the card, not to the page's top.
+      var note = el("p", { "class": "upsell-note", role: "status", tabindex: "-1" }, "No problem \u2014 enjoy your order.");
       box.replaceChildren(note);
       box.style.minHeight = "";
+      note.focus();
     });
     actions.appendChild(accept);
     actions.appendChild(decline);
-    card.appendChild(img);
-    card.appendChild(body);
+    card.appendChild(top);
     card.appendChild(actions);
-    card.appendChild(el("p", { "class": "upsell-note" }, "This starts a new checkout: your order is already complete."));
+    card.appendChild(el("p", { "class": "upsell-note one" }, "A separate order; yours is complete."));
     box.replaceChildren(card);
   }
 

@@ -625,7 +625,7 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
                 json!({"id": s.id, "mode": s.mode.as_str(), "platform": s.platform.as_str(), "domain": s.domain,
                 "webhook_url": format!("{}/webhooks/{}", config.public_url, s.id),
                 "secrets": s.webhook_secrets.len(), "currency": s.currency.as_str(),
-                "timezone": s.timezone.name()})
+                "timezone": s.timezone.name(), "thank_you_page": thank_you_page(s)})
             })
             .collect();
         println!(
@@ -661,6 +661,7 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
                     "s"
                 }
             );
+            println!("    thank-you page offer: {}", thank_you_page(s));
         }
         let next = |c: &config::Cron| next(c).unwrap_or_else(|| "never".into());
         println!(
@@ -673,6 +674,23 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the store's thank-you page gets its offer, or what is missing for it.
+fn thank_you_page(s: &config::StoreConfig) -> String {
+    use crate::engine::Platform;
+    match (s.platform, &s.shopify_client_id) {
+        (Platform::Shopify, Some(_)) => {
+            "the Shopify checkout extension (session tokens of shopify_client_id)".into()
+        }
+        (Platform::Shopify, None) => {
+            "not set up: shopify_client_id is missing, so the checkout extension's requests are refused (README \"The thank-you page offer\")".into()
+        }
+        (Platform::WooCommerce, _) => {
+            "the widget: `upsell-appliance offer widget` prints the PHP snippet".into()
+        }
+        (Platform::BigCommerce, _) => "the hosted offer page, from the offer emails".into(),
+    }
 }
 
 /// Gets a JSON document from the running service, or computes it from the database file
@@ -1298,6 +1316,17 @@ fn explain(
             );
         }
         None => println!("├─ offer: none"),
+    }
+    if let Some(r) = v["offer_response"].as_object() {
+        println!(
+            "├─ page offer {} at {}",
+            if r["accepted"] == true {
+                "accepted"
+            } else {
+                "declined"
+            },
+            r["at"].as_str().unwrap_or("")
+        );
     }
     if v["holdout"].as_bool() == Some(true) {
         println!("├─ holdout: yes (control group: nothing is sent)");

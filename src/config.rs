@@ -366,10 +366,15 @@ fn page(
     )?;
     let checkout_path = match raw.checkout_path {
         None => d.checkout_path,
-        Some(p) if p.starts_with('/') && !p.contains(['?', '#', ' ']) => p,
+        Some(p)
+            if p.starts_with('/')
+                && p.bytes().all(|c| c.is_ascii_graphic() && !matches!(c, b'?' | b'#')) =>
+        {
+            p
+        }
         Some(p) => {
             return Err(format!(
-                "{key}.checkout_path = {p:?} must be a path such as \"/checkout/\" (no query)"
+                "{key}.checkout_path = {p:?} must be a path such as \"/checkout/\" (ASCII, no spaces or query; percent-encode other characters)"
             ))
         }
     };
@@ -1480,6 +1485,17 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         if domain.trim().is_empty() {
             return Err(format!(
                 "{} is missing (the store's domain, e.g. example.myshopify.com)",
+                key("domain")
+            ));
+        }
+        // It goes into links, redirects and headers: a plain host name (an international
+        // one in its xn-- form), no scheme or path.
+        if !domain
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':'))
+        {
+            return Err(format!(
+                "{} = {domain:?} must be a host name such as \"example.myshopify.com\" (no https://, no path; an international name in its xn-- form)",
                 key("domain")
             ));
         }

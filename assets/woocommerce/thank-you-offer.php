@@ -27,19 +27,28 @@ add_action('woocommerce_thankyou', function ($order_id) {
     $id = (string) $order_id;
     $url = UPSELL_URL . '/v1/offers/' . rawurlencode(UPSELL_STORE) . '/' . rawurlencode($id)
         . '?t=' . upsell_offer_token($id);
-    printf('<div data-upsell-offer="%s" style="min-height:14rem"></div>', esc_attr($url));
+    printf('<div data-upsell-offer="%s" style="min-height:18.5rem"></div>', esc_attr($url));
     printf('<script src="%s" async></script>', esc_url(UPSELL_URL . '/thank-you.js'));
 }, 20);
 
 /* Core WooCommerce applies no coupon from a URL: taking the offer leads to
-   /checkout/?add-to-cart=ID&apply_coupon=CODE, and this applies the code once
-   add-to-cart (wp_loaded, priority 20) has put the product in the cart. */
+   /checkout/?add-to-cart=ID&apply_coupon=CODE, and this applies the code. add-to-cart runs
+   at wp_loaded priority 20 and may redirect (to the cart page) and exit there, so the code
+   is applied inside it, as the product goes into the cart, and again after it for the
+   case where the product was in the cart already. */
 add_action('wp_loaded', function () {
     if (empty($_GET['apply_coupon']) || !function_exists('WC') || !WC()->cart) {
         return;
     }
     $code = wc_format_coupon_code(wp_unslash($_GET['apply_coupon']));
-    if ($code !== '' && !WC()->cart->has_discount($code)) {
-        WC()->cart->apply_coupon($code);
+    if ($code === '') {
+        return;
     }
-}, 30);
+    $apply = function () use ($code) {
+        if (!WC()->cart->has_discount($code)) {
+            WC()->cart->apply_coupon($code);
+        }
+    };
+    add_action('woocommerce_add_to_cart', $apply, 10, 0);
+    add_action('wp_loaded', $apply, 30);
+}, 19);

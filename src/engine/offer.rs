@@ -44,6 +44,43 @@ pub fn order_token_valid(key: &str, store: &str, order: &str, token: &str) -> bo
     constant_time_eq(order_token(key, store, order).as_bytes(), token.as_bytes())
 }
 
+/// A token for the same offer that works only until `until` (Unix seconds), given to a
+/// Shopify checkout in its `accept_url`: a session token proves a checkout of the shop,
+/// not of this order, so what it gets must not outlive the thank-you page.
+pub fn order_token_until(key: &str, store: &str, order: &str, until: i64) -> String {
+    let mut m = HmacSha256::new_from_slice(key.as_bytes()).expect("any key length");
+    m.update(format!("offer:{store}:{order}:{until}").as_bytes());
+    B64.encode(&m.finalize().into_bytes()[..16])
+}
+
+/// Whether `token` (with `until`, when the link carries one) opens the offer of `order`
+/// at `now`.
+pub fn token_opens(
+    key: &str,
+    store: &str,
+    order: &str,
+    token: &str,
+    until: Option<i64>,
+    now: Timestamp,
+) -> bool {
+    match until {
+        None => order_token_valid(key, store, order, token),
+        Some(u) => {
+            now.0.div_euclid(1000) <= u
+                && constant_time_eq(
+                    order_token_until(key, store, order, u).as_bytes(),
+                    token.as_bytes(),
+                )
+        }
+    }
+}
+
+/// A session token opens only the offers of orders placed this recently: the thank-you
+/// page is shown at checkout, and the token does not say which order is the buyer's.
+pub const SESSION_ORDER_WINDOW_MS: i64 = 60 * 60 * 1000;
+/// How long the accept and decline links a session-token caller gets keep working.
+pub const SESSION_LINK_SECS: i64 = 60 * 60;
+
 /// What a verified Shopify session token says about the checkout that asks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkout {
@@ -186,7 +223,7 @@ pub enum Open {
 }
 
 /// Whether the offer of `rec` is open at `now`: for `valid_days` after the order, while
-/// the sequence runs, the order is not refunded and the product is in stock (above
+/// the sequence runs, the order is not refunded and the product is in stock (at or above
 /// `stock_threshold` where the catalog counts it).
 pub fn open(
     rec: &PlanRecord,
@@ -214,7 +251,7 @@ pub fn open(
         .and_then(|v| v.inventory)
         .is_some_and(|n| n < stock_threshold)
     {
-        return Open::Ended("it has sold out");
+        return Open::Ended("it is out of stock");
     }
     Open::Until(until)
 }
@@ -366,6 +403,35 @@ mod tests {
             &String::from_utf8(tampered).unwrap()
         ));
         assert!(!order_token_valid(KEY, "main", "5001", ""));
+        // A token until a time: only until then, only with that time.
+        let until = NOW / 1000 + 3600;
+        let u = order_token_until(KEY, "main", "5001", until);
+        assert!(token_opens(
+            KEY,
+            "main",
+            "5001",
+            &u,
+            Some(until),
+            Timestamp(NOW)
+        ));
+        assert!(!token_opens(
+            KEY,
+            "main",
+            "5001",
+            &u,
+            Some(until + 1),
+            Timestamp(NOW)
+        ));
+        assert!(!token_opens(KEY, "main", "5001", &u, None, Timestamp(NOW)));
+        assert!(!token_opens(
+            KEY,
+            "main",
+            "5001",
+            &u,
+            Some(until),
+            Timestamp((until + 1) * 1000)
+        ));
+        assert!(token_opens(KEY, "main", "5001", &t, None, Timestamp(NOW)));
         // Pinned: what Python's hmac module computes for the same inputs, as the README's
         // PHP snippet does (hash_hmac, first 16 bytes, base64url without padding).
         assert_eq!(t, "A32mVc2DbfAyPt7WZ9f5gw");

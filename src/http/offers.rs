@@ -24,6 +24,7 @@ use crate::engine::lifecycle::PlanRecord;
 use crate::engine::links::{device_class, verify, Link};
 use crate::engine::offer::{self, Card, Open};
 use crate::engine::percent_encode;
+use crate::engine::plan::TouchKind;
 
 const CSS: &str = include_str!("../../assets/offer/card.css");
 const PAGE: &str = include_str!("../../assets/offer/page.html");
@@ -109,6 +110,7 @@ fn api(ctx: &PublicCtx, rq: Request, rest: &str) {
     };
     let query = rq.url().split_once('?').map_or("", |(_, q)| q).to_string();
     let token = form_value(query.as_bytes(), "t");
+    let until = form_value(query.as_bytes(), "e").and_then(|e| e.parse::<i64>().ok());
     let Some(key) = ctx
         .link_keys
         .get(&store.id)
@@ -116,9 +118,10 @@ fn api(ctx: &PublicCtx, rq: Request, rest: &str) {
     else {
         return respond(rq, not_found());
     };
+    let now = ctx.clock.now();
     let by_token = token
         .as_deref()
-        .is_some_and(|t| offer::order_token_valid(&key, &store.id, &order, t));
+        .is_some_and(|t| offer::token_opens(&key, &store.id, &order, t, until, now));
     // Taking or refusing the offer needs our token: it is what accept_url carries.
     let checkout = match (&action, by_token) {
         (_, true) => None,
@@ -135,16 +138,32 @@ fn api(ctx: &PublicCtx, rq: Request, rest: &str) {
         let r = refused(&action, &rq);
         return respond(rq, r);
     };
-    // A signed-in buyer of another customer's order sees nothing.
-    if let Some(buyer) = checkout.and_then(|c| c.customer) {
-        if found.customer.as_deref().is_some_and(|c| c != buyer) {
+    if let Some(c) = &checkout {
+        // A session token proves a checkout of the shop, not of this order: it opens only
+        // an order placed moments ago, and never another signed-in buyer's.
+        let fresh = now.0 - found.rec.order_at.0 <= offer::SESSION_ORDER_WINDOW_MS;
+        let other_buyer = c
+            .customer
+            .as_deref()
+            .is_some_and(|buyer| found.customer.as_deref().is_some_and(|o| o != buyer));
+        if !fresh || other_buyer {
             return respond(rq, not_found());
         }
     }
-    let now = ctx.clock.now();
-    let t = offer::order_token(&key, &store.id, &order);
+    // The links to take or refuse it: ours for good with our token, for an hour with a
+    // session token.
+    let links = match checkout {
+        Some(_) => {
+            let until = now.0.div_euclid(1000) + offer::SESSION_LINK_SECS;
+            (
+                offer::order_token_until(&key, &store.id, &order, until),
+                Some(until),
+            )
+        }
+        None => (offer::order_token(&key, &store.id, &order), None),
+    };
     match action {
-        Action::Show => show(ctx, rq, store, &found, &t),
+        Action::Show => show(ctx, rq, store, &found, (&links.0, links.1)),
         Action::Accept => accept(ctx, rq, store, &found),
         Action::Decline => {
             let recorded = matches!(found.open, Open::Until(_))
@@ -215,6 +234,8 @@ struct Found {
     open: Open,
     /// The order's platform customer id, to match a signed-in buyer.
     customer: Option<String>,
+    /// The customer has accepted or declined it.
+    answered: bool,
 }
 
 fn find(ctx: &PublicCtx, store: &StoreConfig, order: &str) -> Option<Found> {
@@ -232,6 +253,11 @@ fn find(ctx: &PublicCtx, store: &StoreConfig, order: &str) -> Option<Found> {
         .and_then(|o| o.order)
         .and_then(|o| o.customer)
         .and_then(|c| c.platform_id);
+    let answered = snap
+        .offer_response(&store.id, order)
+        .ok()
+        .flatten()
+        .is_some();
     let open = offer::open(
         &rec,
         variant.as_ref(),
@@ -247,6 +273,7 @@ fn find(ctx: &PublicCtx, store: &StoreConfig, order: &str) -> Option<Found> {
         variant,
         open,
         customer,
+        answered,
     })
 }
 
@@ -269,25 +296,37 @@ fn card_of(store: &StoreConfig, f: &Found) -> Option<Card> {
     Some(offer::card(offer, f.variant.as_ref(), pct))
 }
 
-fn urls(ctx: &PublicCtx, store: &StoreConfig, order: &str, t: &str) -> (String, String) {
+/// The accept and decline URLs with token `t` (and the time it works until, if it ends).
+fn urls(
+    ctx: &PublicCtx,
+    store: &StoreConfig,
+    order: &str,
+    (t, until): (&str, Option<i64>),
+) -> (String, String) {
     let base = format!(
         "{}/v1/offers/{}/{}",
         ctx.config.public_url.trim_end_matches('/'),
         percent_encode(&store.id),
         percent_encode(order)
     );
-    (
-        format!("{base}/accept?t={t}"),
-        format!("{base}/decline?t={t}"),
-    )
+    let q = match until {
+        Some(u) => format!("t={t}&e={u}"),
+        None => format!("t={t}"),
+    };
+    (format!("{base}/accept?{q}"), format!("{base}/decline?{q}"))
 }
 
-/// The offer as JSON; the first time, the page counts as having shown it.
-fn show(ctx: &PublicCtx, rq: Request, store: &StoreConfig, f: &Found, t: &str) {
-    let (Open::Until(until), Some(card)) = (&f.open, card_of(store, f)) else {
+/// The offer as JSON; the first time, the page counts as having shown it. Only a plan
+/// with a thank-you page touch has one to show (replenishment and upgrade offers go by
+/// message), and only until the customer answers it.
+fn show(ctx: &PublicCtx, rq: Request, store: &StoreConfig, f: &Found, link: (&str, Option<i64>)) {
+    let on_page = f.rec.plan.touches.iter().any(|t| t.kind == TouchKind::Page);
+    let (Open::Until(until), Some(card), true, false) =
+        (&f.open, card_of(store, f), on_page, f.answered)
+    else {
         return respond(rq, not_found());
     };
-    let (accept_url, decline_url) = urls(ctx, store, &f.rec.order_id, t);
+    let (accept_url, decline_url) = urls(ctx, store, &f.rec.order_id, link);
     let body = serde_json::json!({
         "offer": card,
         "expires_at": until.to_rfc3339(),
@@ -339,6 +378,13 @@ fn accept(ctx: &PublicCtx, rq: Request, store: &StoreConfig, f: &Found) {
     if let Open::Ended(why) = f.open {
         return respond(rq, ended(store, offer, f.variant.as_ref(), why));
     }
+    let to = offer::checkout_url(
+        store.platform,
+        &store.domain,
+        &store.page.checkout_path,
+        offer,
+        f.variant.as_ref(),
+    );
     if !record(ctx, store, &f.rec.order_id, true, ctx.clock.now()) {
         return respond(
             rq,
@@ -351,13 +397,6 @@ fn accept(ctx: &PublicCtx, rq: Request, store: &StoreConfig, f: &Found) {
             ),
         );
     }
-    let to = offer::checkout_url(
-        store.platform,
-        &store.domain,
-        &store.page.checkout_path,
-        offer,
-        f.variant.as_ref(),
-    );
     respond(
         rq,
         Response::empty(303)
@@ -380,11 +419,8 @@ fn ended(
         store,
         410,
         "This offer has ended",
-        &format!(
-            "Sorry, this offer is no longer available: {why}. {} is still in the store.",
-            offer.title
-        ),
-        Some((&product, "See it in the store")),
+        &format!("Sorry, this offer is no longer available: {why}."),
+        Some((&product, &format!("See {} in the store", offer.title))),
     )
 }
 
@@ -404,11 +440,7 @@ fn message(
         esc(title),
         esc(text)
     );
-    page_response(
-        status,
-        &document(title, &store.name, &main),
-        Some(&store.domain),
-    )
+    page_response(status, &document(title, &store.name, &main))
 }
 
 fn document(title: &str, store_name: &str, main: &str) -> String {
@@ -418,18 +450,14 @@ fn document(title: &str, store_name: &str, main: &str) -> String {
 }
 
 /// An HTML page of ours: our style only, product images from anywhere over HTTPS, forms
-/// that post here and may be redirected on to the store's `domain`.
-fn page_response(status: u16, body: &str, domain: Option<&str>) -> Resp {
-    let forms = domain.map_or(String::new(), |d| {
-        format!(" https://{}", d.trim_end_matches('/'))
-    });
-    let csp = format!(
-        "default-src 'none'; style-src 'self'; img-src https: data:; form-action 'self'{forms}; frame-ancestors 'none'; base-uri 'none'"
-    );
+/// that post here and are redirected on to the store, which may redirect again (to its
+/// own domain, www or not): so any HTTPS target. No script runs on these pages.
+fn page_response(status: u16, body: &str) -> Resp {
+    let csp = "default-src 'none'; style-src 'self'; img-src https: data:; form-action 'self' https:; frame-ancestors 'none'; base-uri 'none'";
     Response::from_data(body.as_bytes().to_vec())
         .with_status_code(status)
         .with_header(header("Content-Type", "text/html; charset=utf-8"))
-        .with_header(header("Content-Security-Policy", &csp))
+        .with_header(header("Content-Security-Policy", csp))
         .with_header(header("X-Content-Type-Options", "nosniff"))
         .with_header(header("Referrer-Policy", "no-referrer"))
         .with_header(header("Cache-Control", "no-store"))
@@ -505,15 +533,11 @@ fn offer_page(ctx: &PublicCtx, rq: Request, rest: &str) {
         .map(|k| offer::order_token_key(k))
         .unwrap_or_default();
     let tok = offer::order_token(&key, &store.id, &f.rec.order_id);
-    let (accept_url, decline_url) = urls(ctx, store, &f.rec.order_id, &tok);
+    let (accept_url, decline_url) = urls(ctx, store, &f.rec.order_id, (&tok, None));
     let main = card_html(&card, &accept_url, &decline_url);
     respond(
         rq,
-        page_response(
-            200,
-            &document(&card.title, &store.name, &main),
-            Some(&store.domain),
-        ),
+        page_response(200, &document(&card.title, &store.name, &main)),
     );
 }
 
@@ -526,7 +550,6 @@ fn not_valid(store_name: &str) -> Resp {
             store_name,
             "<p class=\"upsell-message\">This link is not valid. If you copied it from a message, check that it is complete.</p>",
         ),
-        None,
     )
 }
 
@@ -536,7 +559,7 @@ fn card_html(c: &Card, accept_url: &str, decline_url: &str) -> String {
     let money = |amount: &str| format!("{amount} {}", esc(&c.currency));
     let img = match &c.image_url {
         Some(u) => format!(
-            "<img class=\"upsell-img\" src=\"{}\" alt=\"{}\" width=\"112\" height=\"112\">",
+            "<img class=\"upsell-img\" src=\"{}\" alt=\"{}\" width=\"96\" height=\"96\">",
             esc(u),
             esc(&c.title)
         ),
@@ -549,16 +572,17 @@ fn card_html(c: &Card, accept_url: &str, decline_url: &str) -> String {
         .saving
         .as_deref()
         .map_or(String::new(), |s| format!("You save {}", money(s)));
-    let code = c.discount_code.as_deref().map_or(String::new(), |d| {
-        format!("Code {} is applied at checkout", esc(d))
-    });
+    let code = c
+        .discount_code
+        .as_deref()
+        .map_or(String::new(), |d| format!("Code {} applied", esc(d)));
     format!(
-        "<section class=\"upsell-card\" aria-labelledby=\"upsell-title\">{img}<div class=\"upsell-body\">\
-<p class=\"upsell-kicker\">Add to your order</p><h2 id=\"upsell-title\">{title}</h2>\
-<p class=\"upsell-price\">{price}{was}</p><p class=\"upsell-saving\">{saving}</p><p class=\"upsell-code\">{code}</p></div>\
-<div class=\"upsell-actions\"><form method=\"post\" action=\"{accept}\"><button class=\"upsell-accept\" type=\"submit\">Buy it now \u{2014} separate checkout</button></form>\
+        "<section class=\"upsell-card\" aria-labelledby=\"upsell-title\"><div class=\"upsell-top\">{img}<div class=\"upsell-body\">\
+<p class=\"upsell-kicker one\">You might also like</p><h2 id=\"upsell-title\">{title}</h2>\
+<p class=\"upsell-price one\">{price}{was}</p><p class=\"upsell-saving one\">{saving}</p><p class=\"upsell-code one\">{code}</p></div></div>\
+<div class=\"upsell-actions\"><form method=\"post\" action=\"{accept}\"><button class=\"upsell-accept\" type=\"submit\">Buy now \u{2014} new checkout</button></form>\
 <form method=\"post\" action=\"{decline}\"><button class=\"upsell-decline\" type=\"submit\">No thanks</button></form></div>\
-<p class=\"upsell-note\">This starts a new checkout: your order is already complete.</p></section>",
+<p class=\"upsell-note one\">A separate order; yours is complete.</p></section>",
         title = esc(&c.title),
         price = money(&c.price),
         accept = esc(accept_url),

@@ -393,18 +393,29 @@ impl Storage {
         tx.set_durability(Durability::None)?;
         {
             let mut plans = tx.open_table(PLANS)?;
+            let mut again = Vec::new();
             for (store, rec) in &w.plans {
                 let key = (store.as_str(), rec.order_id.as_str());
-                // The scheduler may have recorded a send since the planner's snapshot:
-                // what went out stays out.
+                // The scheduler (or the thank-you page) may have recorded a send since the
+                // planner's snapshot: what went out stays out.
                 let stored = plans
                     .get(key)?
                     .map(|v| decode_plan(v.value()))
                     .transpose()?;
                 let mut rec = rec.clone();
-                for kind in stored.into_iter().flat_map(|r| r.sent) {
-                    if !rec.sent.contains(&kind) {
-                        rec.sent.push(kind);
+                if let Some(stored) = stored {
+                    let new_sends = stored.sent.iter().any(|k| !rec.sent.contains(k));
+                    if new_sends && rec.revision != stored.revision {
+                        // The planner revised a plan it thought unseen, and the customer
+                        // has seen it meanwhile: plan the order again from what is stored
+                        // (a seen plan is only adjusted, never replaced).
+                        again.push((store.clone(), rec.order_id.clone()));
+                        continue;
+                    }
+                    for kind in stored.sent {
+                        if !rec.sent.contains(&kind) {
+                            rec.sent.push(kind);
+                        }
                     }
                 }
                 plans.insert(key, encode_plan(&rec)?.as_slice())?;
@@ -415,7 +426,15 @@ impl Storage {
             }
             let mut queue = tx.open_table(PLAN_QUEUE)?;
             for (store, order) in &w.done {
-                queue.remove((store.as_str(), order.as_str()))?;
+                if !again.contains(&(store.clone(), order.clone())) {
+                    queue.remove((store.as_str(), order.as_str()))?;
+                }
+            }
+            for (store, order) in &again {
+                let key = (store.as_str(), order.as_str());
+                if queue.get(key)?.is_none() {
+                    queue.insert(key, 0)?;
+                }
             }
         }
         tx.commit()?;

@@ -1115,6 +1115,59 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_the_page_showed_meanwhile_is_planned_again_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &Options::default()).unwrap();
+        let o = order();
+        let rec = revise(None, plan(4, false), &o, Some(7), &[], Timestamp(T0));
+        write(&s, &rec);
+        // The planner's snapshot has nothing sent; it replaces the offer (an edit)...
+        let mut other = plan(4, false);
+        other.offer.as_mut().unwrap().product = "KETTLE".into();
+        let replaced = revise(
+            Some(rec.clone()),
+            other,
+            &o,
+            Some(7),
+            &[],
+            Timestamp(T0 + 1),
+        );
+        assert_eq!(replaced.revision, 2);
+        // ...while the thank-you page shows the stored one.
+        assert!(s.offer_shown("demo", "9001", Timestamp(T0 + 2)).unwrap());
+        let tx = s.db.begin_write().unwrap();
+        tx.open_table(PLAN_QUEUE)
+            .unwrap()
+            .insert(("demo", "9001"), 0)
+            .unwrap();
+        tx.commit().unwrap();
+        s.write_plans(&PlanWrites {
+            plans: vec![("demo".into(), replaced)],
+            done: vec![("demo".into(), "9001".into())],
+            anchors: vec![],
+        })
+        .unwrap();
+        // The offer the customer saw stays, and the order waits to be planned again.
+        let snap = s.snapshot().unwrap();
+        let stored = snap.plan("demo", "9001").unwrap().unwrap();
+        assert_eq!(stored.plan.offer.as_ref().unwrap().product, "SCALE");
+        assert_eq!(stored.sent, [TouchKind::Page]);
+        assert!(snap.queued("demo", "9001").unwrap());
+        // Planned again from the stored record, the seen plan is kept.
+        let mut again = plan(4, false);
+        again.offer.as_mut().unwrap().product = "KETTLE".into();
+        let kept = revise(
+            Some(stored.clone()),
+            again,
+            &o,
+            Some(7),
+            &[],
+            Timestamp(T0 + 3),
+        );
+        assert_eq!(kept.plan.offer.unwrap().product, "SCALE");
+    }
+
+    #[test]
     fn a_plan_schedules_its_touches_and_a_revision_replaces_the_pending_ones() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), &Options::default()).unwrap();

@@ -94,7 +94,7 @@ fn claims(now_ms: i64) -> Value {
 #[test]
 fn the_offer_api_opens_only_to_its_token_or_the_shops_checkout() {
     let tmp = tempfile::tempdir().unwrap();
-    let (s, _clock) = start(tmp.path());
+    let (s, clock) = start(tmp.path());
     let key = key(&s);
     let t = token(&key, "9901");
 
@@ -165,13 +165,12 @@ fn the_offer_api_opens_only_to_its_token_or_the_shops_checkout() {
     let (code, _, body) = get(&s, &path, &[("Authorization", &ok), ("Origin", "null")]);
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert!(
-        v["accept_url"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("?t={t}")),
-        "our token to take it"
-    );
+    // Links that take it with our token, for an hour only (the session token proves a
+    // checkout of the shop, not of this order).
+    let accept = v["accept_url"].as_str().unwrap().to_string();
+    let until = (now / 1000 + 3600).to_string();
+    assert!(accept.ends_with(&format!("&e={until}")), "{accept}");
+    assert!(!accept.contains(&t), "not the lasting token: {accept}");
     // The signed-in buyer of this order; another customer's session sees nothing.
     let mut c = claims(now);
     c["sub"] = "gid://shopify/Customer/8901".into();
@@ -202,6 +201,23 @@ fn the_offer_api_opens_only_to_its_token_or_the_shops_checkout() {
     // A session token cannot take the offer: accept needs our token.
     let (code, _, _) = get(&s, &format!("{path}/accept"), &[("Authorization", &ok)]);
     assert_eq!(code, 404);
+    // The hour's link with another time, or after its hour: refused.
+    let local = accept.strip_prefix("https://upsell.example.com").unwrap();
+    let (code, _, _) = get(
+        &s,
+        &local.replace(&until, &(now / 1000 + 7200).to_string()),
+        &[],
+    );
+    assert_eq!(code, 404, "a link's time cannot be extended");
+    clock.set(Timestamp(T0 + 2 * 60 * MIN));
+    let (code, _, _) = get(&s, local, &[]);
+    assert_eq!(code, 404, "the hour's link has expired");
+    // Two hours after the order a session token opens it no more; our token still does.
+    let late = bearer(session_token(SECRET, claims(T0 + 2 * 60 * MIN)));
+    let (code, _, body) = get(&s, &path, &[("Authorization", &late)]);
+    assert_eq!((code, body.as_str()), (404, nothing.as_str()));
+    let (code, _, _) = get(&s, &format!("{path}?t={t}"), &[]);
+    assert_eq!(code, 200);
 
     // CORS preflight, as the extension's worker (origin null) sends it.
     let r = no_redirects()
@@ -301,6 +317,9 @@ fn taking_the_offer_cancels_touch1_counts_feedback_and_leads_to_a_new_checkout()
         .send_empty()
         .unwrap();
     assert_eq!(feedback(&s, &product), accepted);
+    // Answered: the thank-you page shows it no more.
+    let (code, _, _) = get(&s, &format!("/v1/offers/{STORE}/9901?t={t}"), &[]);
+    assert_eq!(code, 404);
     let (code, body) = s.admin_post(&format!("/api/offer/decline?store={STORE}&order=9901"));
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -338,7 +357,7 @@ fn the_offer_page_of_a_message_records_the_click_and_takes_the_offer_by_post() {
     let title = line["offer"]["title"].as_str().unwrap();
     assert!(page.contains(title), "{title} in {page}");
     assert!(
-        page.contains("separate checkout"),
+        page.contains("new checkout") && page.contains("A separate order"),
         "the button says what it does"
     );
     let clicks = s.running().storage.snapshot().unwrap().clicks(id).unwrap();
