@@ -1570,6 +1570,9 @@ fn offer_widget(
     let (v, _) = via_service_or_file(config, "GET", &api, |s| {
         crate::ops::offer_widget(s, config, &store).map_err(ops_err)
     })?;
+    if let Some(w) = v["warning"].as_str() {
+        eprintln!("warning: {w}");
+    }
     if as_json {
         println!("{v}");
     } else {

@@ -884,7 +884,14 @@ pub fn offer_widget(
         .replace("{{PUBLIC_URL}}", public_url)
         .replace("{{STORE}}", store)
         .replace("{{KEY}}", &key);
-    Ok(json!({"store": store, "public_url": public_url, "key": key, "snippet": snippet}))
+    // A store served over HTTPS will not load a script or fetch from plain HTTP.
+    let warning = (!public_url.starts_with("https://")).then(|| {
+        format!("public_url {public_url} is not https: a store's HTTPS thank-you page will not load the widget from it (mixed content); put the appliance behind TLS and set public_url to its https:// address")
+    });
+    Ok(
+        json!({"store": store, "public_url": public_url, "key": key, "snippet": snippet,
+        "warning": warning}),
+    )
 }
 
 /// A touch of `store` by its id, as the CLI and the admin API give it.

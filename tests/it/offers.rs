@@ -427,3 +427,65 @@ fn an_offer_that_has_ended_gets_a_polite_page() {
     let v = explain(&s, "9901");
     assert!(v["offer_response"].is_null(), "nothing recorded: {v:#}");
 }
+
+/// The WooCommerce snippet that `offer widget` prints computes the very token the service
+/// checks, and prints the widget's markup (run by PHP itself, with WordPress's functions
+/// stubbed). Needs `php`: CI installs it; elsewhere the test says it was skipped.
+#[test]
+fn the_woocommerce_snippet_mints_the_token_the_service_checks() {
+    let have_php = std::process::Command::new("php")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_php {
+        assert!(
+            std::env::var("RUN_BROWSER_TESTS").as_deref() != Ok("1"),
+            "CI must have php (`.ci/run` installs php-cli)"
+        );
+        eprintln!("skipped: no php here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_in(tmp.path(), Default::default());
+    let (code, body) = s.admin_get("/api/offer/widget?store=woo");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let file = tmp.path().join("upsell-offer.php");
+    std::fs::write(&file, v["snippet"].as_str().unwrap()).unwrap();
+    let php = r#"
+        $hooks = [];
+        function add_action($hook, $fn, $priority = 10) { global $hooks; $hooks[] = [$hook, $fn, $priority]; }
+        function esc_attr($s) { return htmlspecialchars($s, ENT_QUOTES); }
+        function esc_url($s) { return $s; }
+        require $argv[1];
+        echo upsell_offer_token('7001'), "\n";
+        foreach ($hooks as [$hook, $fn, $priority]) {
+            if ($hook === 'woocommerce_thankyou') { $fn(7001); }
+        }
+    "#;
+    let out = std::process::Command::new("php")
+        .args(["-r", php])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = String::from_utf8(out.stdout).unwrap();
+    let key = v["key"].as_str().unwrap();
+    let token = upsell_appliance::engine::offer::order_token(key, "woo", "7001");
+    assert!(out.starts_with(&format!("{token}\n")), "{out}");
+    let url = format!("https://upsell.example.com/v1/offers/woo/7001?t={token}");
+    assert!(
+        out.contains(&format!(
+            "<div data-upsell-offer=\"{url}\" style=\"min-height:18.5rem\"></div>"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("<script src=\"https://upsell.example.com/thank-you.js\" async></script>"),
+        "{out}"
+    );
+}
