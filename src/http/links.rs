@@ -26,17 +26,7 @@ pub fn handle(ctx: &PublicCtx, rq: Request, path: &str) -> Option<Request> {
         respond(rq, not_found());
         return None;
     };
-    let touch = ctx
-        .link_keys
-        .get(store)
-        .and_then(|key| verify(key, link, store, token))
-        .and_then(
-            |id| match ctx.storage.snapshot().and_then(|s| s.touch(id)) {
-                Ok(Some(t)) if t.store == store => Some((id, t)),
-                _ => None,
-            },
-        );
-    let Some((id, t)) = touch else {
+    let Some((id, t)) = touch_of(ctx, link, store, token) else {
         respond(rq, not_found());
         return None;
     };
@@ -47,6 +37,35 @@ pub fn handle(ctx: &PublicCtx, rq: Request, path: &str) -> Option<Request> {
         _ => respond(rq, page(405, "This link is opened, not posted to.")),
     }
     None
+}
+
+/// The touch a link's token names, if the token is genuine and the touch is the store's.
+pub(super) fn touch_of(
+    ctx: &PublicCtx,
+    link: Link,
+    store: &str,
+    token: &str,
+) -> Option<(u64, TouchRecord)> {
+    let id = verify(ctx.link_keys.get(store)?, link, store, token)?;
+    match ctx.storage.snapshot().and_then(|s| s.touch(id)) {
+        Ok(Some(t)) if t.store == store => Some((id, t)),
+        _ => None,
+    }
+}
+
+/// Records a click on touch `id`'s link with its device class (a HEAD, a link checker, is
+/// not a click). The customer goes on either way; a click that cannot be recorded is said.
+pub(super) fn click(ctx: &PublicCtx, rq: &Request, id: u64) {
+    if *rq.method() != Method::Get {
+        return;
+    }
+    let ua = headers_of(rq).get("user-agent").unwrap_or("").to_string();
+    if let Err(e) = ctx
+        .storage
+        .record_click(id, ctx.clock.now(), device_class(&ua))
+    {
+        eprintln!("links: recording a click on touch {id}: {e}");
+    }
 }
 
 fn not_found() -> super::page::Page {
@@ -94,19 +113,7 @@ fn redirect(ctx: &PublicCtx, rq: Request, id: u64, t: &TouchRecord) {
         plan.as_ref().and_then(|p| p.plan.recipe),
         t.kind,
     );
-    let ua = headers_of(&rq).get("user-agent").unwrap_or("").to_string();
-    // A HEAD (a link checker) is not a click.
-    let click = *rq.method() == Method::Get;
-    if let Err(e) = click
-        .then(|| {
-            ctx.storage
-                .record_click(id, ctx.clock.now(), device_class(&ua))
-        })
-        .transpose()
-    {
-        // The customer still gets to the product; the click is lost, and said so.
-        eprintln!("links: recording a click on touch {id}: {e}");
-    }
+    click(ctx, &rq, id);
     respond(
         rq,
         tiny_http::Response::empty(302)

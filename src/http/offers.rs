@@ -21,7 +21,7 @@ use super::{header, headers_of, json, respond};
 use crate::config::StoreConfig;
 use crate::engine::catalog::Variant;
 use crate::engine::lifecycle::PlanRecord;
-use crate::engine::links::{device_class, verify, Link};
+use crate::engine::links::Link;
 use crate::engine::offer::{self, Card, Open};
 use crate::engine::percent_encode;
 use crate::engine::plan::TouchKind;
@@ -483,28 +483,10 @@ fn offer_page(ctx: &PublicCtx, rq: Request, rest: &str) {
             ),
         );
     }
-    let touch = ctx
-        .link_keys
-        .get(&store.id)
-        .and_then(|key| verify(key, Link::Offer, &store.id, token))
-        .and_then(
-            |id| match ctx.storage.snapshot().and_then(|s| s.touch(id)) {
-                Ok(Some(t)) if t.store == store.id => Some((id, t)),
-                _ => None,
-            },
-        );
-    let Some((id, t)) = touch else {
+    let Some((id, t)) = super::links::touch_of(ctx, Link::Offer, &store.id, token) else {
         return respond(rq, not_valid(&store.name));
     };
-    if *rq.method() == Method::Get {
-        let ua = headers_of(&rq).get("user-agent").unwrap_or("").to_string();
-        if let Err(e) = ctx
-            .storage
-            .record_click(id, ctx.clock.now(), device_class(&ua))
-        {
-            eprintln!("offers: recording a click on touch {id}: {e}");
-        }
-    }
+    super::links::click(ctx, &rq, id);
     let Some(f) = find(ctx, store, &t.order) else {
         return respond(
             rq,
