@@ -166,26 +166,23 @@ fn api(ctx: &PublicCtx, rq: Request, rest: &str) {
         Action::Show => show(ctx, rq, store, &found, (&links.0, links.1)),
         Action::Accept => accept(ctx, rq, store, &found),
         Action::Decline => {
-            let recorded = matches!(found.open, Open::Until(_))
-                && record(ctx, store, &found.rec.order_id, false, now);
-            if html_wanted(&rq) {
-                let text = if recorded || !matches!(found.open, Open::Until(_)) {
-                    "No problem. Enjoy your order!"
-                } else {
-                    "That did not work just now; please try again in a minute."
-                };
-                respond(rq, message(store, 200, "No thanks", text, None));
-            } else if recorded || !matches!(found.open, Open::Until(_)) {
-                respond(
-                    rq,
-                    cors(Response::from_data(Vec::new()).with_status_code(204)),
-                );
-            } else {
-                respond(
-                    rq,
-                    cors(json(503, &serde_json::json!({"error": "try again"}))),
-                );
-            }
+            // An offer that has ended has nothing left to refuse: answered as done.
+            let done = !matches!(found.open, Open::Until(_))
+                || record(ctx, store, &found.rec.order_id, false, now);
+            let again = "That did not work just now; please try again in a minute.";
+            let resp = match (html_wanted(&rq), done) {
+                (true, true) => message(
+                    store,
+                    200,
+                    "No thanks",
+                    "No problem. Enjoy your order!",
+                    None,
+                ),
+                (true, false) => message(store, 503, "Please try again", again, None),
+                (false, true) => cors(Response::from_data(Vec::new()).with_status_code(204)),
+                (false, false) => cors(json(503, &serde_json::json!({"error": again}))),
+            };
+            respond(rq, resp);
         }
     }
 }
