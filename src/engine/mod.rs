@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod due;
 pub mod history;
 pub mod lifecycle;
+pub mod lift;
 pub mod links;
 pub mod model;
 pub mod money;
