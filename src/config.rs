@@ -316,6 +316,60 @@ pub struct StoreConfig {
     /// sends; its client secret is the first of `webhook_secrets`). Usually in
     /// `secrets_file`.
     pub shopify_client_id: Option<String>,
+    /// `[stores.engagement]`: how the email provider's engagement webhook authenticates;
+    /// `None`: no such intake.
+    pub engagement: Option<EngagementAuth>,
+}
+
+/// How `POST /webhooks/{store}/engagement` is authenticated: Postmark cannot sign its
+/// webhooks, so HTTP basic auth (`user:password`, which Postmark puts in the webhook URL)
+/// or a secret last path segment (`/webhooks/{store}/engagement/{secret}`).
+#[derive(Clone, Debug)]
+pub struct EngagementAuth {
+    pub basic_auth: Option<crate::outbound::Secret>,
+    pub path_secret: Option<crate::outbound::Secret>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEngagement {
+    basic_auth: Option<String>,
+    path_secret: Option<String>,
+}
+
+/// `[stores.engagement]`: at least one way in, each hard to guess.
+fn engagement(raw: RawEngagement, key: &str) -> Result<EngagementAuth, String> {
+    use crate::outbound::Secret;
+    if let Some(b) = &raw.basic_auth {
+        match b.split_once(':') {
+            Some((user, pass)) if !user.is_empty() && pass.len() >= 16 && !user.contains('@') => {}
+            _ => {
+                return Err(format!(
+                    "{key}.basic_auth must be \"user:password\" with a password of 16 characters or more (e.g. `openssl rand -hex 16`)"
+                ))
+            }
+        }
+    }
+    if let Some(p) = &raw.path_secret {
+        if p.len() < 24
+            || !p
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        {
+            return Err(format!(
+                "{key}.path_secret must be 24 or more characters of a-z, A-Z, 0-9, '-' or '_' (e.g. `openssl rand -hex 16`)"
+            ));
+        }
+    }
+    if raw.basic_auth.is_none() && raw.path_secret.is_none() {
+        return Err(format!(
+            "{key} needs basic_auth or path_secret (or both): the provider's webhook must prove it is yours"
+        ));
+    }
+    Ok(EngagementAuth {
+        basic_auth: raw.basic_auth.map(Secret::new),
+        path_secret: raw.path_secret.map(Secret::new),
+    })
 }
 
 /// `[stores.page]`: the thank-you page offer as the customer sees it.
@@ -557,6 +611,7 @@ struct RawStore {
     projection: Option<RawProjection>,
     page: Option<RawPage>,
     shopify_client_id: Option<String>,
+    engagement: Option<RawEngagement>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1565,10 +1620,15 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
                 ))
             }
         };
+        let engagement = s
+            .engagement
+            .map(|e| engagement(e, &key("engagement")))
+            .transpose()?;
         stores.push(StoreConfig {
             projection,
             page,
             shopify_client_id,
+            engagement,
             mode,
             name: s
                 .name

@@ -39,6 +39,20 @@ pub fn handle(ctx: &PublicCtx, rq: Request) {
         return;
     };
     let method = rq.method().clone();
+    if let Some((store, rest)) = path
+        .strip_prefix("/webhooks/")
+        .and_then(|p| p.split_once("/engagement"))
+    {
+        let secret = rest.strip_prefix('/').filter(|s| !s.is_empty());
+        return match (method, rest.is_empty() || secret.is_some()) {
+            (Method::Post, true) => engagement(ctx, rq, store, secret),
+            (_, true) => respond(
+                rq,
+                text(405, "engagement webhooks are POSTed\n").with_header(header("Allow", "POST")),
+            ),
+            _ => respond(rq, text(404, "not found\n")),
+        };
+    }
     if let Some(store) = path.strip_prefix("/webhooks/") {
         if method == Method::Post {
             webhook(ctx, rq, store.trim_end_matches('/'));
@@ -117,6 +131,130 @@ fn sms_inbound(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
         tiny_http::Response::from_string("<Response/>")
             .with_header(header("Content-Type", "text/xml")),
     );
+}
+
+/// `POST /webhooks/{store}/engagement[/{secret}]`: opens, clicks, bounces, complaints and
+/// unsubscribes from the email provider (`ingest::engagement`), authenticated by basic auth
+/// or the secret path segment. Everything in a delivery is committed in one transaction
+/// before the 200; a wrong credential is a 401 and records nothing.
+fn engagement(ctx: &PublicCtx, mut rq: Request, store_id: &str, secret: Option<&str>) {
+    use crate::engine::plan::Suppressed;
+    use crate::ingest::engagement::{self as eng, Kind};
+    use crate::storage::plans::{contact_of, suppression_key, SuppressionRow};
+    let Some((store, auth)) = ctx
+        .config
+        .store(store_id)
+        .and_then(|s| s.engagement.as_ref().map(|a| (s, a)))
+    else {
+        let msg = format!("no engagement intake is configured for store {store_id:?}; set [stores.engagement] (README \"Engagement\")\n");
+        return respond(rq, text(404, &msg));
+    };
+    let eq = |a: &str, b: &str| crate::engine::constant_time_eq(a.as_bytes(), b.as_bytes());
+    let authorised = match secret {
+        Some(s) => auth.path_secret.as_ref().is_some_and(|p| eq(p.expose(), s)),
+        None => {
+            use base64::Engine as _;
+            let given = headers_of(&rq)
+                .get("authorization")
+                .and_then(|h| h.strip_prefix("Basic ").map(str::trim).map(str::to_string))
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .and_then(|b| String::from_utf8(b).ok());
+            match (&auth.basic_auth, given) {
+                (Some(want), Some(given)) => eq(want.expose(), &given),
+                _ => false,
+            }
+        }
+    };
+    if !authorised {
+        ctx.rejections.add(&store.id);
+        return respond(
+            rq,
+            text(401, "wrong or missing credentials for this store's engagement webhook (basic auth or the secret path, as in [stores.engagement])\n")
+                .with_header(header("WWW-Authenticate", "Basic realm=\"upsell-appliance engagement\"")),
+        );
+    }
+    let body = match read_body(&mut rq, ctx.config.max_body_bytes) {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return respond(rq, text(413, "body too large\n")),
+        Err(_) => return respond(rq, unavailable("the body could not be read")),
+    };
+    let items = match eng::parse(&body) {
+        Ok(items) => items,
+        Err(e) => return respond(rq, text(400, &format!("{e}\n"))),
+    };
+    let now = ctx.clock.now();
+    let snap = match ctx.storage.snapshot() {
+        Ok(s) => s,
+        Err(e) => return respond(rq, unavailable(&e.to_string())),
+    };
+    let mut w = crate::storage::touches::EngagementWrites::default();
+    let mut ignored = 0;
+    for e in items {
+        // The touch, if it is one of this store's.
+        let touch = e
+            .touch
+            .and_then(|id| snap.touch(id).ok().flatten().map(|t| (id, t)))
+            .filter(|(_, t)| t.store == store.id);
+        let at = e.at.unwrap_or(now);
+        match (e.kind, &touch) {
+            (Kind::Open, Some((id, _))) => w.opens.push((*id, at)),
+            (Kind::Click, Some((id, _))) => w.clicks.push((*id, at)),
+            (Kind::Open | Kind::Click, None) => ignored += 1,
+            (Kind::Bounce | Kind::Complaint | Kind::Unsubscribe, _) => {
+                // The address reported, else the touch's customer's email.
+                let email = e.email.clone().or_else(|| {
+                    let (_, t) = touch.as_ref()?;
+                    let customer = t
+                        .customer
+                        .and_then(|c| snap.customer(&store.id, c).ok().flatten());
+                    let order = snap.order(&store.id, &t.order).ok().flatten();
+                    contact_of(
+                        customer.as_ref(),
+                        order.as_ref().and_then(|o| o.order.as_ref()),
+                    )
+                    .0
+                    .map(str::to_string)
+                });
+                let Some(key) = email.and_then(|m| suppression_key(&m).ok()) else {
+                    ignored += 1;
+                    continue;
+                };
+                let (reason, source) = match e.kind {
+                    Kind::Complaint => (
+                        Suppressed::Complained,
+                        "spam complaint (engagement webhook)",
+                    ),
+                    Kind::Unsubscribe => (
+                        Suppressed::Unsubscribed,
+                        "unsubscribed at the email provider",
+                    ),
+                    _ => (
+                        Suppressed::Manual("the email provider reported a hard bounce".into()),
+                        "hard bounce (engagement webhook)",
+                    ),
+                };
+                w.suppressions.push((
+                    key,
+                    SuppressionRow {
+                        reason,
+                        at,
+                        source: source.into(),
+                    },
+                ));
+            }
+        }
+    }
+    match ctx.storage.record_engagement(&store.id, &w) {
+        Ok(()) => respond(
+            rq,
+            super::json(
+                200,
+                &serde_json::json!({"opens": w.opens.len(), "clicks": w.clicks.len(),
+                    "suppressed": w.suppressions.len(), "ignored": ignored}),
+            ),
+        ),
+        Err(e) => respond(rq, unavailable(&e.to_string())),
+    }
 }
 
 fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {

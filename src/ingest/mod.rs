@@ -4,6 +4,7 @@
 //! parameter). Never imports tiny_http or redb.
 
 pub mod bigcommerce;
+pub mod engagement;
 pub mod shopify;
 pub mod twilio;
 mod wire;

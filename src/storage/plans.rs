@@ -484,35 +484,7 @@ impl Storage {
     /// none). Returns how many were new.
     pub fn suppress(&self, store: &str, rows: &[(String, SuppressionRow)]) -> Result<usize, Error> {
         let tx = self.db.begin_write()?;
-        let mut new = 0;
-        {
-            let mut t = tx.open_table(SUPPRESSIONS)?;
-            for (key, row) in rows {
-                let old: Option<SuppressionRow> = t
-                    .get((store, key.as_str()))?
-                    .map(|v| codec::decode("suppression", SUPPRESSION_V1, v.value()))
-                    .transpose()?;
-                let row = match old {
-                    None => {
-                        new += 1;
-                        row.clone()
-                    }
-                    // The customer's own unsubscribe or complaint outranks a note, and the
-                    // entry keeps its first date.
-                    Some(old) => SuppressionRow {
-                        reason: match (&old.reason, &row.reason) {
-                            (Suppressed::Manual(_), _) => row.reason.clone(),
-                            (_, Suppressed::Manual(_)) => old.reason.clone(),
-                            _ => row.reason.clone(),
-                        },
-                        at: old.at.min(row.at),
-                        source: old.source,
-                    },
-                };
-                let bytes = codec::encode(SUPPRESSION_V1, &row)?;
-                t.insert((store, key.as_str()), bytes.as_slice())?;
-            }
-        }
+        let new = suppress_in(&tx, store, rows)?;
         tx.commit()?;
         Ok(new)
     }
@@ -524,6 +496,42 @@ impl Storage {
         tx.commit()?;
         Ok(was)
     }
+}
+
+/// [`Storage::suppress`] inside a write transaction. Returns how many entries were new.
+pub fn suppress_in(
+    tx: &redb::WriteTransaction,
+    store: &str,
+    rows: &[(String, SuppressionRow)],
+) -> Result<usize, Error> {
+    let mut new = 0;
+    let mut t = tx.open_table(SUPPRESSIONS)?;
+    for (key, row) in rows {
+        let old: Option<SuppressionRow> = t
+            .get((store, key.as_str()))?
+            .map(|v| codec::decode("suppression", SUPPRESSION_V1, v.value()))
+            .transpose()?;
+        let row = match old {
+            None => {
+                new += 1;
+                row.clone()
+            }
+            // The customer's own unsubscribe or complaint outranks a note, and the
+            // entry keeps its first date.
+            Some(old) => SuppressionRow {
+                reason: match (&old.reason, &row.reason) {
+                    (Suppressed::Manual(_), _) => row.reason.clone(),
+                    (_, Suppressed::Manual(_)) => old.reason.clone(),
+                    _ => row.reason.clone(),
+                },
+                at: old.at.min(row.at),
+                source: old.source,
+            },
+        };
+        let bytes = codec::encode(SUPPRESSION_V1, &row)?;
+        t.insert((store, key.as_str()), bytes.as_slice())?;
+    }
+    Ok(new)
 }
 
 #[cfg(test)]

@@ -294,6 +294,32 @@ fn next_id(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64
     }))
 }
 
+/// What one engagement delivery writes (see [`Storage::record_engagement`]).
+#[derive(Debug, Default)]
+pub struct EngagementWrites {
+    pub opens: Vec<(u64, Timestamp)>,
+    pub clicks: Vec<(u64, Timestamp)>,
+    pub suppressions: Vec<(String, super::plans::SuppressionRow)>,
+}
+
+fn click_in(
+    tx: &redb::WriteTransaction,
+    id: u64,
+    at: Timestamp,
+    device: &str,
+) -> Result<(), Error> {
+    // Keyed by the time: the same click reported again (a provider's retry) is one click.
+    tx.open_table(CLICKS)?.insert((id, at.0), device)?;
+    Ok(())
+}
+
+fn open_in(tx: &redb::WriteTransaction, id: u64, at: Timestamp) -> Result<(), Error> {
+    let mut opens = tx.open_table(OPENS)?;
+    let first = opens.get(id)?.map_or(at.0, |v| v.value().min(at.0));
+    opens.insert(id, first)?;
+    Ok(())
+}
+
 /// The touches a plan wants pending: none while held out or once the sequence is over;
 /// the thank-you page is served, not scheduled; what was sent stays sent.
 /// The timers a plan record asks for (the thank-you page offer is shown, not sent: no
@@ -864,7 +890,7 @@ impl Storage {
     /// Records a click on touch `id`'s tracked link.
     pub fn record_click(&self, id: u64, at: Timestamp, device: &str) -> Result<(), Error> {
         let tx = self.db.begin_write()?;
-        tx.open_table(CLICKS)?.insert((id, at.0), device)?;
+        click_in(&tx, id, at, device)?;
         tx.commit()?;
         Ok(())
     }
@@ -873,11 +899,22 @@ impl Storage {
     /// counts).
     pub fn set_opened(&self, id: u64, at: Timestamp) -> Result<(), Error> {
         let tx = self.db.begin_write()?;
-        {
-            let mut opens = tx.open_table(OPENS)?;
-            let first = opens.get(id)?.map_or(at.0, |v| v.value().min(at.0));
-            opens.insert(id, first)?;
+        open_in(&tx, id, at)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Engagement reported by a provider, all in one durable transaction (all or none):
+    /// opens, clicks and suppressions of `store`.
+    pub fn record_engagement(&self, store: &str, w: &EngagementWrites) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        for (id, at) in &w.opens {
+            open_in(&tx, *id, *at)?;
         }
+        for (id, at) in &w.clicks {
+            click_in(&tx, *id, *at, "email")?;
+        }
+        super::plans::suppress_in(&tx, store, &w.suppressions)?;
         tx.commit()?;
         Ok(())
     }

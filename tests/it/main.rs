@@ -8,6 +8,7 @@ mod browser;
 mod cadence;
 mod cli;
 mod crash;
+mod engagement;
 mod fixtures;
 mod hardening;
 mod jobs;
