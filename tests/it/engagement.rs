@@ -11,7 +11,8 @@ use upsell_appliance::engine::Timestamp;
 use crate::scheduler::{outbox, touch, wait_state};
 use crate::support::{TestServer, STORE};
 
-const T0: i64 = 1_790_000_000_000;
+/// As `outbound::routed::order` places its order: 2026-11-20T15:00:00Z.
+const T0: i64 = 1_795_186_800_000;
 const MIN: i64 = 60_000;
 const DAY: i64 = 86_400_000;
 const BASIC: &str = "postmark:0123456789abcdef0123";
@@ -27,18 +28,7 @@ fn start(dir: &std::path::Path) -> (TestServer, Arc<TestClock>, u64) {
             "[stores.engagement]\nbasic_auth = \"{BASIC}\"\npath_secret = \"{PATH_SECRET}\"\n"
         ),
     );
-    let body = serde_json::to_vec(&json!({
-        "id": 9901, "name": "#9901", "email": "lin@example.com",
-        "created_at": Timestamp(T0).to_rfc3339(), "updated_at": Timestamp(T0).to_rfc3339(),
-        "currency": "USD", "total_price": "54.00", "financial_status": "paid",
-        "line_items": [{"id": 1, "sku": "KIT-POUR", "quantity": 1, "price": "54.00",
-            "title": "Pour-over Kit", "requires_shipping": false}],
-        "customer": {"id": 8901, "email": "lin@example.com",
-            "email_marketing_consent": {"state": "subscribed"}}
-    }))
-    .unwrap();
-    assert_eq!(s.webhook("orders/paid", "e9901", &body), 200);
-    wait_state(&s, "9901", "touch1", "scheduled");
+    crate::outbound::routed::order(&s, 9901);
     clock.set(Timestamp(T0 + 21 * MIN));
     wait_state(&s, "9901", "touch1", "sent");
     let line = outbox(dir).pop().unwrap();
@@ -63,7 +53,7 @@ fn post(s: &TestServer, path: &str, auth: Option<&str>, body: &Value) -> (u16, S
 
 fn postmark_open(id: u64) -> Value {
     json!({"RecordType": "Open", "MessageStream": "outbound", "FirstOpen": true,
-        "Recipient": "lin@example.com", "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
+        "Recipient": "c9901@example.com", "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
         "ReceivedAt": Timestamp(T0 + 30 * MIN).to_rfc3339(), "Tag": "touch1",
         "Metadata": {"touch_id": id.to_string(), "order": "#9901"}})
 }
@@ -103,7 +93,7 @@ fn wrong_credentials_record_nothing_and_right_ones_record_opens_and_clicks() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(opened(), Some(Timestamp(T0 + 30 * MIN)));
     // The secret path: a click, reported twice (a retry), is one click.
-    let click = json!({"RecordType": "Click", "Recipient": "lin@example.com",
+    let click = json!({"RecordType": "Click", "Recipient": "c9901@example.com",
         "OriginalLink": "https://example.com", "ReceivedAt": Timestamp(T0 + 31 * MIN).to_rfc3339(),
         "Metadata": {"touch_id": id.to_string()}});
     for _ in 0..2 {
@@ -128,7 +118,7 @@ fn a_spam_complaint_suppresses_before_the_next_due_touch() {
     let tmp = tempfile::tempdir().unwrap();
     let (s, clock, id) = start(tmp.path());
     let complaint = json!({"RecordType": "SpamComplaint", "MessageStream": "outbound",
-        "Email": "lin@example.com", "BouncedAt": Timestamp(T0 + 40 * MIN).to_rfc3339(),
+        "Email": "c9901@example.com", "BouncedAt": Timestamp(T0 + 40 * MIN).to_rfc3339(),
         "Metadata": {"touch_id": id.to_string()}});
     let (code, body) = post(
         &s,
