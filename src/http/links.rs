@@ -126,6 +126,19 @@ fn redirect(ctx: &PublicCtx, rq: Request, id: u64, t: &TouchRecord) {
 /// The contact an unsubscribe takes off the list: the phone for an SMS, else the email.
 fn contact(ctx: &PublicCtx, t: &TouchRecord) -> Option<String> {
     let snap = ctx.storage.snapshot().ok()?;
+    let (email, phone) = addresses(&snap, t);
+    if t.channel == Channel::Sms {
+        phone
+    } else {
+        email
+    }
+}
+
+/// The (email, phone) a touch went to: its customer's, else its order's.
+pub(super) fn addresses(
+    snap: &crate::storage::Snapshot,
+    t: &TouchRecord,
+) -> (Option<String>, Option<String>) {
     let customer = t
         .customer
         .and_then(|c| snap.customer(&t.store, c).ok().flatten());
@@ -134,12 +147,7 @@ fn contact(ctx: &PublicCtx, t: &TouchRecord) -> Option<String> {
         customer.as_ref(),
         order.as_ref().and_then(|o| o.order.as_ref()),
     );
-    let contact = if t.channel == Channel::Sms {
-        phone
-    } else {
-        email
-    };
-    contact.map(str::to_string)
+    (email.map(str::to_string), phone.map(str::to_string))
 }
 
 /// `j***@example.com`, `+1******0100`: enough to recognise, not to harvest.

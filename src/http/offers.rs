@@ -28,9 +28,20 @@ use crate::engine::plan::TouchKind;
 
 const CSS: &str = include_str!("../../assets/offer/card.css");
 const PAGE: &str = include_str!("../../assets/offer/page.html");
-const WIDGET: &str = include_str!("../../assets/thank-you.js");
+/// The widget as served: `assets/thank-you.js` with `card.css` in place of its
+/// placeholder, put together once.
+static WIDGET_JS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    include_str!("../../assets/thank-you.js").replacen(
+        "\"__CARD_CSS__\"",
+        &serde_json::Value::from(CSS).to_string(),
+        1,
+    )
+});
 
 type Resp = Response<std::io::Cursor<Vec<u8>>>;
+
+/// What an answer that could not be recorded says (the storage failed: retrying works).
+const AGAIN: &str = "That did not work just now; please try again in a minute.";
 
 /// Answers the paths above; hands the request back when the path is none of them.
 pub fn handle(ctx: &PublicCtx, rq: Request, path: &str) -> Option<Request> {
@@ -39,12 +50,10 @@ pub fn handle(ctx: &PublicCtx, rq: Request, path: &str) -> Option<Request> {
     } else if let Some(rest) = path.strip_prefix("/o/") {
         offer_page(ctx, rq, rest);
     } else if path == "/thank-you.js" {
-        let js = WIDGET.replacen(
-            "\"__CARD_CSS__\"",
-            &serde_json::Value::from(CSS).to_string(),
-            1,
+        respond(
+            rq,
+            asset(WIDGET_JS.clone(), "text/javascript; charset=utf-8"),
         );
-        respond(rq, asset(js, "text/javascript; charset=utf-8"));
     } else if path == "/offer.css" {
         respond(rq, asset(CSS.to_string(), "text/css; charset=utf-8"));
     } else {
@@ -169,7 +178,6 @@ fn api(ctx: &PublicCtx, rq: Request, rest: &str) {
             // An offer that has ended has nothing left to refuse: answered as done.
             let done = !matches!(found.open, Open::Until(_))
                 || record(ctx, store, &found.rec.order_id, false, now);
-            let again = "That did not work just now; please try again in a minute.";
             let resp = match (html_wanted(&rq), done) {
                 (true, true) => message(
                     store,
@@ -178,9 +186,9 @@ fn api(ctx: &PublicCtx, rq: Request, rest: &str) {
                     "No problem. Enjoy your order!",
                     None,
                 ),
-                (true, false) => message(store, 503, "Please try again", again, None),
+                (true, false) => message(store, 503, "Please try again", AGAIN, None),
                 (false, true) => cors(Response::from_data(Vec::new()).with_status_code(204)),
-                (false, false) => cors(json(503, &serde_json::json!({"error": again}))),
+                (false, false) => cors(json(503, &serde_json::json!({"error": AGAIN}))),
             };
             respond(rq, resp);
         }
@@ -383,16 +391,7 @@ fn accept(ctx: &PublicCtx, rq: Request, store: &StoreConfig, f: &Found) {
         f.variant.as_ref(),
     );
     if !record(ctx, store, &f.rec.order_id, true, ctx.clock.now()) {
-        return respond(
-            rq,
-            message(
-                store,
-                503,
-                "Please try again",
-                "That did not work just now; please try again in a minute.",
-                None,
-            ),
-        );
+        return respond(rq, message(store, 503, "Please try again", AGAIN, None));
     }
     respond(
         rq,

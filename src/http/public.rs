@@ -140,7 +140,7 @@ fn sms_inbound(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
 fn engagement(ctx: &PublicCtx, mut rq: Request, store_id: &str, secret: Option<&str>) {
     use crate::engine::plan::Suppressed;
     use crate::ingest::engagement::{self as eng, Kind};
-    use crate::storage::plans::{contact_of, suppression_key, SuppressionRow};
+    use crate::storage::plans::{suppression_key, SuppressionRow};
     let Some((store, auth)) = ctx
         .config
         .store(store_id)
@@ -175,8 +175,7 @@ fn engagement(ctx: &PublicCtx, mut rq: Request, store_id: &str, secret: Option<&
     }
     let body = match read_body(&mut rq, ctx.config.max_body_bytes) {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => return respond(rq, text(413, "body too large\n")),
-        Err(_) => return respond(rq, unavailable("the body could not be read")),
+        Err(e) => return respond(rq, body_refused(ctx, e)),
     };
     let items = match eng::parse(&body) {
         Ok(items) => items,
@@ -204,16 +203,7 @@ fn engagement(ctx: &PublicCtx, mut rq: Request, store_id: &str, secret: Option<&
                 // The address reported, else the touch's customer's email.
                 let email = e.email.clone().or_else(|| {
                     let (_, t) = touch.as_ref()?;
-                    let customer = t
-                        .customer
-                        .and_then(|c| snap.customer(&store.id, c).ok().flatten());
-                    let order = snap.order(&store.id, &t.order).ok().flatten();
-                    contact_of(
-                        customer.as_ref(),
-                        order.as_ref().and_then(|o| o.order.as_ref()),
-                    )
-                    .0
-                    .map(str::to_string)
+                    super::links::addresses(&snap, t).0
                 });
                 let Some(key) = email.and_then(|m| suppression_key(&m).ok()) else {
                     ignored += 1;
@@ -267,36 +257,7 @@ fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
     };
     let body = match read_body(&mut rq, ctx.config.max_body_bytes) {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => {
-            let msg = format!(
-                "body is larger than max_body_kb = {}\n",
-                ctx.config.max_body_bytes / 1024
-            );
-            respond(
-                rq,
-                text(413, &msg).with_header(header("Connection", "close")),
-            );
-            return;
-        }
-        Err(BodyError::Busy) => {
-            respond(
-                rq,
-                unavailable("too many request bodies are being received at once"),
-            );
-            return;
-        }
-        Err(BodyError::Stalled) => {
-            let msg = "the rest of the body stopped arriving (nothing for the socket timeout); send the request again\n";
-            respond(
-                rq,
-                text(408, msg).with_header(header("Connection", "close")),
-            );
-            return;
-        }
-        Err(BodyError::Io(e)) => {
-            respond(rq, text(400, &format!("could not read the body: {e}\n")));
-            return;
-        }
+        Err(e) => return respond(rq, body_refused(ctx, e)),
     };
     let headers = headers_of(&rq);
     let secrets = &store.webhook_secrets;
@@ -351,6 +312,25 @@ fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
         Err(e) => respond(rq, unavailable(&e.to_string())),
     });
     send(ctx, Job::Deliver(event, reply));
+}
+
+/// The answer to a webhook whose body could not be read.
+fn body_refused(ctx: &PublicCtx, e: BodyError) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    match e {
+        BodyError::TooLarge => {
+            let msg = format!(
+                "body is larger than max_body_kb = {}\n",
+                ctx.config.max_body_bytes / 1024
+            );
+            text(413, &msg).with_header(header("Connection", "close"))
+        }
+        BodyError::Busy => unavailable("too many request bodies are being received at once"),
+        BodyError::Stalled => {
+            let msg = "the rest of the body stopped arriving (nothing for the socket timeout); send the request again\n";
+            text(408, msg).with_header(header("Connection", "close"))
+        }
+        BodyError::Io(e) => text(400, &format!("could not read the body: {e}\n")),
+    }
 }
 
 fn healthz(ctx: &PublicCtx, rq: Request) {

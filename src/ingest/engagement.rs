@@ -54,9 +54,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Engagement>, String> {
 fn time(v: &Value, keys: &[&str]) -> Result<Option<Timestamp>, String> {
     for k in keys {
         if let Some(s) = v.get(*k).and_then(Value::as_str).filter(|s| !s.is_empty()) {
-            let t = chrono::DateTime::parse_from_rfc3339(s)
-                .map_err(|_| format!("{k} = {s:?} is not an RFC 3339 time"))?;
-            return Ok(Some(Timestamp(t.timestamp_millis())));
+            return super::wire::parse_time(k, s).map(Some);
         }
     }
     Ok(None)
