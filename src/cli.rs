@@ -1328,6 +1328,22 @@ fn explain(
             r["at"].as_str().unwrap_or("")
         );
     }
+    if let Some(c) = v["conversion"].as_object() {
+        let credited = &c["credited"];
+        println!(
+            "├─ converted by order {} at {} (credit: {} on {} {}){}",
+            s(&c["order"]),
+            s(&c["at"]),
+            s(&credited["what"]),
+            s(&credited["kind"]),
+            s(&credited["channel"]),
+            c["reversed"].as_object().map_or(String::new(), |r| format!(
+                "; taken back at {}: {}",
+                s(&r["at"]),
+                s(&r["why"])
+            ))
+        );
+    }
     if v["holdout"].as_bool() == Some(true) {
         println!("├─ holdout: yes (control group: nothing is sent)");
     }

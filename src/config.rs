@@ -35,6 +35,7 @@ pub struct Config {
     pub templates_dir: Option<PathBuf>,
     pub stores: Vec<StoreConfig>,
     pub affinity: AffinityConfig,
+    pub measurement: MeasurementConfig,
     pub jobs: JobsConfig,
     /// Where this configuration came from, for messages.
     pub origin: Origin,
@@ -84,6 +85,24 @@ impl AffinityConfig {
         match self.half_life_days {
             0 => crate::engine::affinity::Decay::None,
             d => crate::engine::affinity::Decay::HalfLife { days: f64::from(d) },
+        }
+    }
+}
+
+/// `[measurement]`: how conversions are attributed and when the lift report gives a
+/// verdict.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MeasurementConfig {
+    pub windows: crate::engine::attribution::Windows,
+    /// Below this many holdout orders the report says how many more it needs.
+    pub min_holdout_orders: u64,
+}
+
+impl Default for MeasurementConfig {
+    fn default() -> MeasurementConfig {
+        MeasurementConfig {
+            windows: Default::default(),
+            min_holdout_orders: 100,
         }
     }
 }
@@ -571,7 +590,16 @@ struct RawConfig {
     #[serde(default)]
     stores: Vec<RawStore>,
     affinity: Option<RawAffinity>,
+    measurement: Option<RawMeasurement>,
     jobs: Option<RawJobs>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMeasurement {
+    click_window_days: Option<i64>,
+    accept_window_hours: Option<i64>,
+    min_holdout_orders: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1467,6 +1495,32 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
             )? as u64,
         },
     };
+    let m = raw.measurement.unwrap_or_default();
+    let measurement = MeasurementConfig {
+        windows: crate::engine::attribution::Windows {
+            click_ms: in_range(
+                "measurement.click_window_days",
+                m.click_window_days,
+                7,
+                1,
+                90,
+            )? * 86_400_000,
+            accept_ms: in_range(
+                "measurement.accept_window_hours",
+                m.accept_window_hours,
+                24,
+                1,
+                720,
+            )? * 3_600_000,
+        },
+        min_holdout_orders: in_range(
+            "measurement.min_holdout_orders",
+            m.min_holdout_orders,
+            100,
+            2,
+            1_000_000,
+        )? as u64,
+    };
     if affinity.thresholds.moderate > affinity.thresholds.strong {
         return Err("affinity.moderate_confidence is above affinity.strong_confidence; moderate must be the lower bar".into());
     }
@@ -1662,6 +1716,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         templates_dir,
         stores,
         affinity,
+        measurement,
         jobs,
         origin,
     })

@@ -791,16 +791,34 @@ pub fn explain(storage: &Storage, store: &str, order: &str) -> Result<serde_json
     };
     let response = snap
         .offer_response(store, &rec.order_id)?
-        .map(|r| json!({"accepted": r.accepted, "at": r.at.to_rfc3339()}));
+        .map(|r| json!({"accepted": r.accepted, "at": r.at.to_rfc3339(), "via_touch": r.via}));
+    let conversion = snap
+        .conversion(store, &rec.order_id)?
+        .map(|c| conversion_json(&c));
     Ok(json!({
         "store": store, "order": rec.order_id, "name": rec.order_name,
         "recipe": p.recipe.map(|r| r.as_str()), "offer": offer, "holdout": p.holdout,
-        "offer_response": response,
+        "offer_response": response, "conversion": conversion,
         "variants": variants, "touches": touches, "reasons": p.reasons,
         "status": rec.status.as_str(), "status_at": status_at, "ended_by": ended_by,
         "revision": rec.revision, "refunded_at": rec.refunded_at.map(|t| t.to_rfc3339()),
         "history": rec.history,
     }))
+}
+
+/// A conversion as `explain` and the report show it.
+pub fn conversion_json(c: &crate::engine::attribution::Conversion) -> serde_json::Value {
+    let engagement = |e: &crate::engine::attribution::Engagement| {
+        json!({"touch_id": e.touch, "kind": e.kind.as_str(), "channel": e.channel.as_str(),
+            "what": e.what, "at": e.at.to_rfc3339()})
+    };
+    json!({
+        "order": c.order, "at": c.at.to_rfc3339(), "product": c.product, "recipe": c.recipe,
+        "revenue_minor": c.revenue,
+        "credited": engagement(c.credited()),
+        "contributing": c.contributing.iter().map(engagement).collect::<Vec<_>>(),
+        "reversed": c.reversed.as_ref().map(|r| json!({"at": r.at.to_rfc3339(), "why": r.why})),
+    })
 }
 
 /// `customer ticket-open|ticket-close`: a support ticket pauses the customer's touches
@@ -863,7 +881,7 @@ pub fn offer_response(
     now: Timestamp,
 ) -> Result<serde_json::Value, OpsError> {
     let id = known_order(storage, store, order)?;
-    let (stored, changed) = storage.respond_to_offer(store, &id, accepted, now)?;
+    let (stored, changed) = storage.respond_to_offer(store, &id, accepted, None, now)?;
     Ok(
         json!({"store": store, "order": id, "accepted": stored.accepted,
         "at": stored.at.to_rfc3339(), "changed": changed}),

@@ -4,6 +4,7 @@
 //! ureq: time is a parameter and every input is a value. Most tests live here.
 
 pub mod affinity;
+pub mod attribution;
 pub mod catalog;
 pub mod due;
 pub mod history;

@@ -125,6 +125,22 @@ impl Currency {
     }
 }
 
+/// `minor` units of `from` in minor units of `to`, at `rates` (units of an order currency
+/// per unit of the store's); `None` for another currency without a rate.
+pub fn convert(
+    minor: i64,
+    from: Currency,
+    to: Currency,
+    rates: &std::collections::BTreeMap<Currency, f64>,
+) -> Option<i64> {
+    if from == to {
+        return Some(minor);
+    }
+    let rate = *rates.get(&from)?;
+    let scale = 10f64.powi(to.exponent() as i32 - from.exponent() as i32);
+    Some((minor as f64 / rate * scale).round() as i64)
+}
+
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

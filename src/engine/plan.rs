@@ -427,13 +427,12 @@ fn bucket(salt: &[u8], parts: &[&str], n: u64) -> u64 {
 /// The order's total in the store's currency (what the median, the top fifth and the
 /// configured amounts are in); `None` for another currency without a configured rate.
 fn store_value(input: &PlanInput<'_>) -> Option<i64> {
-    let (from, to) = (input.order.currency, input.currency);
-    if from == to {
-        return Some(input.order.total);
-    }
-    let rate = *input.policy.exchange_rates.get(&from)?;
-    let scale = 10f64.powi(to.exponent() as i32 - from.exponent() as i32);
-    Some((input.order.total as f64 / rate * scale).round() as i64)
+    super::money::convert(
+        input.order.total,
+        input.order.currency,
+        input.currency,
+        &input.policy.exchange_rates,
+    )
 }
 
 /// The value of what was bought that counts for offers: gift cards excluded.

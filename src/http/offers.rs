@@ -173,11 +173,20 @@ fn api(ctx: &PublicCtx, rq: Request, rest: &str) {
     };
     match action {
         Action::Show => show(ctx, rq, store, &found, (&links.0, links.1)),
-        Action::Accept => accept(ctx, rq, store, &found),
+        Action::Accept => {
+            let via = via(ctx, &store.id, &query, &found);
+            accept(ctx, rq, store, &found, via)
+        }
         Action::Decline => {
             // An offer that has ended has nothing left to refuse: answered as done.
             let done = !matches!(found.open, Open::Until(_))
-                || record(ctx, store, &found.rec.order_id, false, now);
+                || record(
+                    ctx,
+                    store,
+                    &found.rec.order_id,
+                    (false, via(ctx, &store.id, &query, &found)),
+                    now,
+                );
             let resp = match (html_wanted(&rq), done) {
                 (true, true) => message(
                     store,
@@ -302,11 +311,13 @@ fn card_of(store: &StoreConfig, f: &Found) -> Option<Card> {
 }
 
 /// The accept and decline URLs with token `t` (and the time it works until, if it ends).
+/// `via`: the message touch whose offer page shows them (for attribution).
 fn urls(
     ctx: &PublicCtx,
     store: &StoreConfig,
     order: &str,
     (t, until): (&str, Option<i64>),
+    via: Option<u64>,
 ) -> (String, String) {
     let base = format!(
         "{}/v1/offers/{}/{}",
@@ -314,10 +325,13 @@ fn urls(
         percent_encode(&store.id),
         percent_encode(order)
     );
-    let q = match until {
+    let mut q = match until {
         Some(u) => format!("t={t}&e={u}"),
         None => format!("t={t}"),
     };
+    if let Some(id) = via {
+        q.push_str(&format!("&via={id}"));
+    }
     (format!("{base}/accept?{q}"), format!("{base}/decline?{q}"))
 }
 
@@ -331,7 +345,7 @@ fn show(ctx: &PublicCtx, rq: Request, store: &StoreConfig, f: &Found, link: (&st
     else {
         return respond(rq, not_found());
     };
-    let (accept_url, decline_url) = urls(ctx, store, &f.rec.order_id, link);
+    let (accept_url, decline_url) = urls(ctx, store, &f.rec.order_id, link, None);
     let body = serde_json::json!({
         "offer": card,
         "expires_at": until.to_rfc3339(),
@@ -353,17 +367,25 @@ fn show(ctx: &PublicCtx, rq: Request, store: &StoreConfig, f: &Found, link: (&st
     respond(rq, cors(json(200, &body)));
 }
 
+/// The message touch an answer came through (`via=` of the offer page's links), when it
+/// is one of this order's: attribution credits it rather than the thank-you page.
+fn via(ctx: &PublicCtx, store: &str, query: &str, f: &Found) -> Option<u64> {
+    let id = form_value(query.as_bytes(), "via")?.parse::<u64>().ok()?;
+    let t = ctx.storage.snapshot().ok()?.touch(id).ok()??;
+    (t.store == store && t.order == f.rec.order_id).then_some(id)
+}
+
 /// Records an answer; false (and logged) when it could not be.
 fn record(
     ctx: &PublicCtx,
     store: &StoreConfig,
     order: &str,
-    accepted: bool,
+    (accepted, via): (bool, Option<u64>),
     now: crate::engine::Timestamp,
 ) -> bool {
     match ctx
         .storage
-        .respond_to_offer(&store.id, order, accepted, now)
+        .respond_to_offer(&store.id, order, accepted, via, now)
     {
         Ok(_) => true,
         Err(e) => {
@@ -378,7 +400,7 @@ fn record(
 
 /// Records the acceptance, then sends the customer to the checkout. An offer that has
 /// ended gets a polite page instead.
-fn accept(ctx: &PublicCtx, rq: Request, store: &StoreConfig, f: &Found) {
+fn accept(ctx: &PublicCtx, rq: Request, store: &StoreConfig, f: &Found, via: Option<u64>) {
     let offer = f.rec.plan.offer.as_ref().expect("found offers have one");
     if let Open::Ended(why) = f.open {
         return respond(rq, ended(store, offer, f.variant.as_ref(), why));
@@ -390,7 +412,7 @@ fn accept(ctx: &PublicCtx, rq: Request, store: &StoreConfig, f: &Found) {
         offer,
         f.variant.as_ref(),
     );
-    if !record(ctx, store, &f.rec.order_id, true, ctx.clock.now()) {
+    if !record(ctx, store, &f.rec.order_id, (true, via), ctx.clock.now()) {
         return respond(rq, message(store, 503, "Please try again", AGAIN, None));
     }
     respond(
@@ -511,7 +533,7 @@ fn offer_page(ctx: &PublicCtx, rq: Request, rest: &str) {
         .map(|k| offer::order_token_key(k))
         .unwrap_or_default();
     let tok = offer::order_token(&key, &store.id, &f.rec.order_id);
-    let (accept_url, decline_url) = urls(ctx, store, &f.rec.order_id, (&tok, None));
+    let (accept_url, decline_url) = urls(ctx, store, &f.rec.order_id, (&tok, None), Some(id));
     let main = card_html(&card, &accept_url, &decline_url);
     respond(
         rq,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::{Config, StoreConfig};
 use crate::engine::affinity::{Candidate, Month};
+use crate::engine::attribution::{self, Conversion};
 use crate::engine::catalog::Variant;
 use crate::engine::history::{normalize_email, Customer};
 use crate::engine::lifecycle::{self, PlanRecord};
@@ -58,9 +59,11 @@ pub fn plan_pending(storage: &Storage, planning: &Planning) -> Result<usize, Err
             snap: &snap,
             rs: &rs,
             now,
+            windows: planning.config.measurement.windows,
             records: BTreeMap::new(),
             readers: HashMap::new(),
             anchors: Vec::new(),
+            conversions: BTreeMap::new(),
         };
         let mut done = Vec::new();
         for (store, order, refund_at) in &queue {
@@ -83,6 +86,11 @@ pub fn plan_pending(storage: &Storage, planning: &Planning) -> Result<usize, Err
                 .collect(),
             done,
             anchors: pass.anchors,
+            conversions: pass
+                .conversions
+                .into_iter()
+                .map(|((store, _), c)| (store, c))
+                .collect(),
         };
         storage.write_plans(&writes)?;
     }
@@ -93,12 +101,15 @@ struct Pass<'a> {
     snap: &'a Snapshot,
     rs: &'a ReadSettings,
     now: Timestamp,
+    windows: attribution::Windows,
     records: BTreeMap<(String, String), PlanRecord>,
     /// What plans read, per store, remembered for the pass.
     readers: HashMap<String, Reader<'a>>,
     /// Orders planned after their delivery facts arrived: where their delivery-anchored
     /// touches go.
     anchors: Vec<(String, String, crate::engine::due::Anchors)>,
+    /// Conversions found or taken back, by (store, offering order).
+    conversions: BTreeMap<(String, String), Conversion>,
 }
 
 impl<'a> Pass<'a> {
@@ -182,6 +193,22 @@ impl<'a> Pass<'a> {
                 self.exclusive(store, c, &mut rec)?;
             }
         }
+        if let Some(c) = state.customer {
+            let refund_at = Timestamp(if refund_at > 0 {
+                refund_at
+            } else {
+                order.updated_at.0
+            });
+            let converting = Converting {
+                order,
+                customer: c,
+                basket: &inputs.basket,
+                live: starts,
+                refunded: state.refunds.iter().map(|(_, a)| a).sum(),
+                refund_at,
+            };
+            self.attribute(cfg, &converting)?;
+        }
         let delivery = self.snap.delivery(store, order_id, Some(&state))?;
         if delivery != Default::default() {
             let a = crate::engine::due::anchors(&delivery, &cfg.delivery, &cfg.offers.cadence)
@@ -191,6 +218,76 @@ impl<'a> Pass<'a> {
         }
         self.records
             .insert((store.to_string(), order_id.to_string()), rec);
+        Ok(())
+    }
+
+    /// Attribution: the customer's earlier offers that `n` converts (it buys the offered
+    /// product within the window of an engagement with the offer), or whose conversion by
+    /// `n` its refund or cancellation takes back.
+    fn attribute(&mut self, cfg: &StoreConfig, n: &Converting<'_>) -> Result<(), Error> {
+        let store = cfg.id.as_str();
+        let before = (n.order.created_at.0, n.order.id.as_str());
+        for (_, o) in self
+            .snap
+            .customer_orders(store, n.customer, Some(before), HISTORY)?
+        {
+            let key = (store.to_string(), o.clone());
+            let existing = match self.conversions.get(&key) {
+                Some(c) => Some(c.clone()),
+                None => self.snap.conversion(store, &o)?,
+            };
+            let mut conv = match existing {
+                Some(c) if c.order == n.order.id => c,
+                Some(_) => continue, // converted by another order: the first stands
+                None => {
+                    if !n.live {
+                        continue;
+                    }
+                    let Some(rec) = self.record(store, &o)? else {
+                        continue;
+                    };
+                    let (Some(offer), Some(recipe), false) =
+                        (&rec.plan.offer, rec.plan.recipe, rec.plan.holdout)
+                    else {
+                        continue;
+                    };
+                    if !n.basket.iter().any(|l| l.product == offer.product) {
+                        continue;
+                    }
+                    let all = self.snap.engagements(store, &o)?;
+                    let contributing =
+                        attribution::contributing(&all, n.order.created_at, &self.windows);
+                    if contributing.is_empty() {
+                        continue;
+                    }
+                    Conversion {
+                        offer_order: o.clone(),
+                        order: n.order.id.clone(),
+                        customer: n.customer,
+                        at: n.order.created_at,
+                        product: offer.product.clone(),
+                        recipe: recipe.as_str().to_string(),
+                        revenue: crate::engine::money::convert(
+                            n.paid_for(&offer.product),
+                            n.order.currency,
+                            cfg.currency,
+                            &cfg.offers.exchange_rates,
+                        ),
+                        contributing,
+                        reversed: None,
+                    }
+                }
+            };
+            if conv.reversed.is_none() {
+                conv.reversed = attribution::reversal(
+                    n.order.cancelled_at,
+                    n.refunded,
+                    n.paid_for(&conv.product),
+                    n.refund_at,
+                );
+            }
+            self.conversions.insert(key, conv);
+        }
         Ok(())
     }
 
@@ -215,6 +312,30 @@ impl<'a> Pass<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// A planned order as a possible conversion of its customer's earlier offers.
+struct Converting<'o> {
+    order: &'o Order,
+    customer: u64,
+    basket: &'o [BasketLine],
+    /// Paid and not cancelled: only such an order converts.
+    live: bool,
+    /// Refunded so far, in the order's currency.
+    refunded: i64,
+    /// When its latest refund came.
+    refund_at: Timestamp,
+}
+
+impl Converting<'_> {
+    /// What the order paid for a product, in its currency.
+    fn paid_for(&self, product: &str) -> i64 {
+        self.basket
+            .iter()
+            .filter(|l| l.product == product)
+            .map(|l| l.unit_price * i64::from(l.quantity))
+            .sum()
     }
 }
 

@@ -11,7 +11,9 @@ use crate::engine::due::Ticket;
 use crate::engine::Timestamp;
 
 const TICKET_V1: u8 = 1;
+/// `OfferResponse` without `via`.
 const RESPONSE_V1: u8 = 1;
+const RESPONSE_V2: u8 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct TicketRow {
@@ -26,6 +28,27 @@ struct TicketRow {
 pub struct OfferResponse {
     pub accepted: bool,
     pub at: Timestamp,
+    /// The message touch whose offer page the answer came from; `None`: the thank-you
+    /// page (and every answer stored before this was kept).
+    pub via: Option<u64>,
+}
+
+/// An offer response of either stored version.
+pub(super) fn decode_response(bytes: &[u8]) -> Result<OfferResponse, Error> {
+    #[derive(Deserialize)]
+    struct V1 {
+        accepted: bool,
+        at: Timestamp,
+    }
+    if bytes.first() == Some(&RESPONSE_V1) {
+        let v: V1 = codec::decode("offer response", RESPONSE_V1, bytes)?;
+        return Ok(OfferResponse {
+            accepted: v.accepted,
+            at: v.at,
+            via: None,
+        });
+    }
+    codec::decode("offer response", RESPONSE_V2, bytes)
 }
 
 /// A ticket with its times, for deciding as of a past moment (`replay`).
@@ -99,10 +122,7 @@ impl Snapshot {
             if s != store {
                 break;
             }
-            out.push((
-                order.to_string(),
-                codec::decode("offer response", RESPONSE_V1, v.value())?,
-            ));
+            out.push((order.to_string(), decode_response(v.value())?));
         }
         Ok(out)
     }
@@ -133,7 +153,7 @@ impl Snapshot {
     pub fn offer_response(&self, store: &str, order: &str) -> Result<Option<OfferResponse>, Error> {
         self.offer_responses
             .get((store, order))?
-            .map(|v| codec::decode("offer response", RESPONSE_V1, v.value()))
+            .map(|v| decode_response(v.value()))
             .transpose()
     }
 
@@ -195,12 +215,14 @@ impl Storage {
     /// affinity feedback of each of the order's products → the offered product, in one
     /// transaction. The first answer stands, except that a decline followed by an accept
     /// becomes an accept (the customer changed their mind; both are counted); an accept
-    /// is never undone by a later decline. Returns the stored answer and whether it changed.
+    /// is never undone by a later decline. `via` is the message touch whose offer page
+    /// the answer came from. Returns the stored answer and whether it changed.
     pub fn respond_to_offer(
         &self,
         store: &str,
         order: &str,
         accepted: bool,
+        via: Option<u64>,
         now: Timestamp,
     ) -> Result<(OfferResponse, bool), Error> {
         let tx = self.db.begin_write()?;
@@ -208,13 +230,17 @@ impl Storage {
             let mut t = tx.open_table(OFFER_RESPONSES)?;
             let old: Option<OfferResponse> = t
                 .get((store, order))?
-                .map(|v| codec::decode("offer response", RESPONSE_V1, v.value()))
+                .map(|v| decode_response(v.value()))
                 .transpose()?;
             match old {
                 Some(o) if o.accepted || !accepted => (o, false),
                 _ => {
-                    let new = OfferResponse { accepted, at: now };
-                    t.insert((store, order), codec::encode(RESPONSE_V1, &new)?.as_slice())?;
+                    let new = OfferResponse {
+                        accepted,
+                        at: now,
+                        via,
+                    };
+                    t.insert((store, order), codec::encode(RESPONSE_V2, &new)?.as_slice())?;
                     (new, true)
                 }
             }
@@ -282,7 +308,7 @@ impl Storage {
 /// Adds to the feedback counters of (each product of the order → the offered product,
 /// under the plan's recipe). Only products the affinity model has numbered have counters
 /// (the ones it can rank); others are left out.
-fn count_feedback(
+pub(super) fn count_feedback(
     tx: &redb::WriteTransaction,
     store: &str,
     rec: &crate::engine::lifecycle::PlanRecord,
@@ -319,4 +345,44 @@ fn count_feedback(
         table.insert(key, encode_feedback(&f)?.as_slice())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer stored before `via` was kept still reads, as the thank-you page's; the
+    /// new shape's bytes are pinned.
+    #[test]
+    fn golden_offer_responses_of_both_versions() {
+        #[derive(Serialize)]
+        struct V1 {
+            accepted: bool,
+            at: Timestamp,
+        }
+        let old = codec::encode(
+            RESPONSE_V1,
+            &V1 {
+                accepted: true,
+                at: Timestamp(1_790_000_000_000),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            decode_response(&old).unwrap(),
+            OfferResponse {
+                accepted: true,
+                at: Timestamp(1_790_000_000_000),
+                via: None
+            }
+        );
+        let new = OfferResponse {
+            accepted: false,
+            at: Timestamp(5),
+            via: Some(300),
+        };
+        let bytes = codec::encode(RESPONSE_V2, &new).unwrap();
+        assert_eq!(bytes, [2, 0, 10, 1, 251, 44, 1]);
+        assert_eq!(decode_response(&bytes).unwrap(), new);
+    }
 }

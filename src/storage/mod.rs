@@ -7,6 +7,7 @@
 pub mod affinity;
 mod backend;
 mod codec;
+pub mod conversions;
 pub mod intake;
 pub mod pause;
 pub mod plans;
@@ -718,6 +719,7 @@ impl Storage {
             mirrors: tx.open_table(MIRRORS)?,
             deliveries: tx.open_table(DELIVERIES)?,
             paused: tx.open_table(PAUSED)?,
+            conversions: tx.open_table(CONVERSIONS)?,
         })
     }
 
@@ -899,6 +901,7 @@ pub struct Snapshot {
     mirrors: redb::ReadOnlyTable<u64, u64>,
     deliveries: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
     paused: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    conversions: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
 }
 
 impl Snapshot {

@@ -189,6 +189,39 @@ impl Snapshot {
             .transpose()
     }
 
+    /// Every plan of a store, in order-id order, read one at a time.
+    pub fn store_plans<'s>(
+        &'s self,
+        store: &'s str,
+    ) -> Result<impl Iterator<Item = Result<PlanRecord, Error>> + 's, Error> {
+        let range = self.plans.range((store, "")..)?;
+        Ok(range.map_while(move |item| match item {
+            Err(e) => Some(Err(e.into())),
+            Ok((k, v)) => (k.value().0 == store).then(|| decode_plan(v.value())),
+        }))
+    }
+
+    /// A customer's counted orders placed from `from` to `to` (both in), oldest first:
+    /// (order time ms, id).
+    pub fn customer_orders_between(
+        &self,
+        store: &str,
+        customer: u64,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, String)>, Error> {
+        let mut out = Vec::new();
+        for item in self
+            .timeline
+            .range((store, customer, from, "")..=(store, customer, to, "\u{10FFFF}"))?
+        {
+            let (k, _) = item?;
+            let (_, _, at, id) = k.value();
+            out.push((at, id.to_string()));
+        }
+        Ok(out)
+    }
+
     /// Orders waiting to be planned, in key order, with their latest refund time (0: none).
     pub fn plan_queue(&self, limit: usize) -> Result<Vec<(String, String, i64)>, Error> {
         let mut out = Vec::new();
@@ -381,6 +414,8 @@ pub struct PlanWrites {
     pub done: Vec<(String, String)>,
     /// (store, order, anchors): delivery-anchored touches to move once scheduled.
     pub anchors: Vec<(String, String, Anchors)>,
+    /// Conversions found (or taken back) in the pass.
+    pub conversions: Vec<(String, crate::engine::attribution::Conversion)>,
 }
 
 impl Storage {
@@ -423,6 +458,10 @@ impl Storage {
             }
             for (store, order, a) in &w.anchors {
                 super::touches::reanchor(&tx, store, order, a, &mut timers)?;
+            }
+            drop(plans);
+            for (store, c) in &w.conversions {
+                super::conversions::write_in(&tx, store, c)?;
             }
             let mut queue = tx.open_table(PLAN_QUEUE)?;
             for (store, order) in &w.done {

@@ -52,6 +52,7 @@ macro_rules! each_table {
         $m!(MIRRORS);
         $m!(PENDING_COUNTS);
         $m!(PAUSED);
+        $m!(CONVERSIONS);
     };
 }
 pub(crate) use each_table;
@@ -174,5 +175,9 @@ pub const DELIVERIES: TableDefinition<(&str, &str), i64> = TableDefinition::new(
 /// Store id -> since when, and through what, its sending is paused (`storage::pause`):
 /// durable, so a restart (a crash, systemd) does not resume sending.
 pub const PAUSED: TableDefinition<&str, &[u8]> = TableDefinition::new("paused");
+/// (store, id of the order that made the offer) -> its conversion
+/// (`engine::attribution::Conversion`): the later order that bought it, the engagements
+/// that earned it, and whether a refund or cancellation took it back. One per offer.
+pub const CONVERSIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("conversions");
 
 pub const SCHEMA_VERSION: u32 = 1;

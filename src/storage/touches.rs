@@ -1147,6 +1147,7 @@ mod tests {
             plans: vec![("demo".into(), rec.clone())],
             done: vec![],
             anchors: vec![],
+            conversions: vec![],
         })
         .unwrap();
     }
@@ -1182,6 +1183,7 @@ mod tests {
             plans: vec![("demo".into(), replaced)],
             done: vec![("demo".into(), "9001".into())],
             anchors: vec![],
+            conversions: vec![],
         })
         .unwrap();
         // The offer the customer saw stays, and the order waits to be planned again.

@@ -287,8 +287,7 @@ fn write_records(s: &Storage, first: u64, n: usize, mut rec: impl FnMut(u64) -> 
         let plans = (order..upto).map(|o| (STORE.to_string(), rec(o))).collect();
         s.write_plans(&PlanWrites {
             plans,
-            done: vec![],
-            anchors: vec![],
+            ..Default::default()
         })
         .unwrap();
         order = upto;

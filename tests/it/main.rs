@@ -3,6 +3,7 @@
 //! and the crash test.
 
 mod affinity;
+mod attribution;
 mod bigcommerce;
 mod browser;
 mod cadence;

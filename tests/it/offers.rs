@@ -21,30 +21,45 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL
 
 /// The demo store with its app's client id, one paid first order (a welcome offer), the
 /// clock a minute after it.
-fn start(dir: &std::path::Path) -> (TestServer, Arc<TestClock>) {
+pub(crate) fn start(dir: &std::path::Path) -> (TestServer, Arc<TestClock>) {
     let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
     let s = TestServer::start_demo_with(
         dir,
         clock.clone(),
         &format!("shopify_client_id = \"{CLIENT_ID}\""),
     );
-    let body = serde_json::to_vec(&json!({
-        "id": 9901, "name": "#9901", "email": "lin@example.com", "phone": "+16175550100",
-        "created_at": Timestamp(T0).to_rfc3339(), "updated_at": Timestamp(T0).to_rfc3339(),
-        "currency": "USD", "total_price": "54.00", "financial_status": "paid",
-        "line_items": [{"id": 1, "sku": "KIT-POUR", "quantity": 1, "price": "54.00",
-            "title": "Pour-over Kit", "requires_shipping": false}],
-        "customer": {"id": 8901, "email": "lin@example.com", "first_name": "Lin",
-            "email_marketing_consent": {"state": "subscribed"}}
-    }))
-    .unwrap();
-    assert_eq!(s.webhook("orders/paid", "o9901", &body), 200);
+    place(&s, 9901, 8901, T0, &[("KIT-POUR", "54.00")]);
     wait_state(&s, "9901", "touch1", "scheduled");
     (s, clock)
 }
 
+/// Posts a paid order `id` of customer `customer` (Lin, with a phone, subscribed to
+/// email) placed at `at` with `(sku, price)` lines.
+pub(crate) fn place(s: &TestServer, id: u64, customer: u64, at: i64, lines: &[(&str, &str)]) {
+    let total: f64 = lines.iter().map(|(_, p)| p.parse::<f64>().unwrap()).sum();
+    let items: Vec<Value> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (sku, price))| {
+            json!({"id": i + 1, "sku": sku, "quantity": 1, "price": price, "title": sku,
+                "requires_shipping": false})
+        })
+        .collect();
+    let email = format!("c{customer}@example.com");
+    let body = serde_json::to_vec(&json!({
+        "id": id, "name": format!("#{id}"), "email": email, "phone": "+16175550100",
+        "created_at": Timestamp(at).to_rfc3339(), "updated_at": Timestamp(at).to_rfc3339(),
+        "currency": "USD", "total_price": format!("{total:.2}"), "financial_status": "paid",
+        "line_items": items,
+        "customer": {"id": customer, "email": email, "first_name": "Lin",
+            "email_marketing_consent": {"state": "subscribed"}}
+    }))
+    .unwrap();
+    assert_eq!(s.webhook("orders/paid", &format!("o{id}"), &body), 200);
+}
+
 /// The store's order-token key, as `offer widget` gives it.
-fn key(s: &TestServer) -> String {
+pub(crate) fn key(s: &TestServer) -> String {
     let (code, body) = s.admin_get(&format!("/api/offer/widget?store={STORE}"));
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -55,12 +70,16 @@ fn key(s: &TestServer) -> String {
     v["key"].as_str().unwrap().to_string()
 }
 
-fn token(key: &str, order: &str) -> String {
+pub(crate) fn token(key: &str, order: &str) -> String {
     upsell_appliance::engine::offer::order_token(key, STORE, order)
 }
 
 /// GET with headers: (status, headers we look at, body).
-fn get(s: &TestServer, path: &str, headers: &[(&str, &str)]) -> (u16, Option<String>, String) {
+pub(crate) fn get(
+    s: &TestServer,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>, String) {
     let mut rq = no_redirects().get(&s.url(path));
     for (k, v) in headers {
         rq = rq.header(*k, *v);
@@ -129,7 +148,7 @@ fn the_offer_api_opens_only_to_its_token_or_the_shops_checkout() {
         format!("https://upsell.example.com/v1/offers/{STORE}/9901/decline?t={t}")
     );
     // Nothing personal in it.
-    for personal in ["lin@example.com", "Lin", "6175550100", "8901", "#9901"] {
+    for personal in ["c8901@example.com", "Lin", "6175550100", "8901", "#9901"] {
         assert!(!body.contains(personal), "{personal} in {body}");
     }
     // The page showed it: it counts as sent, so a later edit keeps this offer.
@@ -243,7 +262,10 @@ fn the_offer_api_opens_only_to_its_token_or_the_shops_checkout() {
 }
 
 /// Sums the feedback counters of every antecedent → `offered`.
-fn feedback(s: &TestServer, offered: &str) -> upsell_appliance::engine::affinity::Feedback {
+pub(crate) fn feedback(
+    s: &TestServer,
+    offered: &str,
+) -> upsell_appliance::engine::affinity::Feedback {
     let snap = s.running().storage.snapshot().unwrap();
     let b = snap
         .product_no(STORE, offered)
@@ -255,6 +277,7 @@ fn feedback(s: &TestServer, offered: &str) -> upsell_appliance::engine::affinity
             sum.offered += f.offered;
             sum.accepted += f.accepted;
             sum.declined += f.declined;
+            sum.refunded += f.refunded;
         }
     }
     sum
@@ -365,19 +388,22 @@ fn the_offer_page_of_a_message_records_the_click_and_takes_the_offer_by_post() {
     assert_eq!(clicks[0].1, "mobile");
     // The forms post to our accept and decline.
     let t = token(&key(&s), "9901");
-    let accept = format!("https://upsell.example.com/v1/offers/{STORE}/9901/accept?t={t}");
+    // They name the message they came from, so the answer is credited to it.
+    let accept =
+        format!("https://upsell.example.com/v1/offers/{STORE}/9901/accept?t={t}&amp;via={id}");
     assert!(
         page.contains(&format!("<form method=\"post\" action=\"{accept}\"")),
         "{page}"
     );
     let r = no_redirects()
-        .post(&s.url(&format!("/v1/offers/{STORE}/9901/accept?t={t}")))
+        .post(&s.url(&format!("/v1/offers/{STORE}/9901/accept?t={t}&via={id}")))
         .header("Content-Type", "application/x-www-form-urlencoded")
         .send("")
         .unwrap();
     assert_eq!(r.status().as_u16(), 303);
     let v = explain(&s, "9901");
     assert_eq!(v["offer_response"]["accepted"], true, "{v:#}");
+    assert_eq!(v["offer_response"]["via_touch"], id, "{v:#}");
 
     // Forged, altered, or another store's: a 404 page; nothing recorded.
     for bad in [
