@@ -231,6 +231,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         clock: opts.clock.clone(),
         scheduler: scheduler_report.clone(),
         pauses,
+        lift: Default::default(),
     });
     let workers = [
         Workers::start(

@@ -99,6 +99,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the automation earned: treated against the holdout group, per recipe, with 95%
+    /// confidence intervals
+    Report {
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        /// Orders placed in this span before --until (30d, 12w, 48h) or from this date
+        #[arg(long, value_name = "SPAN_OR_DATE", default_value = "30d")]
+        since: String,
+        /// Up to the end of this date (or this RFC 3339 time); default: now
+        #[arg(long, value_name = "DATE")]
+        until: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Render a real offer as one touch and send it to you through the store's channel
     SendTest {
         /// touch1, sms, touch2, review, touch3, winback or anticipation
@@ -427,6 +441,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
             to,
             json,
         } => replay(&load(&cli.config)?, store, from, to, json),
+        Command::Report {
+            store,
+            since,
+            until,
+            json,
+        } => report(&load(&cli.config)?, store, since, until, json),
         Command::SendTest {
             touch,
             to,
@@ -1626,6 +1646,135 @@ fn replay(
     }
     print!("{}", replay_text(&v, &source));
     Ok(ExitCode::SUCCESS)
+}
+
+fn report(
+    config: &Config,
+    store: Option<String>,
+    since: String,
+    until: Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let store = store_of(config, &store)?;
+    let mut api = format!("/api/report?store={store}&since={}", percent_encode(&since));
+    if let Some(u) = &until {
+        api.push_str(&format!("&until={}", percent_encode(u)));
+    }
+    let (v, source) = service_or_file(
+        config,
+        || crate::admin_client::call_json_long(config, "GET", &api),
+        |s| {
+            let cfg = config.pick_store(Some(&store))?;
+            crate::ops::report(s, config, cfg, Some(&since), until.as_deref(), now).map_err(ops_err)
+        },
+    )?;
+    if as_json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", report_text(&v, &source));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The lift report for a person.
+fn report_text(v: &serde_json::Value, source: &str) -> String {
+    use std::fmt::Write as _;
+    let s = |x: &serde_json::Value| x.as_str().unwrap_or("").to_string();
+    let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+    let cur = s(&v["currency"]);
+    let money = |x: &serde_json::Value| {
+        x.as_f64()
+            .map_or("-".to_string(), |m| format!("{cur} {m:.2}"))
+    };
+    let pct = |x: &serde_json::Value| {
+        x.as_f64()
+            .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0))
+    };
+    let o = &v["orders"];
+    let mut out = format!(
+        "Lift of store {} from {} to {} ({source}).\n{} treated and {} holdout orders ({} add-ons folded into their orders{}).\n",
+        s(&v["store"]),
+        &s(&v["since"])[..10.min(s(&v["since"]).len())],
+        &s(&v["until"])[..10.min(s(&v["until"]).len())],
+        n(&o["treated"]),
+        n(&o["holdout"]),
+        n(&o["add_ons"]),
+        match n(&o["without_rate"]) {
+            0 => String::new(),
+            k => format!("; {k} in a currency without a rate left out of money figures"),
+        }
+    );
+    for r in v["recipes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "\n{} ({} treated, {} holdout orders)",
+            if r["recipe"] == "all" {
+                "All orders".to_string()
+            } else {
+                format!("Recipe {}", s(&r["recipe"]))
+            },
+            n(&r["treated_orders"]),
+            n(&r["holdout_orders"])
+        );
+        for (name, m) in [
+            ("AOV", &r["aov"]),
+            ("Upsell revenue per order", &r["upsell_revenue"]),
+        ] {
+            let _ = writeln!(
+                out,
+                "  {name:<26} treated {:>12}  holdout {:>12}  {}",
+                money(&m["treated"]["mean"]),
+                money(&m["holdout"]["mean"]),
+                s(&m["verdict"])
+            );
+        }
+        let p = &r["revenue_per_message"];
+        let _ = writeln!(
+            out,
+            "  {:<26} {} messages, attributed {} per message; beyond the holdout: {}",
+            "Revenue per message",
+            n(&p["messages"]),
+            money(&p["attributed_per_message"]),
+            s(&p["verdict"])
+        );
+        let rates = r["repeat"].as_array().cloned().unwrap_or_default();
+        for (name, m) in rates
+            .iter()
+            .map(|m| (format!("Repeat within {} days", n(&m["days"])), m))
+            .chain(std::iter::once((
+                "Unsubscribed within 30 days".to_string(),
+                &r["unsubscribe"],
+            )))
+        {
+            let _ = writeln!(
+                out,
+                "  {name:<26} treated {:>12}  holdout {:>12}  {}",
+                pct(&m["treated"]["rate"]),
+                pct(&m["holdout"]["rate"]),
+                s(&m["verdict"])
+            );
+        }
+    }
+    let funnel = v["funnel"].as_array().cloned().unwrap_or_default();
+    if !funnel.is_empty() {
+        out.push_str(
+            "\nTouch funnel of the treated offers: planned -> sent -> clicked -> converted\n",
+        );
+        for f in &funnel {
+            let _ = writeln!(
+                out,
+                "  {:<14} {} -> {} -> {} -> {} ({})",
+                s(&f["recipe"]),
+                n(&f["planned"]),
+                n(&f["sent"]),
+                n(&f["clicked"]),
+                n(&f["converted"]),
+                money(&f["converted_revenue"])
+            );
+        }
+    }
+    out
 }
 
 /// The replay report for a person.

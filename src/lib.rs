@@ -14,4 +14,5 @@ pub mod ops;
 pub mod outbound;
 pub mod pipeline;
 pub mod replay;
+pub mod report;
 pub mod storage;

@@ -1183,36 +1183,102 @@ pub fn replay(
     serde_json::to_value(report).map_err(|e| OpsError::Invalid(format!("encoding the report: {e}")))
 }
 
+/// A command line's date (from its start, or through its end with `end_of_day`, UTC) or
+/// RFC 3339 time.
+fn when(flag: &str, text: &str, end_of_day: bool) -> Result<Timestamp, OpsError> {
+    let text = text.trim();
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let d = if end_of_day {
+            d.succ_opt().unwrap_or(d)
+        } else {
+            d
+        };
+        let t = d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
+        return Ok(Timestamp(t.timestamp_millis()));
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| Timestamp(t.timestamp_millis()))
+        .map_err(|_| {
+            OpsError::Invalid(format!(
+                "{flag} {text:?} is not a date such as 2026-03-01 or a time such as 2026-03-01T00:00:00Z"
+            ))
+        })
+}
+
+/// `report --store ID [--since 30d|DATE] [--until DATE]`: measured lift against the
+/// holdout group (see `crate::report`).
+pub fn report(
+    storage: &Storage,
+    config: &crate::config::Config,
+    store: &crate::config::StoreConfig,
+    since: Option<&str>,
+    until: Option<&str>,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let report = report_of(storage, config, store, since, until, now)?;
+    serde_json::to_value(report).map_err(|e| OpsError::Invalid(format!("encoding the report: {e}")))
+}
+
+/// [`report`] as the value (the status page draws it).
+pub fn report_of(
+    storage: &Storage,
+    config: &crate::config::Config,
+    store: &crate::config::StoreConfig,
+    since: Option<&str>,
+    until: Option<&str>,
+    now: Timestamp,
+) -> Result<crate::report::Report, OpsError> {
+    let until = match until.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(u) => when("--until", u, true)?,
+        None => now,
+    };
+    let since = match since.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Timestamp(until.0 - 30 * 86_400_000),
+        Some(s) => match ago_of(s) {
+            Some(ms) => Timestamp(until.0 - ms),
+            None => when("--since", s, false).map_err(|_| {
+                OpsError::Invalid(format!(
+                    "--since {s:?} is neither a span such as 30d, 12w or 48h nor a date such as 2026-03-01"
+                ))
+            })?,
+        },
+    };
+    if since >= until {
+        return Err(OpsError::Invalid(format!(
+            "--since {} is not before --until {}: no order could be in that period",
+            since.to_rfc3339(),
+            until.to_rfc3339()
+        )));
+    }
+    let snap = storage.snapshot()?;
+    let period = crate::report::Period { since, until };
+    Ok(crate::report::run(&snap, config, store, period)?)
+}
+
+/// A span such as `30d`, `12w` or `48h`, in ms.
+fn ago_of(s: &str) -> Option<i64> {
+    let (n, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: i64 = n.parse().ok().filter(|n| *n > 0 && *n <= 100_000)?;
+    let ms = match unit {
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 7 * 86_400_000,
+        _ => return None,
+    };
+    Some(n * ms)
+}
+
 /// `--from` and `--to`: a date (from its start; `--to` through its end, UTC) or an RFC 3339
 /// time.
 fn replay_window(from: Option<&str>, to: Option<&str>) -> Result<crate::replay::Window, OpsError> {
-    let parse = |flag: &str, text: &str, end_of_day: bool| -> Result<Timestamp, OpsError> {
-        let text = text.trim();
-        if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-            let d = if end_of_day {
-                d.succ_opt().unwrap_or(d)
-            } else {
-                d
-            };
-            let t = d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
-            return Ok(Timestamp(t.timestamp_millis()));
-        }
-        chrono::DateTime::parse_from_rfc3339(text)
-            .map(|t| Timestamp(t.timestamp_millis()))
-            .map_err(|_| {
-                OpsError::Invalid(format!(
-                    "{flag} {text:?} is not a date such as 2026-03-01 or a time such as 2026-03-01T00:00:00Z"
-                ))
-            })
-    };
     let window = crate::replay::Window {
         from: from
             .filter(|s| !s.trim().is_empty())
-            .map(|s| parse("--from", s, false))
+            .map(|s| when("--from", s, false))
             .transpose()?,
         to: to
             .filter(|s| !s.trim().is_empty())
-            .map(|s| parse("--to", s, true))
+            .map(|s| when("--to", s, true))
             .transpose()?,
     };
     if let (Some(f), Some(t)) = (window.from, window.to) {

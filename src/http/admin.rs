@@ -31,6 +31,10 @@ pub struct AdminCtx {
     pub scheduler: crate::pipeline::scheduler::SharedReport,
     /// Each store's pause, as the scheduler reads it before every send.
     pub pauses: Arc<crate::pipeline::pause::Pauses>,
+    /// Each store's lift section of the status page, and when it was made: the report
+    /// reads the period's orders, so the page (which reloads every 30 s) makes it at most
+    /// every few minutes.
+    pub lift: std::sync::Mutex<std::collections::HashMap<String, (Instant, String)>>,
 }
 
 pub fn handle(ctx: &AdminCtx, rq: Request) {
@@ -202,6 +206,20 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 cfg,
                 arg("from").as_deref(),
                 arg("to").as_deref(),
+                ctx.clock.now(),
+            )
+        }),
+        (Method::Get, "/api/report") => pick(ctx, &query).and_then(|store| {
+            let arg = |k: &str| super::page::form_value(query.as_bytes(), k);
+            let cfg = ctx.config.store(&store).ok_or_else(|| {
+                crate::ops::OpsError::Invalid(format!("no store {store:?} is configured"))
+            })?;
+            crate::ops::report(
+                &ctx.storage,
+                &ctx.config,
+                cfg,
+                arg("since").as_deref(),
+                arg("until").as_deref(),
                 ctx.clock.now(),
             )
         }),

@@ -10,6 +10,7 @@
 //! is drained of requests its live connections still send.
 
 pub mod admin;
+mod charts;
 mod links;
 mod offers;
 pub mod page;

@@ -110,6 +110,7 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
         main.push_str("</dl>");
         main.push_str(&touch_figures(&st.touches));
         main.push_str(&dead_letters(ctx, &cfg.id));
+        main.push_str(&lift(ctx, cfg));
         main.push_str("</section>");
     }
     let sched = ctx
@@ -143,6 +144,33 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
         }
     );
     respond(rq, html(200, &fill_page("Status", &meta, &main, true)));
+}
+
+/// How long a store's lift section is reused.
+const LIFT_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+/// The period the status page's lift section covers.
+const LIFT_PERIOD: &str = "12w";
+
+/// A store's lift section (`charts::lift_section`), made at most every `LIFT_FOR`.
+fn lift(ctx: &AdminCtx, cfg: &crate::config::StoreConfig) -> String {
+    let mut cache = ctx.lift.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, html)) = cache.get(&cfg.id) {
+        if at.elapsed() < LIFT_FOR {
+            return html.clone();
+        }
+    }
+    let now = ctx.clock.now();
+    let report =
+        crate::ops::report_of(&ctx.storage, &ctx.config, cfg, Some(LIFT_PERIOD), None, now);
+    let html = match report {
+        Ok(r) => super::charts::lift_section(&r),
+        Err(e) => format!(
+            "<ul class=\"notices\"><li class=\"warn\">The lift report could not be made: {}</li></ul>",
+            esc(&e.to_string())
+        ),
+    };
+    cache.insert(cfg.id.clone(), (std::time::Instant::now(), html.clone()));
+    html
 }
 
 /// A store's dead letters (the latest few, with the provider's reason) and its disabled

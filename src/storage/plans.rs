@@ -488,6 +488,25 @@ impl Storage {
         self.store_key(store, SALT)
     }
 
+    /// Sets the store's holdout salt before anything was planned with one, so who is held
+    /// out is known in advance (the report's fixtures). Refuses to replace a salt: that
+    /// would reshuffle the groups.
+    #[doc(hidden)]
+    pub fn seed_salt(&self, store: &str, salt: &[u8]) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut keys = tx.open_table(STORE_KEYS)?;
+            if keys.get((store, SALT))?.is_some() {
+                return Err(Error::Codec(format!(
+                    "store {store} already has a holdout salt"
+                )));
+            }
+            keys.insert((store, SALT), salt)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The store's key for signing the links in messages (generated like the salt), so
     /// links sent before a restart or a config change keep working.
     pub fn link_key(&self, store: &str) -> Result<Vec<u8>, Error> {

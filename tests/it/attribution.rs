@@ -46,7 +46,7 @@ fn offered(s: &TestServer, order: &str) -> (String, String, String) {
     )
 }
 
-fn refund(s: &TestServer, id: u64, order: u64, amount: &str, at: i64) {
+pub(crate) fn refund(s: &TestServer, id: u64, order: u64, amount: &str, at: i64) {
     let body = json!({"id": id, "order_id": order, "created_at": Timestamp(at).to_rfc3339(),
         "transactions": [{"amount": amount, "kind": "refund", "status": "success", "currency": "USD"}]});
     let code = s.webhook(

@@ -487,3 +487,61 @@ window.addEventListener("load", () => setTimeout(() => {{ const s = document.cre
     assert_eq!(e["offer_response"]["accepted"], true, "{e:#}");
     eprintln!("screenshots in {}", shots().display());
 }
+
+#[test]
+fn the_status_page_draws_the_lift_charts() {
+    if std::env::var("RUN_BROWSER_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped: set RUN_BROWSER_TESTS=1 (needs chromium) to run the browser test");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, clock, _) = crate::report::history(tmp.path());
+    // A month on: the page's twelve weeks hold the first orders and what followed.
+    clock.set(Timestamp(T0 + 30 * 86_400_000));
+    let admin = format!("http://{}/", s.running().admin_addr);
+    let mut b = Browser::start();
+    b.size(1100, 900, false);
+    b.go(&admin);
+    b.wait_for("!!document.querySelector('#token')", "the sign-in form");
+    b.eval(&format!(
+        "document.querySelector('#token').value = {TOKEN:?}; document.querySelector('form').submit(); true"
+    ));
+    b.wait_for(
+        "document.querySelectorAll('.chart svg').length >= 3",
+        "the lift charts",
+    );
+    // The Shopify store's three charts are drawn at a real size, with their marks.
+    let drawn = b.eval(
+        "[...document.querySelector('section.store').querySelectorAll('.chart svg')].map(s => { const r = s.getBoundingClientRect(); return [Math.round(r.width), Math.round(r.height), s.querySelectorAll('rect, circle').length]; })",
+    );
+    assert_eq!(drawn.as_array().unwrap().len(), 3, "{drawn}");
+    for c in drawn.as_array().unwrap() {
+        assert!(
+            c[0].as_f64().unwrap() > 300.0 && c[1].as_f64().unwrap() > 40.0,
+            "{drawn}"
+        );
+        assert!(c[2].as_u64().unwrap() >= 4, "marks in {drawn}");
+    }
+    let table = b.eval("document.querySelector('table.lift').innerText");
+    assert!(
+        table.as_str().unwrap().contains("not enough data yet"),
+        "{table}"
+    );
+    // No scripts and nothing external: the page's policy allowed everything it drew.
+    assert!(
+        !b.events
+            .iter()
+            .any(|e| e.to_string().contains("Content Security Policy")),
+        "a CSP violation"
+    );
+    b.eval("document.querySelector('h3 + p').scrollIntoView(); true");
+    let full = b
+        .eval("document.documentElement.scrollHeight")
+        .as_u64()
+        .unwrap();
+    b.size(1100, full.min(4000) as u32, false);
+    b.screenshot(&shots().join("status-lift-desktop.png"));
+    b.size(390, 844, true);
+    b.eval("[...document.querySelectorAll('h3')].find(h => h.textContent.startsWith('Lift')).scrollIntoView(); true");
+    b.screenshot(&shots().join("status-lift-phone.png"));
+}

@@ -122,7 +122,7 @@ fn assert_each_once(dir: &Path) {
     assert!(dup.is_empty(), "sent more than once: {dup:?} in {lines:#?}");
 }
 
-fn wait_planned(s: &TestServer, order: &str) -> Value {
+pub(crate) fn wait_planned(s: &TestServer, order: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (code, v) = s.explain(order);

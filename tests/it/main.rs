@@ -19,6 +19,7 @@ mod outbound;
 mod plans;
 mod quarantine;
 mod replay;
+mod report;
 mod scheduler;
 mod status_page;
 mod support;
