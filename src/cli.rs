@@ -1351,12 +1351,15 @@ fn explain(
     if let Some(c) = v["conversion"].as_object() {
         let credited = &c["credited"];
         println!(
-            "├─ converted by order {} at {} (credit: {} on {} {}){}",
+            "├─ converted by order {} at {} (credit: {} on {}){}",
             s(&c["order"]),
             s(&c["at"]),
             s(&credited["what"]),
-            s(&credited["kind"]),
-            s(&credited["channel"]),
+            if credited["channel"] == "page" {
+                "the thank-you page".to_string()
+            } else {
+                format!("{} {}", s(&credited["kind"]), s(&credited["channel"]))
+            },
             c["reversed"].as_object().map_or(String::new(), |r| format!(
                 "; taken back at {}: {}",
                 s(&r["at"]),
@@ -1693,7 +1696,7 @@ fn report_text(v: &serde_json::Value, source: &str) -> String {
     };
     let o = &v["orders"];
     let mut out = format!(
-        "Lift of store {} from {} to {} ({source}).\n{} treated and {} holdout orders ({} add-ons folded into their orders{}).\n",
+        "Lift of store {} from {} to {} ({source}).\n{} treated and {} holdout orders ({} add-on orders folded into the orders they came from{}).\n",
         s(&v["store"]),
         &s(&v["since"])[..10.min(s(&v["since"]).len())],
         &s(&v["until"])[..10.min(s(&v["until"]).len())],
@@ -1723,7 +1726,7 @@ fn report_text(v: &serde_json::Value, source: &str) -> String {
         ] {
             let _ = writeln!(
                 out,
-                "  {name:<26} treated {:>12}  holdout {:>12}  {}",
+                "  {name:<28} treated {:>12}  holdout {:>12}  {}",
                 money(&m["treated"]["mean"]),
                 money(&m["holdout"]["mean"]),
                 s(&m["verdict"])
@@ -1732,7 +1735,7 @@ fn report_text(v: &serde_json::Value, source: &str) -> String {
         let p = &r["revenue_per_message"];
         let _ = writeln!(
             out,
-            "  {:<26} {} messages, attributed {} per message; beyond the holdout: {}",
+            "  {:<28} {} messages, attributed {} per message; beyond the holdout: {}",
             "Revenue per message",
             n(&p["messages"]),
             money(&p["attributed_per_message"]),
@@ -1749,7 +1752,7 @@ fn report_text(v: &serde_json::Value, source: &str) -> String {
         {
             let _ = writeln!(
                 out,
-                "  {name:<26} treated {:>12}  holdout {:>12}  {}",
+                "  {name:<28} treated {:>12}  holdout {:>12}  {}",
                 pct(&m["treated"]["rate"]),
                 pct(&m["holdout"]["rate"]),
                 s(&m["verdict"])

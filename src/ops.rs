@@ -1228,6 +1228,8 @@ pub fn report_of(
     until: Option<&str>,
     now: Timestamp,
 ) -> Result<crate::report::Report, OpsError> {
+    // The moment the report is taken at: windows mature against it (a report of a past
+    // period is the same whenever it is made).
     let until = match until.map(str::trim).filter(|s| !s.is_empty()) {
         Some(u) => when("--until", u, true)?,
         None => now,
@@ -1257,6 +1259,9 @@ pub fn report_of(
 
 /// A span such as `30d`, `12w` or `48h`, in ms.
 fn ago_of(s: &str) -> Option<i64> {
+    if !s.is_ascii() {
+        return None;
+    }
     let (n, unit) = s.split_at(s.len().checked_sub(1)?);
     let n: i64 = n.parse().ok().filter(|n| *n > 0 && *n <= 100_000)?;
     let ms = match unit {

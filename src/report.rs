@@ -294,7 +294,10 @@ pub fn run(
                 if oid == order.id {
                     continue;
                 }
-                if let Some(o) = snap.order(id, &oid)?.and_then(|s| s.order) {
+                let o = snap.order(id, &oid)?.and_then(|s| s.order);
+                if let Some(o) =
+                    o.filter(|o| crate::engine::plan::paid(o) && o.cancelled_at.is_none())
+                {
                     around.push(Other::read(snap, id, at, oid, o, &in_store)?);
                 }
             }
@@ -527,9 +530,9 @@ fn lift_of<'u>(
         .filter_map(|u| u.converted)
         .map(|r| money.major(r))
         .sum();
-    // The upsell difference per order, over the treated orders, per message.
+    // The upsell difference per order with an offer, over those orders, per message.
     let per_message = upsell.difference.filter(|_| messages > 0).map(|d| {
-        let k = treated_n as f64 / messages as f64;
+        let k = upsell.treated.n as f64 / messages as f64;
         Ci {
             estimate: round(d.estimate * k),
             low: round(d.low * k),

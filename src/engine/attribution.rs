@@ -59,7 +59,8 @@ impl Engagement {
             Engaged::Click => w.click_ms,
             Engaged::Accept => w.accept_ms,
         };
-        self.at <= t && t.0 - self.at.0 <= window
+        // Order times come in whole seconds: an engagement in the order's second is before it.
+        self.at.0 <= t.0 + 999 && t.0 - self.at.0 <= window
     }
 }
 
@@ -155,9 +156,15 @@ mod tests {
         assert!(click.counts_at(Timestamp(1_000), &w), "the same instant");
         assert!(click.counts_at(Timestamp(1_000 + 7 * DAY), &w), "7 days on");
         assert!(!click.counts_at(Timestamp(1_000 + 7 * DAY + 1), &w));
+        // A click at 1.5 s and an order stamped 1 s (whole seconds): the same second.
+        let mid = e(Engaged::Click, 1_500);
         assert!(
-            !click.counts_at(Timestamp(999), &w),
-            "a purchase before the click"
+            mid.counts_at(Timestamp(1_000), &w),
+            "an order in the click's second"
+        );
+        assert!(
+            !mid.counts_at(Timestamp(0), &w),
+            "a purchase a second before the click"
         );
         let accept = e(Engaged::Accept, 1_000);
         assert!(accept.counts_at(Timestamp(1_000 + 24 * HOUR), &w));

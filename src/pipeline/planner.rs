@@ -227,6 +227,9 @@ impl<'a> Pass<'a> {
     fn attribute(&mut self, cfg: &StoreConfig, n: &Converting<'_>) -> Result<(), Error> {
         let store = cfg.id.as_str();
         let before = (n.order.created_at.0, n.order.id.as_str());
+        // A purchase converts one offer: of the offers it could convert, the one with the
+        // latest engagement (last click).
+        let mut best: Option<Conversion> = None;
         for (_, o) in self
             .snap
             .customer_orders(store, n.customer, Some(before), HISTORY)?
@@ -260,7 +263,7 @@ impl<'a> Pass<'a> {
                     if contributing.is_empty() {
                         continue;
                     }
-                    Conversion {
+                    let candidate = Conversion {
                         offer_order: o.clone(),
                         order: n.order.id.clone(),
                         customer: n.customer,
@@ -275,7 +278,14 @@ impl<'a> Pass<'a> {
                         ),
                         contributing,
                         reversed: None,
+                    };
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| candidate.credited().at > b.credited().at)
+                    {
+                        best = Some(candidate);
                     }
+                    continue;
                 }
             };
             if conv.reversed.is_none() {
@@ -287,6 +297,23 @@ impl<'a> Pass<'a> {
                 );
             }
             self.conversions.insert(key, conv);
+        }
+        // Only a purchase that converted nothing yet takes a new offer.
+        let converted_one = self
+            .conversions
+            .iter()
+            .any(|((s, _), c)| s == store && c.order == n.order.id);
+        if let (Some(mut conv), false) = (best, converted_one) {
+            conv.reversed = attribution::reversal(
+                n.order.cancelled_at,
+                n.refunded,
+                n.paid_for(&conv.product),
+                n.refund_at,
+            );
+            if conv.reversed.is_none() {
+                self.conversions
+                    .insert((store.to_string(), conv.offer_order.clone()), conv);
+            }
         }
         Ok(())
     }

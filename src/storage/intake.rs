@@ -247,7 +247,9 @@ impl Storage {
         };
         if changed {
             let rec = super::plans::stored_plan(&tx, store, order)?;
-            if let Some(rec) = rec {
+            // A purchase that converted the offer counted the acceptance already.
+            let converted = tx.open_table(CONVERSIONS)?.get((store, order))?.is_some();
+            if let (Some(rec), false) = (rec, accepted && converted) {
                 count_feedback(&tx, store, &rec, |f| {
                     if accepted {
                         f.accepted += 1
