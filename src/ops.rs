@@ -1196,13 +1196,11 @@ fn when(flag: &str, text: &str, end_of_day: bool) -> Result<Timestamp, OpsError>
         let t = d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
         return Ok(Timestamp(t.timestamp_millis()));
     }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| Timestamp(t.timestamp_millis()))
-        .map_err(|_| {
-            OpsError::Invalid(format!(
-                "{flag} {text:?} is not a date such as 2026-03-01 or a time such as 2026-03-01T00:00:00Z"
-            ))
-        })
+    crate::ingest::wire::parse_time(flag, text).map_err(|_| {
+        OpsError::Invalid(format!(
+            "{flag} {text:?} is not a date such as 2026-03-01 or a time such as 2026-03-01T00:00:00Z"
+        ))
+    })
 }
 
 /// `report --store ID [--since 30d|DATE] [--until DATE]`: measured lift against the
@@ -1300,13 +1298,11 @@ fn replay_window(from: Option<&str>, to: Option<&str>) -> Result<crate::replay::
 
 /// An RFC 3339 time given to `--at`.
 fn parse_time_arg(text: &str) -> Result<Timestamp, OpsError> {
-    chrono::DateTime::parse_from_rfc3339(text.trim())
-        .map(|t| Timestamp(t.timestamp_millis()))
-        .map_err(|_| {
-            OpsError::Invalid(format!(
-                "--at {text:?} is not a time such as 2026-11-25T14:00:00Z"
-            ))
-        })
+    crate::ingest::wire::parse_time("--at", text).map_err(|_| {
+        OpsError::Invalid(format!(
+            "--at {text:?} is not a time such as 2026-11-25T14:00:00Z"
+        ))
+    })
 }
 
 /// `order delivered ORDER [--at TIME]`: a delivery told by hand (for stores without

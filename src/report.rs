@@ -303,16 +303,14 @@ pub fn run(
             }
         }
         // An add-on of an earlier order is measured there.
+        let mut keys = Vec::new();
+        for line in &order.lines {
+            keys.extend(snap.line_product_key(id, line)?);
+        }
         let mut add_on = false;
         for o in around.iter().filter(|o| o.at <= t) {
-            if let Some(product) = snap
-                .plan(id, &o.id)?
-                .and_then(|p| p.plan.offer)
-                .map(|f| f.product)
-            {
-                for line in &order.lines {
-                    add_on |= snap.line_product_key(id, line)?.as_deref() == Some(product.as_str());
-                }
+            if let Some(offer) = snap.plan(id, &o.id)?.and_then(|p| p.plan.offer) {
+                add_on |= keys.contains(&offer.product);
             }
         }
         if add_on {
@@ -361,14 +359,7 @@ pub fn run(
             });
         let messages = rec.sent.iter().filter(|k| **k != TouchKind::Page).count() as u64;
         let carries = |k: &TouchKind| {
-            matches!(
-                k,
-                TouchKind::Page
-                    | TouchKind::Touch1
-                    | TouchKind::Sms
-                    | TouchKind::Touch2
-                    | TouchKind::Touch3
-            )
+            *k == TouchKind::Page || crate::storage::touches::message_carries_offer(*k)
         };
         let treated_offer = offered.is_some() && !rec.plan.holdout;
         let clicked = treated_offer && !snap.engagements(id, &rec.order_id)?.is_empty();

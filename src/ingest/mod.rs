@@ -7,7 +7,7 @@ pub mod bigcommerce;
 pub mod engagement;
 pub mod shopify;
 pub mod twilio;
-mod wire;
+pub(crate) mod wire;
 pub mod woocommerce;
 
 use crate::engine::Event;

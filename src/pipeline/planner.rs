@@ -230,6 +230,7 @@ impl<'a> Pass<'a> {
         // A purchase converts one offer: of the offers it could convert, the one with the
         // latest engagement (last click).
         let mut best: Option<Conversion> = None;
+        let mut converted_one = false;
         for (_, o) in self
             .snap
             .customer_orders(store, n.customer, Some(before), HISTORY)?
@@ -240,7 +241,10 @@ impl<'a> Pass<'a> {
                 None => self.snap.conversion(store, &o)?,
             };
             let mut conv = match existing {
-                Some(c) if c.order == n.order.id => c,
+                Some(c) if c.order == n.order.id => {
+                    converted_one = true;
+                    c
+                }
                 Some(_) => continue, // converted by another order: the first stands
                 None => {
                     if !n.live {
@@ -289,28 +293,13 @@ impl<'a> Pass<'a> {
                 }
             };
             if conv.reversed.is_none() {
-                conv.reversed = attribution::reversal(
-                    n.order.cancelled_at,
-                    n.refunded,
-                    n.paid_for(&conv.product),
-                    n.refund_at,
-                );
+                conv.reversed = n.reversal(&conv.product);
             }
             self.conversions.insert(key, conv);
         }
         // Only a purchase that converted nothing yet takes a new offer.
-        let converted_one = self
-            .conversions
-            .iter()
-            .any(|((s, _), c)| s == store && c.order == n.order.id);
-        if let (Some(mut conv), false) = (best, converted_one) {
-            conv.reversed = attribution::reversal(
-                n.order.cancelled_at,
-                n.refunded,
-                n.paid_for(&conv.product),
-                n.refund_at,
-            );
-            if conv.reversed.is_none() {
+        if let (Some(conv), false) = (best, converted_one) {
+            if n.reversal(&conv.product).is_none() {
                 self.conversions
                     .insert((store.to_string(), conv.offer_order.clone()), conv);
             }
@@ -363,6 +352,16 @@ impl Converting<'_> {
             .filter(|l| l.product == product)
             .map(|l| l.unit_price * i64::from(l.quantity))
             .sum()
+    }
+
+    /// Whether the order's state takes back a conversion of `product`.
+    fn reversal(&self, product: &str) -> Option<attribution::Reversal> {
+        attribution::reversal(
+            self.order.cancelled_at,
+            self.refunded,
+            self.paid_for(product),
+            self.refund_at,
+        )
     }
 }
 

@@ -320,6 +320,15 @@ fn open_in(tx: &redb::WriteTransaction, id: u64, at: Timestamp) -> Result<(), Er
     Ok(())
 }
 
+/// The messages that carry their plan's offer (the review, the win-back and the
+/// anticipation note do not); the thank-you page shows it.
+pub fn message_carries_offer(kind: TouchKind) -> bool {
+    matches!(
+        kind,
+        TouchKind::Touch1 | TouchKind::Sms | TouchKind::Touch2 | TouchKind::Touch3
+    )
+}
+
 /// The touches a plan wants pending: none while held out or once the sequence is over;
 /// the thank-you page is served, not scheduled; what was sent stays sent.
 /// The timers a plan record asks for (the thank-you page offer is shown, not sent: no
@@ -342,11 +351,7 @@ pub fn wanted(store: &str, rec: &PlanRecord) -> Vec<TouchRecord> {
             planned_due: t.due_at,
             due_at: t.due_at,
             after_delivery: t.after_delivery,
-            carries_offer: has_offer
-                && matches!(
-                    t.kind,
-                    TouchKind::Touch1 | TouchKind::Sms | TouchKind::Touch2 | TouchKind::Touch3
-                ),
+            carries_offer: has_offer && message_carries_offer(t.kind),
             state: TouchState::Scheduled,
         })
         .collect()

@@ -3,11 +3,10 @@
 //! in, a second past out); the last engagement has the credit; a refund of at least
 //! the product takes it back; the feedback counters follow.
 
-use std::time::{Duration, Instant};
-
-use serde_json::{json, Value};
+use serde_json::json;
 use upsell_appliance::engine::Timestamp;
 
+use crate::cadence::{wait_plan, wait_planned};
 use crate::offers::{feedback, get, key, place, start, token};
 use crate::scheduler::{explain, outbox, wait_state};
 use crate::support::{no_redirects, TestServer, STORE};
@@ -18,19 +17,6 @@ const SEC: i64 = 1_000;
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
 const DAY: i64 = 24 * HOUR;
-
-/// The plan of `order` once `until` holds for it.
-fn wait_plan(s: &TestServer, order: &str, until: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, v) = s.explain(order);
-        if code == 200 && until(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{order}: {v:#}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The offered product's SKU and price of `order`'s plan.
 fn offered(s: &TestServer, order: &str) -> (String, String, String) {
@@ -127,7 +113,7 @@ fn a_click_earns_orders_up_to_seven_days_on_and_a_refund_takes_the_credit_back()
     // 9912 comes a second later for the other customer: nothing.
     clock.set(Timestamp(c + 7 * DAY + SEC));
     place(&s, 9912, 8911, c + 7 * DAY + SEC, &[(&sku, &price)]);
-    wait_plan(&s, "9912", |_| true);
+    wait_planned(&s, "9912");
     assert!(explain(&s, "9911")["conversion"].is_null());
 
     // A refund smaller than the product keeps the credit; the rest takes it back.
@@ -186,14 +172,14 @@ fn a_page_acceptance_earns_an_order_within_a_day_without_any_click() {
 
     clock.set(Timestamp(a + DAY + SEC));
     place(&s, 9912, 8911, a + DAY + SEC, &[(&sku, &price)]);
-    wait_plan(&s, "9912", |_| true);
+    wait_planned(&s, "9912");
     assert!(
         explain(&s, "9911")["conversion"].is_null(),
         "a day and a second after the acceptance"
     );
     // An order without the offered product converts nothing either.
     place(&s, 9903, 8901, a + DAY + 2 * SEC, &[("MUG-CER", "14.00")]);
-    wait_plan(&s, "9903", |_| true);
+    wait_planned(&s, "9903");
     assert_eq!(explain(&s, "9901")["conversion"]["order"], "9902");
 }
 

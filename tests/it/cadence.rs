@@ -123,15 +123,20 @@ fn assert_each_once(dir: &Path) {
 }
 
 pub(crate) fn wait_planned(s: &TestServer, order: &str) -> Value {
+    wait_plan(s, order, |_| true)
+}
+
+/// The plan of `order` once it exists and `until` holds for it.
+pub(crate) fn wait_plan(s: &TestServer, order: &str, until: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (code, v) = s.explain(order);
-        if code == 200 {
+        if code == 200 && until(&v) {
             return v;
         }
         assert!(
             Instant::now() < deadline,
-            "order {order} never planned: {v}"
+            "order {order} never planned so: {v}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }

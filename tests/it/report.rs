@@ -165,18 +165,21 @@ fn report_json_matches_its_snapshot_from_the_api_and_the_command_line() {
     s.stop();
     let config = tmp.path().join("config.toml");
     std::fs::write(&config, config_text(tmp.path())).unwrap();
+    let report = |args: &[&str]| {
+        crate::cli::bin()
+            .args([
+                "report",
+                "--config",
+                config.to_str().unwrap(),
+                "--store",
+                STORE,
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let (from, to) = ("2026-09-01", "2026-12-31");
-    let out = crate::cli::bin()
-        .args([
-            "report",
-            "--config",
-            config.to_str().unwrap(),
-            "--store",
-            STORE,
-        ])
-        .args(["--since", from, "--until", to, "--json"])
-        .output()
-        .unwrap();
+    let out = report(&["--since", from, "--until", to, "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -185,17 +188,7 @@ fn report_json_matches_its_snapshot_from_the_api_and_the_command_line() {
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cli, v);
     // And for a person.
-    let out = crate::cli::bin()
-        .args([
-            "report",
-            "--config",
-            config.to_str().unwrap(),
-            "--store",
-            STORE,
-        ])
-        .args(["--since", from, "--until", to])
-        .output()
-        .unwrap();
+    let out = report(&["--since", from, "--until", to]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     for want in [
@@ -208,17 +201,7 @@ fn report_json_matches_its_snapshot_from_the_api_and_the_command_line() {
         assert!(text.contains(want), "{want} in {text}");
     }
     // Bad spans say what is expected.
-    let out = crate::cli::bin()
-        .args([
-            "report",
-            "--config",
-            config.to_str().unwrap(),
-            "--store",
-            STORE,
-        ])
-        .args(["--since", "soon"])
-        .output()
-        .unwrap();
+    let out = report(&["--since", "soon"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("30d, 12w or 48h"),
