@@ -36,7 +36,7 @@ fn renice(thread: &str, delta: i32) {
     let result = rustix::process::getpriority_process(Some(tid))
         .and_then(|now| rustix::process::setpriority_process(Some(tid), now + delta));
     if let Err(e) = result {
-        eprintln!(
+        log::info!(
             "{thread}: running at the default priority ({e}); giving the process CAP_SYS_NICE lets it take more webhooks per second"
         );
     }
@@ -51,10 +51,35 @@ pub fn raise_open_file_limit() -> Option<u64> {
     if lim.current != lim.maximum {
         lim.current = lim.maximum;
         if let Err(e) = setrlimit(Resource::Nofile, lim) {
-            eprintln!("cannot raise the open-file limit to {:?}: {e}", lim.maximum);
+            log::warn!("cannot raise the open-file limit to {:?}: {e}", lim.maximum);
         }
     }
     getrlimit(Resource::Nofile).current
+}
+
+/// Tells systemd how the service stands (`Type=notify`, sd_notify(3)): `READY=1` once it
+/// listens, `STOPPING=1` when it begins to stop. Does nothing when not started by systemd
+/// (no `NOTIFY_SOCKET`); a failure is logged, not fatal.
+pub fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let socket = UnixDatagram::unbound()?;
+        // A leading '@' names a socket in the abstract namespace.
+        let addr = match path.as_bytes().strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(&path)?,
+        };
+        socket.send_to_addr(state.as_bytes(), &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        log::warn!("cannot tell systemd {state:?} through {path:?}: {e}");
+    }
 }
 
 pub struct Options {
@@ -298,7 +323,7 @@ impl Running {
             let (failed, busy) = w.join(deadline);
             panicked.extend(failed);
             for name in busy {
-                eprintln!(
+                log::warn!(
                     "{name}: still busy with a request after {HTTP_GRACE:?}; leaving it unanswered"
                 );
             }

@@ -155,6 +155,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a consistent snapshot of the whole database to a file, while the service runs
+    /// (it streams the snapshot) or not
+    Backup {
+        /// The file to write (replaced only once the new backup is complete and checked)
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the database with a backup; needs the service stopped (the replaced file is kept)
+    Restore {
+        /// A file `backup` wrote
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Webhook, order and customer figures per store
     Status {
         /// Only this store
@@ -454,13 +469,18 @@ pub fn run() -> anyhow::Result<ExitCode> {
             json,
         } => send_test(&load(&cli.config)?, &touch, &to, store, json),
         Command::Compact { json } => compact(&load(&cli.config)?, json),
+        Command::Backup { path, json } => backup(&load(&cli.config)?, &path, json),
+        Command::Restore { path, json } => restore(&load(&cli.config)?, &path, json),
         Command::Pause { store, json } => pause(&load(&cli.config)?, true, store, json),
         Command::Resume { store, json } => pause(&load(&cli.config)?, false, store, json),
     }
 }
 
+/// Loads the config and, from its `log`, sets up logging for the rest of the command.
 fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
-    Ok(config::load(path.as_deref())?)
+    let config = config::load(path.as_deref())?;
+    crate::logging::init(&config.log);
+    Ok(config)
 }
 
 fn serve(config: Config, time_scale: Option<f64>) -> anyhow::Result<ExitCode> {
@@ -507,6 +527,9 @@ fn serve(config: Config, time_scale: Option<f64>) -> anyhow::Result<ExitCode> {
         running.admin_addr, running.admin_addr
     )?;
     let snap = running.storage.snapshot()?;
+    if summary.stores.is_empty() {
+        writeln!(out, "{} (webhooks are answered 404)", config::NO_STORES)?;
+    }
     for s in &summary.stores {
         writeln!(
             out,
@@ -548,11 +571,17 @@ fn serve(config: Config, time_scale: Option<f64>) -> anyhow::Result<ExitCode> {
     writeln!(out, "ready: Ctrl-C or SIGTERM stops it cleanly")?;
     out.flush()?;
     drop(out);
+    crate::app::notify_systemd(&format!(
+        "READY=1\nSTATUS=serving {} store(s) on {}",
+        summary.stores.len(),
+        running.public_addr
+    ));
     signals.forever().next();
-    eprintln!("stopping: answering what has arrived, draining the writer, joining threads");
+    crate::app::notify_systemd("STOPPING=1");
+    log::info!("stopping: answering what has arrived, draining the writer, joining threads");
     spawn_stop_watchdog(signals)?;
     running.shutdown()?;
-    eprintln!("stopped cleanly");
+    log::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -595,11 +624,11 @@ fn spawn_stop_watchdog(mut signals: signal_hook::iterator::Signals) -> anyhow::R
         .name("stop-watchdog".into())
         .spawn(move || loop {
             if signals.pending().next().is_some() {
-                eprintln!("second stop signal: exiting now (everything acknowledged is on disk)");
+                log::warn!("second stop signal: exiting now (everything acknowledged is on disk)");
                 std::process::exit(1);
             }
             if started.elapsed() >= LIMIT {
-                eprintln!(
+                log::warn!(
                     "not stopped after {LIMIT:?}: exiting anyway (everything acknowledged is on disk; the rest is retried by its sender or resumed at the next start)"
                 );
                 std::process::exit(0);
@@ -653,6 +682,7 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
             json!({"ok": true, "origin": config.origin.to_string(),
             "listen": config.listen, "admin_listen": config.admin_listen,
             "public_url": config.public_url, "data_dir": config.data_dir, "stores": stores,
+            "warnings": if config.stores.is_empty() { vec![config::NO_STORES] } else { vec![] },
             "jobs": {"purge": {"schedule": j.purge.as_str(), "next": next(&j.purge)},
                 "affinity_check": {"schedule": j.affinity_check.as_str(), "next": next(&j.affinity_check)},
                 "payload_retention_days": j.payload_retention_days}})
@@ -665,6 +695,9 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
             config.admin_listen,
             config.data_dir.display()
         );
+        if config.stores.is_empty() {
+            println!("  {}", config::NO_STORES);
+        }
         for s in &config.stores {
             println!(
                 "  store {} ({}, {}, {}): webhooks at {}/webhooks/{} ({} secret{})",
@@ -793,18 +826,13 @@ fn compact(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
     if !Storage::exists(&config.data_dir) {
         bail!("no database in {} to compact", config.data_dir.display());
     }
-    let options = storage::Options {
-        cache_size_mb: config.cache_size_mb,
-        ..Default::default()
-    };
+    refuse_while_serving(config, "compact")?;
     let started = Instant::now();
-    let (before, after) = Storage::compact(&config.data_dir, &options).map_err(|e| match e {
-        storage::Error::Locked(p) => anyhow!(
-            "{} is in use by the running service, and compacting needs it to itself: stop the service first (`systemctl stop upsell-appliance`), run compact, then start it again",
-            p.display()
-        ),
-        e => anyhow::Error::from(e).context(format!("compacting {}", file.display())),
-    })?;
+    let (before, after) =
+        Storage::compact(&config.data_dir, &storage_options(config)).map_err(|e| match e {
+            storage::Error::Locked(p) => in_use(&p, "compact"),
+            e => anyhow::Error::from(e).context(format!("compacting {}", file.display())),
+        })?;
     if as_json {
         println!(
             "{}",
@@ -821,6 +849,152 @@ fn compact(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
             mb(before.saturating_sub(after)),
             started.elapsed().as_secs_f64()
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn storage_options(config: &Config) -> storage::Options {
+    storage::Options {
+        cache_size_mb: config.cache_size_mb,
+        ..Default::default()
+    }
+}
+
+/// `compact` and `restore` need the database to themselves: refuse, saying how, when the
+/// service answers on the config's admin_listen.
+fn refuse_while_serving(config: &Config, command: &str) -> anyhow::Result<()> {
+    if let Ok(Some(_)) = crate::admin_client::get_json(config, "/api/status") {
+        bail!(
+            "the service is running (its admin API answers on {}), and {command} needs the database to itself: stop it with `sudo systemctl stop upsell-appliance` (or Ctrl-C where it runs in a terminal), run {command} again, then `sudo systemctl start upsell-appliance`",
+            config.admin_listen
+        );
+    }
+    Ok(())
+}
+
+/// The same refusal when another process has the file open (a service of another config).
+fn in_use(path: &std::path::Path, command: &str) -> anyhow::Error {
+    anyhow!(
+        "{} is in use by another process (a running service?), and {command} needs it to itself: stop that service (`sudo systemctl stop upsell-appliance`), run {command} again, then start it",
+        path.display()
+    )
+}
+
+/// Writes beside `path` and gives the file its name only once it is complete and reads back
+/// whole: an interrupted backup never leaves a file that looks like one.
+fn backup(config: &Config, path: &std::path::Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    if path.is_dir() {
+        bail!(
+            "{} is a directory; give the file to write, e.g. {}",
+            path.display(),
+            path.join("upsell-appliance.backup").display()
+        );
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let partial = tempfile::Builder::new()
+        .prefix(".upsell-backup-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let started = Instant::now();
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, partial.as_file());
+    let source = match crate::admin_client::download(config, "/api/backup", &mut out) {
+        Ok(true) => format!("through the running service at {}", config.admin_listen),
+        Ok(false) => {
+            let s = open_file_db(config)?;
+            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+            s.backup(&mut out, now)?;
+            format!("from the database in {}", config.data_dir.display())
+        }
+        Err(e) => return Err(e.context("taking the backup through the running service")),
+    };
+    out.flush()
+        .and_then(|()| partial.as_file().sync_all())
+        .with_context(|| format!("writing in {} (is the disk full?)", dir.display()))?;
+    drop(out);
+    let summary = storage::backup::verify(&mut std::io::BufReader::new(std::fs::File::open(
+        partial.path(),
+    )?))
+    .context("the backup just written does not read back; nothing was kept")?;
+    partial
+        .persist(path)
+        .with_context(|| format!("cannot name the backup {}", path.display()))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+    let taken = chrono::DateTime::from_timestamp_millis(summary.taken_at.0)
+        .unwrap_or_default()
+        .to_rfc3339();
+    let seconds = started.elapsed().as_secs_f64();
+    if as_json {
+        println!(
+            "{}",
+            json!({"file": path, "bytes": summary.bytes, "tables": summary.tables,
+                "entries": summary.entries, "taken_at": taken, "schema": summary.schema,
+                "version": summary.version, "source": source, "seconds": seconds})
+        );
+    } else {
+        println!(
+            "backup {}: {} records in {} tables, {:.1} MB, as of {taken}, {source}, in {seconds:.1} s",
+            path.display(),
+            summary.entries,
+            summary.tables,
+            summary.bytes as f64 / 1e6
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore(config: &Config, path: &std::path::Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    refuse_while_serving(config, "restore")?;
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let options = storage_options(config);
+    let started = Instant::now();
+    let r = Storage::restore(&config.data_dir, &options, path, now).map_err(|e| match e {
+        storage::Error::Locked(p) => in_use(&p, "restore"),
+        e => anyhow::Error::from(e).context(format!("restoring {}", path.display())),
+    })?;
+    // Opened once as the service will open it: the schema matches and the stores are there.
+    let storage = Storage::open(&config.data_dir, &options)?;
+    let ids = config.store_ids();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let stores: Vec<_> = storage
+        .status(&refs)?
+        .iter()
+        .zip(&ids)
+        .map(|(s, id)| (id.clone(), s.orders))
+        .collect();
+    drop(storage);
+    let taken = chrono::DateTime::from_timestamp_millis(r.summary.taken_at.0)
+        .unwrap_or_default()
+        .to_rfc3339();
+    if as_json {
+        println!(
+            "{}",
+            json!({"file": r.file, "from": path, "previous": r.previous, "taken_at": taken,
+                "version": r.summary.version, "tables": r.summary.tables,
+                "entries": r.summary.entries,
+                "orders": stores.iter().map(|(id, n)| (id.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "seconds": started.elapsed().as_secs_f64()})
+        );
+    } else {
+        println!(
+            "restored {} (taken {taken} by upsell-appliance {}, {} records) into {}",
+            path.display(),
+            r.summary.version,
+            r.summary.entries,
+            r.file.display()
+        );
+        for (id, orders) in &stores {
+            println!("  store {id}: {orders} orders");
+        }
+        if let Some(p) = &r.previous {
+            println!(
+                "the database it replaced is kept as {} (delete it once the restored one is right)",
+                p.display()
+            );
+        }
+        println!("start the service again: `sudo systemctl start upsell-appliance`");
     }
     Ok(ExitCode::SUCCESS)
 }

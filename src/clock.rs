@@ -133,7 +133,7 @@ impl Clock for ScaledClock {
         if t >= s.lease {
             if let Err(e) = self.extend(&mut s, t) {
                 // Without a stored position the clock may not move past the last one.
-                eprintln!(
+                log::error!(
                     "clock: cannot store its position in {} ({e}); time stands still until it can",
                     self.path.display()
                 );

@@ -17,6 +17,8 @@ pub const SYSTEM_CONFIG: &str = "/etc/upsell-appliance/config.toml";
 const DEMO_CONFIG: &str = include_str!("../assets/demo-config.toml");
 const TEMPLATE: &str = include_str!("../assets/config-template.toml");
 const PLACEHOLDER: &str = "REPLACE_ME";
+/// What to do about a config without stores.
+pub const NO_STORES: &str = "no stores yet: add a [[stores]] table (id, platform, domain; its webhook_secrets in the secrets file) and restart the service; README \"Install on a VPS\" shows one";
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -37,6 +39,9 @@ pub struct Config {
     pub affinity: AffinityConfig,
     pub measurement: MeasurementConfig,
     pub jobs: JobsConfig,
+    /// Which log records are written (`logging`): a level or `module=level` directives;
+    /// `RUST_LOG` overrides it.
+    pub log: String,
     /// Where this configuration came from, for messages.
     pub origin: Origin,
 }
@@ -537,6 +542,7 @@ impl Config {
                 ))
             }),
             None if self.stores.len() == 1 => Ok(&self.stores[0]),
+            None if self.stores.is_empty() => Err(self.error(NO_STORES.into())),
             None => Err(self.error(format!(
                 "this config has {} stores; say which with --store (one of: {})",
                 self.stores.len(),
@@ -585,6 +591,7 @@ struct RawConfig {
     touch_workers: Option<i64>,
     outbound: Option<RawOutbound>,
     templates_dir: Option<String>,
+    log: Option<String>,
     #[allow(dead_code)] // consumed by the merge before deserializing
     secrets_file: Option<String>,
     #[serde(default)]
@@ -1434,6 +1441,10 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
             Some(d) => format!("templates_dir = {}: {e}", d.display()),
             None => e,
         })?;
+    let log = raw
+        .log
+        .unwrap_or_else(|| crate::logging::DEFAULT.to_string());
+    crate::logging::check(&log).map_err(|e| format!("log = {log:?}: {e}"))?;
     let admin_token = raw.admin_token.unwrap_or_default();
     if admin_token.trim().is_empty() {
         return Err("admin_token is missing; set a long random string (`upsell-appliance init` generates one)".into());
@@ -1539,9 +1550,8 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
             36_500,
         )? as u32,
     };
-    if raw.stores.is_empty() {
-        return Err("no [[stores]] configured; add one (see `upsell-appliance init`)".into());
-    }
+    // No stores is a valid start (the package installs a config without any): the service
+    // runs and answers every webhook 404 until one is added; check-config and serve say so.
     let mut stores: Vec<StoreConfig> = Vec::new();
     for (i, s) in raw.stores.into_iter().enumerate() {
         let key = |k: &str| format!("stores[{i}].{k}");
@@ -1718,6 +1728,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         affinity,
         measurement,
         jobs,
+        log,
         origin,
     })
 }

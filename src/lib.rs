@@ -10,6 +10,7 @@ pub mod engine;
 pub mod http;
 pub mod import;
 pub mod ingest;
+pub mod logging;
 pub mod ops;
 pub mod outbound;
 pub mod pipeline;

@@ -91,6 +91,7 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
             }
         }
         (Method::Get, "/api/affinity/export") => return affinity_export(ctx, rq, &query),
+        (Method::Get, "/api/backup") => return backup(ctx, rq),
         (Method::Get, "/api/affinity/show") => match pick(ctx, &query) {
             Ok(store) => {
                 let product =
@@ -307,33 +308,56 @@ fn affinity_export(ctx: &AdminCtx, rq: Request, query: &str) {
         Ok(x) => x,
         Err(e) => return respond(rq, json(400, &json!({"error": e.to_string()}))),
     };
+    let (storage, config, now) = (ctx.storage.clone(), ctx.config.clone(), ctx.clock.now());
+    let content_type = match format {
+        crate::ops::Format::Csv => "text/csv; charset=utf-8",
+        crate::ops::Format::Json => "application/x-ndjson",
+    };
+    stream(rq, "affinity export", content_type, move |w| {
+        crate::ops::affinity_export(&storage, &config, &store, format, decay, now, w)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+}
+
+/// A consistent snapshot of the whole database (`storage::backup`), streamed as it is read:
+/// the service cannot write outside its state directory, so the CLI writes the file.
+fn backup(ctx: &AdminCtx, rq: Request) {
+    let (storage, now) = (ctx.storage.clone(), ctx.clock.now());
+    stream(rq, "backup", "application/octet-stream", move |w| {
+        storage
+            .backup(w, now)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+}
+
+/// Answers 200 with a body that `write` produces on its own thread, through a pipe, so
+/// nothing is held in memory. A failure part way ends the body early and is logged; the
+/// formats streamed this way let the reader tell (a backup's end mark and checksum).
+fn stream(
+    rq: Request,
+    what: &'static str,
+    content_type: &str,
+    write: impl FnOnce(&mut dyn std::io::Write) -> Result<(), String> + Send + 'static,
+) {
     let (reader, mut writer) = match std::io::pipe() {
         Ok(p) => p,
         Err(e) => return respond(rq, json(500, &json!({"error": e.to_string()}))),
     };
-    let (storage, config, now) = (ctx.storage.clone(), ctx.config.clone(), ctx.clock.now());
     let spawned = std::thread::Builder::new()
-        .name("export".into())
+        .name(what.into())
         .spawn(move || {
-            if let Err(e) = crate::ops::affinity_export(
-                &storage,
-                &config,
-                &store,
-                format,
-                decay,
-                now,
-                &mut writer,
-            ) {
-                eprintln!("affinity export: {e}");
+            let mut out = std::io::BufWriter::with_capacity(64 * 1024, &mut writer);
+            if let Err(e) = write(&mut out)
+                .and_then(|()| std::io::Write::flush(&mut out).map_err(|e| e.to_string()))
+            {
+                log::error!("{what}: {e}");
             }
         });
     if let Err(e) = spawned {
         return respond(rq, json(500, &json!({"error": e.to_string()})));
     }
-    let content_type = match format {
-        crate::ops::Format::Csv => "text/csv; charset=utf-8",
-        crate::ops::Format::Json => "application/x-ndjson",
-    };
     let resp = tiny_http::Response::new(
         tiny_http::StatusCode(200),
         vec![header("Content-Type", content_type)],

@@ -64,7 +64,7 @@ pub(super) fn click(ctx: &PublicCtx, rq: &Request, id: u64) {
         .storage
         .record_click(id, ctx.clock.now(), device_class(&ua))
     {
-        eprintln!("links: recording a click on touch {id}: {e}");
+        log::error!("links: recording a click on touch {id}: {e}");
     }
 }
 
@@ -189,9 +189,10 @@ fn unsubscribe(ctx: &PublicCtx, rq: Request, t: &TouchRecord) {
     let Some((contact, key)) =
         contact(ctx, t).and_then(|c| suppression_key(&c).ok().map(|k| (c, k)))
     else {
-        eprintln!(
+        log::warn!(
             "links: unsubscribe for touch of order {} in store {}: no contact on record",
-            t.order, t.store
+            t.order,
+            t.store
         );
         respond(
             rq,
@@ -220,7 +221,7 @@ fn unsubscribe(ctx: &PublicCtx, rq: Request, t: &TouchRecord) {
             ),
         ),
         Err(e) => {
-            eprintln!("links: recording an unsubscribe: {e}");
+            log::error!("links: recording an unsubscribe: {e}");
             respond(
                 rq,
                 page(

@@ -81,7 +81,7 @@ impl Listener {
     /// sender), and tiny_http's accept loop ends. Set the workers' stop flag first.
     pub fn close(&self) {
         if let Err(e) = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Read) {
-            eprintln!("http {}: cannot stop accepting: {e}", self.addr);
+            log::warn!("http {}: cannot stop accepting: {e}", self.addr);
         }
     }
 
@@ -103,7 +103,7 @@ impl Listener {
             return None; // another worker already restarted it
         }
         if err.kind() != io::ErrorKind::WouldBlock {
-            eprintln!(
+            log::warn!(
                 "http {}: accept failed ({err}); restarting the listener",
                 self.addr
             );
@@ -111,7 +111,7 @@ impl Listener {
         match Self::server_on(&self.socket) {
             Ok(new) => Some(std::mem::replace(&mut *cur, new)),
             Err(e) => {
-                eprintln!("http {}: cannot restart the listener: {e}", self.addr);
+                log::error!("http {}: cannot restart the listener: {e}", self.addr);
                 std::thread::sleep(Duration::from_millis(100));
                 None
             }
@@ -197,7 +197,7 @@ impl Workers {
             .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
         for _ in 0..total.max(1) {
             if let Err(e) = self.add(true) {
-                eprintln!("{}: cannot start another worker: {e}", self.name);
+                log::error!("{}: cannot start another worker: {e}", self.name);
                 return;
             }
         }
@@ -257,7 +257,7 @@ impl Workers {
                         (self.handler)(rq)
                     }));
                     if handled.is_err() {
-                        eprintln!(
+                        log::error!(
                             "{}: a request handler panicked; the worker goes on",
                             self.name
                         );
@@ -383,7 +383,7 @@ fn spawn_drain(old: Arc<Server>, io_timeout: Duration, handler: Handler, stop: A
             }
         });
     if let Err(e) = spawned {
-        eprintln!("http: cannot start a drain thread: {e}");
+        log::error!("http: cannot start a drain thread: {e}");
     }
 }
 

@@ -221,7 +221,7 @@ fn session(ctx: &PublicCtx, store: &StoreConfig, rq: &Request) -> Option<offer::
         Ok(c) => Some(c),
         Err(why) => {
             // For the operator; the caller only sees the 404.
-            eprintln!("offers: store {}: session token refused: {why}", store.id);
+            log::info!("offers: store {}: session token refused: {why}", store.id);
             None
         }
     }
@@ -358,9 +358,10 @@ fn show(ctx: &PublicCtx, rq: Request, store: &StoreConfig, f: &Found, link: (&st
             .offer_shown(&store.id, &f.rec.order_id, ctx.clock.now())
         {
             // The customer still sees the offer; the view is not counted, and said so.
-            eprintln!(
+            log::error!(
                 "offers: store {}: recording that order {}'s offer was shown: {e}",
-                store.id, f.rec.order_id
+                store.id,
+                f.rec.order_id
             );
         }
     }
@@ -389,7 +390,7 @@ fn record(
     {
         Ok(_) => true,
         Err(e) => {
-            eprintln!(
+            log::error!(
                 "offers: store {}: recording the answer to order {order}'s offer: {e}",
                 store.id
             );

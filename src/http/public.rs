@@ -120,7 +120,7 @@ fn sms_inbound(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
                 source: "SMS STOP reply".into(),
             };
             if let Err(e) = ctx.storage.suppress(store_id, &[(key, row)]) {
-                eprintln!("sms: recording a STOP reply: {e}");
+                log::error!("sms: recording a STOP reply: {e}");
                 respond(rq, text(503, "try again\n"));
                 return;
             }

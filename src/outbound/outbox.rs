@@ -85,7 +85,7 @@ impl Outbox {
                 .set_len(before)
                 .and_then(|_| self.file.sync_data())
             {
-                eprintln!(
+                log::error!(
                     "outbox: cutting {} back after a failed write: {cut}",
                     self.path.display()
                 );

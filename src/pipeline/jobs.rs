@@ -148,7 +148,7 @@ impl Jobs {
             let done =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(job, now, stop)));
             if done.is_err() {
-                eprintln!(
+                log::error!(
                     "jobs: {} panicked; it runs again at its next slot",
                     job.as_str()
                 );
@@ -166,7 +166,7 @@ impl Jobs {
                 match &outcome {
                     // Nothing to purge is not news (on a demo clock it would be every second).
                     Ok(p) if p.removed == 0 && !p.interrupted => {}
-                    Ok(p) => eprintln!(
+                    Ok(p) => log::info!(
                         "jobs: purge removed {} raw payloads received before {} (kept {}, {} of them quarantined, which keep their bodies whatever their age){}",
                         p.removed,
                         p.before.to_rfc3339(),
@@ -174,7 +174,7 @@ impl Jobs {
                         p.quarantined,
                         if p.interrupted { "; stopped early as the service stops, goes on at the next slot" } else { "" }
                     ),
-                    Err(e) => eprintln!("jobs: purge failed: {e}; it runs again at its next slot"),
+                    Err(e) => log::error!("jobs: purge failed: {e}; it runs again at its next slot"),
                 }
                 *lock(&self.status.purge) = Some(LastRun {
                     at: now,
@@ -184,7 +184,7 @@ impl Jobs {
             Job::AffinityCheck => {
                 let outcome = affinity_check(&self.storage, &self.config, now);
                 if let Err(e) = &outcome {
-                    eprintln!("jobs: affinity check failed: {e}; it runs again at its next slot");
+                    log::error!("jobs: affinity check failed: {e}; it runs again at its next slot");
                 }
                 *lock(&self.status.affinity_check) = Some(LastRun {
                     at: now,
@@ -258,7 +258,7 @@ fn affinity_check(
             let why = format!(
                 "an import ({import}) is unfinished, so its orders are not counted yet; run it again to complete it"
             );
-            eprintln!("jobs: affinity check of store {id} skipped: {why}");
+            log::warn!("jobs: affinity check of store {id} skipped: {why}");
             out.push(StoreCheck {
                 store: id.clone(),
                 checked: None,
@@ -279,9 +279,9 @@ fn affinity_check(
             started.elapsed().as_millis()
         );
         if c.mismatched == 0 {
-            eprintln!("jobs: affinity check of store {id}: {summary}");
+            log::info!("jobs: affinity check of store {id}: {summary}");
         } else {
-            eprintln!(
+            log::error!(
                 "jobs: affinity check of store {id}: {summary}; e.g. {}; `upsell-appliance affinity rebuild --store {id}` recounts them (incremental counts should always equal a recount: please report this)",
                 c.examples.join("; ")
             );

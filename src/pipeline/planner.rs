@@ -75,7 +75,7 @@ pub fn plan_pending(storage: &Storage, planning: &Planning) -> Result<usize, Err
             // for every store: it is reported and left unplanned.
             match pass.plan_order(cfg, salt, order, *refund_at) {
                 Ok(()) => total += 1,
-                Err(e) => eprintln!("planner: store {store}, order {order}: {e}; not planned"),
+                Err(e) => log::error!("planner: store {store}, order {order}: {e}; not planned"),
             }
         }
         let writes = PlanWrites {

@@ -79,7 +79,7 @@ pub fn run(
     loop {
         let started = Instant::now();
         if let Err(e) = catch_up(&storage, &settings, &|| !stopping.load(Ordering::Relaxed)) {
-            eprintln!("processor: {e}; retrying in 1 s");
+            log::error!("processor: {e}; retrying in 1 s");
             std::thread::sleep(Duration::from_secs(1));
         }
         std::thread::sleep(SPACING.saturating_sub(started.elapsed()));
@@ -90,7 +90,7 @@ pub fn run(
     }
     let until = Instant::now() + FINAL_CATCH_UP;
     if let Err(e) = catch_up(&storage, &settings, &|| Instant::now() < until) {
-        eprintln!("processor: {e}; the remaining events are applied at the next start");
+        log::warn!("processor: {e}; the remaining events are applied at the next start");
     }
 }
 

@@ -117,7 +117,7 @@ impl Scheduler {
         let deadline = Instant::now() + STOP_GRACE;
         while !self.wheel.is_finished() {
             if Instant::now() >= deadline {
-                eprintln!(
+                log::warn!(
                     "scheduler: a provider request is still in flight after {STOP_GRACE:?}; stopping without it (its touch is settled at the next start)"
                 );
                 return Ok(false);
@@ -148,23 +148,23 @@ pub fn start(
             // The config's check loaded these templates already; one changed since that no
             // longer loads is reported, and the built-in ones are used.
             let templates = Templates::load(config.templates_dir.as_deref()).unwrap_or_else(|e| {
-                eprintln!("scheduler: {e}; using the built-in templates");
+                log::warn!("scheduler: {e}; using the built-in templates");
                 Templates::load(None).expect("the built-in templates load")
             });
             let router = Arc::new(Router::new(&config, Arc::new(templates)));
             match reconcile_all(&storage, &outbox, &router, started) {
                 Ok((0, 0)) => {}
-                Ok((sent, again)) => eprintln!(
+                Ok((sent, again)) => log::info!(
                     "scheduler: {sent} touches interrupted while sending were in the outbox (recorded sent), {again} were not (sent again)"
                 ),
-                Err(e) => eprintln!("scheduler: reconciling touches left in sending: {e}"),
+                Err(e) => log::error!("scheduler: reconciling touches left in sending: {e}"),
             }
             let late = storage
                 .snapshot()
                 .and_then(|s| s.count_due_before(started))
                 .unwrap_or(0);
             if late > 0 {
-                eprintln!(
+                log::info!(
                     "scheduler: {late} touches fell due while the service was stopped; deciding them now (misfire policy)"
                 );
             }
@@ -198,12 +198,12 @@ pub fn start(
                         workers.push(h);
                         queues.push(tx);
                     }
-                    Err(e) => eprintln!("scheduler: cannot start worker {n}: {e}"),
+                    Err(e) => log::error!("scheduler: cannot start worker {n}: {e}"),
                 }
             }
             drop(done_tx);
             if queues.is_empty() {
-                eprintln!("scheduler: no workers; touches are not sent");
+                log::error!("scheduler: no workers; touches are not sent");
             } else {
                 Wheel::new(storage, clock, pauses, report, queues, done_rx, late).run(&stop);
             }
@@ -406,7 +406,9 @@ impl Wheel {
                 Err(e) => {
                     // A record that cannot be read must not stall every touch behind it.
                     self.due.pop_first();
-                    eprintln!("scheduler: touch {id} cannot be read ({e}); left pending, not sent");
+                    log::error!(
+                        "scheduler: touch {id} cannot be read ({e}); left pending, not sent"
+                    );
                     continue;
                 }
             };
@@ -497,7 +499,7 @@ impl Wheel {
                     self.late_left = self.late_left.saturating_sub(d.late.total() as u64);
                     if self.late_left == 0 {
                         let o = r.late_outcome;
-                        eprintln!(
+                        log::info!(
                             "scheduler: of {} touches that fell due while stopped, {} fired, {} deferred, {} skipped (misfire policy)",
                             r.late_at_start, o.sent, o.deferred, o.skipped
                         );
@@ -523,7 +525,7 @@ impl Wheel {
     }
 
     fn failed(&mut self, e: String) {
-        eprintln!("{e}");
+        log::error!("{e}");
         self.report
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -578,7 +580,7 @@ impl Worker {
                     &ids,
                     self.clock.now(),
                 ) {
-                    eprintln!("scheduler: reconciling touches left in sending: {e}");
+                    log::error!("scheduler: reconciling touches left in sending: {e}");
                 }
                 format!("scheduler: {e}; retrying in {BACKOFF:?}")
             });

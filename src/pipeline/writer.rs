@@ -149,7 +149,7 @@ fn flush_rejections(storage: &Storage, rejections: &Rejections, now: Timestamp) 
     let extra = rejections.take();
     if !extra.is_empty() {
         if let Err(e) = storage.commit_deliveries(&[], &extra, now) {
-            eprintln!("writer: {e}");
+            log::error!("writer: {e}");
             rejections.give_back(extra);
         }
     }
@@ -194,7 +194,7 @@ fn commit(
             health.writable.store(false, Ordering::Relaxed);
             rejections.give_back(extra);
             let failed = CommitFailed(e.to_string());
-            eprintln!("writer: {failed}; answering 503 so platforms retry");
+            log::error!("writer: {failed}; answering 503 so platforms retry");
             Err(failed)
         }
     };

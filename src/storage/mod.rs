@@ -6,6 +6,7 @@
 
 pub mod affinity;
 mod backend;
+pub mod backup;
 mod codec;
 pub mod conversions;
 pub mod intake;
@@ -47,6 +48,8 @@ pub enum Error {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error("backup: {0}")]
+    Backup(String),
     #[error("database {path} has schema version {found}, this build understands {expected}; upgrade upsell-appliance")]
     Schema {
         path: PathBuf,

@@ -1055,7 +1055,7 @@ impl Storage {
                     disable: None,
                 },
                 Some(ch) => {
-                    eprintln!(
+                    log::warn!(
                         "scheduler: touch {id}: interrupted while sending through {ch}; sending it again once (a possible duplicate: {ch} has no idempotency key)"
                     );
                     marked.push(id);

@@ -124,6 +124,11 @@ fn malformed_config_names_the_key() {
         ),
         ("listen = ", "listen = [\n", "TOML parse error"),
         (
+            "max_body_kb = 256",
+            "max_body_kb = 256\nlog = \"inf\"",
+            "log = \"inf\": \"inf\" is not a level",
+        ),
+        (
             "id = \"main\"",
             "id = \"Main Store\"",
             "stores[0].id = \"Main Store\"",
@@ -132,10 +137,20 @@ fn malformed_config_names_the_key() {
     for (from, to, expect) in cases {
         check_config_fails(&good.replace(from, to), expect);
     }
-    check_config_fails(
+    // No stores yet is valid (the package installs such a config), and said.
+    let path = write_config(
+        tmp.path(),
         "listen = \"127.0.0.1:0\"\nadmin_token = \"0123456789abcdef0123\"\n",
-        "no [[stores]] configured",
     );
+    let (code, out, err) = run(&["check-config", "--config", &path], tmp.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("no stores yet: add a [[stores]] table"),
+        "{out}"
+    );
+    let (code, _, err) = run(&["status", "--store", "x", "--config", &path], tmp.path());
+    assert_ne!(code, 0);
+    assert!(err.contains("no store with id \"x\""), "{err}");
     check_config_fails(
         &format!("{good}\n[jobs]\npurge = \"17 3 * *\"\n"),
         "jobs.purge = \"17 3 * *\" has 4 fields; write minute hour day-of-month month day-of-week (UTC); e.g. \"17 3 * * *\"",
@@ -603,7 +618,7 @@ fn compact_refuses_while_the_service_runs_and_gives_space_back_once_stopped() {
     let (code, _, err) = run(&["compact", "--config", &path], tmp.path());
     assert_ne!(code, 0);
     assert!(
-        err.contains("stop the service first (`systemctl stop upsell-appliance`), run compact"),
+        err.contains("compact needs the database to itself: stop it with `sudo systemctl stop upsell-appliance`"),
         "{err}"
     );
     // A virtual day a second: the first body is purged within a few seconds, and asking

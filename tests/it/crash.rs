@@ -24,12 +24,16 @@ pub fn start(config: &str, cwd: &Path) -> (std::process::Child, String) {
 }
 
 /// Runs a command that ends up as `serve` and waits until it is ready.
-pub fn start_cmd(mut cmd: std::process::Command) -> (std::process::Child, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+pub fn start_cmd(cmd: std::process::Command) -> (std::process::Child, String) {
+    start_with_stderr(cmd, Stdio::null())
+}
+
+/// [`start_cmd`] with its standard error going to `stderr` (`Stdio::piped()` to read the log).
+pub fn start_with_stderr(
+    mut cmd: std::process::Command,
+    stderr: Stdio,
+) -> (std::process::Child, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut addr = None;
     loop {
@@ -144,7 +148,7 @@ fn client(
 }
 
 /// Opens the database as the next start would and checks every acknowledged delivery.
-fn assert_all_stored(data: &Path, acked: &HashSet<String>, round: usize) {
+pub fn assert_all_stored(data: &Path, acked: &HashSet<String>, round: usize) {
     let storage = Storage::open(data, &Options::default()).unwrap();
     for key in acked {
         assert!(

@@ -4,6 +4,7 @@
 
 mod affinity;
 mod attribution;
+mod backup;
 mod bigcommerce;
 mod browser;
 mod cadence;
@@ -23,5 +24,6 @@ mod report;
 mod scheduler;
 mod status_page;
 mod support;
+mod systemd;
 mod webhooks;
 mod woocommerce;

@@ -1,0 +1,189 @@
+//! The service's diagnostics: the `log` macros everywhere, and this one logger, which
+//! writes a line per record to stderr.
+//!
+//! Under systemd (stderr is the journal: `JOURNAL_STREAM` names it) a line starts with its
+//! syslog priority, `<3>` for an error, which journald keeps as the entry's level
+//! (`journalctl -p warning`) and strips from the text, and has no timestamp (the journal
+//! stamps every entry). Elsewhere a line starts with the UTC time and the level.
+//!
+//! Which records are written: `log` in the config ("info" by default), or `RUST_LOG`
+//! when set, which wins: a level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or
+//! comma-separated `module=level` directives, e.g. `warn,upsell_appliance::http=debug`.
+//! Command-line output meant for the operator (tables, JSON, progress) is not logging and
+//! goes to stdout/stderr directly.
+
+use std::io::Write;
+
+use log::{Level, Log, Metadata, Record};
+
+/// The filter when neither the config nor `RUST_LOG` names one.
+pub const DEFAULT: &str = "info";
+
+/// Checks a filter such as `info` or `warn,upsell_appliance::http=debug`. A bare word must
+/// be a level: the filter's own syntax would take `inf` for a module name and quietly log
+/// nothing of ours.
+pub fn check(filter: &str) -> Result<(), String> {
+    for part in filter.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if !part.contains('=') && part.parse::<log::LevelFilter>().is_err() {
+            return Err(format!(
+                "{part:?} is not a level (error, warn, info, debug, trace or off); a module's own level is written module=level"
+            ));
+        }
+    }
+    env_filter::Builder::new()
+        .try_parse(filter)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Installs the logger (once per process; later calls change nothing). `configured` is
+/// the config's `log`; `RUST_LOG` overrides it, and a `RUST_LOG` that does not parse is
+/// reported and ignored rather than silencing the service.
+pub fn init(configured: &str) {
+    let env = std::env::var("RUST_LOG").ok();
+    let (filter, bad_env) = filter(configured, env.as_deref());
+    let logger = Logger {
+        filter,
+        journal: std::env::var_os("JOURNAL_STREAM").is_some(),
+    };
+    let max = logger.filter.filter();
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(max);
+        if let Some(why) = bad_env {
+            log::warn!("{why}");
+        }
+    }
+}
+
+/// The filter from the config's `log` and `RUST_LOG`, and why `RUST_LOG` was ignored.
+fn filter(configured: &str, env: Option<&str>) -> (env_filter::Filter, Option<String>) {
+    let mut builder = env_filter::Builder::new();
+    // tiny_http logs every failed accept at error level, also those our listener causes on
+    // purpose to stop accepting; our listener reports the failures that matter itself. A
+    // directive for tiny_http in the config or RUST_LOG wins over this one.
+    builder.filter_module("tiny_http", log::LevelFilter::Off);
+    let mut bad_env = None;
+    match env.filter(|s| !s.trim().is_empty()) {
+        Some(f) => match check(f) {
+            Ok(()) => {
+                builder.parse(f);
+            }
+            Err(e) => {
+                bad_env = Some(format!(
+                    "RUST_LOG={f:?} ignored ({e}); using log = {configured:?}"
+                ));
+                builder.parse(configured);
+            }
+        },
+        None => {
+            builder.parse(configured);
+        }
+    }
+    (builder.build(), bad_env)
+}
+
+struct Logger {
+    filter: env_filter::Filter,
+    journal: bool,
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.filter.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.filter.matches(record) {
+            return;
+        }
+        // One write per line, so lines of different threads never interleave.
+        let line = format_line(self.journal, record.level(), record.args(), now_utc);
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn now_utc() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The syslog priority journald reads from a line's `<N>` prefix (sd-daemon(3)).
+fn priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+fn format_line(
+    journal: bool,
+    level: Level,
+    message: &std::fmt::Arguments<'_>,
+    now: impl Fn() -> String,
+) -> String {
+    if journal {
+        format!("<{}>{message}\n", priority(level))
+    } else {
+        format!("{} {level:<5} {message}\n", now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_lines_carry_the_priority_and_no_time() {
+        let line = format_line(
+            true,
+            Level::Warn,
+            &format_args!("scheduler: {}", 1),
+            || unreachable!(),
+        );
+        assert_eq!(line, "<4>scheduler: 1\n");
+        let line = format_line(true, Level::Error, &format_args!("x"), || unreachable!());
+        assert_eq!(line, "<3>x\n");
+    }
+
+    #[test]
+    fn terminal_lines_carry_time_and_level() {
+        let line = format_line(false, Level::Info, &format_args!("ready"), || {
+            "2026-11-22T10:00:00.000Z".into()
+        });
+        assert_eq!(line, "2026-11-22T10:00:00.000Z INFO  ready\n");
+    }
+
+    #[test]
+    fn rust_log_wins_and_tiny_http_is_quiet_unless_asked() {
+        let on = |f: &env_filter::Filter, target: &str, level: Level| {
+            f.enabled(&log::Metadata::builder().target(target).level(level).build())
+        };
+        let (f, bad) = filter("info", None);
+        assert!(bad.is_none());
+        assert!(on(&f, "upsell_appliance::app", Level::Info));
+        assert!(!on(&f, "upsell_appliance::app", Level::Debug));
+        assert!(!on(&f, "tiny_http", Level::Error));
+        let (f, _) = filter("info", Some("warn,tiny_http=error"));
+        assert!(!on(&f, "upsell_appliance::app", Level::Info));
+        assert!(on(&f, "tiny_http", Level::Error));
+        let (f, bad) = filter("debug", Some("upsell_appliance=loud"));
+        assert!(bad.unwrap().contains("using log = \"debug\""));
+        assert!(on(&f, "upsell_appliance::app", Level::Debug));
+    }
+
+    #[test]
+    fn filters_are_checked() {
+        assert!(check("info").is_ok());
+        assert!(check("warn,upsell_appliance::http=debug").is_ok());
+        assert!(check("").is_ok());
+        let e = check("inf").unwrap_err();
+        assert!(e.contains("\"inf\" is not a level"), "{e}");
+        let e = check("info,upsell_appliance=loud").unwrap_err();
+        assert!(e.contains("loud"), "{e}");
+    }
+}
