@@ -37,7 +37,7 @@ fn renice(thread: &str, delta: i32) {
         .and_then(|now| rustix::process::setpriority_process(Some(tid), now + delta));
     if let Err(e) = result {
         log::info!(
-            "{thread}: running at the default priority ({e}); giving the process CAP_SYS_NICE lets it take more webhooks per second"
+            "{thread}: running at the default priority ({e}); it takes more webhooks per second with CAP_SYS_NICE (the packaged unit grants none: README \"The unit's hardening\")"
         );
     }
 }

@@ -1324,8 +1324,13 @@ pub fn parse(text: &str, base: &Path, origin: Origin) -> Result<Config, ConfigEr
             .ok_or_else(|| err("secrets_file must be a path string".into()))?;
         let path = base.join(file);
         let stext = std::fs::read_to_string(&path).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                "; it is readable by root and the service's group only: run the command with sudo"
+            } else {
+                ""
+            };
             err(format!(
-                "secrets_file {}: cannot read it ({e})",
+                "secrets_file {}: cannot read it ({e}){hint}",
                 path.display()
             ))
         })?;

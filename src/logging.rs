@@ -36,6 +36,23 @@ pub fn check(filter: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Prints the error a command ends with to stderr (`error: ...`); under systemd with the
+/// error priority, so that `journalctl -p err` shows why the service did not start.
+pub fn print_fatal(message: &str) {
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let line = if journal {
+        format_line(
+            true,
+            Level::Error,
+            &format_args!("error: {message}"),
+            String::new,
+        )
+    } else {
+        format!("error: {message}\n")
+    };
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// Installs the logger (once per process; later calls change nothing). `configured` is
 /// the config's `log`; `RUST_LOG` overrides it, and a `RUST_LOG` that does not parse is
 /// reported and ignored rather than silencing the service.
@@ -127,7 +144,13 @@ fn format_line(
     now: impl Fn() -> String,
 ) -> String {
     if journal {
-        format!("<{}>{message}\n", priority(level))
+        // journald reads every line as an entry of its own: each carries the priority.
+        let p = priority(level);
+        message
+            .to_string()
+            .lines()
+            .map(|l| format!("<{p}>{l}\n"))
+            .collect()
     } else {
         format!("{} {level:<5} {message}\n", now())
     }
@@ -146,8 +169,8 @@ mod tests {
             || unreachable!(),
         );
         assert_eq!(line, "<4>scheduler: 1\n");
-        let line = format_line(true, Level::Error, &format_args!("x"), || unreachable!());
-        assert_eq!(line, "<3>x\n");
+        let line = format_line(true, Level::Error, &format_args!("x\ny"), || unreachable!());
+        assert_eq!(line, "<3>x\n<3>y\n");
     }
 
     #[test]

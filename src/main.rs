@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     match upsell_appliance::cli::run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            upsell_appliance::logging::print_fatal(&format!("{e:#}"));
             ExitCode::from(1)
         }
     }

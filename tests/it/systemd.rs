@@ -113,3 +113,18 @@ fn outside_systemd_log_lines_carry_time_and_level() {
     );
     assert_eq!(rest, "INFO  stopped cleanly");
 }
+
+#[test]
+fn a_fatal_error_reaches_the_journal_as_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.toml");
+    let out = bin()
+        .args(["serve", "--config", missing.to_str().unwrap()])
+        .env("JOURNAL_STREAM", "8:4242")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("<3>error: config "), "{err}");
+    assert!(err.lines().all(|l| l.starts_with("<3>")), "{err}");
+}
