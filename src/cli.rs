@@ -917,7 +917,13 @@ fn backup(config: &Config, path: &std::path::Path, as_json: bool) -> anyhow::Res
     let summary = storage::backup::verify(&mut std::io::BufReader::new(std::fs::File::open(
         partial.path(),
     )?))
-    .context("the backup just written does not read back; nothing was kept")?;
+    .with_context(|| {
+        if source.starts_with("through") {
+            "the backup the service sent does not read back, so nothing was kept: the service stopped sending it part way; its log says why (`journalctl -u upsell-appliance`)"
+        } else {
+            "the backup just written does not read back, so nothing was kept"
+        }
+    })?;
     partial
         .persist(path)
         .with_context(|| format!("cannot name the backup {}", path.display()))?;
@@ -947,6 +953,15 @@ fn backup(config: &Config, path: &std::path::Path, as_json: bool) -> anyhow::Res
 
 fn restore(config: &Config, path: &std::path::Path, as_json: bool) -> anyhow::Result<ExitCode> {
     refuse_while_serving(config, "restore")?;
+    // Read twice: checked whole first, then loaded.
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!(
+            "{} is not a regular file; restore reads a backup twice (once to check it whole, once to load it): copy it to a file first",
+            path.display()
+        );
+    }
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
     let options = storage_options(config);
     let started = Instant::now();

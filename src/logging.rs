@@ -79,6 +79,10 @@ fn filter(configured: &str, env: Option<&str>) -> (env_filter::Filter, Option<St
     // purpose to stop accepting; our listener reports the failures that matter itself. A
     // directive for tiny_http in the config or RUST_LOG wins over this one.
     builder.filter_module("tiny_http", log::LevelFilter::Off);
+    // At trace level ureq dumps requests as they are, provider API keys included.
+    for quiet in ["ureq", "ureq_proto", "rustls"] {
+        builder.filter_module(quiet, log::LevelFilter::Debug);
+    }
     let mut bad_env = None;
     match env.filter(|s| !s.trim().is_empty()) {
         Some(f) => match check(f) {
@@ -191,6 +195,12 @@ mod tests {
         assert!(on(&f, "upsell_appliance::app", Level::Info));
         assert!(!on(&f, "upsell_appliance::app", Level::Debug));
         assert!(!on(&f, "tiny_http", Level::Error));
+        let (f, _) = filter("trace", None);
+        assert!(on(&f, "upsell_appliance::app", Level::Trace));
+        assert!(
+            !on(&f, "ureq_proto::util", Level::Trace),
+            "request dumps carry API keys"
+        );
         let (f, _) = filter("info", Some("warn,tiny_http=error"));
         assert!(!on(&f, "upsell_appliance::app", Level::Info));
         assert!(on(&f, "tiny_http", Level::Error));

@@ -124,26 +124,35 @@ impl Storage {
             source,
         })?;
         let live = data_dir.join(Storage::FILE_NAME);
-        // Held until the new file has the name, so that no service opens the old one meanwhile.
-        let _held = if live.exists() {
-            match redb::Builder::new().set_cache_size(1 << 20).open(&live) {
+        let existed = std::fs::symlink_metadata(&live).is_ok();
+        // Held until the new file has the name, so that no service opens the old database
+        // meanwhile, nor creates one that the rename would then orphan with the webhooks it
+        // acknowledged: a missing database is created empty to be held.
+        let held =
+            match super::open_file(&live, false).and_then(|f| super::open_redb(f, &live, opts)) {
                 Ok(db) => Some(db),
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(Error::Locked(live)),
+                Err(Error::Locked(p)) => return Err(Error::Locked(p)),
                 // A damaged file is what a restore is for: nobody can be using it.
-                Err(_) => None,
-            }
-        } else {
-            None
-        };
+                Err(_) if existed => None,
+                Err(e) => return Err(e),
+            };
+        // Touch ids name messages already sent, some after the backup was taken.
+        let used_ids = held
+            .as_ref()
+            .and_then(|db| super::touches::next_touch_id_of(db).ok())
+            .unwrap_or(0);
         let tmp = data_dir.join(format!("{}.restoring", Storage::FILE_NAME));
         let _ = std::fs::remove_file(&tmp);
-        let loaded = load(&tmp, opts, &mut io::BufReader::new(open()?), &summary)
-            .and_then(|()| own_like(&tmp, data_dir));
+        let loaded = super::open_file(&tmp, true).and_then(|file| {
+            own_like(&file, data_dir)?;
+            let db = super::open_redb(file, &tmp, opts)?;
+            load(&db, &mut io::BufReader::new(open()?), &summary, used_ids)
+        });
         if let Err(e) = loaded {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        let previous = if live.exists() {
+        let previous = if existed {
             let stamp = chrono::DateTime::from_timestamp_millis(now.0)
                 .unwrap_or_default()
                 .format("%Y%m%dT%H%M%SZ");
@@ -162,8 +171,12 @@ impl Storage {
         };
         std::fs::rename(&tmp, &live).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
+            if let Some(p) = &previous {
+                let _ = std::fs::remove_file(p);
+            }
             Error::Backup(format!("cannot move the restored database into place: {e}"))
         })?;
+        drop(held);
         std::fs::File::open(data_dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err)?;
@@ -248,19 +261,18 @@ fn dump<K: redb::Key + 'static, V: redb::Value + 'static>(
     Ok(n)
 }
 
-/// Loads a verified backup into a new database file at `path`, in one transaction.
-fn load(path: &Path, opts: &Options, input: &mut dyn Read, expect: &Summary) -> Result<(), Error> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Customer data: readable by its owner only, whatever the umask.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::Backup(format!("cannot create {}: {e}", path.display())))?;
-    let db = redb::Builder::new()
-        .set_cache_size(opts.cache_size_mb.max(1) * 1024 * 1024)
-        .create(path)?;
+/// Touch ids skipped at a restore beyond the highest either database used, for the
+/// messages the replaced service sent after the backup was taken.
+const TOUCH_ID_GAP: u64 = 1_000_000_000;
+
+/// Loads a verified backup into the new, empty database `db`, in one transaction, with the
+/// next touch id moved past `used_ids` and [`TOUCH_ID_GAP`] further.
+fn load(
+    db: &redb::Database,
+    input: &mut dyn Read,
+    expect: &Summary,
+    used_ids: u64,
+) -> Result<(), Error> {
     let tx = db.begin_write()?;
     let mut r = Reader::new(input);
     r.header()?;
@@ -285,6 +297,7 @@ fn load(path: &Path, opts: &Options, input: &mut dyn Read, expect: &Summary) -> 
         tables += 1;
     }
     r.end(tables, expect.entries)?;
+    super::touches::skip_touch_ids(&tx, used_ids, TOUCH_ID_GAP)?;
     tx.commit()?;
     Ok(())
 }
@@ -302,16 +315,16 @@ fn fill<K: redb::Key + 'static, V: redb::Value + 'static>(
 }
 
 /// Gives a file the owner and group of `dir`: a restore run as root into the service's
-/// data directory must leave a file the service's own user can open.
-fn own_like(file: &Path, dir: &Path) -> Result<(), Error> {
+/// data directory must leave a file the service's own user can open. By the open file,
+/// not its name, which the directory's owner could point elsewhere meanwhile.
+fn own_like(file: &std::fs::File, dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt;
     let want = std::fs::metadata(dir).map_err(io_err)?;
-    let have = std::fs::metadata(file).map_err(io_err)?;
+    let have = file.metadata().map_err(io_err)?;
     if (have.uid(), have.gid()) != (want.uid(), want.gid()) {
-        std::os::unix::fs::chown(file, Some(want.uid()), Some(want.gid())).map_err(|e| {
+        std::os::unix::fs::fchown(file, Some(want.uid()), Some(want.gid())).map_err(|e| {
             Error::Backup(format!(
-                "cannot give {} the owner of {} (uid {}): {e}",
-                file.display(),
+                "cannot give the restored database the owner of {} (uid {}): {e}",
                 dir.display(),
                 want.uid()
             ))
@@ -507,8 +520,20 @@ mod tests {
         let r = Storage::restore(target.path(), &Options::default(), &file, Timestamp(0)).unwrap();
         assert!(r.previous.is_none());
         let restored = Storage::open(target.path(), &Options::default()).unwrap();
-        assert_eq!(restored.digest().unwrap(), digest);
+        // Every table as it was, but the next touch id, moved past those the old service
+        // may have used since.
+        let without_meta = |d: Vec<(String, u64, String)>| -> Vec<_> {
+            d.into_iter().filter(|(n, _, _)| n != "meta").collect()
+        };
+        assert_eq!(
+            without_meta(restored.digest().unwrap()),
+            without_meta(digest)
+        );
         assert_eq!(restored.link_key("shop").unwrap(), key);
+        assert_eq!(
+            restored.snapshot().unwrap().next_touch_id().unwrap(),
+            1 + TOUCH_ID_GAP
+        );
     }
 
     #[test]
@@ -587,6 +612,24 @@ mod tests {
         assert!(
             s.seed_salt("other", b"x").is_ok(),
             "the restored file lacks the later store"
+        );
+        assert_eq!(
+            s.snapshot().unwrap().next_touch_id().unwrap(),
+            1 + TOUCH_ID_GAP
+        );
+        drop(s);
+        // Restored again, ids go on past the ones the first restore's database handed out.
+        Storage::restore(
+            dir.path(),
+            &Options::default(),
+            &file,
+            Timestamp(1_763_800_001_000),
+        )
+        .unwrap();
+        let s = Storage::open(dir.path(), &Options::default()).unwrap();
+        assert_eq!(
+            s.snapshot().unwrap().next_touch_id().unwrap(),
+            1 + 2 * TOUCH_ID_GAP
         );
         drop(s);
         // The kept file is the database as it was.

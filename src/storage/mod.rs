@@ -78,6 +78,54 @@ from_redb!(
     redb::CompactionError
 );
 
+/// Opens (or creates) a database file for reading and writing, never through a symbolic
+/// link: the data directory belongs to the service's user, and a command run as root must
+/// not be led to open, write or chown a file elsewhere. `new`: it must not exist yet (and
+/// is made readable by its owner only).
+fn open_file(path: &Path, new: bool) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    if new {
+        o.create_new(true).mode(0o600);
+    } else {
+        o.create(true).truncate(false);
+    }
+    o.open(path).map_err(|source| Error::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// redb on `file`, with our backend; a file another process has open is [`Error::Locked`].
+/// After an unclean stop redb first repairs the file, which on a large one takes minutes:
+/// its progress is logged.
+fn open_redb(file: std::fs::File, path: &Path, opts: &Options) -> Result<Database, Error> {
+    let backend = backend::Backend::new(file, opts.faults.clone())?;
+    let shown = std::cell::Cell::new(-1i64);
+    let shown_path = path.to_path_buf();
+    redb::Builder::new()
+        .set_cache_size(opts.cache_size_mb.max(1) * 1024 * 1024)
+        .set_repair_callback(move |session| {
+            let tenth = (session.progress() * 10.0) as i64;
+            if tenth > shown.get() {
+                shown.set(tenth);
+                log::warn!(
+                    "database {}: repairing after an unclean stop, {}% done",
+                    shown_path.display(),
+                    tenth * 10
+                );
+            }
+        })
+        .create_with_backend(backend)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked(path.to_path_buf()),
+            e => e.into(),
+        })
+}
+
 /// How to open the database.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -240,24 +288,8 @@ impl Storage {
             source,
         })?;
         let path = data_dir.join(Self::FILE_NAME);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|source| Error::DataDir {
-                path: path.clone(),
-                source,
-            })?;
-        let backend = backend::Backend::new(file, opts.faults.clone())?;
-        let db = redb::Builder::new()
-            .set_cache_size(opts.cache_size_mb.max(1) * 1024 * 1024)
-            .create_with_backend(backend)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked(path.clone()),
-                e => e.into(),
-            })?;
+        let file = open_file(&path, false)?;
+        let db = open_redb(file, &path, opts)?;
         let storage = Storage {
             db,
             path,

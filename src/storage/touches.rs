@@ -294,6 +294,29 @@ fn next_id(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64
     }))
 }
 
+/// Moves the next touch id past every id the database a restore replaces may have used
+/// (`at_least`) and then `gap` further: ids are in the links and idempotency keys of
+/// messages already sent, also those sent after the backup was taken, which the restored
+/// database does not know of, and must never name another touch.
+pub(crate) fn skip_touch_ids(
+    tx: &redb::WriteTransaction,
+    at_least: u64,
+    gap: u64,
+) -> Result<u64, Error> {
+    let mut meta = tx.open_table(META)?;
+    let next = next_id(&meta)?.max(at_least).saturating_add(gap);
+    meta.insert(NEXT_TOUCH_ID, &next.to_le_bytes()[..])?;
+    Ok(next)
+}
+
+/// The next touch id of an open database.
+pub(crate) fn next_touch_id_of(db: &redb::Database) -> Result<u64, Error> {
+    use redb::ReadableDatabase;
+    let tx = db.begin_read()?;
+    let meta = tx.open_table(META)?;
+    next_id(&meta)
+}
+
 /// What one engagement delivery writes (see [`Storage::record_engagement`]).
 #[derive(Debug, Default)]
 pub struct EngagementWrites {
