@@ -148,8 +148,17 @@ impl Storage {
             let db = super::open_redb(file, &tmp, opts)?;
             load(&db, &mut io::BufReader::new(open()?), &summary, used_ids)
         });
-        if let Err(e) = loaded {
+        // Leaves the data directory as it was: no new file, and no empty database made only
+        // to be held.
+        let undo = |held: Option<redb::Database>| {
             let _ = std::fs::remove_file(&tmp);
+            if !existed {
+                drop(held);
+                let _ = std::fs::remove_file(&live);
+            }
+        };
+        if let Err(e) = loaded {
+            undo(held);
             return Err(e);
         }
         let previous = if existed {
@@ -158,24 +167,26 @@ impl Storage {
                 .format("%Y%m%dT%H%M%SZ");
             let kept = data_dir.join(format!("{}.before-restore-{stamp}", Storage::FILE_NAME));
             // A second name for the old file: the database's own name never goes missing.
-            std::fs::hard_link(&live, &kept).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                Error::Backup(format!(
+            if let Err(e) = std::fs::hard_link(&live, &kept) {
+                undo(held);
+                return Err(Error::Backup(format!(
                     "cannot keep the current database as {}: {e}",
                     kept.display()
-                ))
-            })?;
+                )));
+            }
             Some(kept)
         } else {
             None
         };
-        std::fs::rename(&tmp, &live).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = std::fs::rename(&tmp, &live) {
             if let Some(p) = &previous {
                 let _ = std::fs::remove_file(p);
             }
-            Error::Backup(format!("cannot move the restored database into place: {e}"))
-        })?;
+            undo(held);
+            return Err(Error::Backup(format!(
+                "cannot move the restored database into place: {e}"
+            )));
+        }
         drop(held);
         std::fs::File::open(data_dir)
             .and_then(|d| d.sync_all())
@@ -580,6 +591,44 @@ mod tests {
                 .collect();
             assert_eq!(names, ["upsell.redb"], "{e}");
         }
+    }
+
+    #[test]
+    fn a_restore_that_fails_while_loading_leaves_an_empty_directory_empty() {
+        // Whole and undamaged, but with a table this build does not know.
+        let mut bytes = Vec::new();
+        let mut w = Writer {
+            out: &mut bytes,
+            hash: Sha256::new(),
+            bytes: 0,
+        };
+        w.put(MAGIC).unwrap();
+        w.put(&FORMAT.to_le_bytes()).unwrap();
+        w.put(&SCHEMA_VERSION.to_le_bytes()).unwrap();
+        w.put(&0i64.to_le_bytes()).unwrap();
+        w.put_short(b"9.9.9").unwrap();
+        w.put(&[TABLE]).unwrap();
+        w.put_short(b"from_the_future").unwrap();
+        w.put(&[TABLE_END]).unwrap();
+        w.put(&0u64.to_le_bytes()).unwrap();
+        w.put(&[END]).unwrap();
+        w.put(&1u64.to_le_bytes()).unwrap();
+        w.put(&0u64.to_le_bytes()).unwrap();
+        let digest = w.hash.clone().finalize();
+        bytes.extend_from_slice(&digest);
+        assert!(verify(&mut &bytes[..]).is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("future.backup");
+        std::fs::write(&file, &bytes).unwrap();
+        let data = dir.path().join("data");
+        let e = Storage::restore(&data, &Options::default(), &file, Timestamp(0)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("\"from_the_future\" this build does not know"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
     }
 
     #[test]
