@@ -800,13 +800,7 @@ fn open_db(config: &Config, create: bool) -> anyhow::Result<std::sync::Arc<Stora
             config.admin_listen
         );
     }
-    let storage = Storage::open(
-        &config.data_dir,
-        &storage::Options {
-            cache_size_mb: config.cache_size_mb,
-            ..Default::default()
-        },
-    )
+    let storage = Storage::open(&config.data_dir, &storage_options(config))
     .map_err(|e| match e {
         storage::Error::Locked(p) => anyhow!(
             "{} is open by a running service, but its admin API on {} did not answer; is admin_listen in {} the one that service uses?",
