@@ -61,6 +61,7 @@ pub fn init(configured: &str) {
     let (filter, bad_env) = filter(configured, env.as_deref());
     let logger = Logger {
         filter,
+        client_trace: names_the_client(configured, env.as_deref()),
         journal: std::env::var_os("JOURNAL_STREAM").is_some(),
     };
     let max = logger.filter.filter();
@@ -79,10 +80,6 @@ fn filter(configured: &str, env: Option<&str>) -> (env_filter::Filter, Option<St
     // purpose to stop accepting; our listener reports the failures that matter itself. A
     // directive for tiny_http in the config or RUST_LOG wins over this one.
     builder.filter_module("tiny_http", log::LevelFilter::Off);
-    // At trace level ureq dumps requests as they are, provider API keys included.
-    for quiet in ["ureq", "ureq_proto", "rustls"] {
-        builder.filter_module(quiet, log::LevelFilter::Debug);
-    }
     let mut bad_env = None;
     match env.filter(|s| !s.trim().is_empty()) {
         Some(f) => match check(f) {
@@ -103,18 +100,50 @@ fn filter(configured: &str, env: Option<&str>) -> (env_filter::Filter, Option<St
     (builder.build(), bad_env)
 }
 
+/// The HTTP client's crates: at trace level they dump requests as they are, provider API
+/// keys included, so a plain `trace` leaves their trace records out.
+const CLIENT: [&str; 3] = ["ureq", "ureq_proto", "rustls"];
+
+fn is_client(target: &str) -> bool {
+    CLIENT
+        .iter()
+        .any(|c| target == *c || target.starts_with(&format!("{c}::")))
+}
+
+/// Whether the filter in force names one of the client's crates, asking for its records.
+fn names_the_client(configured: &str, env: Option<&str>) -> bool {
+    let spec = match env.filter(|e| !e.trim().is_empty() && check(e).is_ok()) {
+        Some(e) => e,
+        None => configured,
+    };
+    spec.split(',')
+        .filter_map(|d| d.split_once('=').map(|(m, _)| m.trim()))
+        .any(is_client)
+}
+
 struct Logger {
     filter: env_filter::Filter,
+    /// The client's trace records are written (`ureq_proto=trace` asked for them).
+    client_trace: bool,
     journal: bool,
+}
+
+impl Logger {
+    fn allows(&self, metadata: &Metadata<'_>) -> bool {
+        self.filter.enabled(metadata)
+            && (self.client_trace
+                || metadata.level() < Level::Trace
+                || !is_client(metadata.target()))
+    }
 }
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        self.filter.enabled(metadata)
+        self.allows(metadata)
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !self.filter.matches(record) {
+        if !self.filter.matches(record) || !self.allows(record.metadata()) {
             return;
         }
         // One write per line, so lines of different threads never interleave.
@@ -195,12 +224,28 @@ mod tests {
         assert!(on(&f, "upsell_appliance::app", Level::Info));
         assert!(!on(&f, "upsell_appliance::app", Level::Debug));
         assert!(!on(&f, "tiny_http", Level::Error));
-        let (f, _) = filter("trace", None);
-        assert!(on(&f, "upsell_appliance::app", Level::Trace));
+        // The client's records follow the level asked for, but its trace dumps only when
+        // named.
+        let logger = |configured: &str, env: Option<&str>| Logger {
+            filter: filter(configured, env).0,
+            client_trace: names_the_client(configured, env),
+            journal: false,
+        };
+        let allows = |l: &Logger, target: &str, level: Level| {
+            l.allows(&log::Metadata::builder().target(target).level(level).build())
+        };
+        let info = logger("info", None);
+        assert!(!allows(&info, "ureq::unversioned::transport", Level::Debug));
+        assert!(allows(&info, "ureq", Level::Info));
+        let trace = logger("trace", None);
+        assert!(allows(&trace, "upsell_appliance::app", Level::Trace));
+        assert!(allows(&trace, "ureq_proto::client", Level::Debug));
         assert!(
-            !on(&f, "ureq_proto::util", Level::Trace),
-            "request dumps carry API keys"
+            !allows(&trace, "ureq_proto::util", Level::Trace),
+            "dumps carry API keys"
         );
+        let named = logger("info", Some("info,ureq_proto=trace"));
+        assert!(allows(&named, "ureq_proto::util", Level::Trace));
         let (f, _) = filter("info", Some("warn,tiny_http=error"));
         assert!(!on(&f, "upsell_appliance::app", Level::Info));
         assert!(on(&f, "tiny_http", Level::Error));

@@ -91,6 +91,8 @@ fn backups_under_load_restore_consistent_databases() {
             tmp.path(),
         );
         assert_eq!(code, 0, "{err}");
+        // Asking the service leaves the operator's terminal clean (no client log records).
+        assert_eq!(err, "", "a command through the admin API wrote to stderr");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert!(
             v["source"].as_str().unwrap().contains("running service"),
