@@ -58,12 +58,8 @@ pub fn print_fatal(message: &str) {
 /// reported and ignored rather than silencing the service.
 pub fn init(configured: &str) {
     let env = std::env::var("RUST_LOG").ok();
-    let (filter, bad_env) = filter(configured, env.as_deref());
-    let logger = Logger {
-        filter,
-        client_trace: names_the_client(configured, env.as_deref()),
-        journal: std::env::var_os("JOURNAL_STREAM").is_some(),
-    };
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let (logger, bad_env) = build(configured, env.as_deref(), journal);
     let max = logger.filter.filter();
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(max);
@@ -73,31 +69,37 @@ pub fn init(configured: &str) {
     }
 }
 
-/// The filter from the config's `log` and `RUST_LOG`, and why `RUST_LOG` was ignored.
-fn filter(configured: &str, env: Option<&str>) -> (env_filter::Filter, Option<String>) {
+/// The logger for the filter in force (`RUST_LOG` when set and valid, else the config's
+/// `log`), and why `RUST_LOG` was ignored.
+fn build(configured: &str, env: Option<&str>, journal: bool) -> (Logger, Option<String>) {
+    let (spec, bad_env) = match env.filter(|s| !s.trim().is_empty()) {
+        Some(f) => match check(f) {
+            Ok(()) => (f, None),
+            Err(e) => (
+                configured,
+                Some(format!(
+                    "RUST_LOG={f:?} ignored ({e}); using log = {configured:?}"
+                )),
+            ),
+        },
+        None => (configured, None),
+    };
     let mut builder = env_filter::Builder::new();
     // tiny_http logs every failed accept at error level, also those our listener causes on
     // purpose to stop accepting; our listener reports the failures that matter itself. A
     // directive for tiny_http in the config or RUST_LOG wins over this one.
     builder.filter_module("tiny_http", log::LevelFilter::Off);
-    let mut bad_env = None;
-    match env.filter(|s| !s.trim().is_empty()) {
-        Some(f) => match check(f) {
-            Ok(()) => {
-                builder.parse(f);
-            }
-            Err(e) => {
-                bad_env = Some(format!(
-                    "RUST_LOG={f:?} ignored ({e}); using log = {configured:?}"
-                ));
-                builder.parse(configured);
-            }
-        },
-        None => {
-            builder.parse(configured);
-        }
-    }
-    (builder.build(), bad_env)
+    builder.parse(spec);
+    let client_trace = spec
+        .split(',')
+        .filter_map(|d| d.split_once('=').map(|(m, _)| m.trim()))
+        .any(is_client);
+    let logger = Logger {
+        filter: builder.build(),
+        client_trace,
+        journal,
+    };
+    (logger, bad_env)
 }
 
 /// The HTTP client's crates: at trace level they dump requests as they are, provider API
@@ -110,40 +112,27 @@ fn is_client(target: &str) -> bool {
         .any(|c| target == *c || target.starts_with(&format!("{c}::")))
 }
 
-/// Whether the filter in force names one of the client's crates, asking for its records.
-fn names_the_client(configured: &str, env: Option<&str>) -> bool {
-    let spec = match env.filter(|e| !e.trim().is_empty() && check(e).is_ok()) {
-        Some(e) => e,
-        None => configured,
-    };
-    spec.split(',')
-        .filter_map(|d| d.split_once('=').map(|(m, _)| m.trim()))
-        .any(is_client)
-}
-
 struct Logger {
     filter: env_filter::Filter,
-    /// The client's trace records are written (`ureq_proto=trace` asked for them).
+    /// The client's trace records are written (the filter names one of its crates).
     client_trace: bool,
     journal: bool,
 }
 
 impl Logger {
-    fn allows(&self, metadata: &Metadata<'_>) -> bool {
-        self.filter.enabled(metadata)
-            && (self.client_trace
-                || metadata.level() < Level::Trace
-                || !is_client(metadata.target()))
+    /// What the filter alone would let through, less the client's trace dumps.
+    fn client_allows(&self, metadata: &Metadata<'_>) -> bool {
+        self.client_trace || metadata.level() < Level::Trace || !is_client(metadata.target())
     }
 }
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        self.allows(metadata)
+        self.filter.enabled(metadata) && self.client_allows(metadata)
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !self.filter.matches(record) || !self.allows(record.metadata()) {
+        if !self.filter.matches(record) || !self.client_allows(record.metadata()) {
             return;
         }
         // One write per line, so lines of different threads never interleave.
@@ -216,42 +205,40 @@ mod tests {
 
     #[test]
     fn rust_log_wins_and_tiny_http_is_quiet_unless_asked() {
-        let on = |f: &env_filter::Filter, target: &str, level: Level| {
-            f.enabled(&log::Metadata::builder().target(target).level(level).build())
+        let on = |configured: &str, env: Option<&str>, target: &str, level: Level| {
+            let (l, _) = build(configured, env, false);
+            l.enabled(&log::Metadata::builder().target(target).level(level).build())
         };
-        let (f, bad) = filter("info", None);
-        assert!(bad.is_none());
-        assert!(on(&f, "upsell_appliance::app", Level::Info));
-        assert!(!on(&f, "upsell_appliance::app", Level::Debug));
-        assert!(!on(&f, "tiny_http", Level::Error));
+        assert!(build("info", None, false).1.is_none());
+        assert!(on("info", None, "upsell_appliance::app", Level::Info));
+        assert!(!on("info", None, "upsell_appliance::app", Level::Debug));
+        assert!(!on("info", None, "tiny_http", Level::Error));
         // The client's records follow the level asked for, but its trace dumps only when
         // named.
-        let logger = |configured: &str, env: Option<&str>| Logger {
-            filter: filter(configured, env).0,
-            client_trace: names_the_client(configured, env),
-            journal: false,
-        };
-        let allows = |l: &Logger, target: &str, level: Level| {
-            l.allows(&log::Metadata::builder().target(target).level(level).build())
-        };
-        let info = logger("info", None);
-        assert!(!allows(&info, "ureq::unversioned::transport", Level::Debug));
-        assert!(allows(&info, "ureq", Level::Info));
-        let trace = logger("trace", None);
-        assert!(allows(&trace, "upsell_appliance::app", Level::Trace));
-        assert!(allows(&trace, "ureq_proto::client", Level::Debug));
+        assert!(!on(
+            "info",
+            None,
+            "ureq::unversioned::transport",
+            Level::Debug
+        ));
+        assert!(on("info", None, "ureq", Level::Info));
+        assert!(on("trace", None, "upsell_appliance::app", Level::Trace));
+        assert!(on("trace", None, "ureq_proto::client", Level::Debug));
         assert!(
-            !allows(&trace, "ureq_proto::util", Level::Trace),
+            !on("trace", None, "ureq_proto::util", Level::Trace),
             "dumps carry API keys"
         );
-        let named = logger("info", Some("info,ureq_proto=trace"));
-        assert!(allows(&named, "ureq_proto::util", Level::Trace));
-        let (f, _) = filter("info", Some("warn,tiny_http=error"));
-        assert!(!on(&f, "upsell_appliance::app", Level::Info));
-        assert!(on(&f, "tiny_http", Level::Error));
-        let (f, bad) = filter("debug", Some("upsell_appliance=loud"));
-        assert!(bad.unwrap().contains("using log = \"debug\""));
-        assert!(on(&f, "upsell_appliance::app", Level::Debug));
+        let named = Some("info,ureq_proto=trace");
+        assert!(on("info", named, "ureq_proto::util", Level::Trace));
+        let env = Some("warn,tiny_http=error");
+        assert!(!on("info", env, "upsell_appliance::app", Level::Info));
+        assert!(on("info", env, "tiny_http", Level::Error));
+        let bad = Some("upsell_appliance=loud");
+        assert!(build("debug", bad, false)
+            .1
+            .unwrap()
+            .contains("using log = \"debug\""));
+        assert!(on("debug", bad, "upsell_appliance::app", Level::Debug));
     }
 
     #[test]
