@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use upsell_appliance::ingest::shopify;
 use upsell_appliance::storage::{Options, Storage};
 
 use crate::cli::{free_port, run};
@@ -36,13 +35,7 @@ fn post_orders(addr: String, stop: Arc<AtomicBool>, acked: Arc<Mutex<HashSet<Str
         n += 1;
         let event = format!("bk-{n}");
         let body = order_json(&OrderSpec::by_customer(n));
-        let resp = agent
-            .post(&format!("http://{addr}/webhooks/{STORE}"))
-            .header("X-Shopify-Topic", "orders/paid")
-            .header("X-Shopify-Hmac-Sha256", &shopify::sign(&body, SECRET))
-            .header("X-Shopify-Event-Id", &event)
-            .send(&body[..]);
-        if matches!(resp, Ok(r) if r.status().as_u16() == 200) {
+        if post_paid(&agent, &addr, &event, &body) == Some(200) {
             acked.lock().unwrap().insert(event);
         }
     }

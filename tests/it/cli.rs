@@ -606,14 +606,10 @@ fn compact_refuses_while_the_service_runs_and_gives_space_back_once_stopped() {
     let (child, _) = spawn_serve(&["--config", &path, "--time-scale", "86400"], tmp.path());
     for i in 0..200 {
         let body = order_json(&OrderSpec::by_customer(10_000 + i));
-        let resp = agent()
-            .post(&format!("http://{listen}/webhooks/{STORE}"))
-            .header("X-Shopify-Topic", "orders/paid")
-            .header("X-Shopify-Hmac-Sha256", &shopify::sign(&body, SECRET))
-            .header("X-Shopify-Event-Id", &format!("c-{i}"))
-            .send(&body[..])
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(
+            post_paid(&agent(), &listen, &format!("c-{i}"), &body),
+            Some(200)
+        );
     }
     let (code, _, err) = run(&["compact", "--config", &path], tmp.path());
     assert_ne!(code, 0);

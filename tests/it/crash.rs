@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use upsell_appliance::ingest::shopify;
 use upsell_appliance::storage::{Options, Storage};
 
 use crate::cli::bin;
@@ -129,14 +128,8 @@ fn client(
             continue;
         };
         attempts += 1;
-        let resp = agent
-            .post(&format!("http://{a}/webhooks/{STORE}"))
-            .header("X-Shopify-Topic", "orders/paid")
-            .header("X-Shopify-Hmac-Sha256", &shopify::sign(&body, SECRET))
-            .header("X-Shopify-Event-Id", &event)
-            .send(&body[..]);
-        match resp {
-            Ok(r) if r.status().as_u16() == 200 => {
+        match post_paid(&agent, &a, &event, &body) {
+            Some(200) => {
                 acked.lock().unwrap().insert(event);
                 n += 1;
             }

@@ -110,14 +110,7 @@ fn quarantine_cli_works_with_and_without_the_service() {
     };
     let (mut child, _) = crate::cli::spawn_serve(&["--config", &config], tmp.path());
     let body = unreadable();
-    let resp = agent()
-        .post(&format!("http://{listen}/webhooks/{STORE}"))
-        .header("X-Shopify-Topic", "orders/paid")
-        .header("X-Shopify-Hmac-Sha256", &shopify::sign(&body, SECRET))
-        .header("X-Shopify-Event-Id", "cli-q")
-        .send(&body[..])
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(post_paid(&agent(), &listen, "cli-q", &body), Some(200));
     let live: serde_json::Value =
         serde_json::from_str(&run(&["quarantine", "list", "--json"])).unwrap();
     let seq = live["quarantined"][0]["seq"].as_u64().unwrap();

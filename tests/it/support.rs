@@ -90,6 +90,19 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// Posts a signed `orders/paid` delivery with `event` as its id to the test store of a
+/// service at `addr` (a `serve` subprocess); the status, or `None` without an answer.
+pub fn post_paid(agent: &ureq::Agent, addr: &str, event: &str, body: &[u8]) -> Option<u16> {
+    agent
+        .post(&format!("http://{addr}/webhooks/{STORE}"))
+        .header("X-Shopify-Topic", "orders/paid")
+        .header("X-Shopify-Hmac-Sha256", &shopify::sign(body, SECRET))
+        .header("X-Shopify-Event-Id", event)
+        .send(body)
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
 /// An agent that shows redirects instead of following them.
 pub fn no_redirects() -> ureq::Agent {
     ureq::Agent::config_builder()
