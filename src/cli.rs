@@ -894,15 +894,20 @@ fn backup(config: &Config, path: &std::path::Path, as_json: bool) -> anyhow::Res
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     let started = Instant::now();
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, partial.as_file());
-    let source = match crate::admin_client::download(config, "/api/backup", &mut out) {
-        Ok(true) => format!("through the running service at {}", config.admin_listen),
+    let via_service = match crate::admin_client::download(config, "/api/backup", &mut out) {
+        Ok(true) => true,
         Ok(false) => {
             let s = open_file_db(config)?;
             let now = crate::clock::Clock::now(&crate::clock::SystemClock);
             s.backup(&mut out, now)?;
-            format!("from the database in {}", config.data_dir.display())
+            false
         }
         Err(e) => return Err(e.context("taking the backup through the running service")),
+    };
+    let source = if via_service {
+        format!("through the running service at {}", config.admin_listen)
+    } else {
+        format!("from the database in {}", config.data_dir.display())
     };
     out.flush()
         .and_then(|()| partial.as_file().sync_all())
@@ -912,7 +917,7 @@ fn backup(config: &Config, path: &std::path::Path, as_json: bool) -> anyhow::Res
         partial.path(),
     )?))
     .with_context(|| {
-        if source.starts_with("through") {
+        if via_service {
             "the backup the service sent does not read back, so nothing was kept: the service stopped sending it part way; its log says why (`journalctl -u upsell-appliance`)"
         } else {
             "the backup just written does not read back, so nothing was kept"
