@@ -1180,6 +1180,11 @@ pub fn replay(
     let window = replay_window(from, to)?;
     let snap = storage.snapshot()?;
     let report = crate::replay::run(&snap, config, store, window, now)?;
+    as_json(report)
+}
+
+/// A report as the JSON the CLI prints and the admin API answers.
+fn as_json(report: impl serde::Serialize) -> Result<serde_json::Value, OpsError> {
     serde_json::to_value(report).map_err(|e| OpsError::Invalid(format!("encoding the report: {e}")))
 }
 
@@ -1213,8 +1218,7 @@ pub fn report(
     until: Option<&str>,
     now: Timestamp,
 ) -> Result<serde_json::Value, OpsError> {
-    let report = report_of(storage, config, store, since, until, now)?;
-    serde_json::to_value(report).map_err(|e| OpsError::Invalid(format!("encoding the report: {e}")))
+    as_json(report_of(storage, config, store, since, until, now)?)
 }
 
 /// [`report`] as the value (the status page draws it).
