@@ -366,6 +366,14 @@ enum CustomerAction {
         #[arg(long)]
         json: bool,
     },
+    /// A person has followed up on the customer's poorly rated tickets: marketing may resume
+    Clear {
+        contact: String,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The suppression list entry, order history, consent and plans of a customer
     Show {
         contact: String,
@@ -1620,6 +1628,11 @@ fn customer(config: &Config, action: CustomerAction) -> anyhow::Result<ExitCode>
             store,
             json,
         } => ("GET", "show", contact, store, *json, None),
+        CustomerAction::Clear {
+            contact,
+            store,
+            json,
+        } => ("POST", "clear", contact, store, *json, None),
         CustomerAction::TicketOpen {
             contact,
             ticket,
@@ -1646,6 +1659,7 @@ fn customer(config: &Config, action: CustomerAction) -> anyhow::Result<ExitCode>
         match verb {
             "suppress" => crate::ops::customer_suppress(s, &store, contact, reason.as_deref(), now),
             "unsuppress" => crate::ops::customer_unsuppress(s, &store, contact),
+            "clear" => crate::ops::customer_clear(s, &store, contact, now),
             _ => crate::ops::customer_show(s, &store, contact),
         }
         .map_err(ops_err)
@@ -1672,6 +1686,15 @@ fn customer(config: &Config, action: CustomerAction) -> anyhow::Result<ExitCode>
                 "was not on the suppression list; nothing changed"
             }
         ),
+        "clear" => match v["cleared"].as_array().filter(|c| !c.is_empty()) {
+            Some(c) => println!(
+                "{contact}: poor rating of ticket(s) {} cleared; marketing may reach them again ({source})",
+                c.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            None => println!(
+                "{contact} has no poorly rated ticket waiting for a person; nothing changed ({source})"
+            ),
+        },
         _ => {
             println!("{contact} in store {store} ({source})");
             match v["suppressed"].as_object() {
@@ -1685,6 +1708,21 @@ fn customer(config: &Config, action: CustomerAction) -> anyhow::Result<ExitCode>
                     sup["source"].as_str().unwrap_or("")
                 ),
                 None => println!("  suppressed: no"),
+            }
+            for t in v["tickets"].as_array().into_iter().flatten() {
+                println!(
+                    "  ticket {}: {}{}{}",
+                    t["ticket"].as_str().unwrap_or(""),
+                    if t["open"] == true { "open" } else { "closed" },
+                    t["csat"].as_u64().map_or(String::new(), |c| format!(", rated {c}/5")),
+                    if t["needs_recovery"] == true {
+                        " — a person should follow up; no marketing until `customer clear`"
+                    } else if !t["cleared_at"].is_null() {
+                        " (cleared)"
+                    } else {
+                        ""
+                    }
+                );
             }
             let c = &v["customer"];
             if c.is_null() {
@@ -1746,6 +1784,12 @@ fn ticket_cmd(
             if open { "opened" } else { "closed" },
             v["open_tickets"]
         );
+        if v["recovery"] == true {
+            println!("  rated poorly: the store is notified (customer.recovery_needed) and the customer gets no marketing until `customer clear`");
+        }
+        if let Some(n) = v["resumed"].as_u64().filter(|n| *n > 0) {
+            println!("  {n} touch(es) that waited for it are decided now");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

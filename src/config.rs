@@ -342,28 +342,64 @@ pub struct StoreConfig {
     pub shopify_client_id: Option<String>,
     /// `[stores.engagement]`: how the email provider's engagement webhook authenticates;
     /// `None`: no such intake.
-    pub engagement: Option<EngagementAuth>,
+    pub engagement: Option<IntakeAuth>,
+    /// `[stores.helpdesk]`: how the help desk's ticket webhook authenticates.
+    pub helpdesk: Option<IntakeAuth>,
+    /// `[stores.carrier]`: how a carrier's or 3PL's delivery webhook authenticates.
+    pub carrier: Option<IntakeAuth>,
 }
 
-/// How `POST /webhooks/{store}/engagement` is authenticated: Postmark cannot sign its
-/// webhooks, so HTTP basic auth (`user:password`, which Postmark puts in the webhook URL)
-/// or a secret last path segment (`/webhooks/{store}/engagement/{secret}`).
-#[derive(Clone, Debug)]
-pub struct EngagementAuth {
+/// How one of a store's intakes (`/webhooks/{store}/engagement`, `/helpdesk`,
+/// `/delivery`) proves a request is the store's: senders that cannot sign (Postmark,
+/// Gorgias) use HTTP basic auth (`user:password`, which they put in the URL), a secret
+/// header or a secret last path segment; senders that can sign use an HMAC-SHA256 of the
+/// body in `X-Upsell-Signature`. Any one configured way that matches lets a request in.
+#[derive(Clone, Debug, Default)]
+pub struct IntakeAuth {
     pub basic_auth: Option<crate::outbound::Secret>,
     pub path_secret: Option<crate::outbound::Secret>,
+    /// (lower-cased header name, its value).
+    pub header: Option<(String, crate::outbound::Secret)>,
+    /// Keys of `X-Upsell-Signature`; several while rotating.
+    pub hmac_secrets: Vec<crate::outbound::Secret>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawEngagement {
+struct RawIntake {
     basic_auth: Option<String>,
     path_secret: Option<String>,
+    secret_header: Option<String>,
+    secret: Option<String>,
+    #[serde(default)]
+    hmac_secrets: Vec<String>,
 }
 
-/// `[stores.engagement]`: at least one way in, each hard to guess.
-fn engagement(raw: RawEngagement, key: &str) -> Result<EngagementAuth, String> {
+/// The header a helpdesk's secret comes in unless `secret_header` names another.
+pub const DEFAULT_SECRET_HEADER: &str = "x-upsell-secret";
+
+/// `[stores.engagement]`, `[stores.helpdesk]`, `[stores.carrier]`: at least one way in,
+/// each hard to guess; `ways` are the keys this intake takes.
+fn intake(raw: RawIntake, key: &str, ways: &[&str]) -> Result<IntakeAuth, String> {
     use crate::outbound::Secret;
+    let given = [
+        ("basic_auth", raw.basic_auth.is_some()),
+        ("path_secret", raw.path_secret.is_some()),
+        ("secret", raw.secret.is_some()),
+        ("secret_header", raw.secret_header.is_some()),
+        ("hmac_secrets", !raw.hmac_secrets.is_empty()),
+    ];
+    if let Some((k, _)) = given.iter().find(|(k, set)| *set && !ways.contains(k)) {
+        return Err(format!(
+            "{key}.{k} is not a way into this intake; it takes {}",
+            ways.join(", ")
+        ));
+    }
+    let long = |s: &str| {
+        s.len() >= 24
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    };
     if let Some(b) = &raw.basic_auth {
         match b.split_once(':') {
             Some((user, pass)) if !user.is_empty() && pass.len() >= 16 && !user.contains('@') => {}
@@ -374,25 +410,53 @@ fn engagement(raw: RawEngagement, key: &str) -> Result<EngagementAuth, String> {
             }
         }
     }
-    if let Some(p) = &raw.path_secret {
-        if p.len() < 24
-            || !p
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-        {
-            return Err(format!(
-                "{key}.path_secret must be 24 or more characters of a-z, A-Z, 0-9, '-' or '_' (e.g. `openssl rand -hex 16`)"
-            ));
-        }
-    }
-    if raw.basic_auth.is_none() && raw.path_secret.is_none() {
+    if raw.path_secret.as_deref().is_some_and(|p| !long(p)) {
         return Err(format!(
-            "{key} needs basic_auth or path_secret (or both): the provider's webhook must prove it is yours"
+            "{key}.path_secret must be 24 or more characters of a-z, A-Z, 0-9, '-' or '_' (e.g. `openssl rand -hex 16`)"
         ));
     }
-    Ok(EngagementAuth {
+    if raw.secret.as_deref().is_some_and(|p| !long(p)) {
+        return Err(format!(
+            "{key}.secret must be 24 or more characters of a-z, A-Z, 0-9, '-' or '_' (e.g. `openssl rand -hex 16`)"
+        ));
+    }
+    if let Some(i) = raw.hmac_secrets.iter().position(|s| s.len() < 24) {
+        return Err(format!(
+            "{key}.hmac_secrets[{i}] is shorter than 24 characters; use a long random one (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    let header = match (raw.secret, raw.secret_header) {
+        (Some(v), name) => {
+            let name = name.unwrap_or_else(|| DEFAULT_SECRET_HEADER.into());
+            if name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
+                return Err(format!(
+                    "{key}.secret_header = {name:?} is not a header name such as \"X-Upsell-Secret\""
+                ));
+            }
+            Some((name.to_ascii_lowercase(), Secret::new(v)))
+        }
+        (None, Some(_)) => {
+            return Err(format!(
+                "{key}.secret_header names the header but {key}.secret, its value, is missing"
+            ))
+        }
+        (None, None) => None,
+    };
+    if raw.basic_auth.is_none()
+        && raw.path_secret.is_none()
+        && header.is_none()
+        && raw.hmac_secrets.is_empty()
+    {
+        return Err(format!(
+            "{key} needs {} (one at least): the sender must prove it is yours",
+            ways.join(" or ")
+        ));
+    }
+    Ok(IntakeAuth {
         basic_auth: raw.basic_auth.map(Secret::new),
         path_secret: raw.path_secret.map(Secret::new),
+        header,
+        hmac_secrets: raw.hmac_secrets.into_iter().map(Secret::new).collect(),
     })
 }
 
@@ -646,7 +710,9 @@ struct RawStore {
     projection: Option<RawProjection>,
     page: Option<RawPage>,
     shopify_client_id: Option<String>,
-    engagement: Option<RawEngagement>,
+    engagement: Option<RawIntake>,
+    helpdesk: Option<RawIntake>,
+    carrier: Option<RawIntake>,
 }
 
 #[derive(Deserialize, Default)]
@@ -885,7 +951,7 @@ fn channels(raw: RawChannels, key: &str) -> Result<ChannelsConfig, String> {
     let mut kinds = std::collections::BTreeMap::new();
     for (k, v) in raw.kinds {
         use crate::engine::plan::TouchKind;
-        let kind = TouchKind::parse(&k).filter(|k| *k != TouchKind::Page).ok_or_else(|| {
+        let kind = TouchKind::parse(&k).filter(|k| k.is_customer_message()).ok_or_else(|| {
             format!(
                 "{key}.kinds.{k} is not a touch kind; use touch1, sms, touch2, review, touch3, winback or anticipation"
             )
@@ -1691,13 +1757,26 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
         };
         let engagement = s
             .engagement
-            .map(|e| engagement(e, &key("engagement")))
+            .map(|e| intake(e, &key("engagement"), &["basic_auth", "path_secret"]))
+            .transpose()?;
+        let helpdesk = s
+            .helpdesk
+            .map(|e| {
+                let ways = ["basic_auth", "secret", "secret_header", "hmac_secrets"];
+                intake(e, &key("helpdesk"), &ways)
+            })
+            .transpose()?;
+        let carrier = s
+            .carrier
+            .map(|e| intake(e, &key("carrier"), &["hmac_secrets"]))
             .transpose()?;
         stores.push(StoreConfig {
             projection,
             page,
             shopify_client_id,
             engagement,
+            helpdesk,
+            carrier,
             mode,
             name: s
                 .name
@@ -1852,6 +1931,47 @@ transit_days = 6
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(says), "{touches}: {err}");
+        }
+    }
+
+    #[test]
+    fn intakes_take_their_own_ways_in_and_say_what_is_wrong() {
+        let ok = with_offers(
+            "[stores.helpdesk]\nsecret = \"helpdesk-secret-0123456789abcdef\"\nsecret_header = \"X-Gorgias-Key\"\n[stores.carrier]\nhmac_secrets = [\"carrier-hmac-key-0123456789abcdef\"]\n",
+        )
+        .unwrap();
+        let s = &ok.stores[0];
+        let (name, _) = s.helpdesk.as_ref().unwrap().header.as_ref().unwrap();
+        assert_eq!(name, "x-gorgias-key", "header names compare lower-cased");
+        assert_eq!(s.carrier.as_ref().unwrap().hmac_secrets.len(), 1);
+        for (table, says) in [
+            (
+                "[stores.helpdesk]",
+                "stores[0].helpdesk needs basic_auth or secret or secret_header or hmac_secrets",
+            ),
+            (
+                "[stores.helpdesk]\nsecret = \"short\"",
+                "stores[0].helpdesk.secret must be 24 or more",
+            ),
+            (
+                "[stores.helpdesk]\nsecret_header = \"X-Key\"",
+                "stores[0].helpdesk.secret, its value, is missing",
+            ),
+            (
+                "[stores.carrier]\nbasic_auth = \"a:0123456789abcdef0\"",
+                "stores[0].carrier.basic_auth is not a way into this intake; it takes hmac_secrets",
+            ),
+            (
+                "[stores.carrier]\nhmac_secrets = [\"short\"]",
+                "stores[0].carrier.hmac_secrets[0] is shorter than 24",
+            ),
+            (
+                "[stores.engagement]\nsecret = \"helpdesk-secret-0123456789abcdef\"",
+                "engagement.secret is not a way into this intake",
+            ),
+        ] {
+            let err = with_offers(table).unwrap_err().to_string();
+            assert!(err.contains(says), "{table}: {err}");
         }
     }
 

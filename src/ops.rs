@@ -711,8 +711,21 @@ pub fn customer_show(
             })
         }
     };
+    let tickets: Vec<_> = snap
+        .timed_tickets(store, Some(&key))?
+        .into_iter()
+        .map(|(_, t)| {
+            json!({"ticket": t.ticket.id, "open": t.ticket.open, "csat": t.ticket.csat,
+                "opened_at": t.opened_at.to_rfc3339(),
+                "closed_at": t.closed_at.map(|c| c.to_rfc3339()),
+                "needs_recovery": t.ticket.needs_recovery(),
+                "cleared_at": t.cleared_at.map(|c| c.to_rfc3339())})
+        })
+        .collect();
+    let recovery = tickets.iter().any(|t| t["needs_recovery"] == true);
     Ok(
-        json!({"store": store, "contact": key, "suppressed": suppression, "customer": customer_json}),
+        json!({"store": store, "contact": key, "suppressed": suppression,
+        "tickets": tickets, "needs_recovery": recovery, "customer": customer_json}),
     )
 }
 
@@ -849,12 +862,34 @@ pub fn customer_ticket(
             "--csat goes with ticket-close (a rating comes when a ticket is closed)".into(),
         ));
     }
-    storage.set_ticket(store, &key, ticket, open, csat, now)?;
+    let change = crate::storage::intake::TicketChange {
+        contact: key.clone(),
+        ticket: ticket.to_string(),
+        open,
+        csat,
+        at: now,
+    };
+    let applied = storage.apply_tickets(store, &[change], now)?;
     let tickets = storage.snapshot()?.tickets(store, &key)?;
     Ok(
         json!({"store": store, "contact": key, "ticket": ticket, "open": open, "csat": csat,
-        "open_tickets": tickets.iter().filter(|t| t.open).count()}),
+        "open_tickets": tickets.iter().filter(|t| t.open).count(),
+        "resumed": applied.resumed, "recovery": applied.recovery > 0,
+        "needs_recovery": tickets.iter().any(|t| t.needs_recovery())}),
     )
+}
+
+/// `customer clear`: a person has followed up on the contact's poorly rated tickets, and
+/// marketing may reach them again.
+pub fn customer_clear(
+    storage: &Storage,
+    store: &str,
+    contact: &str,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let key = contact_key(contact)?;
+    let cleared = storage.clear_recovery(store, &key, now)?;
+    Ok(json!({"store": store, "contact": key, "cleared": cleared}))
 }
 
 /// The order an intake names must exist: a platform order id or a name such as `#1042`.
@@ -1057,7 +1092,7 @@ pub fn send_test(
 ) -> Result<serde_json::Value, OpsError> {
     use crate::engine::plan::{Channel, TouchKind};
     use crate::outbound::{templates::Templates, Links, Message, Outcome, Router};
-    let kind = TouchKind::parse(kind.trim()).filter(|k| *k != TouchKind::Page).ok_or_else(|| {
+    let kind = TouchKind::parse(kind.trim()).filter(|k| k.is_customer_message()).ok_or_else(|| {
         OpsError::Invalid(format!(
             "--touch {kind:?} is not a touch kind; use touch1, sms, touch2, review, touch3, winback or anticipation"
         ))
@@ -1134,6 +1169,7 @@ pub fn send_test(
         image_url: None,
         due_at: now,
         at: now,
+        ticket: None,
     };
     let router = Router::new(config, templates.clone());
     // The configured route even in a dry run: a test goes to the operator's own address.

@@ -896,7 +896,9 @@ impl Sim<'_> {
             Some(offer) => self.reader.stock(&offer.product)?,
             None => None,
         };
-        let delivered_at = known_at(self.delivery(p, o), now).delivered(&sh.store.delivery);
+        let delivery = known_at(self.delivery(p, o), now);
+        let delivered_at = delivery.delivered(&sh.store.delivery);
+        let delivery_failed_at = delivery.failed(&sh.store.delivery);
         let week = sent.partition_point(|(t, _)| t.0 <= now.0 - 7 * DAY);
         let state = State {
             status: &rec.status,
@@ -907,6 +909,7 @@ impl Sim<'_> {
             recent_opens: None,
             offer_stock,
             delivered_at,
+            delivery_failed_at,
             sent: &sent[week..],
             tz: crate::engine::tz::of_order(Some(o), sh.store.timezone),
         };
@@ -1015,6 +1018,7 @@ fn known_at(f: DeliveryFacts, now: Timestamp) -> DeliveryFacts {
         shipped_at,
         delivered_at: f.delivered_at.filter(|t| *t <= now),
         estimate: f.estimate.filter(|_| shipped_at.is_some()),
+        failed_at: f.failed_at.filter(|t| *t <= now),
     }
 }
 

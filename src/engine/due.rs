@@ -142,6 +142,8 @@ pub struct DeliveryFacts {
     pub shipped_at: Option<Timestamp>,
     pub delivered_at: Option<Timestamp>,
     pub estimate: Option<Timestamp>,
+    /// The latest failed delivery attempt.
+    pub failed_at: Option<Timestamp>,
 }
 
 impl DeliveryFacts {
@@ -151,6 +153,11 @@ impl DeliveryFacts {
             delivered_at: at.or(self.delivered_at),
             ..self
         }
+    }
+
+    /// A failed delivery not followed by one: the review request and touch-2 wait.
+    pub fn failed(&self, rules: &DeliveryRules) -> Option<Timestamp> {
+        self.failed_at.filter(|_| self.delivered(rules).is_none())
     }
 
     /// When the order counts as delivered: the delivery event's time, or for a store
@@ -232,6 +239,27 @@ pub struct Ticket {
     pub open: bool,
     /// Satisfaction 1-5 once closed, where known.
     pub csat: Option<u8>,
+    /// A poor rating a person has dealt with (`customer clear`): marketing may resume.
+    pub cleared: bool,
+}
+
+impl Ticket {
+    /// Closed with a rating of 1-2 that no person has cleared yet: the customer is on the
+    /// recovery path, and gets no marketing.
+    pub fn needs_recovery(&self) -> bool {
+        !self.open && self.csat.is_some_and(|c| c <= 2) && !self.cleared
+    }
+}
+
+/// The reason a touch waits for an open ticket; `waits_for_ticket` recognises it in a
+/// stored deferral, so closing the ticket can bring the touch forward.
+fn ticket_wait(id: &str) -> String {
+    format!("support ticket {id} is open: waits until it closes")
+}
+
+/// Whether a stored deferral reason is a wait for an open ticket.
+pub fn waits_for_ticket(reason: &str) -> bool {
+    reason.starts_with("support ticket ") && reason.ends_with(" is open: waits until it closes")
 }
 
 /// Everything the checks read, as it is now.
@@ -248,6 +276,8 @@ pub struct State<'a> {
     /// Units in stock of the offered product, where known.
     pub offer_stock: Option<i64>,
     pub delivered_at: Option<Timestamp>,
+    /// A failed delivery attempt with no delivery since (`DeliveryFacts::failed`).
+    pub delivery_failed_at: Option<Timestamp>,
     /// The customer's messages already sent: (when, channel), any order.
     pub sent: &'a [(Timestamp, Channel)],
     /// The customer's time zone (the shipping address's, else the store's).
@@ -303,15 +333,11 @@ pub fn on_due(touch: &Due, state: &State<'_>, rules: &Rules, now: Timestamp) -> 
             ),
         );
     }
-    if let Some(t) = state
-        .tickets
-        .iter()
-        .find(|t| !t.open && t.csat.is_some_and(|c| c <= 2))
-    {
+    if let Some(t) = state.tickets.iter().find(|t| t.needs_recovery()) {
         return skip(
             "poor_rating",
             format!(
-                "ticket {} closed with a poor rating ({}/5): a person follows up, never marketing",
+                "ticket {} closed with a poor rating ({}/5): a person follows up, no marketing until `customer clear`",
                 t.id,
                 t.csat.unwrap_or_default()
             ),
@@ -320,7 +346,7 @@ pub fn on_due(touch: &Due, state: &State<'_>, rules: &Rules, now: Timestamp) -> 
     if let Some(t) = state.tickets.iter().find(|t| t.open) {
         return Action::Defer {
             until: Timestamp(now.0 + rules.recheck_ms),
-            reason: format!("support ticket {} is open: waits until it closes", t.id),
+            reason: ticket_wait(&t.id),
             code: "ticket_open",
         };
     }
@@ -355,6 +381,17 @@ pub fn on_due(touch: &Due, state: &State<'_>, rules: &Rules, now: Timestamp) -> 
                 ),
             );
         }
+    }
+    let waits_for_delivery = touch.after_delivery || touch.kind == TouchKind::Touch2;
+    if let (true, Some(at)) = (waits_for_delivery, state.delivery_failed_at) {
+        return Action::Defer {
+            until: Timestamp(now.0 + rules.recheck_ms),
+            reason: format!(
+                "the delivery failed on {}: waits until it is delivered",
+                at.to_rfc3339()
+            ),
+            code: "delivery_failed",
+        };
     }
     if touch.after_delivery && state.delivered_at.is_none() {
         return Action::Defer {
@@ -531,6 +568,7 @@ mod tests {
         opens: Option<Vec<bool>>,
         stock: Option<i64>,
         delivered_at: Option<Timestamp>,
+        failed_at: Option<Timestamp>,
         sent: Vec<(Timestamp, Channel)>,
         tz: chrono_tz::Tz,
         now: i64,
@@ -554,6 +592,7 @@ mod tests {
             opens: None,
             stock: Some(50),
             delivered_at: None,
+            failed_at: None,
             sent: vec![],
             tz: chrono_tz::America::New_York,
             now: T0 + 20 * MINUTE,
@@ -580,6 +619,7 @@ mod tests {
             recent_opens: c.opens.as_deref(),
             offer_stock: c.stock,
             delivered_at: c.delivered_at,
+            delivery_failed_at: c.failed_at,
             sent: &c.sent,
             tz: c.tz,
         };
@@ -672,18 +712,31 @@ mod tests {
         ),
         (
             "open_ticket_defers",
-            |c| c.tickets = vec![Ticket { id: "T-7".into(), open: true, csat: None }],
+            |c| c.tickets = vec![Ticket { id: "T-7".into(), open: true, csat: None, cleared: false }],
             "defer until 2026-11-20T21:20:00Z: support ticket T-7 is open: waits until it closes",
         ),
         (
             "closed_ticket_resumes",
-            |c| c.tickets = vec![Ticket { id: "T-7".into(), open: false, csat: Some(5) }],
+            |c| c.tickets = vec![Ticket { id: "T-7".into(), open: false, csat: Some(5), cleared: false }],
             "send",
         ),
         (
             "poor_rating_goes_to_a_person",
-            |c| c.tickets = vec![Ticket { id: "T-7".into(), open: false, csat: Some(1) }],
-            "skip: ticket T-7 closed with a poor rating (1/5): a person follows up, never marketing",
+            |c| c.tickets = vec![Ticket { id: "T-7".into(), open: false, csat: Some(1), cleared: false }],
+            "skip: ticket T-7 closed with a poor rating (1/5): a person follows up, no marketing until `customer clear`",
+        ),
+        (
+            "a_cleared_poor_rating_resumes",
+            |c| c.tickets = vec![Ticket { id: "T-7".into(), open: false, csat: Some(1), cleared: true }],
+            "send",
+        ),
+        (
+            "another_ticket_open_still_defers",
+            |c| c.tickets = vec![
+                Ticket { id: "T-7".into(), open: false, csat: Some(4), cleared: false },
+                Ticket { id: "T-8".into(), open: true, csat: None, cleared: false },
+            ],
+            "defer until 2026-11-20T21:20:00Z: support ticket T-8 is open: waits until it closes",
         ),
         (
             "no_opens_on_last_4_skips_touch2",
@@ -727,6 +780,28 @@ mod tests {
                 c.touch.after_delivery = true;
                 c.delivered_at = Some(Timestamp(T0 + 5 * DAY));
             },
+            "send",
+        ),
+        (
+            "failed_delivery_holds_the_review",
+            |c| {
+                day_n(c, TouchKind::Review, 15);
+                c.touch.after_delivery = true;
+                c.failed_at = Some(Timestamp(T0 + 5 * DAY));
+            },
+            "defer until 2026-12-05T21:00:00Z: the delivery failed on 2026-11-25T15:00:00Z: waits until it is delivered",
+        ),
+        (
+            "failed_delivery_holds_the_cross_sell",
+            |c| {
+                day_n(c, TouchKind::Touch2, 4);
+                c.failed_at = Some(Timestamp(T0 + 3 * DAY));
+            },
+            "defer until 2026-11-24T21:00:00Z: the delivery failed on 2026-11-23T15:00:00Z: waits until it is delivered",
+        ),
+        (
+            "failed_delivery_does_not_hold_touch1",
+            |c| c.failed_at = Some(Timestamp(T0)),
             "send",
         ),
         (
@@ -811,6 +886,7 @@ mod tests {
             recent_opens: None,
             offer_stock: None,
             delivered_at: None,
+            delivery_failed_at: None,
             sent: &[],
             tz: c.tz,
         };
@@ -843,6 +919,27 @@ mod tests {
             |now: i64| capped(Channel::Email, &c.sent, &Caps::default(), Timestamp(now));
         let (until, _) = state_now(c.now).expect("held");
         assert_eq!(state_now(until.0), None, "free at {}", until.to_rfc3339());
+    }
+
+    #[test]
+    fn a_ticket_wait_is_recognised_in_a_stored_reason() {
+        assert!(waits_for_ticket(&ticket_wait("T-7")));
+        assert!(!waits_for_ticket("frequency cap: 2 emails in 7 days"));
+        let failed = DeliveryFacts {
+            failed_at: Some(Timestamp(T0)),
+            ..Default::default()
+        };
+        let rules = DeliveryRules::default();
+        assert_eq!(failed.failed(&rules), Some(Timestamp(T0)));
+        let then_delivered = DeliveryFacts {
+            delivered_at: Some(Timestamp(T0 + DAY)),
+            ..failed
+        };
+        assert_eq!(
+            then_delivered.failed(&rules),
+            None,
+            "a delivery ends the hold"
+        );
     }
 
     #[test]

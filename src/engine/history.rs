@@ -32,6 +32,8 @@ pub struct OrderState {
     /// When a platform last said the order changed without sending it: the order must be
     /// fetched (the platform-API issue does that and clears this).
     pub fetch_requested: Option<Timestamp>,
+    /// The latest failed delivery attempt a carrier reported.
+    pub delivery_failed_at: Option<Timestamp>,
 }
 
 impl OrderState {
@@ -41,6 +43,7 @@ impl OrderState {
             shipped_at: self.shipped_at,
             delivered_at: self.delivered_at,
             estimate: self.delivery_estimate,
+            failed_at: self.delivery_failed_at,
         }
     }
 }
@@ -141,6 +144,7 @@ pub fn apply(
                 state.shipped_at,
                 state.delivered_at,
                 state.delivery_estimate,
+                state.delivery_failed_at,
             );
             match d.status {
                 DeliveryStatus::Delivered => {
@@ -148,6 +152,10 @@ pub fn apply(
                 }
                 DeliveryStatus::Shipped | DeliveryStatus::InTransit => {
                     state.shipped_at = Some(state.shipped_at.map_or(d.at, |x| x.min(d.at)))
+                }
+                DeliveryStatus::Failed => {
+                    state.delivery_failed_at =
+                        Some(state.delivery_failed_at.map_or(d.at, |x| x.max(d.at)))
                 }
                 _ => {}
             }
@@ -159,6 +167,7 @@ pub fn apply(
                     state.shipped_at,
                     state.delivered_at,
                     state.delivery_estimate,
+                    state.delivery_failed_at,
                 )
             {
                 Applied::Unchanged

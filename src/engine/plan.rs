@@ -236,10 +236,14 @@ pub enum TouchKind {
     Touch3,
     Winback,
     Anticipation,
+    /// Not a message to the customer: the store's notice that a customer rated a support
+    /// ticket poorly and a person should follow up (`customer.recovery_needed`, to the
+    /// store's webhook). Never decided by the marketing rules.
+    Recovery,
 }
 
 impl TouchKind {
-    pub const ALL: [TouchKind; 8] = [
+    pub const ALL: [TouchKind; 9] = [
         TouchKind::Page,
         TouchKind::Touch1,
         TouchKind::Sms,
@@ -248,6 +252,7 @@ impl TouchKind {
         TouchKind::Touch3,
         TouchKind::Winback,
         TouchKind::Anticipation,
+        TouchKind::Recovery,
     ];
 
     pub fn parse(s: &str) -> Option<TouchKind> {
@@ -264,7 +269,14 @@ impl TouchKind {
             TouchKind::Touch3 => "touch3",
             TouchKind::Winback => "winback",
             TouchKind::Anticipation => "anticipation",
+            TouchKind::Recovery => "recovery",
         }
+    }
+
+    /// A message to the customer that a store may route and `send-test` may render (not the
+    /// thank-you page, not the store's recovery notice).
+    pub fn is_customer_message(self) -> bool {
+        !matches!(self, TouchKind::Page | TouchKind::Recovery)
     }
 }
 

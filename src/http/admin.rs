@@ -130,6 +130,9 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 (Method::Post, "unsuppress") => {
                     crate::ops::customer_unsuppress(&ctx.storage, &store, &contact)
                 }
+                (Method::Post, "clear") => {
+                    crate::ops::customer_clear(&ctx.storage, &store, &contact, ctx.clock.now())
+                }
                 (Method::Post, "ticket-open" | "ticket-close") => {
                     let csat = match arg("csat").map(|c| c.parse::<u8>()) {
                         None => Ok(None),
@@ -151,7 +154,7 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                     })
                 }
                 _ => Err(crate::ops::OpsError::Invalid(
-                    "use GET /api/customer/show, POST /api/customer/suppress or POST /api/customer/unsuppress".into(),
+                    "use GET /api/customer/show, or POST /api/customer/suppress, unsuppress, ticket-open, ticket-close or clear".into(),
                 )),
             })
         }

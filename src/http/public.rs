@@ -39,19 +39,21 @@ pub fn handle(ctx: &PublicCtx, rq: Request) {
         return;
     };
     let method = rq.method().clone();
-    if let Some((store, rest)) = path
-        .strip_prefix("/webhooks/")
-        .and_then(|p| p.split_once("/engagement"))
-    {
-        let secret = rest.strip_prefix('/').filter(|s| !s.is_empty());
-        return match (method, rest.is_empty() || secret.is_some()) {
-            (Method::Post, true) => engagement(ctx, rq, store, secret),
-            (_, true) => respond(
-                rq,
-                text(405, "engagement webhooks are POSTed\n").with_header(header("Allow", "POST")),
-            ),
-            _ => respond(rq, text(404, "not found\n")),
-        };
+    // A store's own intakes: /webhooks/{store}/{intake}[/{path secret}].
+    if let Some((store, intake, secret)) = path.strip_prefix("/webhooks/").and_then(|p| {
+        let mut parts = p.splitn(3, '/');
+        let store = parts.next()?;
+        let intake = Intake::of(parts.next()?)?;
+        Some((store, intake, parts.next().filter(|s| !s.is_empty())))
+    }) {
+        if secret.is_some() && intake != Intake::Engagement {
+            return respond(rq, text(404, "not found\n"));
+        }
+        if method != Method::Post {
+            let msg = format!("{} webhooks are POSTed\n", intake.name());
+            return respond(rq, text(405, &msg).with_header(header("Allow", "POST")));
+        }
+        return self::intake(ctx, rq, store, intake, secret);
     }
     if let Some(store) = path.strip_prefix("/webhooks/") {
         if method == Method::Post {
@@ -133,51 +135,102 @@ fn sms_inbound(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
     );
 }
 
-/// `POST /webhooks/{store}/engagement[/{secret}]`: opens, clicks, bounces, complaints and
-/// unsubscribes from the email provider (`ingest::engagement`), authenticated by basic auth
-/// or the secret path segment. Everything in a delivery is committed in one transaction
-/// before the 200; a wrong credential is a 401 and records nothing.
-fn engagement(ctx: &PublicCtx, mut rq: Request, store_id: &str, secret: Option<&str>) {
-    use crate::engine::plan::Suppressed;
-    use crate::ingest::engagement::{self as eng, Kind};
-    use crate::storage::plans::{suppression_key, SuppressionRow};
-    let Some((store, auth)) = ctx
-        .config
-        .store(store_id)
-        .and_then(|s| s.engagement.as_ref().map(|a| (s, a)))
-    else {
-        let msg = format!("no engagement intake is configured for store {store_id:?}; set [stores.engagement] (README \"Engagement\")\n");
+/// A store's intake other than its platform's webhooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Intake {
+    Engagement,
+    Helpdesk,
+    Delivery,
+}
+
+impl Intake {
+    fn of(segment: &str) -> Option<Intake> {
+        match segment {
+            "engagement" => Some(Intake::Engagement),
+            "helpdesk" => Some(Intake::Helpdesk),
+            "delivery" => Some(Intake::Delivery),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Intake::Engagement => "engagement",
+            Intake::Helpdesk => "helpdesk",
+            Intake::Delivery => "delivery",
+        }
+    }
+
+    /// The config table that enables it.
+    fn table(self) -> &'static str {
+        match self {
+            Intake::Engagement => "[stores.engagement]",
+            Intake::Helpdesk => "[stores.helpdesk]",
+            Intake::Delivery => "[stores.carrier]",
+        }
+    }
+
+    fn readme(self) -> &'static str {
+        match self {
+            Intake::Engagement => "Engagement",
+            Intake::Helpdesk => "Helpdesk",
+            Intake::Delivery => "Delivery tracking",
+        }
+    }
+}
+
+/// `POST /webhooks/{store}/{engagement|helpdesk|delivery}`: checks the store's
+/// credentials for the intake (a wrong one is a 401 and records nothing), reads the body
+/// and hands it to the intake.
+fn intake(ctx: &PublicCtx, mut rq: Request, store_id: &str, which: Intake, secret: Option<&str>) {
+    let store = ctx.config.store(store_id);
+    let auth = store.and_then(|s| match which {
+        Intake::Engagement => s.engagement.as_ref(),
+        Intake::Helpdesk => s.helpdesk.as_ref(),
+        Intake::Delivery => s.carrier.as_ref(),
+    });
+    let (Some(store), Some(auth)) = (store, auth) else {
+        let msg = format!(
+            "no {} intake is configured for store {store_id:?}; set {} (README \"{}\")\n",
+            which.name(),
+            which.table(),
+            which.readme()
+        );
         return respond(rq, text(404, &msg));
     };
-    let eq = |a: &str, b: &str| crate::engine::constant_time_eq(a.as_bytes(), b.as_bytes());
-    let authorised = match secret {
-        Some(s) => auth.path_secret.as_ref().is_some_and(|p| eq(p.expose(), s)),
-        None => {
-            use base64::Engine as _;
-            let given = headers_of(&rq)
-                .get("authorization")
-                .and_then(|h| h.strip_prefix("Basic ").map(str::trim).map(str::to_string))
-                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                .and_then(|b| String::from_utf8(b).ok());
-            match (&auth.basic_auth, given) {
-                (Some(want), Some(given)) => eq(want.expose(), &given),
-                _ => false,
-            }
-        }
-    };
-    if !authorised {
-        ctx.rejections.add(&store.id);
-        return respond(
-            rq,
-            text(401, "wrong or missing credentials for this store's engagement webhook (basic auth or the secret path, as in [stores.engagement])\n")
-                .with_header(header("WWW-Authenticate", "Basic realm=\"upsell-appliance engagement\"")),
-        );
-    }
     let body = match read_body(&mut rq, ctx.config.max_body_bytes) {
         Ok(b) => b,
         Err(e) => return respond(rq, body_refused(ctx, e)),
     };
-    let items = match eng::parse(&body) {
+    let headers = headers_of(&rq);
+    if !ingest::intake_authorised(auth, &headers, secret, &body) {
+        ctx.rejections.add(&store.id);
+        let msg = format!(
+            "wrong or missing credentials for this store's {} webhook (as set in {}: basic auth, the secret header or path, or X-Upsell-Signature)\n",
+            which.name(),
+            which.table()
+        );
+        let realm = format!("Basic realm=\"upsell-appliance {}\"", which.name());
+        return respond(
+            rq,
+            text(401, &msg).with_header(header("WWW-Authenticate", &realm)),
+        );
+    }
+    match which {
+        Intake::Engagement => engagement(ctx, rq, store, &body),
+        Intake::Helpdesk => helpdesk(ctx, rq, store, &body),
+        Intake::Delivery => delivery(ctx, rq, store, headers, body),
+    }
+}
+
+/// Opens, clicks, bounces, complaints and unsubscribes from the email provider
+/// (`ingest::engagement`). Everything in a delivery is committed in one transaction
+/// before the 200.
+fn engagement(ctx: &PublicCtx, rq: Request, store: &crate::config::StoreConfig, body: &[u8]) {
+    use crate::engine::plan::Suppressed;
+    use crate::ingest::engagement::{self as eng, Kind};
+    use crate::storage::plans::{suppression_key, SuppressionRow};
+    let items = match eng::parse(body) {
         Ok(items) => items,
         Err(e) => return respond(rq, text(400, &format!("{e}\n"))),
     };
@@ -287,6 +340,64 @@ fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
             return;
         }
     };
+    deliver(ctx, rq, store, inbound);
+}
+
+/// Ticket reports from the help desk (`ingest::helpdesk`): every report in a delivery is
+/// applied in one durable transaction before the 200 (`storage::intake::apply_tickets`:
+/// waits, resumes, recovery notices).
+fn helpdesk(ctx: &PublicCtx, rq: Request, store: &crate::config::StoreConfig, body: &[u8]) {
+    use crate::storage::intake::TicketChange;
+    let updates = match crate::ingest::helpdesk::parse(body) {
+        Ok(u) => u,
+        Err(e) => return respond(rq, text(400, &format!("{e}\n"))),
+    };
+    let now = ctx.clock.now();
+    let mut changes = Vec::new();
+    for u in updates {
+        let Ok(contact) = crate::storage::plans::suppression_key(&u.email) else {
+            let msg = format!("customer_email {:?} is not an email address\n", u.email);
+            return respond(rq, text(400, &msg));
+        };
+        changes.push(TicketChange {
+            contact,
+            ticket: u.ticket,
+            open: u.open,
+            csat: u.csat,
+            at: u.at.unwrap_or(now),
+        });
+    }
+    match ctx.storage.apply_tickets(&store.id, &changes, now) {
+        Ok(applied) => respond(
+            rq,
+            super::json(200, &serde_json::to_value(applied).unwrap_or_default()),
+        ),
+        Err(e) => respond(rq, unavailable(&e.to_string())),
+    }
+}
+
+/// A signed carrier delivery event: stored like a platform's delivery (durable before the
+/// 200, deduplicated by its body) and applied to the order's delivery state.
+fn delivery(
+    ctx: &PublicCtx,
+    rq: Request,
+    store: &crate::config::StoreConfig,
+    headers: crate::ingest::Headers,
+    body: Vec<u8>,
+) {
+    match ingest::carrier::receive(headers, body) {
+        Ok(inbound) => deliver(ctx, rq, store, inbound),
+        Err(e) => respond(rq, text(400, &format!("{e}\n"))),
+    }
+}
+
+/// Hands a verified delivery to the writer; the reply is the 200 once it is durable.
+fn deliver(
+    ctx: &PublicCtx,
+    rq: Request,
+    store: &crate::config::StoreConfig,
+    inbound: ingest::Inbound,
+) {
     let record = EventRecord {
         head: EventHead {
             store: store.id.clone(),

@@ -4,7 +4,9 @@
 //! parameter). Never imports tiny_http or redb.
 
 pub mod bigcommerce;
+pub mod carrier;
 pub mod engagement;
+pub mod helpdesk;
 pub mod shopify;
 pub mod twilio;
 pub(crate) mod wire;
@@ -105,6 +107,71 @@ fn verify_hmac(
 
 pub use crate::engine::constant_time_eq;
 
+/// The header a generic sender signs an intake's body in: HMAC-SHA256 of the raw body,
+/// base64 or hex, optionally prefixed `sha256=`.
+pub const SIGNATURE_HEADER: &str = "x-upsell-signature";
+
+/// Whether a request to one of a store's intakes (engagement, helpdesk, carrier) proves
+/// it is the store's, by any way `auth` configures: basic auth, the secret header, the
+/// secret last path segment (`path_secret`, as given in the URL) or a signature of `body`.
+pub fn intake_authorised(
+    auth: &crate::config::IntakeAuth,
+    headers: &Headers,
+    path_secret: Option<&str>,
+    body: &[u8],
+) -> bool {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let eq = |a: &str, b: &str| constant_time_eq(a.as_bytes(), b.as_bytes());
+    // A URL with a secret segment is judged by it alone: a wrong one is a wrong URL.
+    if let Some(given) = path_secret {
+        return auth
+            .path_secret
+            .as_ref()
+            .is_some_and(|want| eq(want.expose(), given));
+    }
+    if let Some(want) = &auth.basic_auth {
+        let given = headers
+            .get("authorization")
+            .and_then(|h| h.strip_prefix("Basic ").map(str::trim))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok());
+        if given.is_some_and(|g| eq(want.expose(), &g)) {
+            return true;
+        }
+    }
+    if let Some((name, want)) = &auth.header {
+        if headers
+            .get(name)
+            .is_some_and(|g| eq(want.expose(), g.trim()))
+        {
+            return true;
+        }
+    }
+    let Some(sig) = headers.get(SIGNATURE_HEADER) else {
+        return false;
+    };
+    let sig = sig.trim();
+    let sig = sig.strip_prefix("sha256=").unwrap_or(sig);
+    // Hex or base64: either reading that decodes is tried.
+    let hex = (sig.len() == 64)
+        .then(|| {
+            (0..32)
+                .map(|i| u8::from_str_radix(&sig[2 * i..2 * i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()
+        })
+        .flatten();
+    let b64 = base64::engine::general_purpose::STANDARD.decode(sig).ok();
+    auth.hmac_secrets.iter().any(|secret| {
+        [&hex, &b64].into_iter().flatten().any(|given| {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes())
+                .expect("HMAC accepts keys of any length");
+            mac.update(body);
+            mac.verify_slice(given).is_ok()
+        })
+    })
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     #[error("missing {0} header: the request is not signed")]
@@ -120,6 +187,9 @@ pub enum VerifyError {
 /// Runs this build's parser again on a stored body (quarantine replay after an upgrade).
 pub fn reparse(platform: crate::engine::Platform, topic: &str, body: &[u8]) -> Parsed {
     use crate::engine::Platform;
+    if topic.starts_with(carrier::TOPIC_PREFIX) {
+        return carrier::normalize(body);
+    }
     match platform {
         Platform::Shopify => shopify::normalize(topic, body),
         Platform::WooCommerce => woocommerce::normalize(topic, body),

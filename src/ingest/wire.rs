@@ -96,8 +96,10 @@ pub fn parse_time(field: &str, s: &str) -> Result<crate::engine::Timestamp, Stri
 /// fields); an RFC 3339 time with an offset is accepted too.
 pub fn parse_gmt(field: &str, s: &str) -> Result<crate::engine::Timestamp, String> {
     let t = s.trim();
-    if let Ok(naive) = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S") {
-        return Ok(crate::engine::Timestamp(naive.and_utc().timestamp_millis()));
+    for form in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(naive) = chrono::NaiveDateTime::parse_from_str(t, form) {
+            return Ok(crate::engine::Timestamp(naive.and_utc().timestamp_millis()));
+        }
     }
     parse_time(field, t)
 }

@@ -32,6 +32,7 @@ pub fn metric_name(kind: TouchKind) -> &'static str {
         TouchKind::Touch3 => "Upsell Touch 3",
         TouchKind::Winback => "Upsell Win-back",
         TouchKind::Anticipation => "Upsell Delivery Anticipation",
+        TouchKind::Recovery => "Upsell Recovery Needed",
     }
 }
 

@@ -74,6 +74,16 @@ pub struct Message {
     /// When this attempt is made (the scheduler's clock).
     pub at: Timestamp,
     pub links: Links,
+    /// A `recovery` notice's ticket.
+    pub ticket: Option<TicketNote>,
+}
+
+/// The support ticket a `recovery` notice is about.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TicketNote {
+    pub id: String,
+    /// The poor rating (1-2).
+    pub csat: u8,
 }
 
 /// The links a message carries: the offer page link (when it carries an offer; the page

@@ -29,6 +29,9 @@ pub struct OutboxLine {
     /// `{"click","unsubscribe"}`: the signed links the message would carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub links: Option<super::Links>,
+    /// A `recovery` notice's ticket: `{"id","csat"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<serde_json::Value>,
 }
 
 pub struct Outbox {
@@ -151,6 +154,7 @@ mod tests {
             sent_at: "2026-11-22T04:26:35Z".into(),
             offer: None,
             links: None,
+            ticket: None,
         }
     }
 

@@ -166,6 +166,7 @@ fn sample(public_url: &str) -> Message {
         image_url: None,
         due_at: crate::engine::Timestamp(0),
         at: crate::engine::Timestamp(0),
+        ticket: None,
         links: super::Links {
             click: Some(link.replace("/x/", "/o/")),
             unsubscribe: link.replace("/x/", "/u/"),

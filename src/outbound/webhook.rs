@@ -60,6 +60,16 @@ pub fn signature(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8]) -> S
 /// The JSON the endpoint receives: the outbox line's fields plus the contact, which the
 /// store's own systems need to reach the customer.
 pub fn body(m: &Message) -> serde_json::Value {
+    if m.kind == crate::engine::plan::TouchKind::Recovery {
+        // Not a message for the customer: the store's people should follow up.
+        return serde_json::json!({
+            "type": "customer.recovery_needed",
+            "notice_id": m.touch_id.to_string(), "store": m.store, "customer": m.customer,
+            "email": m.email, "phone": m.phone, "ticket": m.ticket,
+            "latest_order": (!m.order_id.is_empty()).then_some(&m.order_id),
+            "sent_at": m.at.to_rfc3339(),
+        });
+    }
     serde_json::json!({
         "type": "touch.due",
         "touch_id": m.touch_id.to_string(), "store": m.store, "order": m.order_id,

@@ -642,8 +642,16 @@ impl Worker {
                 late_ids.insert(id);
             }
             let plan = snap.plan(&t.store, &t.order)?;
-            let (mut action, contact) =
-                decide(&snap, config, latency_ms, &t, plan.as_ref(), &overlay, now)?;
+            let (mut action, contact) = decide(
+                &snap,
+                config,
+                latency_ms,
+                id,
+                &t,
+                plan.as_ref(),
+                &overlay,
+                now,
+            )?;
             if snap.mirror_of(id)?.is_some() {
                 // A copy for the store's webhook of a message already sent: it goes, whatever
                 // the rules say about messaging the customer now.
@@ -754,7 +762,8 @@ impl Worker {
             match self.pauses.enter(&t.store) {
                 Some(s) => {
                     writing.push(s);
-                    lines.push(line(*id, t, offer.as_ref(), links, now));
+                    let ticket = messages.get(id).and_then(|m| m.0.ticket.as_ref());
+                    lines.push(line(*id, t, offer.as_ref(), links, ticket, now));
                     receipts.push((*id, Receipt::outbox()));
                 }
                 None => outcomes.push(paused(*id, t)),
@@ -817,6 +826,7 @@ impl Worker {
                 due_at: t.due_at,
                 at,
                 links,
+                ticket: contact.ticket,
             };
             let Some(in_flight) = self.pauses.enter(&t.store) else {
                 outcomes.push(paused(*id, t));
@@ -941,10 +951,12 @@ impl Worker {
 }
 
 /// Loads what `on_due` reads for one touch and asks it.
+#[allow(clippy::too_many_arguments)]
 fn decide(
     snap: &Snapshot,
     config: &Config,
     latency_ms: i64,
+    id: u64,
     t: &TouchRecord,
     plan: Option<&PlanRecord>,
     overlay: &HashMap<(String, u64), Vec<(Timestamp, Channel)>>,
@@ -957,6 +969,26 @@ fn decide(
         };
         return Ok((skip, Contact::default()));
     };
+    if t.kind == crate::engine::plan::TouchKind::Recovery {
+        // The store's notice that a person should follow up: not marketing, so none of the
+        // rules for messaging the customer apply.
+        let Some(n) = snap.recovery_notice(id)? else {
+            let skip = Action::Skip {
+                code: "plan_gone",
+                reason: "its recovery notice is gone (erased)".into(),
+            };
+            return Ok((skip, Contact::default()));
+        };
+        let contact = Contact {
+            email: n.contact.strip_prefix("email:").map(str::to_string),
+            phone: n.contact.strip_prefix("phone:").map(str::to_string),
+            ticket: Some(crate::outbound::TicketNote {
+                id: n.ticket,
+                csat: n.csat,
+            }),
+        };
+        return Ok((Action::Send, contact));
+    }
     let Some(plan) = plan else {
         let skip = Action::Skip {
             code: "plan_gone",
@@ -981,9 +1013,9 @@ fn decide(
     let page_offer_accepted = snap
         .offer_response(&t.store, &t.order)?
         .is_some_and(|r| r.accepted);
-    let delivered_at = snap
-        .delivery(&t.store, &t.order, order.as_ref())?
-        .delivered(&store.delivery);
+    let facts = snap.delivery(&t.store, &t.order, order.as_ref())?;
+    let delivered_at = facts.delivered(&store.delivery);
+    let delivery_failed_at = facts.failed(&store.delivery);
     let offer_stock = match &plan.plan.offer {
         Some(o) => snap
             .variant_of_key(&t.store, &o.product)?
@@ -1021,6 +1053,7 @@ fn decide(
         recent_opens: recent_opens.as_deref(),
         offer_stock,
         delivered_at,
+        delivery_failed_at,
         sent: &sent,
         tz,
     };
@@ -1034,6 +1067,7 @@ fn decide(
     let contact = Contact {
         email: email.map(str::to_string),
         phone: phone.map(str::to_string),
+        ticket: None,
     };
     Ok((on_due(&touch, &state, &rules, now), contact))
 }
@@ -1043,6 +1077,8 @@ fn decide(
 struct Contact {
     email: Option<String>,
     phone: Option<String>,
+    /// A `recovery` notice's ticket.
+    ticket: Option<crate::outbound::TicketNote>,
 }
 
 /// The outbox line of a touch (README "Outbox").
@@ -1051,6 +1087,7 @@ fn line(
     t: &TouchRecord,
     offer: Option<&Offer>,
     links: Links,
+    ticket: Option<&crate::outbound::TicketNote>,
     now: Timestamp,
 ) -> OutboxLine {
     OutboxLine {
@@ -1064,6 +1101,7 @@ fn line(
         sent_at: now.to_rfc3339(),
         offer: offer.map(crate::outbound::offer_json),
         links: Some(links),
+        ticket: ticket.and_then(|t| serde_json::to_value(t).ok()),
     }
 }
 

@@ -10,7 +10,10 @@ use super::{codec, Error, Snapshot, Storage};
 use crate::engine::due::Ticket;
 use crate::engine::Timestamp;
 
+/// `TicketRow` without `updated_at` and `cleared_at`.
 const TICKET_V1: u8 = 1;
+const TICKET_V2: u8 = 2;
+const NOTICE_V1: u8 = 1;
 /// `OfferResponse` without `via`.
 const RESPONSE_V1: u8 = 1;
 const RESPONSE_V2: u8 = 2;
@@ -21,6 +24,74 @@ struct TicketRow {
     csat: Option<u8>,
     opened_at: Timestamp,
     closed_at: Option<Timestamp>,
+    /// When the help desk says it last changed: an older report changes nothing.
+    updated_at: Timestamp,
+    /// When a person cleared its poor rating (`customer clear`).
+    cleared_at: Option<Timestamp>,
+}
+
+impl TicketRow {
+    fn needs_recovery(&self) -> bool {
+        !self.open && self.csat.is_some_and(|c| c <= 2) && self.cleared_at.is_none()
+    }
+}
+
+/// A ticket row of either stored version.
+fn decode_ticket(bytes: &[u8]) -> Result<TicketRow, Error> {
+    #[derive(Deserialize)]
+    struct V1 {
+        open: bool,
+        csat: Option<u8>,
+        opened_at: Timestamp,
+        closed_at: Option<Timestamp>,
+    }
+    if bytes.first() == Some(&TICKET_V1) {
+        let v: V1 = codec::decode("ticket", TICKET_V1, bytes)?;
+        return Ok(TicketRow {
+            updated_at: v.closed_at.unwrap_or(v.opened_at),
+            open: v.open,
+            csat: v.csat,
+            opened_at: v.opened_at,
+            closed_at: v.closed_at,
+            cleared_at: None,
+        });
+    }
+    codec::decode("ticket", TICKET_V2, bytes)
+}
+
+/// A ticket as the help desk (or `customer ticket-open|ticket-close`) reports it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TicketChange {
+    /// The customer's contact key (`email:...`).
+    pub contact: String,
+    pub ticket: String,
+    pub open: bool,
+    pub csat: Option<u8>,
+    /// When it changed (the help desk's time, else the receipt's).
+    pub at: Timestamp,
+}
+
+/// What applying ticket reports did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TicketsApplied {
+    /// Reports that changed a ticket.
+    pub changed: usize,
+    /// Reports older than what is stored, or repeating it: nothing changed.
+    pub unchanged: usize,
+    /// Touches that waited for a ticket and were brought forward to now (their customer
+    /// has no open ticket left).
+    pub resumed: usize,
+    /// Recovery notices scheduled (a new poor rating).
+    pub recovery: usize,
+}
+
+/// What a `recovery` notice is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryNotice {
+    pub contact: String,
+    pub ticket: String,
+    pub csat: u8,
+    pub at: Timestamp,
 }
 
 /// What the customer did with the thank-you page offer.
@@ -57,6 +128,7 @@ pub struct TimedTicket {
     pub ticket: Ticket,
     pub opened_at: Timestamp,
     pub closed_at: Option<Timestamp>,
+    pub cleared_at: Option<Timestamp>,
 }
 
 impl TimedTicket {
@@ -70,6 +142,7 @@ impl TimedTicket {
             id: self.ticket.id.clone(),
             open: !closed,
             csat: if closed { self.ticket.csat } else { None },
+            cleared: self.cleared_at.is_some_and(|c| c <= t),
         })
     }
 }
@@ -81,7 +154,7 @@ impl Snapshot {
     }
 
     /// A store's tickets, or one contact's: (contact, ticket).
-    fn timed_tickets(
+    pub fn timed_tickets(
         &self,
         store: &str,
         contact: Option<&str>,
@@ -93,7 +166,7 @@ impl Snapshot {
             if s != store || contact.is_some_and(|want| want != c) {
                 break;
             }
-            let row: TicketRow = codec::decode("ticket", TICKET_V1, v.value())?;
+            let row = decode_ticket(v.value())?;
             out.push((
                 c.to_string(),
                 TimedTicket {
@@ -101,9 +174,11 @@ impl Snapshot {
                         id: id.to_string(),
                         open: row.open,
                         csat: row.csat,
+                        cleared: row.cleared_at.is_some(),
                     },
                     opened_at: row.opened_at,
                     closed_at: row.closed_at,
+                    cleared_at: row.cleared_at,
                 },
             ));
         }
@@ -150,6 +225,41 @@ impl Snapshot {
             .collect())
     }
 
+    /// What a `recovery` notice (touch `id`) is about.
+    pub fn recovery_notice(&self, id: u64) -> Result<Option<RecoveryNotice>, Error> {
+        self.recovery_notices
+            .get(id)?
+            .map(|v| codec::decode("recovery notice", NOTICE_V1, v.value()))
+            .transpose()
+    }
+
+    /// The customer a contact key (`email:...`) names in a store, if known, and the pending
+    /// touches of their newest orders.
+    fn contact_touches(
+        &self,
+        store: &str,
+        contact: &str,
+    ) -> Result<(Option<u64>, String, Vec<u64>), Error> {
+        let Some(email) = contact.strip_prefix("email:") else {
+            return Ok((None, String::new(), Vec::new()));
+        };
+        let lookup = super::Lookup::Email(email.to_string());
+        let Some(customer) = self.find_customer(store, &lookup)? else {
+            return Ok((None, String::new(), Vec::new()));
+        };
+        let orders = self.customer_orders(store, customer, None, 20)?;
+        let mut ids = Vec::new();
+        for (_, order) in &orders {
+            for (id, t) in self.touches_of(store, order)? {
+                if t.state.pending() {
+                    ids.push(id);
+                }
+            }
+        }
+        let latest = orders.first().map(|(_, o)| o.clone()).unwrap_or_default();
+        Ok((Some(customer), latest, ids))
+    }
+
     pub fn offer_response(&self, store: &str, order: &str) -> Result<Option<OfferResponse>, Error> {
         self.offer_responses
             .get((store, order))?
@@ -179,36 +289,177 @@ impl Snapshot {
 }
 
 impl Storage {
-    /// Opens a ticket, or closes it with an optional satisfaction rating (1-5).
-    pub fn set_ticket(
+    /// Applies ticket reports in one durable transaction (all or none). Per ticket: a
+    /// report older than the one stored changes nothing; a closed ticket keeps a rating it
+    /// got earlier when a later report has none. When a contact's last open ticket closes
+    /// without a poor rating, their touches that waited for it are brought forward to
+    /// `now`, to be decided at once (caps and quiet hours still apply: the next allowed
+    /// slot). A ticket newly closed with a rating of 1-2 schedules a `recovery` notice to
+    /// the store's webhook, and its customer gets no marketing until `customer clear`.
+    pub fn apply_tickets(
+        &self,
+        store: &str,
+        changes: &[TicketChange],
+        now: Timestamp,
+    ) -> Result<TicketsApplied, Error> {
+        let snap = self.snapshot()?;
+        let mut contacts: Vec<&str> = changes.iter().map(|c| c.contact.as_str()).collect();
+        contacts.sort_unstable();
+        contacts.dedup();
+        let mut found = std::collections::HashMap::new();
+        for c in contacts {
+            found.insert(c, snap.contact_touches(store, c)?);
+        }
+        drop(snap);
+        let mut out = TicketsApplied::default();
+        let mut written = Vec::new();
+        let tx = self.db.begin_write()?;
+        {
+            let mut resume = Vec::new();
+            let mut notices = Vec::new();
+            {
+                let mut t = tx.open_table(TICKETS)?;
+                for ch in changes {
+                    let key = (store, ch.contact.as_str(), ch.ticket.as_str());
+                    let old = t.get(key)?.map(|v| decode_ticket(v.value())).transpose()?;
+                    if old.as_ref().is_some_and(|o| o.updated_at > ch.at) {
+                        out.unchanged += 1;
+                        continue;
+                    }
+                    let was_open = old.as_ref().is_some_and(|o| o.open);
+                    let row = TicketRow {
+                        open: ch.open,
+                        csat: match (&old, ch.open) {
+                            (_, true) => None,
+                            (Some(o), false) if !o.open => ch.csat.or(o.csat),
+                            _ => ch.csat,
+                        },
+                        opened_at: old.as_ref().map_or(ch.at, |o| o.opened_at),
+                        closed_at: match &old {
+                            _ if ch.open => None,
+                            Some(o) if !o.open => o.closed_at,
+                            _ => Some(ch.at),
+                        },
+                        updated_at: ch.at,
+                        cleared_at: None,
+                    };
+                    let poor_before = old.as_ref().is_some_and(|o| {
+                        !o.open && o.csat.is_some_and(|c| c <= 2) && o.csat == row.csat
+                    });
+                    // The same poor rating again keeps a person's clearing of it.
+                    let row = TicketRow {
+                        cleared_at: old
+                            .as_ref()
+                            .filter(|_| poor_before)
+                            .and_then(|o| o.cleared_at),
+                        ..row
+                    };
+                    if old.as_ref().is_some_and(|o| {
+                        (o.open, o.csat, o.closed_at) == (row.open, row.csat, row.closed_at)
+                    }) {
+                        out.unchanged += 1;
+                        t.insert(key, codec::encode(TICKET_V2, &row)?.as_slice())?;
+                        continue;
+                    }
+                    out.changed += 1;
+                    t.insert(key, codec::encode(TICKET_V2, &row)?.as_slice())?;
+                    if row.needs_recovery() && !poor_before {
+                        notices.push((ch, row.csat.unwrap_or_default()));
+                    } else if was_open && !row.open {
+                        resume.push(ch.contact.as_str());
+                    }
+                }
+                // Resumed only when nothing of the contact's still holds them back.
+                resume.sort_unstable();
+                resume.dedup();
+                let mut free = Vec::new();
+                for c in resume {
+                    let mut held = false;
+                    for item in t.range((store, c, "")..)? {
+                        let (k, v) = item?;
+                        let (s, contact, _) = k.value();
+                        if s != store || contact != c {
+                            break;
+                        }
+                        let row = decode_ticket(v.value())?;
+                        held |= row.open || row.needs_recovery();
+                    }
+                    if !held {
+                        free.push(c);
+                    }
+                }
+                for c in free {
+                    let ids = &found[c].2;
+                    out.resumed +=
+                        super::touches::bring_forward_ticket_waits(&tx, ids, now, &mut written)?;
+                }
+            }
+            for (ch, csat) in notices {
+                let (customer, order, _) = &found[ch.contact.as_str()];
+                let id = super::touches::schedule_notice(
+                    &tx,
+                    store,
+                    crate::engine::plan::TouchKind::Recovery,
+                    *customer,
+                    order,
+                    now,
+                    &mut written,
+                )?;
+                let notice = RecoveryNotice {
+                    contact: ch.contact.clone(),
+                    ticket: ch.ticket.clone(),
+                    csat,
+                    at: ch.at,
+                };
+                tx.open_table(RECOVERY_NOTICES)?
+                    .insert(id, codec::encode(NOTICE_V1, &notice)?.as_slice())?;
+                out.recovery += 1;
+            }
+        }
+        tx.commit()?;
+        self.timer_feed.push(&written);
+        Ok(out)
+    }
+
+    /// A person has followed up on the contact's poorly rated tickets (`customer clear`):
+    /// marketing may reach them again. Returns the tickets cleared (none: the contact was
+    /// not on the recovery path).
+    pub fn clear_recovery(
         &self,
         store: &str,
         contact: &str,
-        ticket: &str,
-        open: bool,
-        csat: Option<u8>,
         now: Timestamp,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<String>, Error> {
         let tx = self.db.begin_write()?;
+        let mut cleared = Vec::new();
         {
             let mut t = tx.open_table(TICKETS)?;
-            let old: Option<TicketRow> = t
-                .get((store, contact, ticket))?
-                .map(|v| codec::decode("ticket", TICKET_V1, v.value()))
-                .transpose()?;
-            let row = TicketRow {
-                open,
-                csat: if open { None } else { csat },
-                opened_at: old.as_ref().map_or(now, |o| o.opened_at),
-                closed_at: (!open).then_some(now),
-            };
-            t.insert(
-                (store, contact, ticket),
-                codec::encode(TICKET_V1, &row)?.as_slice(),
-            )?;
+            let mut rows = Vec::new();
+            for item in t.range((store, contact, "")..)? {
+                let (k, v) = item?;
+                let (s, c, id) = k.value();
+                if s != store || c != contact {
+                    break;
+                }
+                let row = decode_ticket(v.value())?;
+                if row.needs_recovery() {
+                    rows.push((id.to_string(), row));
+                }
+            }
+            for (id, row) in rows {
+                let row = TicketRow {
+                    cleared_at: Some(now),
+                    ..row
+                };
+                t.insert(
+                    (store, contact, id.as_str()),
+                    codec::encode(TICKET_V2, &row)?.as_slice(),
+                )?;
+                cleared.push(id);
+            }
         }
         tx.commit()?;
-        Ok(())
+        Ok(cleared)
     }
 
     /// Records what the customer did with the offer of `order` and counts it in the
@@ -352,6 +603,40 @@ pub(super) fn count_feedback(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ticket stored before reports were ordered and ratings cleared still reads (its
+    /// last change is when it closed, else opened); the new shape's bytes are pinned.
+    #[test]
+    fn golden_tickets_of_both_versions() {
+        #[derive(Serialize)]
+        struct V1 {
+            open: bool,
+            csat: Option<u8>,
+            opened_at: Timestamp,
+            closed_at: Option<Timestamp>,
+        }
+        let old = codec::encode(
+            TICKET_V1,
+            &V1 {
+                open: false,
+                csat: Some(2),
+                opened_at: Timestamp(5),
+                closed_at: Some(Timestamp(9)),
+            },
+        )
+        .unwrap();
+        let row = decode_ticket(&old).unwrap();
+        assert_eq!((row.updated_at, row.cleared_at), (Timestamp(9), None));
+        assert!(row.needs_recovery());
+        let new = TicketRow {
+            cleared_at: Some(Timestamp(12)),
+            ..row
+        };
+        let bytes = codec::encode(TICKET_V2, &new).unwrap();
+        assert_eq!(bytes, [2, 0, 1, 2, 10, 1, 18, 18, 1, 24]);
+        assert_eq!(decode_ticket(&bytes).unwrap(), new);
+        assert!(!new.needs_recovery(), "cleared");
+    }
 
     /// An answer stored before `via` was kept still reads, as the thank-you page's; the
     /// new shape's bytes are pinned.

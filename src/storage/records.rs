@@ -12,7 +12,9 @@ use crate::engine::{Event, Platform, Source, Timestamp};
 
 pub const EVENT_V1: u8 = 1;
 pub const BODY_V1: u8 = 1;
+/// `OrderState` without `delivery_failed_at`.
 pub const ORDER_V1: u8 = 1;
+pub const ORDER_V2: u8 = 2;
 pub const CUSTOMER_V1: u8 = 1;
 pub const VARIANT_V1: u8 = 1;
 pub const ITEM_V1: u8 = 1;
@@ -112,11 +114,41 @@ impl EventRecord {
 }
 
 pub fn encode_order(o: &OrderState) -> Result<Vec<u8>, Error> {
-    codec::encode(ORDER_V1, o)
+    codec::encode(ORDER_V2, o)
 }
 
 pub fn decode_order(bytes: &[u8]) -> Result<OrderState, Error> {
-    codec::decode("order record", ORDER_V1, bytes)
+    use crate::engine::{Fulfillment, Order, Source, Timestamp};
+    #[derive(serde::Deserialize)]
+    struct V1 {
+        order: Option<Order>,
+        customer: Option<u64>,
+        source: Option<Source>,
+        counted: Option<crate::engine::history::Counted>,
+        refunds: Vec<(String, i64)>,
+        fulfillments: Vec<Fulfillment>,
+        shipped_at: Option<Timestamp>,
+        delivered_at: Option<Timestamp>,
+        delivery_estimate: Option<Timestamp>,
+        fetch_requested: Option<Timestamp>,
+    }
+    if bytes.first() == Some(&ORDER_V1) {
+        let v: V1 = codec::decode("order record", ORDER_V1, bytes)?;
+        return Ok(OrderState {
+            order: v.order,
+            customer: v.customer,
+            source: v.source,
+            counted: v.counted,
+            refunds: v.refunds,
+            fulfillments: v.fulfillments,
+            shipped_at: v.shipped_at,
+            delivered_at: v.delivered_at,
+            delivery_estimate: v.delivery_estimate,
+            fetch_requested: v.fetch_requested,
+            delivery_failed_at: None,
+        });
+    }
+    codec::decode("order record", ORDER_V2, bytes)
 }
 
 pub fn encode_customer(c: &Customer) -> Result<Vec<u8>, Error> {
@@ -256,6 +288,14 @@ mod tests {
 
     const ORDER_GOLDEN: &str = "01010431303031052331303031fd00138f4335030000fdc03a984335030000555344fbd859fb08520104706169640001106a616e65406578616d706c652e636f6d00010102343201106a616e65406578616d706c652e636f6d010c2b31353535353535303132330103766970010201013901013701013801034d554702fb8813034d756700010441636d65000100010957454c434f4d453130010102434101024f4e0000000103010001fbd85901027231fbe40c000001fd00d02f6d350300000000";
 
+    const ORDER_GOLDEN_V2: &str = "02010431303031052331303031fd00138f4335030000fdc03a984335030000555344fbd859fb08520104706169640001106a616e65406578616d706c652e636f6d00010102343201106a616e65406578616d706c652e636f6d010c2b31353535353535303132330103766970010201013901013701013801034d554702fb8813034d756700010441636d65000100010957454c434f4d453130010102434101024f4e0000000103010001fbd85901027231fbe40c000001fd00d02f6d35030000000001fd02d02f6d35030000";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    }
+
     #[test]
     fn golden_order_and_customer_records() {
         let state = OrderState {
@@ -269,10 +309,17 @@ mod tests {
             delivered_at: Some(Timestamp(1_764_000_000_000)),
             delivery_estimate: None,
             fetch_requested: None,
+            delivery_failed_at: None,
         };
-        let bytes = encode_order(&state).unwrap();
-        assert_eq!(hex(&bytes), ORDER_GOLDEN);
-        assert_eq!(decode_order(&bytes).unwrap(), state);
+        // A record of the first version still reads (it has no failed delivery).
+        assert_eq!(decode_order(&unhex(ORDER_GOLDEN)).unwrap(), state);
+        let failed = OrderState {
+            delivery_failed_at: Some(Timestamp(1_764_000_000_001)),
+            ..state
+        };
+        let bytes = encode_order(&failed).unwrap();
+        assert_eq!(hex(&bytes), ORDER_GOLDEN_V2);
+        assert_eq!(decode_order(&bytes).unwrap(), failed);
 
         let mut c = Customer::new(3);
         c.email = Some("jane@example.com".into());

@@ -53,6 +53,7 @@ macro_rules! each_table {
         $m!(PENDING_COUNTS);
         $m!(PAUSED);
         $m!(CONVERSIONS);
+        $m!(RECOVERY_NOTICES);
     };
 }
 pub(crate) use each_table;
@@ -144,6 +145,9 @@ pub const SENDING: TableDefinition<u64, ()> = TableDefinition::new("sending");
 /// the frequency caps.
 pub const SENT_LOG: TableDefinition<(&str, u64, i64, u64), &str> = TableDefinition::new("sent_log");
 
+/// Touch id of a `recovery` notice -> which contact and ticket it is about
+/// (`storage::intake`).
+pub const RECOVERY_NOTICES: TableDefinition<u64, &[u8]> = TableDefinition::new("recovery_notices");
 /// (store, contact key, ticket id) -> support ticket (`storage::intake`).
 pub const TICKETS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("tickets");
 /// (store, order id) -> the thank-you page offer's response.

@@ -294,6 +294,69 @@ fn next_id(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64
     }))
 }
 
+/// A notice to the store (not a message to the customer): a touch of `kind` for its
+/// webhook, due at `now`, in `tx`. Not in any order's index (no plan replaces it).
+/// Returns its id; its timer key goes to `written`.
+pub(super) fn schedule_notice(
+    tx: &redb::WriteTransaction,
+    store: &str,
+    kind: TouchKind,
+    customer: Option<u64>,
+    order: &str,
+    now: Timestamp,
+    written: &mut Vec<TimerKey>,
+) -> Result<u64, Error> {
+    let mut meta = tx.open_table(META)?;
+    let id = next_id(&meta)?;
+    meta.insert(NEXT_TOUCH_ID, &(id + 1).to_le_bytes()[..])?;
+    let t = TouchRecord {
+        store: store.to_string(),
+        order: order.to_string(),
+        customer,
+        kind,
+        channel: Channel::Webhook,
+        planned_due: now,
+        due_at: now,
+        after_delivery: false,
+        carries_offer: false,
+        state: TouchState::Scheduled,
+    };
+    tx.open_table(TOUCHES)?.insert(id, encode(&t)?.as_slice())?;
+    Timers::open(tx)?.add(id, &t)?;
+    written.push((now.0, id));
+    Ok(id)
+}
+
+/// Brings the touches `ids` that still wait for a support ticket (deferred with that
+/// reason, due later than `now`) forward to `now`, where they are decided again.
+pub(super) fn bring_forward_ticket_waits(
+    tx: &redb::WriteTransaction,
+    ids: &[u64],
+    now: Timestamp,
+    written: &mut Vec<TimerKey>,
+) -> Result<usize, Error> {
+    let mut touches = tx.open_table(TOUCHES)?;
+    let mut timers = Timers::open(tx)?;
+    let mut moved = 0;
+    for &id in ids {
+        let Some(mut t) = read(&touches, id)? else {
+            continue;
+        };
+        let waits = matches!(&t.state, TouchState::Deferred { reason }
+            if crate::engine::due::waits_for_ticket(reason));
+        if !waits || t.due_at <= now {
+            continue;
+        }
+        timers.remove(id, &t)?;
+        t.due_at = now;
+        timers.add(id, &t)?;
+        touches.insert(id, encode(&t)?.as_slice())?;
+        written.push((now.0, id));
+        moved += 1;
+    }
+    Ok(moved)
+}
+
 /// Moves the next touch id past every id the database a restore replaces may have used
 /// (`at_least`) and then `gap` further: ids are in the links and idempotency keys of
 /// messages already sent, also those sent after the backup was taken, which the restored

@@ -490,6 +490,7 @@ fn outbox_alone(dir: &Path, n: usize) -> f64 {
             i as u64,
             true,
         )),
+        ticket: None,
     };
     let t = Instant::now();
     let mut i = 0;

@@ -13,6 +13,7 @@ mod crash;
 mod engagement;
 mod fixtures;
 mod hardening;
+mod intake;
 mod jobs;
 mod live;
 mod offers;

@@ -114,6 +114,7 @@ fn message() -> Message {
         image_url: Some("https://cdn.example.com/scale.jpg".into()),
         due_at: Timestamp(1_795_186_800_000),
         at: Timestamp(1_795_186_801_000),
+        ticket: None,
         links: Links {
             click: Some("https://u.example.com/r/demo/42.sig".into()),
             unsubscribe: "https://u.example.com/u/demo/42.sig2".into(),
@@ -486,7 +487,7 @@ pub(crate) mod routed {
         crate::scheduler::wait_state(s, &id.to_string(), "touch1", "scheduled");
     }
 
-    fn wait_seen(fake: &Fake, n: usize) -> Vec<Seen> {
+    pub(crate) fn wait_seen(fake: &Fake, n: usize) -> Vec<Seen> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let seen = fake.seen();
