@@ -109,7 +109,7 @@ pub struct Touches {
     /// Touches deferred at least once, by rule (`frequency_cap`, `quiet_hours`, ...).
     pub deferred: BTreeMap<String, u64>,
     /// Deferrals, by rule (a touch may be deferred more than once). A wait that only a
-    /// fact can end (`awaiting_delivery`, `ticket_open`) counts once per fact, where the
+    /// fact can end (`awaiting_delivery`, `ticket_open`, `delivery_failed`) counts once per fact, where the
     /// service would count each 6-hourly look.
     pub deferrals: BTreeMap<String, u64>,
     /// Due after the replay's end.
@@ -546,7 +546,7 @@ struct SimTouch {
 
 /// Rules whose deferral only a fact can lift: the replay jumps to the first recheck after
 /// the next fact instead of rechecking every few hours in between.
-const WAIT_FOR_FACT: [&str; 2] = ["awaiting_delivery", "ticket_open"];
+const WAIT_FOR_FACT: [&str; 3] = ["awaiting_delivery", "ticket_open", "delivery_failed"];
 
 impl Sim<'_> {
     /// A customer's record and orders; an error means a damaged record.
@@ -898,7 +898,7 @@ impl Sim<'_> {
         };
         let delivery = known_at(self.delivery(p, o), now);
         let delivered_at = delivery.delivered(&sh.store.delivery);
-        let delivery_failed_at = delivery.failed(&sh.store.delivery);
+        let delivery_failed_at = delivery.failed();
         let week = sent.partition_point(|(t, _)| t.0 <= now.0 - 7 * DAY);
         let state = State {
             status: &rec.status,

@@ -155,9 +155,10 @@ impl DeliveryFacts {
         }
     }
 
-    /// A failed delivery not followed by one: the review request and touch-2 wait.
-    pub fn failed(&self, rules: &DeliveryRules) -> Option<Timestamp> {
-        self.failed_at.filter(|_| self.delivered(rules).is_none())
+    /// A failed delivery not followed by a reported one (an event or told by hand; not
+    /// the transit-days estimate): the review request and touch-2 wait.
+    pub fn failed(&self) -> Option<Timestamp> {
+        self.failed_at.filter(|_| self.delivered_at.is_none())
     }
 
     /// When the order counts as delivered: the delivery event's time, or for a store
@@ -929,17 +930,26 @@ mod tests {
             failed_at: Some(Timestamp(T0)),
             ..Default::default()
         };
-        let rules = DeliveryRules::default();
-        assert_eq!(failed.failed(&rules), Some(Timestamp(T0)));
+        assert_eq!(failed.failed(), Some(Timestamp(T0)));
+        let no_events = DeliveryRules {
+            events: false,
+            transit_days: 3,
+        };
+        let shipped_then_failed = DeliveryFacts {
+            shipped_at: Some(Timestamp(T0 - 5 * DAY)),
+            ..failed
+        };
+        assert!(shipped_then_failed.delivered(&no_events).is_some());
+        assert_eq!(
+            shipped_then_failed.failed(),
+            Some(Timestamp(T0)),
+            "the transit estimate does not lift a reported failure"
+        );
         let then_delivered = DeliveryFacts {
             delivered_at: Some(Timestamp(T0 + DAY)),
             ..failed
         };
-        assert_eq!(
-            then_delivered.failed(&rules),
-            None,
-            "a delivery ends the hold"
-        );
+        assert_eq!(then_delivered.failed(), None, "a delivery ends the hold");
     }
 
     #[test]

@@ -364,7 +364,9 @@ fn helpdesk(ctx: &PublicCtx, rq: Request, store: &crate::config::StoreConfig, bo
             ticket: u.ticket,
             open: u.open,
             csat: u.csat,
-            at: u.at.unwrap_or(now),
+            // Never later than now: a sender's clock ahead must not freeze the ticket
+            // against every later report.
+            at: u.at.unwrap_or(now).min(now),
         });
     }
     match ctx.storage.apply_tickets(&store.id, &changes, now) {

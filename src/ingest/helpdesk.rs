@@ -138,9 +138,6 @@ fn update(
             ))
         }
     };
-    if open && csat.is_some() {
-        return Err("csat comes with a closed ticket (status \"closed\")".into());
-    }
     let at = at
         .map(|s| super::wire::parse_gmt(names.2, &s))
         .transpose()?;
@@ -207,10 +204,9 @@ mod tests {
             e(br#"{"customer_email":"a@b.co","ticket_id":"1","status":"closed","csat":9}"#)
                 .contains("not a rating from 1 to 5")
         );
-        assert!(
-            e(br#"{"customer_email":"a@b.co","ticket_id":"1","status":"open","csat":4}"#)
-                .contains("closed ticket")
-        );
+        // A reopened ticket still carries its survey's score (Gorgias keeps one per ticket).
+        let reopened = br#"{"customer_email":"a@b.co","ticket_id":"1","status":"open","csat":1}"#;
+        assert!(parse(reopened).unwrap()[0].open);
         assert!(e(
             br#"[{"customer_email":"a@b.co","ticket_id":"1","status":"open"},{"ticket_id":"2"}]"#
         )

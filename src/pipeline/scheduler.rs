@@ -693,7 +693,11 @@ impl Worker {
                     };
                     m_image.insert(id, image);
                     offers.insert(id, offer);
-                    if let Some(c) = t.customer {
+                    // A notice to the store is no message to the customer (the caps).
+                    if let (Some(c), false) = (
+                        t.customer,
+                        t.kind == crate::engine::plan::TouchKind::Recovery,
+                    ) {
                         overlay
                             .entry((t.store.clone(), c))
                             .or_default()
@@ -1015,7 +1019,7 @@ fn decide(
         .is_some_and(|r| r.accepted);
     let facts = snap.delivery(&t.store, &t.order, order.as_ref())?;
     let delivered_at = facts.delivered(&store.delivery);
-    let delivery_failed_at = facts.failed(&store.delivery);
+    let delivery_failed_at = facts.failed();
     let offer_stock = match &plan.plan.offer {
         Some(o) => snap
             .variant_of_key(&t.store, &o.product)?
@@ -1100,7 +1104,8 @@ fn line(
         due_at: t.due_at.to_rfc3339(),
         sent_at: now.to_rfc3339(),
         offer: offer.map(crate::outbound::offer_json),
-        links: Some(links),
+        // A notice to the store carries no links for a customer.
+        links: (t.kind != crate::engine::plan::TouchKind::Recovery).then_some(links),
         ticket: ticket.and_then(|t| serde_json::to_value(t).ok()),
     }
 }

@@ -28,6 +28,9 @@ struct TicketRow {
     updated_at: Timestamp,
     /// When a person cleared its poor rating (`customer clear`).
     cleared_at: Option<Timestamp>,
+    /// When the store was notified of its poor rating: once per ticket, whatever reopens,
+    /// re-ratings or repeated reports follow.
+    notified_at: Option<Timestamp>,
 }
 
 impl TicketRow {
@@ -54,6 +57,7 @@ fn decode_ticket(bytes: &[u8]) -> Result<TicketRow, Error> {
             opened_at: v.opened_at,
             closed_at: v.closed_at,
             cleared_at: None,
+            notified_at: None,
         });
     }
     codec::decode("ticket", TICKET_V2, bytes)
@@ -327,13 +331,11 @@ impl Storage {
                         continue;
                     }
                     let was_open = old.as_ref().is_some_and(|o| o.open);
+                    // A rating stays with the ticket (Gorgias keeps one survey per ticket)
+                    // until a new one comes; so do a person's clearing and the notice.
                     let row = TicketRow {
                         open: ch.open,
-                        csat: match (&old, ch.open) {
-                            (_, true) => None,
-                            (Some(o), false) if !o.open => ch.csat.or(o.csat),
-                            _ => ch.csat,
-                        },
+                        csat: ch.csat.or(old.as_ref().and_then(|o| o.csat)),
                         opened_at: old.as_ref().map_or(ch.at, |o| o.opened_at),
                         closed_at: match &old {
                             _ if ch.open => None,
@@ -341,31 +343,26 @@ impl Storage {
                             _ => Some(ch.at),
                         },
                         updated_at: ch.at,
-                        cleared_at: None,
+                        cleared_at: old.as_ref().and_then(|o| o.cleared_at),
+                        notified_at: old.as_ref().and_then(|o| o.notified_at),
                     };
-                    let poor_before = old.as_ref().is_some_and(|o| {
-                        !o.open && o.csat.is_some_and(|c| c <= 2) && o.csat == row.csat
+                    let same = old.as_ref().is_some_and(|o| {
+                        (o.open, o.csat, o.closed_at) == (row.open, row.csat, row.closed_at)
                     });
-                    // The same poor rating again keeps a person's clearing of it.
+                    if same {
+                        out.unchanged += 1;
+                    } else {
+                        out.changed += 1;
+                    }
+                    let notify = row.needs_recovery() && row.notified_at.is_none();
                     let row = TicketRow {
-                        cleared_at: old
-                            .as_ref()
-                            .filter(|_| poor_before)
-                            .and_then(|o| o.cleared_at),
+                        notified_at: if notify { Some(now) } else { row.notified_at },
                         ..row
                     };
-                    if old.as_ref().is_some_and(|o| {
-                        (o.open, o.csat, o.closed_at) == (row.open, row.csat, row.closed_at)
-                    }) {
-                        out.unchanged += 1;
-                        t.insert(key, codec::encode(TICKET_V2, &row)?.as_slice())?;
-                        continue;
-                    }
-                    out.changed += 1;
                     t.insert(key, codec::encode(TICKET_V2, &row)?.as_slice())?;
-                    if row.needs_recovery() && !poor_before {
+                    if notify {
                         notices.push((ch, row.csat.unwrap_or_default()));
-                    } else if was_open && !row.open {
+                    } else if was_open && !row.open && !row.needs_recovery() {
                         resume.push(ch.contact.as_str());
                     }
                 }
@@ -633,7 +630,7 @@ mod tests {
             ..row
         };
         let bytes = codec::encode(TICKET_V2, &new).unwrap();
-        assert_eq!(bytes, [2, 0, 1, 2, 10, 1, 18, 18, 1, 24]);
+        assert_eq!(bytes, [2, 0, 1, 2, 10, 1, 18, 18, 1, 24, 0]);
         assert_eq!(decode_ticket(&bytes).unwrap(), new);
         assert!(!new.needs_recovery(), "cleared");
     }

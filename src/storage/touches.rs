@@ -858,8 +858,13 @@ impl Storage {
                 receipt.retries = attempts.remove(id)?.map_or(0, |v| v.value().0);
                 receipts.insert(id, codec::encode(RECEIPT_V1, &receipt)?.as_slice())?;
                 sending.remove(id)?;
+                // A copy for the store's webhook, or a notice to the store, is no message
+                // to the customer: not in their log (the caps), nor in a plan.
                 let mirror = mirrors.get(id)?.is_some();
-                if let (Some(c), false) = (t.customer, mirror) {
+                if mirror || t.kind == TouchKind::Recovery {
+                    continue;
+                }
+                if let Some(c) = t.customer {
                     log.insert((t.store.as_str(), c, at.0, id), t.channel.as_str())?;
                 }
                 let key = (t.store.as_str(), t.order.as_str());
@@ -1035,6 +1040,7 @@ impl Storage {
             let mut touches = tx.open_table(TOUCHES)?;
             let mut meta = tx.open_table(META)?;
             let mut mirrors = tx.open_table(MIRRORS)?;
+            let mut notices = tx.open_table(RECOVERY_NOTICES)?;
             let mut timers = Timers::open(&tx)?;
             let mut next = next_id(&meta)?;
             for &id in ids {
@@ -1046,6 +1052,11 @@ impl Storage {
                 if mirror {
                     t.channel = Channel::Webhook;
                     mirrors.insert(copy, id)?;
+                }
+                // A resent notice is about the same ticket.
+                let notice = notices.get(id)?.map(|v| v.value().to_vec());
+                if let Some(n) = notice {
+                    notices.insert(copy, n.as_slice())?;
                 }
                 t.planned_due = now;
                 t.due_at = now;

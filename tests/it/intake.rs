@@ -103,7 +103,7 @@ fn ordered(s: &TestServer, dir: &std::path::Path, clock: &TestClock, o: u64, c: 
 }
 
 #[test]
-fn a_ticket_opened_on_day_2_holds_touches_until_it_closes_and_a_good_rating_resumes_at_once() {
+fn a_ticket_opened_on_day_2_holds_touches_until_the_last_closes_well_then_they_go_at_once() {
     let fake = Fake::start(vec![Some((204, vec![], String::new()))]);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -151,6 +151,15 @@ fn a_ticket_opened_on_day_2_holds_touches_until_it_closes_and_a_good_rating_resu
     );
     assert_eq!((code, v["unchanged"].clone()), (200, json!(1)), "{v}");
     assert_not_sent(dir, "9961", "touch2");
+    // Looked at again on day 5 (T-2 still open): its next look is in 6 h.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while timer(&s, "9961", "touch2").due_at != Timestamp(T0 + 5 * DAY + 6 * HOUR) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "touch-2 not looked at on day 5"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // Day 5 + 3 h: T-2 closes without a rating: touch-2 goes at once, not at its recheck.
     let closed = T0 + 5 * DAY + 3 * HOUR;
     clock.set(Timestamp(closed));
@@ -207,6 +216,18 @@ fn a_poor_rating_notifies_the_store_signed_and_holds_marketing_until_cleared() {
     );
     assert_eq!((code, v["recovery"].clone()), (200, json!(0)), "{v}");
 
+    // Reopened (the survey's score still on it) and closed again: still one notice.
+    let reopened = json!({"ticket": {"id": 4242, "status": "open", "customer": {"email": "c8962@example.com"},
+        "satisfaction_survey": {"score": 1}, "updated_datetime": "2026-11-22T17:00:00"}});
+    let (code, v) = post(&s, "helpdesk", Auth::Basic(BASIC), &reopened);
+    assert_eq!((code, v["recovery"].clone()), (200, json!(0)), "{v}");
+    let (code, v) = post(
+        &s,
+        "helpdesk",
+        Auth::Basic(BASIC),
+        &gorgias(json!(1), "2026-11-22T18:00:00"),
+    );
+    assert_eq!((code, v["recovery"].clone()), (200, json!(0)), "{v}");
     let seen = wait_seen(&fake, 1);
     let body: Value = serde_json::from_str(&seen[0].body).unwrap();
     assert_eq!(body["type"], "customer.recovery_needed", "{body}");
