@@ -199,11 +199,8 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
             v["still_sending"] = json!(left);
             Ok(v)
         }),
-        (Method::Get, "/api/replay") => pick(ctx, &query).and_then(|store| {
+        (Method::Get, "/api/replay") => pick_config(ctx, &query).and_then(|cfg| {
             let arg = |k: &str| super::page::form_value(query.as_bytes(), k);
-            let cfg = ctx.config.store(&store).ok_or_else(|| {
-                crate::ops::OpsError::Invalid(format!("no store {store:?} is configured"))
-            })?;
             crate::ops::replay(
                 &ctx.storage,
                 &ctx.config,
@@ -213,11 +210,8 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 ctx.clock.now(),
             )
         }),
-        (Method::Get, "/api/report") => pick(ctx, &query).and_then(|store| {
+        (Method::Get, "/api/report") => pick_config(ctx, &query).and_then(|cfg| {
             let arg = |k: &str| super::page::form_value(query.as_bytes(), k);
-            let cfg = ctx.config.store(&store).ok_or_else(|| {
-                crate::ops::OpsError::Invalid(format!("no store {store:?} is configured"))
-            })?;
             crate::ops::report(
                 &ctx.storage,
                 &ctx.config,
@@ -227,11 +221,8 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 ctx.clock.now(),
             )
         }),
-        (Method::Post, "/api/send-test") => pick(ctx, &query).and_then(|store| {
+        (Method::Post, "/api/send-test") => pick_config(ctx, &query).and_then(|cfg| {
             let arg = |k: &str| super::page::form_value(query.as_bytes(), k).unwrap_or_default();
-            let cfg = ctx.config.store(&store).ok_or_else(|| {
-                crate::ops::OpsError::Invalid(format!("no store {store:?} is configured"))
-            })?;
             crate::ops::send_test(
                 &ctx.storage,
                 &ctx.config,
@@ -259,11 +250,8 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 }
             })
         }
-        (Method::Post, "/api/order/delivered") => pick(ctx, &query).and_then(|store| {
+        (Method::Post, "/api/order/delivered") => pick_config(ctx, &query).and_then(|cfg| {
             let arg = |k: &str| super::page::form_value(query.as_bytes(), k);
-            let cfg = ctx.config.store(&store).ok_or_else(|| {
-                crate::ops::OpsError::Invalid(format!("no store {store:?} is configured"))
-            })?;
             crate::ops::order_delivered(
                 &ctx.storage,
                 cfg,
@@ -291,10 +279,17 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
 
 /// The store a request is about: `store=` or the only one.
 fn pick(ctx: &AdminCtx, query: &str) -> Result<String, crate::ops::OpsError> {
+    pick_config(ctx, query).map(|s| s.id.clone())
+}
+
+/// The configuration of the store `?store=` names (or the only one).
+fn pick_config<'c>(
+    ctx: &'c AdminCtx,
+    query: &str,
+) -> Result<&'c crate::config::StoreConfig, crate::ops::OpsError> {
     let store = super::page::form_value(query.as_bytes(), "store");
     ctx.config
         .pick_store(store.as_deref())
-        .map(|s| s.id.clone())
         .map_err(|e| crate::ops::OpsError::Invalid(e.message))
 }
 
