@@ -248,8 +248,13 @@ impl Ticket {
     /// Closed with a rating of 1-2 that no person has cleared yet: the customer is on the
     /// recovery path, and gets no marketing.
     pub fn needs_recovery(&self) -> bool {
-        !self.open && self.csat.is_some_and(|c| c <= 2) && !self.cleared
+        needs_recovery(self.open, self.csat, self.cleared)
     }
+}
+
+/// The rule of [`Ticket::needs_recovery`], for a ticket however it is held.
+pub fn needs_recovery(open: bool, csat: Option<u8>, cleared: bool) -> bool {
+    !open && csat.is_some_and(|c| c <= 2) && !cleared
 }
 
 /// The reason a touch waits for an open ticket; `waits_for_ticket` recognises it in a

@@ -979,7 +979,7 @@ fn decide(
         let Some(n) = snap.recovery_notice(id)? else {
             let skip = Action::Skip {
                 code: "plan_gone",
-                reason: "its recovery notice is gone (erased)".into(),
+                reason: "its recovery notice is gone".into(),
             };
             return Ok((skip, Contact::default()));
         };

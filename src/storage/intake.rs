@@ -35,8 +35,26 @@ struct TicketRow {
 
 impl TicketRow {
     fn needs_recovery(&self) -> bool {
-        !self.open && self.csat.is_some_and(|c| c <= 2) && self.cleared_at.is_none()
+        crate::engine::due::needs_recovery(self.open, self.csat, self.cleared_at.is_some())
     }
+}
+
+/// The ticket rows of a store, or of one contact of it: (contact, ticket id, row).
+fn ticket_rows(
+    t: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    store: &str,
+    contact: Option<&str>,
+) -> Result<Vec<(String, String, TicketRow)>, Error> {
+    let mut out = Vec::new();
+    for item in t.range((store, contact.unwrap_or(""), "")..)? {
+        let (k, v) = item?;
+        let (s, c, id) = k.value();
+        if s != store || contact.is_some_and(|want| want != c) {
+            break;
+        }
+        out.push((c.to_string(), id.to_string(), decode_ticket(v.value())?));
+    }
+    Ok(out)
 }
 
 /// A ticket row of either stored version.
@@ -163,30 +181,24 @@ impl Snapshot {
         store: &str,
         contact: Option<&str>,
     ) -> Result<Vec<(String, TimedTicket)>, Error> {
-        let mut out = Vec::new();
-        for item in self.tickets.range((store, contact.unwrap_or(""), "")..)? {
-            let (k, v) = item?;
-            let (s, c, id) = k.value();
-            if s != store || contact.is_some_and(|want| want != c) {
-                break;
-            }
-            let row = decode_ticket(v.value())?;
-            out.push((
-                c.to_string(),
-                TimedTicket {
-                    ticket: Ticket {
-                        id: id.to_string(),
-                        open: row.open,
-                        csat: row.csat,
-                        cleared: row.cleared_at.is_some(),
-                    },
+        Ok(ticket_rows(&self.tickets, store, contact)?
+            .into_iter()
+            .map(|(c, id, row)| {
+                let ticket = Ticket {
+                    id,
+                    open: row.open,
+                    csat: row.csat,
+                    cleared: row.cleared_at.is_some(),
+                };
+                let timed = TimedTicket {
+                    ticket,
                     opened_at: row.opened_at,
                     closed_at: row.closed_at,
                     cleared_at: row.cleared_at,
-                },
-            ));
-        }
-        Ok(out)
+                };
+                (c, timed)
+            })
+            .collect())
     }
 
     /// Every page-offer response of a store: (order, response).
@@ -369,26 +381,17 @@ impl Storage {
                 // Resumed only when nothing of the contact's still holds them back.
                 resume.sort_unstable();
                 resume.dedup();
-                let mut free = Vec::new();
                 for c in resume {
-                    let mut held = false;
-                    for item in t.range((store, c, "")..)? {
-                        let (k, v) = item?;
-                        let (s, contact, _) = k.value();
-                        if s != store || contact != c {
-                            break;
-                        }
-                        let row = decode_ticket(v.value())?;
-                        held |= row.open || row.needs_recovery();
+                    let rows = ticket_rows(&t, store, Some(c))?;
+                    if !rows.iter().any(|(_, _, r)| r.open || r.needs_recovery()) {
+                        let ids = &found[c].2;
+                        out.resumed += super::touches::bring_forward_ticket_waits(
+                            &tx,
+                            ids,
+                            now,
+                            &mut written,
+                        )?;
                     }
-                    if !held {
-                        free.push(c);
-                    }
-                }
-                for c in free {
-                    let ids = &found[c].2;
-                    out.resumed +=
-                        super::touches::bring_forward_ticket_waits(&tx, ids, now, &mut written)?;
                 }
             }
             for (ch, csat) in notices {
@@ -431,19 +434,8 @@ impl Storage {
         let mut cleared = Vec::new();
         {
             let mut t = tx.open_table(TICKETS)?;
-            let mut rows = Vec::new();
-            for item in t.range((store, contact, "")..)? {
-                let (k, v) = item?;
-                let (s, c, id) = k.value();
-                if s != store || c != contact {
-                    break;
-                }
-                let row = decode_ticket(v.value())?;
-                if row.needs_recovery() {
-                    rows.push((id.to_string(), row));
-                }
-            }
-            for (id, row) in rows {
+            let rows = ticket_rows(&t, store, Some(contact))?;
+            for (_, id, row) in rows.into_iter().filter(|(_, _, r)| r.needs_recovery()) {
                 let row = TicketRow {
                     cleared_at: Some(now),
                     ..row
