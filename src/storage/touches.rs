@@ -339,7 +339,7 @@ pub(super) fn bring_forward_ticket_waits(
     let mut timers = Timers::open(tx)?;
     let mut moved = 0;
     for &id in ids {
-        let Some(mut t) = read(&touches, id)? else {
+        let Some(t) = read(&touches, id)? else {
             continue;
         };
         let waits = matches!(&t.state, TouchState::Deferred { reason }
@@ -347,11 +347,7 @@ pub(super) fn bring_forward_ticket_waits(
         if !waits || t.due_at <= now {
             continue;
         }
-        timers.remove(id, &t)?;
-        t.due_at = now;
-        timers.add(id, &t)?;
-        touches.insert(id, encode(&t)?.as_slice())?;
-        written.push((now.0, id));
+        move_pending(&mut touches, &mut timers, id, t, now, written)?;
         moved += 1;
     }
     Ok(moved)
@@ -532,15 +528,29 @@ pub(super) fn reanchor(
         else {
             continue;
         };
-        timers.remove(id, &t)?;
-        t.due_at = to;
         t.state = TouchState::Scheduled;
-        touches.insert(id, encode(&t)?.as_slice())?;
-        timers.add(id, &t)?;
+        move_pending(&mut touches, &mut timers, id, t, to, written)?;
         // Moved: its grace counts from the new time.
         attempts.remove(id)?;
-        written.push((to.0, id));
     }
+    Ok(())
+}
+
+/// Moves pending touch `id` (its record `t`, with any new state) to `to`: its timer, its
+/// record, and the key the scheduler's wheel learns it from.
+fn move_pending(
+    touches: &mut redb::Table<'_, u64, &'static [u8]>,
+    timers: &mut Timers<'_>,
+    id: u64,
+    mut t: TouchRecord,
+    to: Timestamp,
+    written: &mut Vec<TimerKey>,
+) -> Result<(), Error> {
+    timers.remove(id, &t)?;
+    t.due_at = to;
+    touches.insert(id, encode(&t)?.as_slice())?;
+    timers.add(id, &t)?;
+    written.push((to.0, id));
     Ok(())
 }
 
