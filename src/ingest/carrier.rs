@@ -17,14 +17,10 @@ pub const TOPIC_PREFIX: &str = "carrier/";
 /// its subscription after failures).
 pub fn receive(headers: Headers, body: Vec<u8>) -> Result<Inbound, String> {
     let event = parse(&body)?;
-    let status = match event.status {
-        DeliveryStatus::Shipped => "shipped",
-        DeliveryStatus::Delayed => "delayed",
-        DeliveryStatus::Delivered => "delivered",
-        DeliveryStatus::Failed => "failed",
-        DeliveryStatus::InTransit => "in_transit",
-        DeliveryStatus::Other => "other",
-    };
+    let status = STATUSES
+        .iter()
+        .find(|(_, st)| *st == event.status)
+        .map_or("other", |(name, _)| name);
     let topic = format!("{TOPIC_PREFIX}{status}");
     Ok(Inbound {
         dedupe_key: super::body_key(&topic, &body),
@@ -43,6 +39,15 @@ pub fn normalize(body: &[u8]) -> Parsed {
     }
 }
 
+/// The statuses a carrier sends, by their names in the body (and the topic).
+const STATUSES: [(&str, DeliveryStatus); 5] = [
+    ("shipped", DeliveryStatus::Shipped),
+    ("in_transit", DeliveryStatus::InTransit),
+    ("delayed", DeliveryStatus::Delayed),
+    ("delivered", DeliveryStatus::Delivered),
+    ("failed", DeliveryStatus::Failed),
+];
+
 const SHAPE: &str = "send {\"order_id\", \"status\": \"shipped\"|\"delayed\"|\"delivered\"|\"failed\", \"estimated_at\", \"occurred_at\"} (README \"Delivery tracking\")";
 
 fn parse(body: &[u8]) -> Result<DeliveryEvent, String> {
@@ -56,17 +61,14 @@ fn parse(body: &[u8]) -> Result<DeliveryEvent, String> {
     let order_id = text("order_id").ok_or_else(|| {
         format!("order_id is missing: the platform's order id (Shopify's numeric id, WooCommerce's or BigCommerce's order number); {SHAPE}")
     })?;
-    let status = match text("status").as_deref() {
-        Some("shipped") => DeliveryStatus::Shipped,
-        Some("in_transit") => DeliveryStatus::InTransit,
-        Some("delayed") => DeliveryStatus::Delayed,
-        Some("delivered") => DeliveryStatus::Delivered,
-        Some("failed") => DeliveryStatus::Failed,
-        Some(other) => {
-            return Err(format!(
-                "status {other:?} is not shipped, delayed, delivered or failed"
-            ))
-        }
+    let status = match text("status") {
+        Some(given) => STATUSES
+            .iter()
+            .find(|(name, _)| *name == given)
+            .map(|(_, st)| *st)
+            .ok_or_else(|| {
+                format!("status {given:?} is not shipped, delayed, delivered or failed")
+            })?,
         None => return Err(format!("status is missing; {SHAPE}")),
     };
     let time = |k: &str| -> Result<Option<Timestamp>, String> {
