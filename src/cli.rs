@@ -374,6 +374,29 @@ enum CustomerAction {
         #[arg(long)]
         json: bool,
     },
+    /// Everything held about a customer, as JSON (a data request)
+    Export {
+        /// An email address, a phone number (+15551234567) or the platform's customer id
+        who: String,
+        /// Write it to this file (readable by you only) instead of standard output
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+    },
+    /// Erase a customer's personal data (anonymous line items stay, so affinity counts do
+    /// not change); without --yes, says what would go
+    Erase {
+        /// An email address, a phone number (+15551234567) or the platform's customer id
+        who: String,
+        /// Erase it: this cannot be undone
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The suppression list entry, order history, consent and plans of a customer
     Show {
         contact: String,
@@ -1633,6 +1656,13 @@ fn customer(config: &Config, action: CustomerAction) -> anyhow::Result<ExitCode>
             store,
             json,
         } => ("POST", "clear", contact, store, *json, None),
+        CustomerAction::Export { who, out, store } => return export_cmd(config, who, out, store),
+        CustomerAction::Erase {
+            who,
+            yes,
+            store,
+            json,
+        } => return erase_cmd(config, who, *yes, store, *json),
         CustomerAction::TicketOpen {
             contact,
             ticket,
@@ -1748,6 +1778,95 @@ fn customer(config: &Config, action: CustomerAction) -> anyhow::Result<ExitCode>
                 }
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `customer export`: to standard output, or to a file only its owner can read.
+fn export_cmd(
+    config: &Config,
+    who: &str,
+    out: &Option<PathBuf>,
+    store: &Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let store = store_of(config, store)?;
+    let api = format!(
+        "/api/customer/export?store={store}&contact={}",
+        percent_encode(who)
+    );
+    let (v, source) = via_service_or_file(config, "GET", &api, |s| {
+        crate::ops::customer_export(s, &store, who, now).map_err(ops_err)
+    })?;
+    match out {
+        None => println!("{}", serde_json::to_string_pretty(&v)?),
+        Some(path) => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            let name = path
+                .file_name()
+                .ok_or_else(|| anyhow!("--out {}: give a file name", path.display()))?
+                .to_string_lossy();
+            let written = crate::privacy::write_export(dir, &name, &v)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "{}: {} written to {} ({source})",
+                who,
+                if v["found"] == true {
+                    "everything held"
+                } else {
+                    "nothing is held about them; an export saying so"
+                },
+                written.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `customer erase`: without `--yes`, what would go.
+fn erase_cmd(
+    config: &Config,
+    who: &str,
+    yes: bool,
+    store: &Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let store = store_of(config, store)?;
+    let api = format!(
+        "/api/customer/erase?store={store}&contact={}&yes={yes}",
+        percent_encode(who)
+    );
+    let (v, source) = via_service_or_file(config, "POST", &api, |s| {
+        crate::ops::customer_erase(s, &store, who, yes, now).map_err(ops_err)
+    })?;
+    if as_json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let f = &v["found"];
+    let found = format!(
+        "{} customer record(s), {} order(s), {} raw request(s), {} touch(es), {} ticket(s), {} suppression entr(ies)",
+        f["customers"], f["orders"], f["events"], f["touches"], f["tickets"], f["suppressions"]
+    );
+    if v["held"] != true {
+        println!(
+            "nothing personal is held about {who} in store {store}; nothing to erase ({source})"
+        );
+    } else if v["erased"].is_null() {
+        println!("{who} in store {store}: {found} would be erased ({source})");
+        println!("  run again with --yes to erase it; this cannot be undone");
+    } else {
+        let e = &v["erased"];
+        println!("{who} in store {store}: personal data erased ({source})");
+        println!(
+            "  {} customer record(s) and {} order(s) scrubbed, {} raw request(s) deleted, {} touch(es) cancelled, {} ticket(s) removed, {} suppression entr(ies) kept under a hash",
+            e["customers"], e["orders"], e["events"], e["touches_cancelled"], e["tickets"], e["suppressions_hashed"]
+        );
+        println!("  the old bytes leave the database file at the next `upsell-appliance compact` (service stopped); backups taken before now still hold them");
     }
     Ok(ExitCode::SUCCESS)
 }

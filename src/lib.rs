@@ -14,6 +14,7 @@ pub mod logging;
 pub mod ops;
 pub mod outbound;
 pub mod pipeline;
+pub mod privacy;
 pub mod replay;
 pub mod report;
 pub mod storage;

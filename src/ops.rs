@@ -673,7 +673,7 @@ pub fn customer_show(
 ) -> Result<serde_json::Value, OpsError> {
     let key = contact_key(contact)?;
     let snap = storage.snapshot()?;
-    let suppression = snap.suppression(store, &key)?.map(|r| {
+    let suppression = snap.suppression_of(store, &key)?.map(|r| {
         let mut v = reason_json(&r.reason);
         v["at"] = json!(r.at.to_rfc3339());
         v["source"] = json!(r.source);
@@ -890,6 +890,54 @@ pub fn customer_clear(
     let key = contact_key(contact)?;
     let cleared = storage.clear_recovery(store, &key, now)?;
     Ok(json!({"store": store, "contact": key, "cleared": cleared}))
+}
+
+/// Whom `customer export|erase` names: an email address, a phone number or the platform's
+/// customer id.
+fn identity(who: &str) -> Result<crate::storage::privacy::Identity, OpsError> {
+    crate::storage::privacy::Identity::parse(who).map_err(|e| {
+        OpsError::Invalid(format!(
+            "{e}; give the customer's email address, phone number (+15551234567) or the platform's customer id"
+        ))
+    })
+}
+
+/// `customer export`: everything held about a customer, as JSON (see `privacy::export_json`).
+pub fn customer_export(
+    storage: &Storage,
+    store: &str,
+    who: &str,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let id = identity(who)?;
+    let fp = storage.snapshot()?.footprint(store, &id)?;
+    Ok(crate::privacy::export_json(storage, &fp, now)?)
+}
+
+/// `customer erase`: what erasing the customer's personal data would remove, and with
+/// `yes`, erases it (one durable transaction; see `Storage::erase`).
+pub fn customer_erase(
+    storage: &Storage,
+    store: &str,
+    who: &str,
+    yes: bool,
+    now: Timestamp,
+) -> Result<serde_json::Value, OpsError> {
+    let id = identity(who)?;
+    // The processor must not apply an event of theirs between the look and the erase.
+    let _applying = storage.apply_lock();
+    let fp = storage.snapshot()?.footprint(store, &id)?;
+    let found = json!({
+        "customers": fp.customers.len(), "orders": fp.orders.len(),
+        "events": fp.events.len(), "touches": fp.touches.len(),
+        "tickets": fp.tickets.len(), "suppressions": fp.suppressions.len(),
+    });
+    if !yes || fp.is_empty() {
+        return Ok(json!({"store": store, "who": who, "found": found,
+            "held": !fp.is_empty(), "erased": null}));
+    }
+    let done = crate::privacy::erase(storage, &fp, now, None)?;
+    Ok(json!({"store": store, "who": who, "found": found, "held": true, "erased": done}))
 }
 
 /// The order an intake names must exist: a platform order id or a name such as `#1042`.

@@ -242,6 +242,31 @@ impl Event {
     }
 }
 
+/// Who a privacy request is about: any of these names them.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Person {
+    pub platform_id: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+/// A platform's privacy request (Shopify's mandatory topics).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrivacyRequest {
+    /// `customers/data_request`: export everything held about the customer.
+    Export {
+        person: Person,
+        /// Orders the platform names as theirs.
+        orders: Vec<String>,
+        /// The platform's id of the request.
+        request: Option<String>,
+    },
+    /// `customers/redact`: erase the customer's personal data.
+    Erase { person: Person, orders: Vec<String> },
+    /// `shop/redact`: remove everything held about the store.
+    EraseStore,
+}
+
 /// How an event reached us: orders that arrive by import update history but never plan
 /// or send touches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

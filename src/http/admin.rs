@@ -133,6 +133,16 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 (Method::Post, "clear") => {
                     crate::ops::customer_clear(&ctx.storage, &store, &contact, ctx.clock.now())
                 }
+                (Method::Get, "export") => {
+                    crate::ops::customer_export(&ctx.storage, &store, &contact, ctx.clock.now())
+                }
+                (Method::Post, "erase") => crate::ops::customer_erase(
+                    &ctx.storage,
+                    &store,
+                    &contact,
+                    arg("yes").as_deref() == Some("true"),
+                    ctx.clock.now(),
+                ),
                 (Method::Post, "ticket-open" | "ticket-close") => {
                     let csat = match arg("csat").map(|c| c.parse::<u8>()) {
                         None => Ok(None),
@@ -154,7 +164,7 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                     })
                 }
                 _ => Err(crate::ops::OpsError::Invalid(
-                    "use GET /api/customer/show, or POST /api/customer/suppress, unsuppress, ticket-open, ticket-close or clear".into(),
+                    "use GET /api/customer/show or export, or POST /api/customer/suppress, unsuppress, ticket-open, ticket-close, clear or erase".into(),
                 )),
             })
         }
@@ -541,6 +551,12 @@ pub fn notices(
     for (cfg, st) in config.stores.iter().zip(stores) {
         let id = &cfg.id;
         let platform = platform_name(cfg.platform);
+        for f in &st.privacy.exports {
+            say("info", format!(
+                "Store {id}: a privacy export is waiting in {} (written {}): send it to whoever asked (the platform's data request reaches the store's owner), then delete the file.",
+                f.path, f.written_at
+            ));
+        }
         // Whether anything reaches the store's customers comes first.
         if let Some(since) = &st.paused_since {
             say("warn", format!(
@@ -711,7 +727,7 @@ pub fn quarantine_replay(
                 "seq": seq,
                 "new_seq": new_seq,
                 "result": match parsed {
-                    ParsedRecord::Event(_) => "accepted".to_string(),
+                    ParsedRecord::Event(_) | ParsedRecord::Privacy(_) => "accepted".to_string(),
                     ParsedRecord::Ignored => "ignored".to_string(),
                     ParsedRecord::Unparseable(why) => format!("still unparseable: {why}"),
                 },

@@ -97,6 +97,13 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
             ("Other topics", w.ignored.to_string()),
             ("Orders", st.orders.to_string()),
             ("Customers", st.customers.to_string()),
+            (
+                "Privacy requests",
+                format!(
+                    "{} exported, {} erased",
+                    st.privacy.exported, st.privacy.erased
+                ),
+            ),
         ];
         main.push_str(&format!(
             "<section class=\"store\"><h2>{} <span class=\"platform\">{} &middot; {}</span></h2><dl class=\"figures\">",

@@ -64,6 +64,8 @@ pub enum Parsed {
     /// Signed correctly but we cannot read it: kept in quarantine, answered 2xx so the
     /// platform does not retry and finally drop the subscription.
     Unparseable(String),
+    /// A privacy request: applied by the processor in its turn, like an event.
+    Privacy(Box<crate::engine::PrivacyRequest>),
 }
 
 /// A verified delivery, ready for the durable commit.

@@ -93,6 +93,12 @@ pub fn normalize(topic: &str, body: &[u8]) -> Parsed {
                 parse_fulfillment(body).map(Event::Fulfillment)
             }
             "fulfillment_events/create" => parse_delivery(body).map(Event::Delivery),
+            "customers/data_request" | "customers/redact" | "shop/redact" => {
+                return match parse_privacy(topic, body) {
+                    Ok(r) => Parsed::Privacy(Box::new(r)),
+                    Err(why) => Parsed::Unparseable(format!("{topic}: {why}")),
+                };
+            }
             _ => return Parsed::Ignored,
         }
     };
@@ -124,6 +130,60 @@ struct WireOrder {
     line_items: Vec<WireLine>,
     shipping_address: Option<WireAddress>,
     billing_address: Option<WireAddress>,
+}
+
+/// The body of Shopify's mandatory privacy topics: `customer` and the order ids for the
+/// two customer topics, nothing the appliance needs for `shop/redact`.
+#[derive(Deserialize)]
+struct WirePrivacy {
+    customer: Option<WirePerson>,
+    #[serde(default, deserialize_with = "null_default")]
+    orders_requested: Vec<Id>,
+    #[serde(default, deserialize_with = "null_default")]
+    orders_to_redact: Vec<Id>,
+    data_request: Option<WireDataRequest>,
+}
+
+#[derive(Deserialize)]
+struct WirePerson {
+    id: Option<Id>,
+    email: Option<String>,
+    phone: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireDataRequest {
+    id: Option<Id>,
+}
+
+fn parse_privacy(topic: &str, body: &[u8]) -> Result<PrivacyRequest, String> {
+    let w: WirePrivacy =
+        serde_json::from_slice(body).map_err(|e| format!("privacy request JSON: {e}"))?;
+    if topic == "shop/redact" {
+        return Ok(PrivacyRequest::EraseStore);
+    }
+    let c = w.customer.ok_or("no customer: the request names no one")?;
+    let person = Person {
+        platform_id: c.id.map(|i| i.0),
+        email: non_empty(c.email),
+        phone: non_empty(c.phone),
+    };
+    if person == Person::default() {
+        return Err("customer has no id, email or phone: the request names no one".into());
+    }
+    let ids = |v: Vec<Id>| v.into_iter().map(|i| i.0).collect();
+    Ok(if topic == "customers/redact" {
+        PrivacyRequest::Erase {
+            person,
+            orders: ids(w.orders_to_redact),
+        }
+    } else {
+        PrivacyRequest::Export {
+            person,
+            orders: ids(w.orders_requested),
+            request: w.data_request.and_then(|d| d.id).map(|i| i.0),
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -433,6 +493,48 @@ mod tests {
         let none = dedupe_key(&headers(&[]), "orders/paid", b"{}");
         assert!(none.starts_with("body:") && none.len() == 5 + 64);
         assert_ne!(none, dedupe_key(&headers(&[]), "orders/updated", b"{}"));
+    }
+
+    #[test]
+    fn reads_the_three_privacy_topics() {
+        let redact = br#"{"shop_id":954889,"shop_domain":"s.myshopify.com","customer":{"id":191167,
+            "email":"john@example.com","phone":"555-625-1199"},"orders_to_redact":[299938,280263]}"#;
+        let person = Person {
+            platform_id: Some("191167".into()),
+            email: Some("john@example.com".into()),
+            phone: Some("555-625-1199".into()),
+        };
+        assert_eq!(
+            normalize("customers/redact", redact),
+            Parsed::Privacy(Box::new(PrivacyRequest::Erase {
+                person: person.clone(),
+                orders: vec!["299938".into(), "280263".into()],
+            }))
+        );
+        let request =
+            br#"{"shop_id":954889,"shop_domain":"s.myshopify.com","orders_requested":[299938],
+            "customer":{"id":191167,"email":"john@example.com","phone":"555-625-1199"},
+            "data_request":{"id":9999}}"#;
+        assert_eq!(
+            normalize("customers/data_request", request),
+            Parsed::Privacy(Box::new(PrivacyRequest::Export {
+                person,
+                orders: vec!["299938".into()],
+                request: Some("9999".into()),
+            }))
+        );
+        assert_eq!(
+            normalize(
+                "shop/redact",
+                br#"{"shop_id":954889,"shop_domain":"s.myshopify.com"}"#
+            ),
+            Parsed::Privacy(Box::new(PrivacyRequest::EraseStore))
+        );
+        // One that names no one is kept in quarantine, not guessed at.
+        let Parsed::Unparseable(why) = normalize("customers/redact", br#"{"customer":{}}"#) else {
+            panic!()
+        };
+        assert!(why.contains("names no one"), "{why}");
     }
 
     #[test]

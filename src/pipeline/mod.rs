@@ -23,5 +23,6 @@ pub fn record_of(parsed: Parsed) -> ParsedRecord {
         Parsed::Event(e) => ParsedRecord::Event(e),
         Parsed::Ignored => ParsedRecord::Ignored,
         Parsed::Unparseable(why) => ParsedRecord::Unparseable(why),
+        Parsed::Privacy(r) => ParsedRecord::Privacy(*r),
     }
 }

@@ -121,7 +121,26 @@ pub fn catch_up(
         let _applying = storage.apply_lock();
         let snap = storage.snapshot()?;
         let from = snap.processed_seq()?;
-        let events = storage.event_heads_after(from, CHUNK)?;
+        let mut events = storage.event_heads_after(from, CHUNK)?;
+        // A privacy request is applied by itself, in its turn: the events before it first.
+        let first_request = events
+            .iter()
+            .position(|(_, h)| matches!(h.parsed, ParsedRecord::Privacy(_)));
+        if let Some(at) = first_request {
+            if at == 0 {
+                let (seq, head) = &events[0];
+                if let ParsedRecord::Privacy(request) = &head.parsed {
+                    let now = settings.planning.as_ref().map_or_else(
+                        || crate::clock::Clock::now(&crate::clock::SystemClock),
+                        |p| p.clock.now(),
+                    );
+                    crate::privacy::apply(storage, *seq, head, request, now)?;
+                    total.events += 1;
+                }
+                continue;
+            }
+            events.truncate(at);
+        }
         let Some(&(last, _)) = events.last() else {
             // Orders queued before a crash (the queue is in the processor's commits).
             plan(storage, settings, &mut total)?;
@@ -142,7 +161,7 @@ pub fn catch_up(
         total.affinity += computing + writing;
         total.affinity_rows += changes.affinity.rows();
         plan(storage, settings, &mut total)?;
-        if events.len() < CHUNK || !go_on() {
+        if (events.len() < CHUNK && first_request.is_none()) || !go_on() {
             return Ok(total);
         }
     }

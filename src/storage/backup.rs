@@ -328,7 +328,7 @@ fn fill<K: redb::Key + 'static, V: redb::Value + 'static>(
 /// Gives a file the owner and group of `dir`: a restore run as root into the service's
 /// data directory must leave a file the service's own user can open. By the open file,
 /// not its name, which the directory's owner could point elsewhere meanwhile.
-fn own_like(file: &std::fs::File, dir: &Path) -> Result<(), Error> {
+pub(super) fn own_like(file: &std::fs::File, dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt;
     let want = std::fs::metadata(dir).map_err(io_err)?;
     let have = file.metadata().map_err(io_err)?;

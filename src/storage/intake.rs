@@ -116,6 +116,10 @@ pub struct RecoveryNotice {
     pub at: Timestamp,
 }
 
+pub(super) fn decode_notice(bytes: &[u8]) -> Result<RecoveryNotice, Error> {
+    codec::decode("recovery notice", NOTICE_V1, bytes)
+}
+
 /// What the customer did with the thank-you page offer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfferResponse {
@@ -245,7 +249,7 @@ impl Snapshot {
     pub fn recovery_notice(&self, id: u64) -> Result<Option<RecoveryNotice>, Error> {
         self.recovery_notices
             .get(id)?
-            .map(|v| codec::decode("recovery notice", NOTICE_V1, v.value()))
+            .map(|v| decode_notice(v.value()))
             .transpose()
     }
 

@@ -12,6 +12,7 @@ pub mod conversions;
 pub mod intake;
 pub mod pause;
 pub mod plans;
+pub mod privacy;
 pub mod records;
 mod tables;
 pub mod touches;
@@ -46,6 +47,11 @@ pub enum Error {
     #[error("cannot keep the affinity rebuild's temporary counts in {dir}: {source} (a rebuild needs about 16 bytes per pair count there, ~200 MB per million orders; free some space and run it again)")]
     Spill {
         dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the privacy export {path}: {source} (free space or fix the directory's permissions; the request is tried again until it is written)")]
+    Export {
+        path: PathBuf,
         source: std::io::Error,
     },
     #[error("backup: {0}")]
@@ -161,7 +167,7 @@ impl NewEvent {
             store: rec.head.store.clone(),
             dedupe_key: rec.head.dedupe_key.clone(),
             counter: match rec.head.parsed {
-                records::ParsedRecord::Event(_) => C_ACCEPTED,
+                records::ParsedRecord::Event(_) | records::ParsedRecord::Privacy(_) => C_ACCEPTED,
                 records::ParsedRecord::Ignored => C_IGNORED,
                 records::ParsedRecord::Unparseable(_) => C_QUARANTINED,
             },
@@ -212,6 +218,8 @@ pub struct StoreStatus {
     /// replayed).
     pub in_quarantine: i64,
     pub touches: TouchFigures,
+    #[serde(default)]
+    pub privacy: privacy::PrivacyFigures,
 }
 
 /// A store's touches: pending by due day (UTC) and kind; sent by kind, deferred and
@@ -301,9 +309,13 @@ impl Storage {
     }
 
     /// Compacts the database file in `data_dir`, which must exist and not be open
-    /// elsewhere ([`Error::Locked`] while a service runs): redb hands freed pages back to
-    /// the file system only this way, with the file to itself. Returns the file's size in
-    /// bytes before and after.
+    /// elsewhere ([`Error::Locked`] while a service runs), by rewriting it: every table is
+    /// copied into a new file beside it, which then takes its name. The new file holds only
+    /// live rows, so the space freed pages took is given back and the old bytes they still
+    /// held (an erased customer's, see `privacy`) are gone from the database; redb's own
+    /// in-place compaction moves pages but leaves freed ones as they were. Any failure
+    /// before the rename leaves the file as it was. Returns its size in bytes before and
+    /// after.
     pub fn compact(data_dir: &Path, opts: &Options) -> Result<(u64, u64), Error> {
         let path = data_dir.join(Self::FILE_NAME);
         let size = |path: &Path| {
@@ -315,10 +327,40 @@ impl Storage {
                 })
         };
         let before = size(&path)?;
-        let mut storage = Storage::open_owned(data_dir, opts)?;
-        storage.db.compact()?;
+        let storage = Storage::open_owned(data_dir, opts)?;
+        let tmp = data_dir.join(format!("{}.compacting", Self::FILE_NAME));
+        let _ = std::fs::remove_file(&tmp);
+        let copied = open_file(&tmp, true).and_then(|file| {
+            backup::own_like(&file, data_dir)?;
+            let db = open_redb(file, &tmp, opts)?;
+            copy_all(&storage.db, &db)
+        });
+        let moved = copied.and_then(|()| {
+            std::fs::rename(&tmp, &path).map_err(|source| Error::DataDir {
+                path: path.clone(),
+                source,
+            })
+        });
+        if let Err(e) = moved {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         drop(storage);
+        std::fs::File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| Error::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
         Ok((before, size(&path)?))
+    }
+
+    /// Where privacy exports are written: `exports/` in the data directory.
+    pub fn exports_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("exports")
     }
 
     /// Waits until no one else applies orders, and holds that until the guard drops.
@@ -422,7 +464,7 @@ impl Storage {
             let mut quarantine = tx.open_table(QUARANTINE)?;
             let mut dedupe = tx.open_table(DEDUPE)?;
             let mut counters = tx.open_table(COUNTERS)?;
-            let mut next = ev.last()?.map_or(1, |(k, _)| k.value() + 1);
+            let mut next = next_seq(&ev, &tx.open_table(META)?)?;
             for e in events {
                 let key = (e.store.as_str(), e.dedupe_key.as_str());
                 let seen = dedupe.get(key)?.map(|v| v.value());
@@ -460,9 +502,8 @@ impl Storage {
     /// The highest committed event sequence number (0 when there are none).
     pub fn last_seq(&self) -> Result<u64, Error> {
         let tx = self.db.begin_read()?;
-        let ev = tx.open_table(EVENTS)?;
-        let last = ev.last()?.map_or(0, |(k, _)| k.value());
-        Ok(last)
+        // Past events a store's removal took away too (their numbers are not reused).
+        Ok(next_seq(&tx.open_table(EVENTS)?, &tx.open_table(META)?)? - 1)
     }
 
     /// Events with sequence numbers after `after`, in commit order, at most `limit`.
@@ -577,7 +618,7 @@ impl Storage {
                     seqs.push(seq.value());
                 }
             }
-            let mut next = ev.last()?.map_or(1, |(k, _)| k.value() + 1);
+            let mut next = next_seq(&ev, &tx.open_table(META)?)?;
             for seq in seqs {
                 let head = ev
                     .get(seq)?
@@ -608,7 +649,9 @@ impl Storage {
                         dedupe.insert((h.store.as_str(), h.dedupe_key.as_str()), next)?;
                         add(&mut counters, &h.store, C_QUARANTINED, -1)?;
                         let c = match p {
-                            records::ParsedRecord::Event(_) => C_ACCEPTED,
+                            records::ParsedRecord::Event(_) | records::ParsedRecord::Privacy(_) => {
+                                C_ACCEPTED
+                            }
                             _ => C_IGNORED,
                         };
                         add(&mut counters, &h.store, c, 1)?;
@@ -756,6 +799,8 @@ impl Storage {
             deliveries: tx.open_table(DELIVERIES)?,
             paused: tx.open_table(PAUSED)?,
             conversions: tx.open_table(CONVERSIONS)?,
+            events: tx.open_table(EVENTS)?,
+            bodies: tx.open_table(BODIES)?,
         })
     }
 
@@ -852,6 +897,12 @@ impl Storage {
                 last_rejected_at: time(C_LAST_REJECTED)?,
                 in_quarantine: in_quarantine.get(s).copied().unwrap_or(0),
                 touches: touches::figures(&tx, s)?,
+                privacy: privacy::PrivacyFigures {
+                    erased: get(s, privacy::C_ERASED)?,
+                    exported: get(s, privacy::C_EXPORTED)?,
+                    last_at: time(privacy::C_LAST_PRIVACY)?,
+                    exports: privacy::exports(&self.exports_dir(), s),
+                },
             });
         }
         Ok(out)
@@ -878,6 +929,52 @@ impl Storage {
             .map(|v| records::decode_customer(v.value()))
             .transpose()
     }
+}
+
+/// Copies every table of `from` into the new, empty `to`, in one transaction.
+fn copy_all(from: &Database, to: &Database) -> Result<(), Error> {
+    fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
+        from: &redb::ReadTransaction,
+        to: &redb::WriteTransaction,
+        def: redb::TableDefinition<'static, K, V>,
+    ) -> Result<(), Error> {
+        let mut out = to.open_table(def)?;
+        match from.open_table(def) {
+            Ok(t) => {
+                for item in t.iter()? {
+                    let (k, v) = item?;
+                    out.insert(k.value(), v.value())?;
+                }
+                Ok(())
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+    let (r, w) = (from.begin_read()?, to.begin_write()?);
+    macro_rules! each {
+        ($t:ident) => {
+            copy(&r, &w, $t)?;
+        };
+    }
+    each!(META);
+    each_table!(each);
+    w.commit()?;
+    Ok(())
+}
+
+/// Meta key: the least sequence number the next event may have, kept when the last events
+/// were removed (`Storage::erase_store`), so a number is never handed out twice.
+const NEXT_SEQ: &str = "next_seq";
+
+/// The sequence number the next stored event gets.
+fn next_seq(
+    events: &impl ReadableTable<u64, &'static [u8]>,
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, Error> {
+    let after_last = events.last()?.map_or(1, |(k, _)| k.value() + 1);
+    let floor = meta.get(NEXT_SEQ)?.map_or(0, |v| read_u64(v.value()));
+    Ok(after_last.max(floor))
 }
 
 /// How a customer is found: by normalized email or by the platform's customer id.
@@ -939,6 +1036,8 @@ pub struct Snapshot {
     deliveries: redb::ReadOnlyTable<(&'static str, &'static str), i64>,
     paused: redb::ReadOnlyTable<&'static str, &'static [u8]>,
     conversions: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    events: redb::ReadOnlyTable<u64, &'static [u8]>,
+    bodies: redb::ReadOnlyTable<u64, &'static [u8]>,
 }
 
 impl Snapshot {

@@ -12,7 +12,7 @@ use crate::engine::plan::Suppressed;
 use crate::engine::Timestamp;
 
 const PLAN_V1: u8 = 1;
-const SUPPRESSION_V1: u8 = 1;
+pub(super) const SUPPRESSION_V1: u8 = 1;
 const SALT: &str = "holdout_salt";
 const LINK_KEY: &str = "link_key";
 
@@ -241,11 +241,23 @@ impl Snapshot {
     /// Why the first of `keys` on the suppression list is there, if one is.
     pub fn suppressed(&self, store: &str, keys: &[String]) -> Result<Option<Suppressed>, Error> {
         for key in keys {
-            if let Some(row) = self.suppression(store, key)? {
+            if let Some(row) = self.suppression_of(store, key)? {
                 return Ok(Some(row.reason));
             }
         }
         Ok(None)
+    }
+
+    /// A contact's suppression entry: under its key, or under the keyed hash an erase
+    /// left it under (the customer's data is gone, their unsubscribe is not).
+    pub fn suppression_of(&self, store: &str, key: &str) -> Result<Option<SuppressionRow>, Error> {
+        if let Some(row) = self.suppression(store, key)? {
+            return Ok(Some(row));
+        }
+        match self.erase_key(store)? {
+            Some(secret) => self.suppression(store, &super::privacy::erased_key(&secret, key)),
+            None => Ok(None),
+        }
     }
 
     /// A store's whole suppression list: (key, entry).
@@ -515,7 +527,7 @@ impl Storage {
 
     /// A per-store secret by name: 32 random bytes generated and stored durably the first
     /// time.
-    fn store_key(&self, store: &str, name: &str) -> Result<Vec<u8>, Error> {
+    pub(super) fn store_key(&self, store: &str, name: &str) -> Result<Vec<u8>, Error> {
         if let Some(s) = self.snapshot()?.store_key(store, name)? {
             return Ok(s);
         }
@@ -547,10 +559,23 @@ impl Storage {
         Ok(new)
     }
 
-    /// Removes an entry; returns whether there was one.
+    /// Removes an entry (also one kept under an erased contact's hash); returns whether
+    /// there was one.
     pub fn unsuppress(&self, store: &str, key: &str) -> Result<bool, Error> {
+        let hashed = self
+            .snapshot()?
+            .erase_key(store)?
+            .map(|secret| super::privacy::erased_key(&secret, key));
         let tx = self.db.begin_write()?;
-        let was = tx.open_table(SUPPRESSIONS)?.remove((store, key))?.is_some();
+        let was = {
+            let mut t = tx.open_table(SUPPRESSIONS)?;
+            let plain = t.remove((store, key))?.is_some();
+            let erased = match &hashed {
+                Some(h) => t.remove((store, h.as_str()))?.is_some(),
+                None => false,
+            };
+            plain || erased
+        };
         tx.commit()?;
         Ok(was)
     }

@@ -89,6 +89,8 @@ pub enum ParsedRecord {
     Event(Event),
     Ignored,
     Unparseable(String),
+    /// Appended last: the variants before it keep their stored numbers.
+    Privacy(crate::engine::PrivacyRequest),
 }
 
 impl EventRecord {

@@ -138,6 +138,10 @@ fn decode(b: &[u8]) -> Result<TouchRecord, Error> {
     codec::decode("touch record", TOUCH_V1, b)
 }
 
+pub(super) fn decode_record(b: &[u8]) -> Result<TouchRecord, Error> {
+    decode(b)
+}
+
 /// A touch's record from any handle on the touches table.
 fn read(
     touches: &impl ReadableTable<u64, &'static [u8]>,
@@ -351,6 +355,45 @@ pub(super) fn bring_forward_ticket_waits(
         moved += 1;
     }
     Ok(moved)
+}
+
+/// Touches of a customer whose data is erased: those not yet sent are cancelled (their
+/// timers go), dead letters are dropped (nothing can be retried to no one), and every
+/// reason that quotes their contact is scrubbed. Returns how many were cancelled.
+pub(super) fn erase_in(
+    tx: &redb::WriteTransaction,
+    ids: &[u64],
+    who: &super::privacy::Identity,
+) -> Result<usize, Error> {
+    let mut touches = tx.open_table(TOUCHES)?;
+    let mut timers = Timers::open(tx)?;
+    let mut outcomes = tx.open_table(OUTCOME_COUNTS)?;
+    let mut dead = tx.open_table(DEAD_LETTERS)?;
+    let mut attempts = tx.open_table(ATTEMPTS)?;
+    let mut cancelled = 0;
+    for &id in ids {
+        let Some(mut t) = read(&touches, id)? else {
+            continue;
+        };
+        if t.state.pending() {
+            timers.remove(id, &t)?;
+            attempts.remove(id)?;
+            count_outcome(&mut outcomes, &t.store, "skipped", "erased")?;
+            t.state = TouchState::Skipped {
+                reason: "the customer's data was erased".into(),
+            };
+            cancelled += 1;
+        }
+        if let TouchState::Dead { reason } = &mut t.state {
+            dead.remove((t.store.as_str(), id))?;
+            *reason = who.scrub(reason);
+        }
+        if let TouchState::Skipped { reason } | TouchState::Deferred { reason } = &mut t.state {
+            *reason = who.scrub(reason);
+        }
+        touches.insert(id, encode(&t)?.as_slice())?;
+    }
+    Ok(cancelled)
 }
 
 /// Moves the next touch id past every id the database a restore replaces may have used

@@ -1,0 +1,777 @@
+//! Privacy requests: everything held about one customer (their footprint, which an export
+//! shows), erasing their personal data, and removing a whole store.
+//!
+//! Personal data lives in customer records, the orders' contact fields, the raw bodies and
+//! normalized heads of their events, and a few rows keyed by contact (tickets, suppression
+//! entries). Erasing scrubs or removes those and keeps the anonymous rest (line items,
+//! totals, the opaque customer id), so affinity counts and the lift report do not change.
+//! redb writes copy-on-write: the freed pages keep the old bytes until reused, and only a
+//! rewrite of the file (`Storage::compact`, service stopped) removes them.
+
+use std::collections::BTreeSet;
+
+use redb::{Durability, ReadableTable, ReadableTableMetadata};
+
+use super::plans::SuppressionRow;
+use super::records::{self, EventHead, ParsedRecord};
+use super::tables::*;
+use super::touches::TouchRecord;
+use super::{codec, Error, Snapshot, Storage};
+use crate::engine::history::{normalize_email, Customer, CustomerId, OrderState};
+use crate::engine::lifecycle::PlanRecord;
+use crate::engine::{Event, Order, Person, PrivacyRequest, Timestamp};
+
+/// The name of the store key that erased contacts' suppression entries are hashed with.
+const ERASE_KEY: &str = "erase_key";
+/// What erased text becomes.
+const ERASED: &str = "[erased]";
+pub const C_ERASED: &str = "privacy.erased";
+pub const C_EXPORTED: &str = "privacy.exported";
+pub const C_LAST_PRIVACY: &str = "privacy.last_at_ms";
+
+/// A store's privacy requests so far, for the status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PrivacyFigures {
+    pub erased: i64,
+    pub exported: i64,
+    pub last_at: Option<String>,
+    /// Export files waiting in the data directory to be handed over.
+    pub exports: Vec<ExportFile>,
+}
+
+/// Whom a privacy request is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Normalized email addresses.
+    pub emails: BTreeSet<String>,
+    /// Phone numbers as given, and as digits only.
+    pub phones: BTreeSet<String>,
+    /// The platform's customer ids.
+    pub platform_ids: BTreeSet<String>,
+    /// Orders named as theirs (the platform's order ids).
+    pub orders: BTreeSet<String>,
+}
+
+impl Identity {
+    /// Whom a platform's request names.
+    pub fn of(person: &Person, orders: &[String]) -> Identity {
+        let mut id = Identity::default();
+        id.add_email(person.email.as_deref());
+        id.add_phone(person.phone.as_deref());
+        id.platform_ids.extend(person.platform_id.clone());
+        id.orders.extend(orders.iter().cloned());
+        id
+    }
+
+    /// Whom the command line names: an email address, a phone number with its country
+    /// code, or the platform's customer id.
+    pub fn parse(who: &str) -> Result<Identity, String> {
+        let t = who.trim();
+        let mut id = Identity::default();
+        if let Some((user, domain)) = t.split_once('@') {
+            id.add_email(Some(t));
+            if user.is_empty() || domain.is_empty() || id.emails.is_empty() {
+                return Err(format!("{t:?} is not an email address"));
+            }
+        } else if t.starts_with('+') {
+            id.add_phone(Some(t));
+            if digits(t).len() < 7 {
+                return Err(format!("{t:?} is not a phone number (+ and 7-15 digits)"));
+            }
+        } else if !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            id.platform_ids.insert(t.to_string());
+        } else {
+            return Err(format!(
+                "{t:?} is neither an email address, a phone number with its country code (+15551234567) nor the platform's customer id"
+            ));
+        }
+        Ok(id)
+    }
+
+    fn add_email(&mut self, e: Option<&str>) {
+        self.emails.extend(e.and_then(normalize_email));
+    }
+
+    fn add_phone(&mut self, p: Option<&str>) {
+        if let Some(p) = p.map(str::trim).filter(|p| digits(p).len() >= 7) {
+            self.phones.insert(p.to_string());
+            self.phones.insert(digits(p));
+        }
+    }
+
+    /// What the customer's own record adds: addresses they had before, their platform ids.
+    fn widen(&mut self, c: &Customer) {
+        self.add_email(c.email.as_deref());
+        self.add_phone(c.phone.as_deref());
+        self.platform_ids.extend(c.platform_ids.iter().cloned());
+    }
+
+    /// The keys rows about a contact are stored under (`email:…`, `phone:+…`).
+    pub fn contact_keys(&self) -> Vec<String> {
+        let emails = self.emails.iter().map(|e| format!("email:{e}"));
+        let phones = self
+            .phones
+            .iter()
+            .filter_map(|p| super::plans::suppression_key(p).ok());
+        let mut keys: Vec<String> = emails.chain(phones).collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The customer-lookup keys that can name them.
+    fn lookup_keys(&self) -> Vec<String> {
+        let emails = self.emails.iter().map(|e| format!("email:{e}"));
+        let ids = self.platform_ids.iter().map(|i| format!("id:{i}"));
+        emails.chain(ids).collect()
+    }
+
+    fn has_email(&self, e: Option<&str>) -> bool {
+        e.and_then(normalize_email)
+            .is_some_and(|e| self.emails.contains(&e))
+    }
+
+    fn has_phone(&self, p: Option<&str>) -> bool {
+        let Some(d) = p.map(digits).filter(|d| d.len() >= 7) else {
+            return false;
+        };
+        // Stored as the platforms send them: with or without the country code.
+        self.phones
+            .iter()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+            .any(|p| *p == d || p.ends_with(&d) || d.ends_with(p.as_str()))
+    }
+
+    /// Whether an order names them: its id, customer id, email or phone.
+    fn names_order(&self, o: &Order) -> bool {
+        let c = o.customer.as_ref();
+        self.orders.contains(&o.id)
+            || c.and_then(|c| c.platform_id.as_ref())
+                .is_some_and(|i| self.platform_ids.contains(i))
+            || self.has_email(o.email.as_deref())
+            || self.has_email(c.and_then(|c| c.email.as_deref()))
+            || self.has_phone(o.phone.as_deref())
+            || self.has_phone(c.and_then(|c| c.phone.as_deref()))
+    }
+
+    fn names_person(&self, p: &Person) -> bool {
+        p.platform_id
+            .as_ref()
+            .is_some_and(|i| self.platform_ids.contains(i))
+            || self.has_email(p.email.as_deref())
+            || self.has_phone(p.phone.as_deref())
+    }
+
+    /// The texts to find in raw bodies and notes: the addresses and phone numbers.
+    fn needles(&self) -> impl Iterator<Item = &String> {
+        self.emails
+            .iter()
+            .chain(self.phones.iter().filter(|p| p.len() >= 7))
+    }
+
+    /// Whether raw bytes hold one of their addresses or phone numbers (case-insensitive).
+    pub fn in_bytes(&self, body: &[u8]) -> bool {
+        let lower = body.to_ascii_lowercase();
+        self.needles().any(|n| {
+            let n = n.as_bytes();
+            lower.windows(n.len()).any(|w| w == n)
+        })
+    }
+
+    /// `text` with their addresses and phone numbers replaced by "[erased]".
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for n in self.needles() {
+            // ASCII lower-casing keeps byte offsets.
+            while let Some(at) = out.to_ascii_lowercase().find(n.as_str()) {
+                out.replace_range(at..at + n.len(), ERASED);
+            }
+        }
+        out
+    }
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// An order with its contact fields gone: no email, phone, customer reference, addresses or
+/// tags; its lines, totals, dates and discount codes stay (affinity and the lift report
+/// count them).
+pub fn scrub_order(o: &mut Order) {
+    o.email = None;
+    o.phone = None;
+    o.customer = None;
+    o.shipping = None;
+    o.billing = None;
+    o.tags.clear();
+}
+
+/// A customer record with nothing personal left: the opaque id and the counts stay.
+fn scrub_customer(c: &mut Customer) {
+    c.platform_ids.clear();
+    c.email = None;
+    c.phone = None;
+    c.tags.clear();
+    c.contact_from = None;
+}
+
+/// An event head with their personal data gone.
+fn scrub_head(h: &mut EventHead, id: &Identity) {
+    match &mut h.parsed {
+        ParsedRecord::Event(Event::Order { order, .. }) => scrub_order(order),
+        ParsedRecord::Privacy(
+            PrivacyRequest::Export { person, .. } | PrivacyRequest::Erase { person, .. },
+        ) => *person = Person::default(),
+        ParsedRecord::Unparseable(why) => *why = id.scrub(why),
+        _ => {}
+    }
+    for (_, v) in &mut h.headers {
+        *v = id.scrub(v);
+    }
+}
+
+/// Everything held about one customer of one store.
+#[derive(Clone, Debug, Default)]
+pub struct Footprint {
+    pub store: String,
+    /// Whom it was looked up for, with what their records added.
+    pub identity: Identity,
+    pub customers: Vec<Customer>,
+    /// Customer-lookup keys naming them.
+    pub lookups: Vec<String>,
+    pub orders: Vec<(String, OrderState)>,
+    pub plans: Vec<PlanRecord>,
+    pub touches: Vec<(u64, TouchRecord)>,
+    /// (contact key, ticket id).
+    pub tickets: Vec<(String, String)>,
+    /// Touch ids of recovery notices about them.
+    pub notices: Vec<u64>,
+    /// (key as stored, entry): by their contact, or erased before (hashed).
+    pub suppressions: Vec<(String, SuppressionRow)>,
+    /// Events about them: (sequence number, head, raw body if still kept).
+    pub events: Vec<(u64, EventHead, Option<Vec<u8>>)>,
+}
+
+impl Footprint {
+    /// Whether nothing personal is held (an erased customer's hashed suppression entry is
+    /// not: it names no one).
+    pub fn is_empty(&self) -> bool {
+        self.customers.is_empty()
+            && self.lookups.is_empty()
+            && self.orders.is_empty()
+            && self.tickets.is_empty()
+            && self.notices.is_empty()
+            && self.events.is_empty()
+            && self
+                .suppressions
+                .iter()
+                .all(|(k, _)| k.starts_with("erased:"))
+    }
+}
+
+/// What an erase did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Erased {
+    pub customers: usize,
+    pub orders: usize,
+    pub events: usize,
+    /// Touches not yet sent that will not be.
+    pub touches_cancelled: usize,
+    pub tickets: usize,
+    /// Suppression entries kept under a keyed hash, so the customer stays unsubscribed.
+    pub suppressions_hashed: usize,
+}
+
+/// The key an erased contact's suppression entry is kept under: a keyed hash of its
+/// contact key, which finds the entry again when the same address comes back and names
+/// no one otherwise.
+pub fn erased_key(secret: &[u8], key: &str) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)
+        .expect("HMAC accepts keys of any length");
+    mac.update(key.as_bytes());
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("erased:{hex}")
+}
+
+impl Snapshot {
+    /// The store's key for hashing erased contacts, if one was ever erased.
+    pub fn erase_key(&self, store: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.store_key(store, ERASE_KEY)
+    }
+
+    /// Everything held about `who` in `store`. Reads every order of the store and every
+    /// event head (twice): seconds for a million, which a privacy request can afford.
+    pub fn footprint(&self, store: &str, who: &Identity) -> Result<Footprint, Error> {
+        let mut id = who.clone();
+        let mut fp = Footprint {
+            store: store.to_string(),
+            ..Footprint::default()
+        };
+        let mut ids = BTreeSet::<CustomerId>::new();
+        for key in id.lookup_keys() {
+            ids.extend(self.lookup.get((store, key.as_str()))?.map(|v| v.value()));
+        }
+        for &c in &ids {
+            if let Some(c) = self.customer(store, c)? {
+                id.widen(&c);
+                fp.customers.push(c);
+            }
+        }
+        for item in self.lookup.range((store, "")..)? {
+            let (k, v) = item?;
+            let (s, key) = k.value();
+            if s != store {
+                break;
+            }
+            if ids.contains(&v.value()) {
+                fp.lookups.push(key.to_string());
+            }
+        }
+        let mut orders = id.orders.clone();
+        for item in self.orders.range((store, "")..)? {
+            let (k, v) = item?;
+            let (s, oid) = k.value();
+            if s != store {
+                break;
+            }
+            let state = records::decode_order(v.value())?;
+            let theirs = state.customer.is_some_and(|c| ids.contains(&c))
+                || id.orders.contains(oid)
+                || state.order.as_ref().is_some_and(|o| id.names_order(o));
+            if theirs {
+                orders.insert(oid.to_string());
+                fp.orders.push((oid.to_string(), state));
+            }
+        }
+        // Orders only the event log knows yet (not applied), named by their content.
+        for item in self.events.iter()? {
+            let (_, v) = item?;
+            let h = records::EventRecord::decode_head(v.value())?;
+            if h.store != store {
+                continue;
+            }
+            if let ParsedRecord::Event(Event::Order { order, .. }) = &h.parsed {
+                if id.names_order(order) {
+                    orders.insert(order.id.clone());
+                }
+            }
+        }
+        for item in self.events.iter()? {
+            let (k, v) = item?;
+            let seq = k.value();
+            let h = records::EventRecord::decode_head(v.value())?;
+            if h.store != store {
+                continue;
+            }
+            let body = self
+                .bodies
+                .get(seq)?
+                .map(|b| codec::decode_body("event body", records::BODY_V1, b.value()))
+                .transpose()?;
+            let theirs = match &h.parsed {
+                ParsedRecord::Event(e) => orders.contains(e.order_id()),
+                ParsedRecord::Privacy(
+                    PrivacyRequest::Export { person, .. } | PrivacyRequest::Erase { person, .. },
+                ) => id.names_person(person),
+                ParsedRecord::Privacy(PrivacyRequest::EraseStore) => false,
+                ParsedRecord::Ignored | ParsedRecord::Unparseable(_) => {
+                    body.as_deref().is_some_and(|b| id.in_bytes(b))
+                }
+            };
+            if theirs {
+                fp.events.push((seq, h, body));
+            }
+        }
+        for o in &orders {
+            fp.plans.extend(self.plan(store, o)?);
+            fp.touches.extend(self.touches_of(store, o)?);
+        }
+        let keys = id.contact_keys();
+        for item in self.recovery_notices.iter()? {
+            let (k, v) = item?;
+            let n: super::intake::RecoveryNotice = super::intake::decode_notice(v.value())?;
+            if keys.contains(&n.contact) {
+                let tid = k.value();
+                if let Some(t) = self.touch(tid)?.filter(|t| t.store == store) {
+                    fp.notices.push(tid);
+                    fp.touches.push((tid, t));
+                }
+            }
+        }
+        let secret = self.erase_key(store)?;
+        for key in &keys {
+            for (_, t) in self.timed_tickets(store, Some(key))? {
+                fp.tickets.push((key.clone(), t.ticket.id));
+            }
+            if let Some(row) = self.suppression(store, key)? {
+                fp.suppressions.push((key.clone(), row));
+            }
+            if let Some(s) = &secret {
+                let hashed = erased_key(s, key);
+                if let Some(row) = self.suppression(store, &hashed)? {
+                    fp.suppressions.push((hashed, row));
+                }
+            }
+        }
+        fp.identity = id;
+        Ok(fp)
+    }
+}
+
+impl Storage {
+    /// Erases what `fp` found, in one durable transaction: the customer records and their
+    /// orders lose every personal field, their events' raw bodies are deleted and the heads
+    /// scrubbed, their tickets and recovery notices go, touches not yet sent are cancelled,
+    /// and their suppression entries are kept under a keyed hash (an unsubscribed customer
+    /// stays unsubscribed if they come back). Rows are read again inside the transaction,
+    /// so what changed since the footprint was taken is erased as it is now. `processed`:
+    /// the privacy request's own sequence number, when the processor applies one (the
+    /// cursor moves with the effects).
+    pub fn erase(
+        &self,
+        fp: &Footprint,
+        now: Timestamp,
+        processed: Option<u64>,
+    ) -> Result<Erased, Error> {
+        let store = fp.store.as_str();
+        let id = &fp.identity;
+        let secret = if fp
+            .suppressions
+            .iter()
+            .any(|(k, _)| !k.starts_with("erased:"))
+        {
+            Some(self.store_key(store, ERASE_KEY)?)
+        } else {
+            None
+        };
+        let mut done = Erased::default();
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut customers = tx.open_table(CUSTOMERS)?;
+            for c in &fp.customers {
+                let row = customers.get((store, c.id))?.map(|v| v.value().to_vec());
+                if let Some(bytes) = row {
+                    let mut c = records::decode_customer(&bytes)?;
+                    scrub_customer(&mut c);
+                    customers.insert((store, c.id), records::encode_customer(&c)?.as_slice())?;
+                    done.customers += 1;
+                }
+            }
+            let mut lookup = tx.open_table(CUSTOMER_LOOKUP)?;
+            for key in &fp.lookups {
+                lookup.remove((store, key.as_str()))?;
+            }
+            let mut orders = tx.open_table(ORDERS)?;
+            for (oid, _) in &fp.orders {
+                let row = orders
+                    .get((store, oid.as_str()))?
+                    .map(|v| v.value().to_vec());
+                if let Some(bytes) = row {
+                    let mut state = records::decode_order(&bytes)?;
+                    if let Some(o) = &mut state.order {
+                        scrub_order(o);
+                    }
+                    orders.insert(
+                        (store, oid.as_str()),
+                        records::encode_order(&state)?.as_slice(),
+                    )?;
+                    done.orders += 1;
+                }
+            }
+            let mut plans = tx.open_table(PLANS)?;
+            for p in &fp.plans {
+                let key = (store, p.order_id.as_str());
+                let row = plans.get(key)?.map(|v| v.value().to_vec());
+                if let Some(bytes) = row {
+                    let mut rec = super::plans::decode_plan(&bytes)?;
+                    for line in &mut rec.history {
+                        *line = id.scrub(line);
+                    }
+                    plans.insert(key, super::plans::encode_plan(&rec)?.as_slice())?;
+                }
+            }
+            let mut events = tx.open_table(EVENTS)?;
+            let mut bodies = tx.open_table(BODIES)?;
+            let mut quarantine = tx.open_table(QUARANTINE)?;
+            for (seq, _, _) in &fp.events {
+                let row = events.get(*seq)?.map(|v| v.value().to_vec());
+                if let Some(bytes) = row {
+                    let mut h = records::EventRecord::decode_head(&bytes)?;
+                    scrub_head(&mut h, id);
+                    events.insert(*seq, codec::encode(records::EVENT_V1, &h)?.as_slice())?;
+                }
+                bodies.remove(*seq)?;
+                // Without its body it can never be parsed again.
+                quarantine.remove(*seq)?;
+                done.events += 1;
+            }
+            let ids: Vec<u64> = fp.touches.iter().map(|(i, _)| *i).collect();
+            done.touches_cancelled = super::touches::erase_in(&tx, &ids, id)?;
+            let mut tickets = tx.open_table(TICKETS)?;
+            for (contact, ticket) in &fp.tickets {
+                if tickets
+                    .remove((store, contact.as_str(), ticket.as_str()))?
+                    .is_some()
+                {
+                    done.tickets += 1;
+                }
+            }
+            let mut notices = tx.open_table(RECOVERY_NOTICES)?;
+            for n in &fp.notices {
+                notices.remove(*n)?;
+            }
+            if let Some(secret) = &secret {
+                let mut rows = Vec::new();
+                let mut sup = tx.open_table(SUPPRESSIONS)?;
+                for (key, _) in fp
+                    .suppressions
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("erased:"))
+                {
+                    let old = sup
+                        .remove((store, key.as_str()))?
+                        .map(|v| v.value().to_vec());
+                    if let Some(bytes) = old {
+                        let mut row: SuppressionRow =
+                            codec::decode("suppression", super::plans::SUPPRESSION_V1, &bytes)?;
+                        if let crate::engine::plan::Suppressed::Manual(note) = &mut row.reason {
+                            *note = id.scrub(note);
+                        }
+                        row.source = id.scrub(&row.source);
+                        rows.push((erased_key(secret, key), row));
+                    }
+                }
+                drop(sup);
+                done.suppressions_hashed = rows.len();
+                super::plans::suppress_in(&tx, store, &rows)?;
+            }
+            request_done(&tx, store, C_ERASED, now, processed)?;
+        }
+        tx.commit()?;
+        Ok(done)
+    }
+
+    /// Counts a written export, and moves the processor's cursor past the request that
+    /// asked for it (when the processor applied one).
+    pub fn exported(
+        &self,
+        store: &str,
+        now: Timestamp,
+        processed: Option<u64>,
+    ) -> Result<(), Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        request_done(&tx, store, C_EXPORTED, now, processed)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes every row of `store` from every table, in one durable transaction: what the
+    /// platform asks when the store uninstalls the app (`shop/redact`). Sequence numbers of
+    /// its removed events are never handed out again. Returns how many rows went.
+    pub fn erase_store(&self, store: &str, processed: Option<u64>) -> Result<u64, Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        let mut removed = 0u64;
+        {
+            // Rows keyed by event sequence number or touch id: found by their record.
+            let mut events = tx.open_table(EVENTS)?;
+            let next = super::next_seq(&events, &tx.open_table(META)?)?;
+            let mut seqs = BTreeSet::new();
+            for item in events.iter()? {
+                let (k, v) = item?;
+                if records::EventRecord::decode_head(v.value())?.store == store {
+                    seqs.insert(k.value());
+                }
+            }
+            for &s in &seqs {
+                events.remove(s)?;
+            }
+            tx.open_table(META)?
+                .insert(super::NEXT_SEQ, &next.to_le_bytes()[..])?;
+            removed += seqs.len() as u64;
+            removed += retain(&mut tx.open_table(BODIES)?, |k, _| !seqs.contains(&k))?;
+            removed += retain(&mut tx.open_table(QUARANTINE)?, |k, _| !seqs.contains(&k))?;
+            let mut touches = tx.open_table(TOUCHES)?;
+            let mut ids = BTreeSet::new();
+            for item in touches.iter()? {
+                let (k, v) = item?;
+                if super::touches::decode_record(v.value())?.store == store {
+                    ids.insert(k.value());
+                }
+            }
+            for &i in &ids {
+                touches.remove(i)?;
+            }
+            removed += ids.len() as u64;
+            let gone = |i: u64| ids.contains(&i);
+            removed += retain(&mut tx.open_table(TIMERS)?, |k, _| !gone(k.1))?;
+            removed += retain(&mut tx.open_table(SENDING)?, |k, _| !gone(k))?;
+            removed += retain(&mut tx.open_table(ATTEMPTS)?, |k, _| !gone(k))?;
+            removed += retain(&mut tx.open_table(RECEIPTS)?, |k, _| !gone(k))?;
+            removed += retain(&mut tx.open_table(MIRRORS)?, |k, v| !gone(k) && !gone(v))?;
+            removed += retain(&mut tx.open_table(RESENT)?, |k, _| !gone(k))?;
+            removed += retain(&mut tx.open_table(CLICKS)?, |k, _| !gone(k.0))?;
+            removed += retain(&mut tx.open_table(OPENS)?, |k, _| !gone(k))?;
+            removed += retain(&mut tx.open_table(RECOVERY_NOTICES)?, |k, _| !gone(k))?;
+            removed += retain(&mut tx.open_table(PAUSED)?, |k, _| k != store)?;
+            // Rows keyed by store first.
+            macro_rules! by_store {
+                ($($t:ident),*) => {$(
+                    removed += retain(&mut tx.open_table($t)?, |k, _| k.0 != store)?;
+                )*};
+            }
+            by_store!(
+                DEDUPE,
+                ORDERS,
+                CUSTOMERS,
+                CUSTOMER_LOOKUP,
+                COUNTERS,
+                CATALOG,
+                CATALOG_IDS,
+                CATALOG_HANDLES,
+                PRODUCT_NOS,
+                PRODUCT_KEYS,
+                AFF_ITEMS,
+                AFF_PAIRS,
+                AFF_ORDERS,
+                TIMELINE,
+                PAIRINGS,
+                FEEDBACK,
+                PLANS,
+                PLAN_QUEUE,
+                SUPPRESSIONS,
+                STORE_KEYS,
+                CUSTOMER_REFUNDS,
+                ORDER_VALUES,
+                ORDER_TOUCHES,
+                PENDING_COUNTS,
+                OUTCOME_COUNTS,
+                SENT_LOG,
+                TICKETS,
+                OFFER_RESPONSES,
+                DEAD_LETTERS,
+                DISABLED,
+                DELIVERIES,
+                CONVERSIONS
+            );
+            if let Some(seq) = processed {
+                set_processed(&tx, seq)?;
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+}
+
+/// Counts a privacy request of `kind` done for `store`, and moves the processor's cursor
+/// past the request when the processor applied one.
+fn request_done(
+    tx: &redb::WriteTransaction,
+    store: &str,
+    kind: &str,
+    now: Timestamp,
+    processed: Option<u64>,
+) -> Result<(), Error> {
+    let mut counters = tx.open_table(COUNTERS)?;
+    super::add(&mut counters, store, kind, 1)?;
+    counters.insert((store, C_LAST_PRIVACY), now.0)?;
+    match processed {
+        Some(seq) => set_processed(tx, seq),
+        None => Ok(()),
+    }
+}
+
+fn set_processed(tx: &redb::WriteTransaction, seq: u64) -> Result<(), Error> {
+    tx.open_table(META)?
+        .insert("processed_seq", &seq.to_le_bytes()[..])?;
+    Ok(())
+}
+
+/// Removes the rows `keep` refuses; returns how many.
+fn retain<K: redb::Key + 'static, V: redb::Value + 'static>(
+    t: &mut redb::Table<'_, K, V>,
+    mut keep: impl for<'f> FnMut(K::SelfType<'f>, V::SelfType<'f>) -> bool,
+) -> Result<u64, Error> {
+    let before = t.len()?;
+    t.retain(|k, v| keep(k, v))?;
+    Ok(before - t.len()?)
+}
+
+/// An export file on disk.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExportFile {
+    pub path: String,
+    pub bytes: u64,
+    pub written_at: String,
+}
+
+/// The export files of a store (named `<store>-…`), newest first.
+pub fn exports(dir: &std::path::Path, store: &str) -> Vec<ExportFile> {
+    let mut out: Vec<(std::time::SystemTime, ExportFile)> = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if !name.starts_with(&format!("{store}-")) || !name.ends_with(".json") {
+            continue;
+        }
+        let at = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        out.push((
+            at,
+            ExportFile {
+                path: entry.path().display().to_string(),
+                bytes: meta.len(),
+                written_at: Timestamp(ms).to_rfc3339(),
+            },
+        ));
+    }
+    out.sort_by_key(|f| std::cmp::Reverse(f.0));
+    out.into_iter().map(|(_, f)| f).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_parse_and_match() {
+        let id = Identity::parse(" Jane@Example.com ").unwrap();
+        assert!(id.emails.contains("jane@example.com"));
+        let id = Identity::parse("+1 555 625 1199").unwrap();
+        assert!(id.has_phone(Some("555-625-1199")));
+        assert!(id.has_phone(Some("+15556251199")));
+        assert!(!id.has_phone(Some("+15556251198")));
+        assert_eq!(
+            Identity::parse("7003").unwrap().platform_ids,
+            BTreeSet::from(["7003".to_string()])
+        );
+        for bad in ["", "jane@", "+12", "a b"] {
+            assert!(Identity::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scrub_replaces_every_spelling_of_their_contacts() {
+        let mut id = Identity::parse("jane@example.com").unwrap();
+        id.add_phone(Some("+15556251199"));
+        assert_eq!(
+            id.scrub("To JANE@example.com and jane@example.com, +15556251199 (ok)"),
+            "To [erased] and [erased], [erased] (ok)"
+        );
+        assert!(id.in_bytes(br#"{"email":"Jane@Example.COM"}"#));
+        assert!(!id.in_bytes(br#"{"email":"john@example.com"}"#));
+    }
+}
