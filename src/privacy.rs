@@ -58,7 +58,7 @@ pub fn export_json(storage: &Storage, fp: &Footprint, now: Timestamp) -> Result<
             })
         })
         .collect();
-    Ok(json!({
+    let mut doc = json!({
         "store": fp.store,
         "exported_at": now.to_rfc3339(),
         "looked_up_by": {
@@ -77,7 +77,33 @@ pub fn export_json(storage: &Storage, fp: &Footprint, now: Timestamp) -> Result<
             .map(|(key, row)| json!({"key": key, "entry": row}))
             .collect::<Vec<_>>(),
         "events": events,
-    }))
+    });
+    readable_currencies(&mut doc);
+    Ok(doc)
+}
+
+/// Currencies are stored as their three code bytes: in an export, the code.
+fn readable_currencies(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map.iter_mut() {
+                let code = x
+                    .as_array()
+                    .filter(|a| k.ends_with("currency") && a.len() == 3);
+                let code = code.and_then(|a| {
+                    a.iter()
+                        .map(|b| b.as_u64().and_then(|b| char::from_u32(b as u32)))
+                        .collect::<Option<String>>()
+                });
+                match code {
+                    Some(code) => *x = Value::String(code),
+                    None => readable_currencies(x),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(readable_currencies),
+        _ => {}
+    }
 }
 
 /// Writes an export into `dir` as `name`, readable by the service's user only, whole or

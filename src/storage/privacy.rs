@@ -142,16 +142,21 @@ impl Identity {
             .any(|p| *p == d || p.ends_with(&d) || d.ends_with(p.as_str()))
     }
 
-    /// Whether an order names them: its id, customer id, email or phone.
+    /// Whether an order names them: its id, customer id, email, or phone. A phone is
+    /// shared by a household more often than an address: it decides only for an order
+    /// without an email of its own, or when nothing else names them.
     fn names_order(&self, o: &Order) -> bool {
         let c = o.customer.as_ref();
+        let by_phone =
+            o.contact_email().is_none() || (self.emails.is_empty() && self.platform_ids.is_empty());
         self.orders.contains(&o.id)
             || c.and_then(|c| c.platform_id.as_ref())
                 .is_some_and(|i| self.platform_ids.contains(i))
             || self.has_email(o.email.as_deref())
             || self.has_email(c.and_then(|c| c.email.as_deref()))
-            || self.has_phone(o.phone.as_deref())
-            || self.has_phone(c.and_then(|c| c.phone.as_deref()))
+            || (by_phone
+                && (self.has_phone(o.phone.as_deref())
+                    || self.has_phone(c.and_then(|c| c.phone.as_deref()))))
     }
 
     fn names_person(&self, p: &Person) -> bool {
@@ -314,14 +319,43 @@ impl Snapshot {
             store: store.to_string(),
             ..Footprint::default()
         };
+        // Customers by their lookups, then their orders; an order found by what the
+        // request names (a phone, an order id) may name a customer the lookups did not:
+        // theirs too, and what their record adds is looked for again.
         let mut ids = BTreeSet::<CustomerId>::new();
         for key in id.lookup_keys() {
             ids.extend(self.lookup.get((store, key.as_str()))?.map(|v| v.value()));
         }
-        for &c in &ids {
-            if let Some(c) = self.customer(store, c)? {
-                id.widen(&c);
-                fp.customers.push(c);
+        let mut loaded = BTreeSet::new();
+        let mut orders;
+        loop {
+            for &c in ids.difference(&loaded.clone()) {
+                loaded.insert(c);
+                if let Some(c) = self.customer(store, c)? {
+                    id.widen(&c);
+                    fp.customers.push(c);
+                }
+            }
+            orders = id.orders.clone();
+            fp.orders.clear();
+            for item in self.orders.range((store, "")..)? {
+                let (k, v) = item?;
+                let (s, oid) = k.value();
+                if s != store {
+                    break;
+                }
+                let state = records::decode_order(v.value())?;
+                let theirs = state.customer.is_some_and(|c| ids.contains(&c))
+                    || id.orders.contains(oid)
+                    || state.order.as_ref().is_some_and(|o| id.names_order(o));
+                if theirs {
+                    ids.extend(state.customer);
+                    orders.insert(oid.to_string());
+                    fp.orders.push((oid.to_string(), state));
+                }
+            }
+            if ids == loaded {
+                break;
             }
         }
         for item in self.lookup.range((store, "")..)? {
@@ -332,22 +366,6 @@ impl Snapshot {
             }
             if ids.contains(&v.value()) {
                 fp.lookups.push(key.to_string());
-            }
-        }
-        let mut orders = id.orders.clone();
-        for item in self.orders.range((store, "")..)? {
-            let (k, v) = item?;
-            let (s, oid) = k.value();
-            if s != store {
-                break;
-            }
-            let state = records::decode_order(v.value())?;
-            let theirs = state.customer.is_some_and(|c| ids.contains(&c))
-                || id.orders.contains(oid)
-                || state.order.as_ref().is_some_and(|o| id.names_order(o));
-            if theirs {
-                orders.insert(oid.to_string());
-                fp.orders.push((oid.to_string(), state));
             }
         }
         // Orders only the event log knows yet (not applied), named by their content.

@@ -141,6 +141,10 @@ fn a_data_request_is_exported_and_a_redact_leaves_nothing_an_api_or_the_compacte
         .collect();
     assert_eq!(orders, ["9101", "9103"], "theirs, not the other customer's");
     assert_eq!(export["customers"][0]["email"], EMAIL);
+    assert_eq!(
+        export["customers"][0]["currency"], "USD",
+        "codes, not bytes"
+    );
     assert_eq!(export["tickets"][0]["ticket"], "T-77");
     assert_eq!(export["suppression"][0]["key"], format!("email:{EMAIL}"));
     let raw: Vec<&str> = export["events"]
@@ -216,6 +220,20 @@ fn a_data_request_is_exported_and_a_redact_leaves_nothing_an_api_or_the_compacte
         "{v}"
     );
 
+    // Erased by the phone number alone: the customer record (with its address) goes too.
+    let third = person(9003, "by.phone.9003@example.com", Some("+15550009003"));
+    post_order(&s, &order(9104, &third, T0, &[("KIT-POUR", 1, "54.00")]));
+    let (_, body) = s.admin_post(&format!(
+        "/api/customer/erase?store={STORE}&contact=%2B15550009003&yes=true"
+    ));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["erased"]["customers"], 1, "{v}");
+    let (_, body) = s.admin_get(&format!(
+        "/api/customer/show?store={STORE}&contact=by.phone.9003@example.com"
+    ));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["customer"].is_null(), "{v}");
+
     // The file: redb is copy-on-write, so freed pages may still hold the old bytes until
     // `compact` rewrites it; after that none are left. The other customer's are (the
     // search finds what is there).
@@ -230,7 +248,7 @@ fn a_data_request_is_exported_and_a_redact_leaves_nothing_an_api_or_the_compacte
         }
     );
     Storage::compact(dir, &Default::default()).unwrap();
-    for needle in [EMAIL, "erase.me", "5550009001"] {
+    for needle in [EMAIL, "erase.me", "5550009001", "by.phone", "5550009003"] {
         assert!(!file_holds(&db, needle), "{needle} is still in the file");
     }
     assert!(file_holds(&db, OTHER));
