@@ -332,8 +332,12 @@ impl Storage {
         let _ = std::fs::remove_file(&tmp);
         let copied = open_file(&tmp, true).and_then(|file| {
             backup::own_like(&file, data_dir)?;
-            let db = open_redb(file, &tmp, opts)?;
-            copy_all(&storage.db, &db)
+            let mut db = open_redb(file, &tmp, opts)?;
+            copy_all(&storage.db, &db)?;
+            // The copy's own transaction leaves allocator slack at the end: packed, the
+            // new file is as small as its rows allow.
+            db.compact()?;
+            Ok(())
         });
         let moved = copied.and_then(|()| {
             std::fs::rename(&tmp, &path).map_err(|source| Error::DataDir {
