@@ -185,10 +185,20 @@ pub fn apply(
                 .footprint(store, &Identity::of(person, orders))?;
             let doc = export_json(storage, &fp, now)?;
             // Named by the request, so applying it again writes the same file.
-            let name = format!(
-                "{store}-data-request-{}.json",
-                request.clone().unwrap_or_else(|| format!("seq{seq}"))
-            );
+            // The platform's id, kept to what a file name can safely hold.
+            let id: String = request
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .take(64)
+                .collect();
+            let id = if id.is_empty() {
+                format!("seq{seq}")
+            } else {
+                id
+            };
+            let name = format!("{store}-data-request-{id}.json");
             let path =
                 write_export(&storage.exports_dir(), &name, &doc).map_err(|e| Error::Export {
                     path: storage.exports_dir().join(&name),

@@ -174,22 +174,63 @@ impl Identity {
             .chain(self.phones.iter().filter(|p| p.len() >= 7))
     }
 
+    /// Where their addresses and phone numbers stand in `text` (ASCII lower-cased), as
+    /// whole tokens: `an@example.com` is not found inside `joan@example.com`, nor a number
+    /// inside a longer one. (start, end), in order.
+    fn found(&self, text: &[u8]) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for n in self.needles() {
+            let n = n.as_bytes();
+            let numeric = n.iter().all(u8::is_ascii_digit);
+            let part = |b: u8| {
+                if numeric {
+                    b.is_ascii_digit()
+                } else {
+                    b.is_ascii_alphanumeric() || b"._%+-".contains(&b)
+                }
+            };
+            let mut at = 0;
+            while at + n.len() <= text.len() {
+                let end = at + n.len();
+                let whole = &text[at..end] == n
+                    && (at == 0 || !part(text[at - 1]))
+                    && text.get(end).is_none_or(|&b| !part(b));
+                if whole {
+                    out.push((at, end));
+                    at = end;
+                } else {
+                    at += 1;
+                }
+            }
+        }
+        // Overlapping finds (a number as given and its digits) are one.
+        out.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::new();
+        for (start, end) in out {
+            match merged.last_mut() {
+                Some(last) if start < last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        merged
+    }
+
     /// Whether raw bytes hold one of their addresses or phone numbers (case-insensitive).
     pub fn in_bytes(&self, body: &[u8]) -> bool {
-        let lower = body.to_ascii_lowercase();
-        self.needles().any(|n| {
-            let n = n.as_bytes();
-            lower.windows(n.len()).any(|w| w == n)
-        })
+        !self.found(&body.to_ascii_lowercase()).is_empty()
     }
 
     /// `text` with their addresses and phone numbers replaced by "[erased]".
     pub fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for n in self.needles() {
-            // ASCII lower-casing keeps byte offsets.
-            while let Some(at) = out.to_ascii_lowercase().find(n.as_str()) {
-                out.replace_range(at..at + n.len(), ERASED);
+        // ASCII lower-casing keeps byte offsets; from the end, so earlier ones stay put.
+        for (start, end) in self
+            .found(text.to_ascii_lowercase().as_bytes())
+            .into_iter()
+            .rev()
+        {
+            if out.is_char_boundary(start) && out.is_char_boundary(end) {
+                out.replace_range(start..end, ERASED);
             }
         }
         out
@@ -366,6 +407,14 @@ impl Snapshot {
             }
             if ids.contains(&v.value()) {
                 fp.lookups.push(key.to_string());
+                // An address they had before names their older rows (tickets, entries).
+                id.add_email(key.strip_prefix("email:"));
+            }
+        }
+        for (_, state) in &fp.orders {
+            if let Some(o) = &state.order {
+                id.add_email(o.contact_email());
+                id.add_phone(o.phone.as_deref());
             }
         }
         // Orders only the event log knows yet (not applied), named by their content.
@@ -510,7 +559,7 @@ impl Storage {
                 let row = plans.get(key)?.map(|v| v.value().to_vec());
                 if let Some(bytes) = row {
                     let mut rec = super::plans::decode_plan(&bytes)?;
-                    for line in &mut rec.history {
+                    for line in rec.history.iter_mut().chain(rec.plan.reasons.iter_mut()) {
                         *line = id.scrub(line);
                     }
                     plans.insert(key, super::plans::encode_plan(&rec)?.as_slice())?;
@@ -682,7 +731,10 @@ impl Storage {
                 CONVERSIONS
             );
             if let Some(seq) = processed {
-                set_processed(&tx, seq)?;
+                // The store's events after the request went too: with none of another
+                // store left after it, the cursor is at the end.
+                let rest = events.range(seq + 1..)?.next().is_some();
+                set_processed(&tx, if rest { seq } else { seq.max(next - 1) })?;
             }
         }
         tx.commit()?;
@@ -732,7 +784,7 @@ pub struct ExportFile {
     pub written_at: String,
 }
 
-/// The export files of a store (named `<store>-…`), newest first.
+/// The export files of a store (`<store>-data-request-…`), newest first.
 pub fn exports(dir: &std::path::Path, store: &str) -> Vec<ExportFile> {
     let mut out: Vec<(std::time::SystemTime, ExportFile)> = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -740,7 +792,7 @@ pub fn exports(dir: &std::path::Path, store: &str) -> Vec<ExportFile> {
         let Ok(meta) = entry.metadata() else {
             continue;
         };
-        if !name.starts_with(&format!("{store}-")) || !name.ends_with(".json") {
+        if !name.starts_with(&format!("{store}-data-request-")) || !name.ends_with(".json") {
             continue;
         }
         let at = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
@@ -791,5 +843,10 @@ mod tests {
         );
         assert!(id.in_bytes(br#"{"email":"Jane@Example.COM"}"#));
         assert!(!id.in_bytes(br#"{"email":"john@example.com"}"#));
+        // Whole addresses and numbers only: not inside someone else's.
+        assert!(!id.in_bytes(br#"{"email":"mary.jane@example.com"}"#));
+        assert!(!id.in_bytes(br#"{"email":"jane@example.com.au"}"#));
+        assert!(!id.in_bytes(br#"{"id":155562511990}"#));
+        assert_eq!(id.scrub("mary.jane@example.com"), "mary.jane@example.com");
     }
 }
