@@ -1826,7 +1826,7 @@ pub fn template() -> String {
 pub fn random_token() -> String {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).expect("the OS random source is available");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::engine::hex(&b)
 }
 
 /// Writes a file readable only by its owner, refusing to replace an existing one.

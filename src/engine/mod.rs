@@ -20,6 +20,11 @@ pub mod tz;
 pub use model::*;
 pub use money::{Currency, MoneyError};
 
+/// Lower-case hex of bytes (digests, tokens, golden records).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Compares secrets (signatures, tokens) without an early exit.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -24,11 +24,7 @@ const LEEWAY_SECS: i64 = 10;
 pub fn order_token_key(link_key: &[u8]) -> String {
     let mut m = HmacSha256::new_from_slice(link_key).expect("any key length");
     m.update(b"upsell-appliance offer tokens v1");
-    m.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::hex(&m.finalize().into_bytes())
 }
 
 /// The token that opens the offer of `order` in `store`:

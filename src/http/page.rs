@@ -344,12 +344,7 @@ fn session_value(token: &str, issued_secs: i64) -> String {
         .expect("HMAC takes any key length");
     mac.update(b"upsell-appliance status page session v1:");
     mac.update(issued_secs.to_string().as_bytes());
-    let tag: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let tag = crate::engine::hex(&mac.finalize().into_bytes());
     format!("{issued_secs}.{tag}")
 }
 

@@ -51,7 +51,7 @@ pub fn body_key(topic: &str, body: &[u8]) -> String {
     h.update(topic.as_bytes());
     h.update([0]);
     h.update(body);
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::engine::hex(&h.finalize());
     format!("body:{hex}")
 }
 

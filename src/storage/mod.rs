@@ -401,7 +401,7 @@ impl Storage {
                 }
                 n += 1;
             }
-            let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            let hex = crate::engine::hex(&h.finalize());
             Ok((name, n, hex))
         }
         let tx = self.db.begin_read()?;

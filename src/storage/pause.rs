@@ -80,7 +80,7 @@ mod tests {
             source: "the admin API".into(),
         };
         let bytes = codec::encode(PAUSE_V1, &row).unwrap();
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::engine::hex(&bytes);
         assert_eq!(hex, GOLDEN);
         assert_eq!(decode(&bytes).unwrap(), row);
 

@@ -337,13 +337,10 @@ pub fn erased_key(secret: &[u8], key: &str) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)
         .expect("HMAC accepts keys of any length");
     mac.update(key.as_bytes());
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("erased:{hex}")
+    format!(
+        "erased:{}",
+        crate::engine::hex(&mac.finalize().into_bytes())
+    )
 }
 
 impl Snapshot {

@@ -211,10 +211,6 @@ mod tests {
     use crate::engine::history::{Counted, Customer, OrderState};
     use crate::engine::*;
 
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-
     fn sample_order() -> Order {
         Order {
             id: "1001".into(),
