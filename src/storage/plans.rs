@@ -12,7 +12,7 @@ use crate::engine::plan::Suppressed;
 use crate::engine::Timestamp;
 
 const PLAN_V1: u8 = 1;
-pub(super) const SUPPRESSION_V1: u8 = 1;
+const SUPPRESSION_V1: u8 = 1;
 const SALT: &str = "holdout_salt";
 const LINK_KEY: &str = "link_key";
 
@@ -269,10 +269,7 @@ impl Snapshot {
             if s != store {
                 break;
             }
-            out.push((
-                key.to_string(),
-                codec::decode("suppression", SUPPRESSION_V1, v.value())?,
-            ));
+            out.push((key.to_string(), decode_suppression(v.value())?));
         }
         Ok(out)
     }
@@ -286,7 +283,7 @@ impl Snapshot {
     pub fn suppression(&self, store: &str, key: &str) -> Result<Option<SuppressionRow>, Error> {
         self.suppressions
             .get((store, key))?
-            .map(|v| codec::decode("suppression", SUPPRESSION_V1, v.value()))
+            .map(|v| decode_suppression(v.value()))
             .transpose()
     }
 
@@ -581,6 +578,10 @@ impl Storage {
     }
 }
 
+pub(super) fn decode_suppression(bytes: &[u8]) -> Result<SuppressionRow, Error> {
+    codec::decode("suppression", SUPPRESSION_V1, bytes)
+}
+
 /// [`Storage::suppress`] inside a write transaction. Returns how many entries were new.
 pub fn suppress_in(
     tx: &redb::WriteTransaction,
@@ -592,7 +593,7 @@ pub fn suppress_in(
     for (key, row) in rows {
         let old: Option<SuppressionRow> = t
             .get((store, key.as_str()))?
-            .map(|v| codec::decode("suppression", SUPPRESSION_V1, v.value()))
+            .map(|v| decode_suppression(v.value()))
             .transpose()?;
         let row = match old {
             None => {

@@ -367,7 +367,8 @@ impl Snapshot {
         let mut loaded = BTreeSet::new();
         let mut orders;
         loop {
-            for &c in ids.difference(&loaded.clone()) {
+            let new: Vec<CustomerId> = ids.difference(&loaded).copied().collect();
+            for c in new {
                 loaded.insert(c);
                 if let Some(c) = self.customer(store, c)? {
                     id.widen(&c);
@@ -604,8 +605,7 @@ impl Storage {
                         .remove((store, key.as_str()))?
                         .map(|v| v.value().to_vec());
                     if let Some(bytes) = old {
-                        let mut row: SuppressionRow =
-                            codec::decode("suppression", super::plans::SUPPRESSION_V1, &bytes)?;
+                        let mut row = super::plans::decode_suppression(&bytes)?;
                         if let crate::engine::plan::Suppressed::Manual(note) = &mut row.reason {
                             *note = id.scrub(note);
                         }
@@ -649,32 +649,17 @@ impl Storage {
             // Rows keyed by event sequence number or touch id: found by their record.
             let mut events = tx.open_table(EVENTS)?;
             let next = super::next_seq(&events, &tx.open_table(META)?)?;
-            let mut seqs = BTreeSet::new();
-            for item in events.iter()? {
-                let (k, v) = item?;
-                if records::EventRecord::decode_head(v.value())?.store == store {
-                    seqs.insert(k.value());
-                }
-            }
-            for &s in &seqs {
-                events.remove(s)?;
-            }
+            let seqs = remove_records_of(&mut events, store, |b| {
+                Ok(records::EventRecord::decode_head(b)?.store)
+            })?;
             tx.open_table(META)?
                 .insert(super::NEXT_SEQ, &next.to_le_bytes()[..])?;
             removed += seqs.len() as u64;
             removed += retain(&mut tx.open_table(BODIES)?, |k, _| !seqs.contains(&k))?;
             removed += retain(&mut tx.open_table(QUARANTINE)?, |k, _| !seqs.contains(&k))?;
-            let mut touches = tx.open_table(TOUCHES)?;
-            let mut ids = BTreeSet::new();
-            for item in touches.iter()? {
-                let (k, v) = item?;
-                if super::touches::decode_record(v.value())?.store == store {
-                    ids.insert(k.value());
-                }
-            }
-            for &i in &ids {
-                touches.remove(i)?;
-            }
+            let ids = remove_records_of(&mut tx.open_table(TOUCHES)?, store, |b| {
+                Ok(super::touches::decode_record(b)?.store)
+            })?;
             removed += ids.len() as u64;
             let gone = |i: u64| ids.contains(&i);
             removed += retain(&mut tx.open_table(TIMERS)?, |k, _| !gone(k.1))?;
@@ -761,6 +746,26 @@ fn set_processed(tx: &redb::WriteTransaction, seq: u64) -> Result<(), Error> {
     tx.open_table(META)?
         .insert("processed_seq", &seq.to_le_bytes()[..])?;
     Ok(())
+}
+
+/// Removes the rows of a table keyed by number (events, touches) whose record names
+/// `store` (`store_of` reads it); returns their keys.
+fn remove_records_of(
+    t: &mut redb::Table<'_, u64, &'static [u8]>,
+    store: &str,
+    store_of: impl Fn(&[u8]) -> Result<String, Error>,
+) -> Result<BTreeSet<u64>, Error> {
+    let mut keys = BTreeSet::new();
+    for item in t.iter()? {
+        let (k, v) = item?;
+        if store_of(v.value())? == store {
+            keys.insert(k.value());
+        }
+    }
+    for &k in &keys {
+        t.remove(k)?;
+    }
+    Ok(keys)
 }
 
 /// Removes the rows `keep` refuses; returns how many.
