@@ -1111,6 +1111,16 @@ fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result
                 c.sent, c.retried, c.dead
             );
         }
+        let p = &s.privacy;
+        if p.erased + p.exported > 0 || !p.exports.is_empty() {
+            println!(
+                "  privacy requests: {} exported, {} erased, last {}; {} export file(s) waiting",
+                p.exported,
+                p.erased,
+                p.last_at.as_deref().unwrap_or("never"),
+                p.exports.len()
+            );
+        }
     }
     if let Some(late) = v["scheduler"]["late_at_start"].as_u64().filter(|n| *n > 0) {
         let o = &v["scheduler"]["late_outcome"];
@@ -1193,7 +1203,7 @@ fn quarantine(config: &Config, action: QuarantineAction) -> anyhow::Result<ExitC
         QuarantineAction::Replay { store, json } => {
             let path = format!("/api/quarantine/replay{}", store_query(&store)?);
             let (v, source) = via_service_or_file(config, "POST", &path, |s| {
-                Ok(admin::quarantine_replay(s, store.as_deref())?)
+                Ok(admin::quarantine_replay(s, config, store.as_deref())?)
             })?;
             if json {
                 println!("{v}");
@@ -1823,6 +1833,9 @@ fn export_cmd(
             );
         }
     }
+    if let Some(hint) = v["hint"].as_str() {
+        eprintln!("  {hint}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1856,6 +1869,9 @@ fn erase_cmd(
         println!(
             "nothing personal is held about {who} in store {store}; nothing to erase ({source})"
         );
+        if let Some(hint) = v["hint"].as_str() {
+            println!("  {hint}");
+        }
     } else if v["erased"].is_null() {
         println!("{who} in store {store}: {found} would be erased ({source})");
         println!("  run again with --yes to erase it; this cannot be undone");

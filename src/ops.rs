@@ -911,7 +911,23 @@ pub fn customer_export(
 ) -> Result<serde_json::Value, OpsError> {
     let id = identity(who)?;
     let fp = storage.snapshot()?.footprint(store, &id)?;
-    Ok(crate::privacy::export_json(storage, &fp, now)?)
+    let mut v = crate::privacy::export_json(storage, &fp, now)?;
+    if let Some(hint) = not_found_hint(who, &fp) {
+        v["hint"] = json!(hint);
+    }
+    Ok(v)
+}
+
+/// When nothing is held about a bare number: it was read as the platform's customer id,
+/// and may have been meant as a phone number.
+fn not_found_hint(who: &str, fp: &crate::storage::privacy::Footprint) -> Option<String> {
+    let who = who.trim();
+    let bare_number = who.len() >= 7 && who.bytes().all(|b| b.is_ascii_digit());
+    (fp.is_empty() && bare_number).then(|| {
+        format!(
+            "{who} was looked up as the platform's customer id; a phone number needs + and its country code (+{who} if it already has one)"
+        )
+    })
 }
 
 /// `customer erase`: what erasing the customer's personal data would remove, and with
@@ -934,7 +950,7 @@ pub fn customer_erase(
     });
     if !yes || fp.is_empty() {
         return Ok(json!({"store": store, "who": who, "found": found,
-            "held": !fp.is_empty(), "erased": null}));
+            "held": !fp.is_empty(), "erased": null, "hint": not_found_hint(who, &fp)}));
     }
     let done = crate::privacy::erase(storage, &fp, now, None)?;
     Ok(json!({"store": store, "who": who, "found": found, "held": true, "erased": done}))

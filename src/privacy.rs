@@ -14,8 +14,10 @@ use crate::storage::records::EventHead;
 use crate::storage::{Error, Storage};
 
 /// Everything held about the customer `fp` describes, as one JSON document: the customer
-/// records, their orders with plans and touches (and what the customer did with them),
-/// support tickets, suppression entries, and every raw request that named them as received.
+/// records, their orders (with the thank-you page answer, the conversion an offer earned,
+/// a delivery told by hand) with plans and touches (how each went out, and what the
+/// customer did with it), the messages sent them, support tickets, suppression entries,
+/// and every raw request that named them as received.
 pub fn export_json(storage: &Storage, fp: &Footprint, now: Timestamp) -> Result<Value, Error> {
     let snap = storage.snapshot()?;
     let mut touches = Vec::new();
@@ -26,7 +28,24 @@ pub fn export_json(storage: &Storage, fp: &Footprint, now: Timestamp) -> Result<
             "clicks": snap.clicks(*id)?.into_iter()
                 .map(|(at, device)| json!({"at": at.to_rfc3339(), "device": device}))
                 .collect::<Vec<_>>(),
+            "sent_through": snap.receipt(*id)?,
         }));
+    }
+    let mut orders = Vec::new();
+    for (id, state) in &fp.orders {
+        orders.push(json!({
+            "id": id, "state": state,
+            "offer_response": snap.offer_response(&fp.store, id)?,
+            "conversion": snap.conversion(&fp.store, id)?,
+            "delivered_by_hand_at": snap.delivered_by_hand(&fp.store, id)?.map(|t| t.to_rfc3339()),
+        }));
+    }
+    // Every message sent them, for the frequency caps.
+    let mut messages = Vec::new();
+    for c in &fp.customers {
+        for (at, channel) in snap.sent_messages(&fp.store, c.id, Timestamp(i64::MIN))? {
+            messages.push(json!({"at": at.to_rfc3339(), "channel": channel.as_str()}));
+        }
     }
     let mut tickets = Vec::new();
     for key in fp.identity.contact_keys() {
@@ -67,11 +86,10 @@ pub fn export_json(storage: &Storage, fp: &Footprint, now: Timestamp) -> Result<
         },
         "found": !fp.is_empty(),
         "customers": fp.customers,
-        "orders": fp.orders.iter()
-            .map(|(id, state)| json!({"id": id, "state": state}))
-            .collect::<Vec<_>>(),
+        "orders": orders,
         "plans": fp.plans,
         "touches": touches,
+        "messages_sent": messages,
         "tickets": tickets,
         "suppression": fp.suppressions.iter()
             .map(|(key, row)| json!({"key": key, "entry": row}))

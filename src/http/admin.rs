@@ -68,7 +68,7 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
             quarantine_list(&ctx.storage, store.as_deref()).map_err(Into::into)
         }
         (Method::Post, "/api/quarantine/replay") => {
-            quarantine_replay(&ctx.storage, store.as_deref()).map_err(Into::into)
+            quarantine_replay(&ctx.storage, &ctx.config, store.as_deref()).map_err(Into::into)
         }
         (Method::Get, p) if p.starts_with("/api/quarantine/") => {
             match p["/api/quarantine/".len()..].parse::<u64>() {
@@ -136,13 +136,16 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 (Method::Get, "export") => {
                     crate::ops::customer_export(&ctx.storage, &store, &contact, ctx.clock.now())
                 }
-                (Method::Post, "erase") => crate::ops::customer_erase(
-                    &ctx.storage,
-                    &store,
-                    &contact,
-                    arg("yes").as_deref() == Some("true"),
-                    ctx.clock.now(),
-                ),
+                (Method::Post, "erase") => match arg("yes").as_deref() {
+                    None | Some("false") => Ok(false),
+                    Some("true") => Ok(true),
+                    Some(other) => Err(crate::ops::OpsError::Invalid(format!(
+                        "yes={other:?}: give yes=true to erase, or leave it out to see what would go"
+                    ))),
+                }
+                .and_then(|yes| {
+                    crate::ops::customer_erase(&ctx.storage, &store, &contact, yes, ctx.clock.now())
+                }),
                 (Method::Post, "ticket-open" | "ticket-close") => {
                     let csat = match arg("csat").map(|c| c.parse::<u8>()) {
                         None => Ok(None),
@@ -613,7 +616,7 @@ pub fn notices(
         }
         if st.in_quarantine > 0 {
             say("warn", format!(
-                "Store {id}: signed deliveries that could not be parsed wait in quarantine ({}). `upsell-appliance quarantine list --store {id}` shows them; after an upgrade, `upsell-appliance quarantine replay --store {id}` parses them again.",
+                "Store {id}: signed deliveries that could not be parsed or applied wait in quarantine ({}). `upsell-appliance quarantine list --store {id}` shows them and why; once the cause is fixed (an upgrade, a directory it could not write), `upsell-appliance quarantine replay --store {id}` tries them again.",
                 st.in_quarantine
             ));
         }
@@ -715,10 +718,18 @@ pub fn quarantine_show(
 /// `POST /api/quarantine/replay`: runs this build's parsers on the quarantined deliveries.
 pub fn quarantine_replay(
     storage: &Storage,
+    config: &Config,
     store: Option<&str>,
 ) -> Result<serde_json::Value, crate::storage::Error> {
     let results = storage.replay_quarantined(store, |head, body| {
-        crate::pipeline::record_of(crate::ingest::reparse(head.platform, &head.topic, body))
+        let shop = config.stores.iter().find(|s| s.id == head.store);
+        let shop = shop.map(|s| s.domain.as_str());
+        crate::pipeline::record_of(crate::ingest::reparse(
+            head.platform,
+            &head.topic,
+            body,
+            shop,
+        ))
     })?;
     let items: Vec<_> = results
         .into_iter()

@@ -315,7 +315,9 @@ fn webhook(ctx: &PublicCtx, mut rq: Request, store_id: &str) {
     let headers = headers_of(&rq);
     let secrets = &store.webhook_secrets;
     let received = match store.platform {
-        Platform::Shopify => ingest::shopify::receive(headers, body, secrets).map(Some),
+        Platform::Shopify => {
+            ingest::shopify::receive(headers, body, secrets, &store.domain).map(Some)
+        }
         Platform::WooCommerce => {
             ingest::woocommerce::receive(headers, body, secrets).map(|r| match r {
                 woocommerce::Received::Ping => None,

@@ -187,13 +187,19 @@ pub enum VerifyError {
 }
 
 /// Runs this build's parser again on a stored body (quarantine replay after an upgrade).
-pub fn reparse(platform: crate::engine::Platform, topic: &str, body: &[u8]) -> Parsed {
+/// `shop`: the store's configured domain, when it is still configured.
+pub fn reparse(
+    platform: crate::engine::Platform,
+    topic: &str,
+    body: &[u8],
+    shop: Option<&str>,
+) -> Parsed {
     use crate::engine::Platform;
     if topic.starts_with(carrier::TOPIC_PREFIX) {
         return carrier::normalize(body);
     }
     match platform {
-        Platform::Shopify => shopify::normalize(topic, body),
+        Platform::Shopify => shopify::normalize(topic, body, shop),
         Platform::WooCommerce => woocommerce::normalize(topic, body),
         Platform::BigCommerce => bigcommerce::normalize_body(body),
     }

@@ -31,10 +31,12 @@ pub fn sign(body: &[u8], secret: &str) -> String {
 }
 
 /// Verifies and normalizes one delivery. The caller has already capped the body size.
+/// `domain`: the store's configured shop domain, which a privacy request must name.
 pub fn receive(
     headers: Headers,
     body: Vec<u8>,
     secrets: &[String],
+    domain: &str,
 ) -> Result<Inbound, VerifyError> {
     verify(&headers, &body, secrets)?;
     let topic = headers
@@ -43,7 +45,7 @@ pub fn receive(
         .trim()
         .to_ascii_lowercase();
     let dedupe_key = dedupe_key(&headers, &topic, &body);
-    let parsed = normalize(&topic, &body);
+    let parsed = normalize(&topic, &body, Some(domain));
     let kept = headers.keep(|k| k.starts_with("x-shopify-") && k != SIGNATURE_HEADER);
     Ok(Inbound {
         topic,
@@ -66,8 +68,10 @@ pub fn dedupe_key(headers: &Headers, topic: &str, body: &[u8]) -> String {
     }
 }
 
-/// Normalizes a verified body for its topic.
-pub fn normalize(topic: &str, body: &[u8]) -> Parsed {
+/// Normalizes a verified body for its topic. `shop`: the configured shop domain; a privacy
+/// request naming another shop is not applied (one app may serve several shops, and a
+/// `shop/redact` for one must not remove another).
+pub fn normalize(topic: &str, body: &[u8], shop: Option<&str>) -> Parsed {
     let order_topic = match topic {
         "orders/create" => Some(OrderTopic::Created),
         "orders/paid" => Some(OrderTopic::Paid),
@@ -94,7 +98,7 @@ pub fn normalize(topic: &str, body: &[u8]) -> Parsed {
             }
             "fulfillment_events/create" => parse_delivery(body).map(Event::Delivery),
             "customers/data_request" | "customers/redact" | "shop/redact" => {
-                return match parse_privacy(topic, body) {
+                return match parse_privacy(topic, body, shop) {
                     Ok(r) => Parsed::Privacy(Box::new(r)),
                     Err(why) => Parsed::Unparseable(format!("{topic}: {why}")),
                 };
@@ -136,6 +140,7 @@ struct WireOrder {
 /// two customer topics, nothing the appliance needs for `shop/redact`.
 #[derive(Deserialize)]
 struct WirePrivacy {
+    shop_domain: Option<String>,
     customer: Option<WirePerson>,
     #[serde(default, deserialize_with = "null_default")]
     orders_requested: Vec<Id>,
@@ -156,9 +161,15 @@ struct WireDataRequest {
     id: Option<Id>,
 }
 
-fn parse_privacy(topic: &str, body: &[u8]) -> Result<PrivacyRequest, String> {
+fn parse_privacy(topic: &str, body: &[u8], shop: Option<&str>) -> Result<PrivacyRequest, String> {
     let w: WirePrivacy =
         serde_json::from_slice(body).map_err(|e| format!("privacy request JSON: {e}"))?;
+    let named = w.shop_domain.as_deref().map(str::trim).unwrap_or("");
+    if let Some(shop) = shop.filter(|s| !named.is_empty() && !named.eq_ignore_ascii_case(s)) {
+        return Err(format!(
+            "the request is for shop {named:?}, but this store's domain is {shop:?}: not applied. If the store's domain changed, correct `domain` in the configuration, restart, and run `upsell-appliance quarantine replay`"
+        ));
+    }
     if topic == "shop/redact" {
         return Ok(PrivacyRequest::EraseStore);
     }
@@ -505,7 +516,7 @@ mod tests {
             phone: Some("555-625-1199".into()),
         };
         assert_eq!(
-            normalize("customers/redact", redact),
+            normalize("customers/redact", redact, None),
             Parsed::Privacy(Box::new(PrivacyRequest::Erase {
                 person: person.clone(),
                 orders: vec!["299938".into(), "280263".into()],
@@ -516,22 +527,31 @@ mod tests {
             "customer":{"id":191167,"email":"john@example.com","phone":"555-625-1199"},
             "data_request":{"id":9999}}"#;
         assert_eq!(
-            normalize("customers/data_request", request),
+            normalize("customers/data_request", request, None),
             Parsed::Privacy(Box::new(PrivacyRequest::Export {
                 person,
                 orders: vec!["299938".into()],
                 request: Some("9999".into()),
             }))
         );
-        assert_eq!(
-            normalize(
-                "shop/redact",
-                br#"{"shop_id":954889,"shop_domain":"s.myshopify.com"}"#
-            ),
-            Parsed::Privacy(Box::new(PrivacyRequest::EraseStore))
-        );
+        let shop = br#"{"shop_id":954889,"shop_domain":"s.myshopify.com"}"#;
+        for domain in [None, Some("s.myshopify.com"), Some("S.MyShopify.com")] {
+            assert_eq!(
+                normalize("shop/redact", shop, domain),
+                Parsed::Privacy(Box::new(PrivacyRequest::EraseStore))
+            );
+        }
+        // A request for another shop served by the same app is not applied here.
+        for (topic, body) in [("shop/redact", &shop[..]), ("customers/redact", redact)] {
+            let Parsed::Unparseable(why) = normalize(topic, body, Some("other.myshopify.com"))
+            else {
+                panic!("{topic}")
+            };
+            assert!(why.contains("\"s.myshopify.com\""), "{why}");
+        }
         // One that names no one is kept in quarantine, not guessed at.
-        let Parsed::Unparseable(why) = normalize("customers/redact", br#"{"customer":{}}"#) else {
+        let Parsed::Unparseable(why) = normalize("customers/redact", br#"{"customer":{}}"#, None)
+        else {
             panic!()
         };
         assert!(why.contains("names no one"), "{why}");
@@ -541,7 +561,8 @@ mod tests {
     fn normalizes_each_topic() {
         let fulfillment = br#"{"id":5,"order_id":9,"status":"success","shipment_status":null,
             "created_at":"2026-11-21T10:00:00Z","updated_at":"2026-11-21T11:00:00Z"}"#;
-        let Parsed::Event(Event::Fulfillment(f)) = normalize("fulfillments/create", fulfillment)
+        let Parsed::Event(Event::Fulfillment(f)) =
+            normalize("fulfillments/create", fulfillment, None)
         else {
             panic!()
         };
@@ -552,7 +573,7 @@ mod tests {
         let refund = br#"{"id":"7","order_id":9,"created_at":"2026-11-21T10:00:00Z",
             "refund_line_items":[{"line_item_id":3,"quantity":1,"subtotal":"4.00"}],
             "transactions":[{"amount":"4.50","kind":"refund","status":"success","currency":"EUR"}]}"#;
-        let Parsed::Event(Event::Refund(r)) = normalize("refunds/create", refund) else {
+        let Parsed::Event(Event::Refund(r)) = normalize("refunds/create", refund, None) else {
             panic!()
         };
         assert_eq!(
@@ -560,15 +581,17 @@ mod tests {
             (450, vec![("3".to_string(), 1)])
         );
         let delivered = br#"{"order_id":9,"fulfillment_id":5,"status":"delivered","happened_at":"2026-11-24T10:00:00Z"}"#;
-        let Parsed::Event(Event::Delivery(d)) = normalize("fulfillment_events/create", delivered)
+        let Parsed::Event(Event::Delivery(d)) =
+            normalize("fulfillment_events/create", delivered, None)
         else {
             panic!()
         };
         assert_eq!(d.status, DeliveryStatus::Delivered);
-        assert_eq!(normalize("app/uninstalled", b"{}"), Parsed::Ignored);
+        assert_eq!(normalize("app/uninstalled", b"{}", None), Parsed::Ignored);
         let Parsed::Unparseable(why) = normalize(
             "orders/paid",
             br#"{"id":1,"created_at":"yesterday","currency":"USD","total_price":"1"}"#,
+            None,
         ) else {
             panic!()
         };

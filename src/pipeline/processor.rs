@@ -32,6 +32,9 @@ pub struct Settings {
     pub next_order_window_ms: i64,
     /// How to plan offers for live orders; `None` plans nothing (tools and benchmarks).
     pub planning: Option<Arc<Planning>>,
+    /// The privacy request that failed last and how many times in a row (see
+    /// `PRIVACY_TRIES`).
+    pub privacy_failures: Arc<std::sync::Mutex<(u64, u32)>>,
 }
 
 impl Default for Settings {
@@ -39,6 +42,7 @@ impl Default for Settings {
         Settings {
             next_order_window_ms: 90 * 86_400_000,
             planning: None,
+            privacy_failures: Arc::default(),
         }
     }
 }
@@ -53,6 +57,7 @@ impl Settings {
         Settings {
             next_order_window_ms: config.affinity.window_ms(),
             planning: Some(Arc::new(Planning { config, clock })),
+            privacy_failures: Arc::default(),
         }
     }
 }
@@ -63,6 +68,11 @@ const CHUNK: usize = 512;
 /// write lock for a few large transactions instead of one small one after every group
 /// commit, which would halve the writer's commit rate.
 const SPACING: Duration = Duration::from_millis(50);
+
+/// How many times in a row a privacy request may fail (about a second apart) before it is
+/// set aside in quarantine, so that one that cannot succeed (an export directory it cannot
+/// write, a row it cannot read) does not hold up every store's events behind it.
+pub const PRIVACY_TRIES: u32 = 5;
 
 /// How long the processor may keep catching up once the service is stopping; what is
 /// left is applied at the next start (the events are durable in the log).
@@ -134,8 +144,11 @@ pub fn catch_up(
                         || crate::clock::Clock::now(&crate::clock::SystemClock),
                         |p| p.clock.now(),
                     );
-                    crate::privacy::apply(storage, *seq, head, request, now)?;
+                    apply_request(storage, settings, *seq, head, request, now)?;
                     total.events += 1;
+                }
+                if !go_on() {
+                    return Ok(total);
                 }
                 continue;
             }
@@ -165,6 +178,42 @@ pub fn catch_up(
             return Ok(total);
         }
     }
+}
+
+/// Applies a privacy request; after `PRIVACY_TRIES` failures in a row, sets it aside in
+/// quarantine (the status page says so; `quarantine replay` tries it again).
+fn apply_request(
+    storage: &Storage,
+    settings: &Settings,
+    seq: u64,
+    head: &EventHead,
+    request: &crate::engine::PrivacyRequest,
+    now: crate::engine::Timestamp,
+) -> Result<(), Error> {
+    let Err(e) = crate::privacy::apply(storage, seq, head, request, now) else {
+        return Ok(());
+    };
+    let tries = {
+        let mut failures = settings
+            .privacy_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *failures = match *failures {
+            (s, n) if s == seq => (seq, n + 1),
+            _ => (seq, 1),
+        };
+        failures.1
+    };
+    if tries < PRIVACY_TRIES {
+        return Err(e);
+    }
+    let why = format!(
+        "{} privacy request not applied after {tries} tries: {e}. Fix the cause, then run `upsell-appliance quarantine replay --store {}`",
+        head.topic, head.store
+    );
+    storage.set_aside(seq, &why)?;
+    log::error!("store {}: event {seq}: {why}", head.store);
+    Ok(())
 }
 
 fn plan(storage: &Storage, settings: &Settings, total: &mut CatchUp) -> Result<(), Error> {

@@ -590,7 +590,22 @@ pub fn suppress_in(
 ) -> Result<usize, Error> {
     let mut new = 0;
     let mut t = tx.open_table(SUPPRESSIONS)?;
+    let secret = tx
+        .open_table(STORE_KEYS)?
+        .get((store, super::privacy::ERASE_KEY))?
+        .map(|v| v.value().to_vec());
     for (key, row) in rows {
+        // A contact whose data was erased keeps one entry, under its hash: an unsubscribe
+        // arriving after the erase (a touch that was already on its way) must not write
+        // the address back in the clear.
+        let hashed = secret
+            .as_deref()
+            .filter(|_| !key.starts_with("erased:"))
+            .map(|s| super::privacy::erased_key(s, key));
+        let key = match hashed {
+            Some(h) if t.get((store, h.as_str()))?.is_some() => h,
+            _ => key.clone(),
+        };
         let old: Option<SuppressionRow> = t
             .get((store, key.as_str()))?
             .map(|v| decode_suppression(v.value()))

@@ -22,7 +22,7 @@ use crate::engine::lifecycle::PlanRecord;
 use crate::engine::{Event, Order, Person, PrivacyRequest, Timestamp};
 
 /// The name of the store key that erased contacts' suppression entries are hashed with.
-const ERASE_KEY: &str = "erase_key";
+pub(super) const ERASE_KEY: &str = "erase_key";
 /// What erased text becomes.
 const ERASED: &str = "[erased]";
 pub const C_ERASED: &str = "privacy.erased";
@@ -135,11 +135,14 @@ impl Identity {
         let Some(d) = p.map(digits).filter(|d| d.len() >= 7) else {
             return false;
         };
-        // Stored as the platforms send them: with or without the country code.
+        // Stored as the platforms send them: with or without the country code. Without
+        // it, a national number of at least 10 digits still names one line; a shorter one
+        // is the tail of too many others to count.
+        let tail = |long: &str, short: &str| short.len() >= 10 && long.ends_with(short);
         self.phones
             .iter()
             .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-            .any(|p| *p == d || p.ends_with(&d) || d.ends_with(p.as_str()))
+            .any(|p| *p == d || tail(p, &d) || tail(&d, p))
     }
 
     /// Whether an order names them: its id, customer id, email, or phone. A phone is
@@ -167,19 +170,19 @@ impl Identity {
             || self.has_phone(p.phone.as_deref())
     }
 
-    /// The texts to find in raw bodies and notes: the addresses and phone numbers.
-    fn needles(&self) -> impl Iterator<Item = &String> {
-        self.emails
-            .iter()
-            .chain(self.phones.iter().filter(|p| p.len() >= 7))
+    /// The texts to find in raw bodies and notes: the addresses, and with `phones` the
+    /// phone numbers.
+    fn needles(&self, phones: bool) -> impl Iterator<Item = &String> {
+        let phones = self.phones.iter().filter(move |p| phones && p.len() >= 7);
+        self.emails.iter().chain(phones)
     }
 
-    /// Where their addresses and phone numbers stand in `text` (ASCII lower-cased), as
-    /// whole tokens: `an@example.com` is not found inside `joan@example.com`, nor a number
-    /// inside a longer one. (start, end), in order.
-    fn found(&self, text: &[u8]) -> Vec<(usize, usize)> {
+    /// Where their addresses (and with `phones` their phone numbers) stand in `text`
+    /// (ASCII lower-cased), as whole tokens: `an@example.com` is not found inside
+    /// `joan@example.com`, nor a number inside a longer one. (start, end), in order.
+    fn found(&self, text: &[u8], phones: bool) -> Vec<(usize, usize)> {
         let mut out = Vec::new();
-        for n in self.needles() {
+        for n in self.needles(phones) {
             let n = n.as_bytes();
             let numeric = n.iter().all(u8::is_ascii_digit);
             let part = |b: u8| {
@@ -215,9 +218,30 @@ impl Identity {
         merged
     }
 
-    /// Whether raw bytes hold one of their addresses or phone numbers (case-insensitive).
+    /// Whether raw bytes are about them: they hold one of their addresses
+    /// (case-insensitive), or their phone number when nothing else names them (a
+    /// household shares a number; see `names_order`).
     pub fn in_bytes(&self, body: &[u8]) -> bool {
-        !self.found(&body.to_ascii_lowercase()).is_empty()
+        let phones = self.emails.is_empty() && self.platform_ids.is_empty();
+        !self.found(&body.to_ascii_lowercase(), phones).is_empty()
+    }
+
+    /// Whether a stored event is about them: an event of one of `orders` (theirs), an
+    /// order naming them, a privacy request naming them, or a raw body holding their
+    /// address (a refund or fulfillment of an order never received, an ignored topic).
+    fn names_event(&self, orders: &BTreeSet<String>, h: &EventHead, body: Option<&[u8]>) -> bool {
+        let in_body = || body.is_some_and(|b| self.in_bytes(b));
+        match &h.parsed {
+            ParsedRecord::Event(Event::Order { order, .. }) => {
+                orders.contains(&order.id) || self.names_order(order)
+            }
+            ParsedRecord::Event(e) => orders.contains(e.order_id()) || in_body(),
+            ParsedRecord::Privacy(
+                PrivacyRequest::Export { person, .. } | PrivacyRequest::Erase { person, .. },
+            ) => self.names_person(person),
+            ParsedRecord::Privacy(PrivacyRequest::EraseStore) => false,
+            ParsedRecord::Ignored | ParsedRecord::Unparseable(_) => in_body(),
+        }
     }
 
     /// `text` with their addresses and phone numbers replaced by "[erased]".
@@ -225,7 +249,7 @@ impl Identity {
         let mut out = text.to_string();
         // ASCII lower-casing keeps byte offsets; from the end, so earlier ones stay put.
         for (start, end) in self
-            .found(text.to_ascii_lowercase().as_bytes())
+            .found(text.to_ascii_lowercase().as_bytes(), true)
             .into_iter()
             .rev()
         {
@@ -297,6 +321,11 @@ pub struct Footprint {
     pub suppressions: Vec<(String, SuppressionRow)>,
     /// Events about them: (sequence number, head, raw body if still kept).
     pub events: Vec<(u64, EventHead, Option<Vec<u8>>)>,
+    /// The platform ids of every order found theirs, applied or not yet.
+    pub order_ids: BTreeSet<String>,
+    /// The last event sequence number the search saw: the erase looks again at what was
+    /// committed after it.
+    pub seen_through: u64,
 }
 
 impl Footprint {
@@ -431,6 +460,7 @@ impl Snapshot {
         for item in self.events.iter()? {
             let (k, v) = item?;
             let seq = k.value();
+            fp.seen_through = seq;
             let h = records::EventRecord::decode_head(v.value())?;
             if h.store != store {
                 continue;
@@ -440,17 +470,7 @@ impl Snapshot {
                 .get(seq)?
                 .map(|b| codec::decode_body("event body", records::BODY_V1, b.value()))
                 .transpose()?;
-            let theirs = match &h.parsed {
-                ParsedRecord::Event(e) => orders.contains(e.order_id()),
-                ParsedRecord::Privacy(
-                    PrivacyRequest::Export { person, .. } | PrivacyRequest::Erase { person, .. },
-                ) => id.names_person(person),
-                ParsedRecord::Privacy(PrivacyRequest::EraseStore) => false,
-                ParsedRecord::Ignored | ParsedRecord::Unparseable(_) => {
-                    body.as_deref().is_some_and(|b| id.in_bytes(b))
-                }
-            };
-            if theirs {
+            if id.names_event(&orders, &h, body.as_deref()) {
                 fp.events.push((seq, h, body));
             }
         }
@@ -486,6 +506,7 @@ impl Snapshot {
             }
         }
         fp.identity = id;
+        fp.order_ids = orders;
         Ok(fp)
     }
 }
@@ -566,7 +587,23 @@ impl Storage {
             let mut events = tx.open_table(EVENTS)?;
             let mut bodies = tx.open_table(BODIES)?;
             let mut quarantine = tx.open_table(QUARANTINE)?;
-            for (seq, _, _) in &fp.events {
+            // What the writer committed while the search ran, about them too.
+            let mut seqs: Vec<u64> = fp.events.iter().map(|(seq, _, _)| *seq).collect();
+            for item in events.range(fp.seen_through.saturating_add(1)..)? {
+                let (k, v) = item?;
+                let h = records::EventRecord::decode_head(v.value())?;
+                if h.store != store {
+                    continue;
+                }
+                let body = bodies
+                    .get(k.value())?
+                    .map(|b| codec::decode_body("event body", records::BODY_V1, b.value()))
+                    .transpose()?;
+                if id.names_event(&fp.order_ids, &h, body.as_deref()) {
+                    seqs.push(k.value());
+                }
+            }
+            for seq in &seqs {
                 let row = events.get(*seq)?.map(|v| v.value().to_vec());
                 if let Some(bytes) = row {
                     let mut h = records::EventRecord::decode_head(&bytes)?;
@@ -642,24 +679,43 @@ impl Storage {
     /// platform asks when the store uninstalls the app (`shop/redact`). Sequence numbers of
     /// its removed events are never handed out again. Returns how many rows went.
     pub fn erase_store(&self, store: &str, processed: Option<u64>) -> Result<u64, Error> {
+        // Rows keyed by event sequence number or touch id are found by their record:
+        // decoded from a snapshot, without holding the write lock the webhooks need, and
+        // then only what came after it.
+        let event_store = |b: &[u8]| Ok(records::EventRecord::decode_head(b)?.store);
+        let touch_store = |b: &[u8]| Ok(super::touches::decode_record(b)?.store);
+        let (mut seqs, mut ids) = {
+            let snap = self.snapshot()?;
+            (
+                records_of(&snap.events, 0, store, event_store)?,
+                records_of(&snap.touches, 0, store, touch_store)?,
+            )
+        };
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         let mut removed = 0u64;
         {
-            // Rows keyed by event sequence number or touch id: found by their record.
             let mut events = tx.open_table(EVENTS)?;
             let next = super::next_seq(&events, &tx.open_table(META)?)?;
-            let seqs = remove_records_of(&mut events, store, |b| {
-                Ok(records::EventRecord::decode_head(b)?.store)
-            })?;
+            seqs.0
+                .extend(records_of(&events, seqs.1, store, event_store)?.0);
+            let seqs = seqs.0;
+            for &seq in &seqs {
+                events.remove(seq)?;
+            }
             tx.open_table(META)?
                 .insert(super::NEXT_SEQ, &next.to_le_bytes()[..])?;
             removed += seqs.len() as u64;
             removed += retain(&mut tx.open_table(BODIES)?, |k, _| !seqs.contains(&k))?;
             removed += retain(&mut tx.open_table(QUARANTINE)?, |k, _| !seqs.contains(&k))?;
-            let ids = remove_records_of(&mut tx.open_table(TOUCHES)?, store, |b| {
-                Ok(super::touches::decode_record(b)?.store)
-            })?;
+            let mut touches = tx.open_table(TOUCHES)?;
+            ids.0
+                .extend(records_of(&touches, ids.1, store, touch_store)?.0);
+            let ids = ids.0;
+            for &id in &ids {
+                touches.remove(id)?;
+            }
+            drop(touches);
             removed += ids.len() as u64;
             let gone = |i: u64| ids.contains(&i);
             removed += retain(&mut tx.open_table(TIMERS)?, |k, _| !gone(k.1))?;
@@ -724,6 +780,31 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Puts the stored event at `seq`, which the processor could not apply, into
+    /// quarantine with `why`, and moves the processor's cursor past it, in one durable
+    /// transaction. `quarantine replay` parses it again and, under a new sequence number,
+    /// the processor tries it again.
+    pub fn set_aside(&self, seq: u64, why: &str) -> Result<(), Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut events = tx.open_table(EVENTS)?;
+            let row = events.get(seq)?.map(|v| v.value().to_vec());
+            let mut h = records::EventRecord::decode_head(&row.ok_or(Error::Purged(seq))?)?;
+            h.parsed = ParsedRecord::Unparseable(why.to_string());
+            events.insert(seq, codec::encode(records::EVENT_V1, &h)?.as_slice())?;
+            tx.open_table(QUARANTINE)?.insert(seq, h.store.as_str())?;
+            let mut counters = tx.open_table(COUNTERS)?;
+            super::add(&mut counters, &h.store, super::C_ACCEPTED, -1)?;
+            super::add(&mut counters, &h.store, super::C_QUARANTINED, 1)?;
+        }
+        set_processed(&tx, seq)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 /// Counts a privacy request of `kind` done for `store`, and moves the processor's cursor
 /// past the request when the processor applied one.
 fn request_done(
@@ -748,24 +829,23 @@ fn set_processed(tx: &redb::WriteTransaction, seq: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// Removes the rows of a table keyed by number (events, touches) whose record names
-/// `store` (`store_of` reads it); returns their keys.
-fn remove_records_of(
-    t: &mut redb::Table<'_, u64, &'static [u8]>,
+/// The keys after `after` of a table keyed by number (events, touches) whose record names
+/// `store` (`store_of` reads it), and the last key looked at.
+fn records_of(
+    t: &impl ReadableTable<u64, &'static [u8]>,
+    after: u64,
     store: &str,
     store_of: impl Fn(&[u8]) -> Result<String, Error>,
-) -> Result<BTreeSet<u64>, Error> {
-    let mut keys = BTreeSet::new();
-    for item in t.iter()? {
+) -> Result<(BTreeSet<u64>, u64), Error> {
+    let (mut keys, mut last) = (BTreeSet::new(), after);
+    for item in t.range(after.saturating_add(1)..)? {
         let (k, v) = item?;
+        last = k.value();
         if store_of(v.value())? == store {
-            keys.insert(k.value());
+            keys.insert(last);
         }
     }
-    for &k in &keys {
-        t.remove(k)?;
-    }
-    Ok(keys)
+    Ok((keys, last))
 }
 
 /// Removes the rows `keep` refuses; returns how many.
@@ -826,6 +906,11 @@ mod tests {
         assert!(id.has_phone(Some("555-625-1199")));
         assert!(id.has_phone(Some("+15556251199")));
         assert!(!id.has_phone(Some("+15556251198")));
+        // A short number is not taken for the tail of a longer one.
+        assert!(!id.has_phone(Some("6251199")));
+        let short = Identity::parse("+6831234").unwrap();
+        assert!(short.has_phone(Some("+683 1234")));
+        assert!(!short.has_phone(Some("+1 555 683 1234")));
         assert_eq!(
             Identity::parse("7003").unwrap().platform_ids,
             BTreeSet::from(["7003".to_string()])

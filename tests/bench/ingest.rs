@@ -319,7 +319,13 @@ fn verify_parse(bodies: &Arc<Bodies>, threads: usize, run: Duration, ours: bool)
                         ("x-shopify-event-id".into(), format!("e-{n}")),
                     ]);
                     if ours {
-                        let inbound = shopify::receive(headers, body.clone(), &secrets).unwrap();
+                        let inbound = shopify::receive(
+                            headers,
+                            body.clone(),
+                            &secrets,
+                            "bench.myshopify.com",
+                        )
+                        .unwrap();
                         assert!(matches!(
                             inbound.parsed,
                             upsell_appliance::ingest::Parsed::Event(_)

@@ -114,6 +114,18 @@ fn a_data_request_is_exported_and_a_redact_leaves_nothing_an_api_or_the_compacte
         "/api/customer/suppress?store={STORE}&contact={EMAIL}&reason=unsubscribed"
     ));
     assert_eq!(code, 200, "{body}");
+    // A fulfillment of an order never received: only its body names them.
+    let stray = json!({"id": 5501, "order_id": 9199, "status": "success",
+        "created_at": "2026-11-20T15:00:00Z", "email": EMAIL,
+        "destination": {"phone": PHONE, "city": "Springfield"}});
+    let bytes = serde_json::to_vec(&stray).unwrap();
+    assert_eq!(s.webhook("fulfillments/create", "ev-stray", &bytes), 200);
+    // Another's fulfillment of an unknown order is not theirs.
+    let theirs = json!({"id": 5502, "order_id": 9198, "status": "success",
+        "created_at": "2026-11-20T15:00:00Z", "email": OTHER});
+    let bytes = serde_json::to_vec(&theirs).unwrap();
+    assert_eq!(s.webhook("fulfillments/create", "ev-other", &bytes), 200);
+    s.wait_processed();
     let affinity = affinity_digest(&s);
 
     // customers/data_request: the export is written, listed, and holds everything.
@@ -154,7 +166,20 @@ fn a_data_request_is_exported_and_a_redact_leaves_nothing_an_api_or_the_compacte
         .filter_map(|e| e["body"]["text"].as_str())
         .collect();
     assert!(raw.iter().any(|b| b.contains("\"id\":9101")), "{raw:?}");
+    assert!(
+        raw.iter().any(|b| b.contains("\"order_id\":9199")),
+        "{raw:?}"
+    );
     assert!(!raw.iter().any(|b| b.contains(OTHER)));
+    // What they did and what they were sent is theirs too.
+    for key in ["offer_response", "conversion", "delivered_by_hand_at"] {
+        assert!(export["orders"][0].get(key).is_some(), "{key}: {export}");
+    }
+    assert!(export["messages_sent"].is_array(), "{export}");
+    assert!(
+        export["touches"][0].get("sent_through").is_some(),
+        "{export}"
+    );
     let st = s.store_status();
     assert_eq!(st["privacy"]["exported"], 1, "{st}");
     assert_eq!(
@@ -312,4 +337,144 @@ fn shop_redact_removes_every_row_of_the_store_and_nothing_of_another() {
     assert!(!file_holds(&db, "Pour-over Kit"), "catalog rows are gone");
     let s = Storage::open(dir, &Default::default()).unwrap();
     assert_eq!(s.status(&[WOO_STORE]).unwrap()[0].orders, 1);
+}
+
+#[test]
+fn a_request_for_another_shop_or_one_that_keeps_failing_is_set_aside_and_the_rest_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = start(dir);
+    let demo = s.store_status()["orders"].as_i64().unwrap();
+    post_order(
+        &s,
+        &order(
+            9301,
+            &person(9301, EMAIL, None),
+            T0,
+            &[("KIT-POUR", 1, "54.00")],
+        ),
+    );
+    // One app serving two shops: a shop/redact for the other one removes nothing here.
+    let body = br#"{"shop_id": 1, "shop_domain": "another-shop.myshopify.com"}"#;
+    assert_eq!(s.webhook("shop/redact", "ev-sr-other", body), 200);
+    s.wait_processed();
+    let st = s.store_status();
+    assert_eq!(
+        (&st["orders"], &st["in_quarantine"]),
+        (&json!(demo + 1), &json!(1)),
+        "{st}"
+    );
+    let (_, q) = s.admin_get(&format!("/api/quarantine?store={STORE}"));
+    assert!(q.contains("another-shop.myshopify.com"), "{q}");
+
+    // An export it cannot write (the directory's place is taken by a file) is tried a few
+    // times, then set aside; the orders behind it are applied meanwhile.
+    std::fs::write(dir.join("exports"), b"not a directory").unwrap();
+    let request = json!({"shop_domain": "test-store.myshopify.com",
+        "customer": {"id": 9301, "email": EMAIL}, "data_request": {"id": 77}});
+    let bytes = serde_json::to_vec(&request).unwrap();
+    assert_eq!(
+        s.webhook("customers/data_request", "ev-dr-fail", &bytes),
+        200
+    );
+    post_order(
+        &s,
+        &order(
+            9302,
+            &person(9302, OTHER, None),
+            T0,
+            &[("KIT-POUR", 1, "54.00")],
+        ),
+    );
+    let st = s.store_status();
+    assert_eq!(
+        (&st["orders"], &st["in_quarantine"]),
+        (&json!(demo + 2), &json!(2)),
+        "{st}"
+    );
+    let (_, q) = s.admin_get(&format!("/api/quarantine?store={STORE}"));
+    assert!(q.contains("not applied after 5 tries"), "{q}");
+    assert!(
+        s.status()["notices"]
+            .to_string()
+            .contains("could not be parsed or applied"),
+        "the status page says so"
+    );
+    // Once the cause is gone, a replay applies it; the other shop's request stays put.
+    std::fs::remove_file(dir.join("exports")).unwrap();
+    let (code, body) = s.admin_post(&format!("/api/quarantine/replay?store={STORE}"));
+    assert_eq!(code, 200, "{body}");
+    s.wait_processed();
+    let file = dir
+        .join("exports")
+        .join(format!("{STORE}-data-request-77.json"));
+    let export: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(export["found"], true);
+    let st = s.store_status();
+    assert_eq!(
+        (&st["orders"], &st["in_quarantine"]),
+        (&json!(demo + 2), &json!(1)),
+        "{st}"
+    );
+    assert_eq!(st["privacy"]["exported"], 1, "{st}");
+}
+
+#[test]
+fn what_arrives_while_an_erase_looks_is_erased_too_and_a_later_unsubscribe_stays_hashed() {
+    use upsell_appliance::storage::privacy::Identity;
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(tmp.path());
+    let me = person(9401, EMAIL, Some(PHONE));
+    post_order(&s, &order(9401, &me, T0, &[("KIT-POUR", 1, "54.00")]));
+    let (code, body) = s.admin_post(&format!(
+        "/api/customer/suppress?store={STORE}&contact={EMAIL}&reason=unsubscribed"
+    ));
+    assert_eq!(code, 200, "{body}");
+    let storage = s.running().storage.clone();
+    let now = Timestamp(T0 + 120_000);
+    {
+        // The erase holds the apply lock, as `customer erase` does; the writer does not
+        // wait for it, so an order of theirs is committed after the look and before the
+        // erase.
+        let _applying = storage.apply_lock();
+        let fp = storage
+            .snapshot()
+            .unwrap()
+            .footprint(STORE, &Identity::parse(EMAIL).unwrap())
+            .unwrap();
+        let late = order(9402, &me, T0, &[("FLT-PAPER", 1, "8.00")]);
+        let bytes = serde_json::to_vec(&late).unwrap();
+        assert_eq!(s.webhook("orders/paid", "ev-late", &bytes), 200);
+        let done = upsell_appliance::privacy::erase(&storage, &fp, now, None).unwrap();
+        assert_eq!(done.events, 2, "the late order's delivery too: {done:?}");
+    }
+    s.wait_processed();
+    let (_, body) = s.admin_get(&format!("/api/customer/show?store={STORE}&contact={EMAIL}"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["customer"].is_null(),
+        "not made again from the late order: {v}"
+    );
+    let (_, explain) = s.explain("9402");
+    assert!(!explain.to_string().contains("erase.me"), "{explain}");
+
+    // An unsubscribe after the erase (a touch already on its way) is kept under the hash.
+    let (code, body) = s.admin_post(&format!(
+        "/api/customer/suppress?store={STORE}&contact={EMAIL}&reason=complained"
+    ));
+    assert_eq!(code, 200, "{body}");
+    let list = storage.snapshot().unwrap().suppression_list(STORE).unwrap();
+    let keys: Vec<&str> = list.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        !keys.contains(&format!("email:{EMAIL}").as_str()),
+        "{keys:?}"
+    );
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("erased:")).count(),
+        1,
+        "{keys:?}"
+    );
+    let (_, body) = s.admin_get(&format!("/api/customer/show?store={STORE}&contact={EMAIL}"));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["suppressed"]["reason"], "complained", "{v}");
 }

@@ -44,7 +44,9 @@ fn quarantined_delivery_is_listed_shown_and_released_by_a_newer_parser() {
     assert!(why.contains("expected a decimal amount"), "{why}");
     assert_eq!(storage.event(*seq).unwrap().unwrap().body, body);
     // Replaying with this build's parser changes nothing.
-    let same = upsell_appliance::http::admin::quarantine_replay(storage, None).unwrap();
+    let same =
+        upsell_appliance::http::admin::quarantine_replay(storage, &test_config(tmp.path()), None)
+            .unwrap();
     assert_eq!(same["replayed"][0]["new_seq"], serde_json::Value::Null);
     assert_eq!(storage.quarantined(None).unwrap().len(), 1);
     s.stop();
@@ -54,7 +56,7 @@ fn quarantined_delivery_is_listed_shown_and_released_by_a_newer_parser() {
     let fixed = |_: &upsell_appliance::storage::records::EventHead, b: &[u8]| {
         let text = String::from_utf8(b.to_vec()).unwrap();
         let text = text.replacen("{\"amount\":\"115.00\"}", "\"115.00\"", 1);
-        match shopify::normalize("orders/paid", text.as_bytes()) {
+        match shopify::normalize("orders/paid", text.as_bytes(), None) {
             Parsed::Event(e) => ParsedRecord::Event(e),
             other => panic!("{other:?}"),
         }

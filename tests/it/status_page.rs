@@ -240,9 +240,9 @@ fn the_page_says_what_needs_the_operator() {
         g.body
     );
     assert!(g.body.contains("the app&#39;s client secret"));
-    assert!(g
-        .body
-        .contains("Store main: signed deliveries that could not be parsed wait in quarantine (1)"));
+    assert!(g.body.contains(
+        "Store main: signed deliveries that could not be parsed or applied wait in quarantine (1)"
+    ));
     assert!(g
         .body
         .contains("<code>upsell-appliance quarantine list --store main</code>"));
