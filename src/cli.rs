@@ -1728,8 +1728,9 @@ fn customer(config: &Config, action: CustomerAction) -> anyhow::Result<ExitCode>
         ),
         "clear" => match v["cleared"].as_array().filter(|c| !c.is_empty()) {
             Some(c) => println!(
-                "{contact}: poor rating of ticket(s) {} cleared; marketing may reach them again ({source})",
-                c.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+                "{contact}: poor rating of ticket(s) {} cleared; marketing may reach them again, {} waiting touch(es) decided now ({source})",
+                c.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join(", "),
+                v["resumed"].as_u64().unwrap_or(0)
             ),
             None => println!(
                 "{contact} has no poorly rated ticket waiting for a person; nothing changed ({source})"

@@ -888,8 +888,8 @@ pub fn customer_clear(
     now: Timestamp,
 ) -> Result<serde_json::Value, OpsError> {
     let key = contact_key(contact)?;
-    let cleared = storage.clear_recovery(store, &key, now)?;
-    Ok(json!({"store": store, "contact": key, "cleared": cleared}))
+    let (cleared, resumed) = storage.clear_recovery(store, &key, now)?;
+    Ok(json!({"store": store, "contact": key, "cleared": cleared, "resumed": resumed}))
 }
 
 /// Whom `customer export|erase` names: an email address, a phone number or the platform's

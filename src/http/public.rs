@@ -198,12 +198,20 @@ fn intake(ctx: &PublicCtx, mut rq: Request, store_id: &str, which: Intake, secre
         );
         return respond(rq, text(404, &msg));
     };
-    let body = match read_body(&mut rq, ctx.config.max_body_bytes) {
-        Ok(b) => b,
-        Err(e) => return respond(rq, body_refused(ctx, e)),
-    };
     let headers = headers_of(&rq);
-    if !ingest::intake_authorised(auth, &headers, secret, &body) {
+    // Without a signature, the credentials are in the URL or the headers: a stranger's
+    // request is refused before its body is read.
+    let signed = headers.get(ingest::SIGNATURE_HEADER).is_some();
+    let body = if signed || ingest::intake_authorised(auth, &headers, secret, &[]) {
+        match read_body(&mut rq, ctx.config.max_body_bytes) {
+            Ok(b) => Some(b),
+            Err(e) => return respond(rq, body_refused(ctx, e)),
+        }
+    } else {
+        None
+    };
+    let body = body.filter(|b| ingest::intake_authorised(auth, &headers, secret, b));
+    let Some(body) = body else {
         ctx.rejections.add(&store.id);
         let msg = format!(
             "wrong or missing credentials for this store's {} webhook (as set in {}: basic auth, the secret header or path, or X-Upsell-Signature)\n",
@@ -215,7 +223,7 @@ fn intake(ctx: &PublicCtx, mut rq: Request, store_id: &str, which: Intake, secre
             rq,
             text(401, &msg).with_header(header("WWW-Authenticate", &realm)),
         );
-    }
+    };
     match which {
         Intake::Engagement => engagement(ctx, rq, store, &body),
         Intake::Helpdesk => helpdesk(ctx, rq, store, &body),

@@ -426,16 +426,20 @@ impl Storage {
     }
 
     /// A person has followed up on the contact's poorly rated tickets (`customer clear`):
-    /// marketing may reach them again. Returns the tickets cleared (none: the contact was
-    /// not on the recovery path).
+    /// marketing may reach them again, and their touches still waiting for a ticket are
+    /// brought forward to `now` (as when a ticket closes well). Returns the tickets cleared
+    /// (none: the contact was not on the recovery path) and how many touches came forward.
     pub fn clear_recovery(
         &self,
         store: &str,
         contact: &str,
         now: Timestamp,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<(Vec<String>, usize), Error> {
+        let (_, _, ids) = self.snapshot()?.contact_touches(store, contact)?;
         let tx = self.db.begin_write()?;
         let mut cleared = Vec::new();
+        let mut written = Vec::new();
+        let mut resumed = 0;
         {
             let mut t = tx.open_table(TICKETS)?;
             let rows = ticket_rows(&t, store, Some(contact))?;
@@ -450,9 +454,14 @@ impl Storage {
                 )?;
                 cleared.push(id);
             }
+            let rows = ticket_rows(&t, store, Some(contact))?;
+            if !cleared.is_empty() && !rows.iter().any(|(_, _, r)| r.open || r.needs_recovery()) {
+                resumed = super::touches::bring_forward_ticket_waits(&tx, &ids, now, &mut written)?;
+            }
         }
         tx.commit()?;
-        Ok(cleared)
+        self.timer_feed.push(&written);
+        Ok((cleared, resumed))
     }
 
     /// Records what the customer did with the offer of `order` and counts it in the
@@ -664,5 +673,21 @@ mod tests {
         let bytes = codec::encode(RESPONSE_V2, &new).unwrap();
         assert_eq!(bytes, [2, 0, 10, 1, 251, 44, 1]);
         assert_eq!(decode_response(&bytes).unwrap(), new);
+    }
+
+    #[test]
+    fn golden_recovery_notice() {
+        let n = RecoveryNotice {
+            contact: "email:a@b.c".into(),
+            ticket: "T1".into(),
+            csat: 2,
+            at: Timestamp(7),
+        };
+        let bytes = codec::encode(NOTICE_V1, &n).unwrap();
+        assert_eq!(
+            bytes,
+            [1, 11, 101, 109, 97, 105, 108, 58, 97, 64, 98, 46, 99, 2, 84, 49, 2, 14]
+        );
+        assert_eq!(decode_notice(&bytes).unwrap(), n);
     }
 }

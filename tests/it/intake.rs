@@ -320,6 +320,10 @@ fn wrong_intake_credentials_are_401_and_record_nothing() {
     let state = snap.order(STORE, "9963").unwrap().unwrap();
     assert_eq!(state.delivery_failed_at, None, "no delivery event recorded");
     assert_eq!(s.store_status()["webhooks"]["accepted"], accepted);
+    // A stranger is refused before the body is read: however large, it is a 401.
+    let big = vec![b' '; 8 << 20];
+    let (code, v) = s.post(&format!("/webhooks/{STORE}/helpdesk"), &[], &big);
+    assert_eq!(code, 401, "{v}");
     // A store without the intake says how to set it up; a bad body says what is wrong.
     let (code, v) = s.post("/webhooks/woo/helpdesk", &[], b"{}");
     assert_eq!(code, 404, "{v}");
@@ -406,4 +410,39 @@ fn a_carriers_delay_moves_the_review_and_a_failed_delivery_holds_review_and_cros
     assert_eq!(timer(&s, "9965", "review").due_at, Timestamp(T0 + 17 * DAY));
     clock.set(Timestamp(T0 + 9 * DAY));
     assert_line_at(&wait_line(dir, "9965", "touch2"), T0 + 9 * DAY);
+}
+
+#[test]
+fn clearing_a_poor_rating_brings_forward_the_touches_that_waited_for_a_ticket() {
+    let fake = Fake::start(vec![Some((204, vec![], String::new()))]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clock = Arc::new(TestClock::at(Timestamp(T0 + MIN)));
+    let s = start(dir, clock.clone(), &fake.url);
+    ordered(&s, dir, &clock, 9965, 8965);
+    let email = "c8965@example.com";
+    // Day 3: T-1 opens; day 4: touch-2 waits for it.
+    clock.set(Timestamp(T0 + 3 * DAY));
+    let t1 = ticket(email, "T-1", "open", None, T0 + 3 * DAY);
+    assert_eq!(post(&s, "helpdesk", Auth::Signed, &t1).0, 200);
+    clock.set(Timestamp(T0 + 4 * DAY));
+    let t = wait_state(&s, "9965", "touch2", "deferred");
+    assert!(reason(&t).starts_with("support ticket T-1 is open"), "{t}");
+    // T-1 closes with a poor rating: the customer is on the recovery path, and touch-2
+    // keeps waiting.
+    let closed = T0 + 4 * DAY + HOUR;
+    clock.set(Timestamp(closed));
+    let t1 = ticket(email, "T-1", "closed", Some(1), closed);
+    let (code, v) = post(&s, "helpdesk", Auth::Signed, &t1);
+    assert_eq!((code, v["resumed"].clone()), (200, json!(0)), "{v}");
+    assert_not_sent(dir, "9965", "touch2");
+    // A person follows up an hour later: touch-2 goes then, not at its next look.
+    let cleared = closed + HOUR;
+    clock.set(Timestamp(cleared));
+    let (code, body) = s.admin_post(&format!(
+        "/api/customer/clear?store={STORE}&contact=c8965%40example.com"
+    ));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((code, &v["resumed"]), (200, &json!(1)), "{v}");
+    assert_line_at(&wait_line(dir, "9965", "touch2"), cleared);
 }
