@@ -211,8 +211,14 @@ fn apply_request(
         "{} privacy request not applied after {tries} tries: {e}. Fix the cause, then run `upsell-appliance quarantine replay --store {}`",
         head.topic, head.store
     );
-    storage.set_aside(seq, &why)?;
-    log::error!("store {}: event {seq}: {why}", head.store);
+    if storage.set_aside(seq, &why)? {
+        log::error!("store {}: event {seq}: {why}", head.store);
+    } else {
+        log::error!(
+            "store {}: event {seq}: {why}; its body is gone, so it cannot be tried again: passed over",
+            head.store
+        );
+    }
     Ok(())
 }
 

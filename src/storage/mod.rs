@@ -49,7 +49,7 @@ pub enum Error {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write the privacy export {path}: {source} (free space or fix the directory's permissions; the request is tried again until it is written)")]
+    #[error("cannot write the privacy export {path}: {source} (free space or fix the directory's permissions)")]
     Export {
         path: PathBuf,
         source: std::io::Error,

@@ -602,9 +602,9 @@ pub fn suppress_in(
             .as_deref()
             .filter(|_| !key.starts_with("erased:"))
             .map(|s| super::privacy::erased_key(s, key));
-        let key = match hashed {
-            Some(h) if t.get((store, h.as_str()))?.is_some() => h,
-            _ => key.clone(),
+        let (key, hidden) = match hashed {
+            Some(h) if t.get((store, h.as_str()))?.is_some() => (h, true),
+            _ => (key.clone(), false),
         };
         let old: Option<SuppressionRow> = t
             .get((store, key.as_str()))?
@@ -619,6 +619,8 @@ pub fn suppress_in(
             // entry keeps its first date.
             Some(old) => SuppressionRow {
                 reason: match (&old.reason, &row.reason) {
+                    // A new note could quote the erased address: the scrubbed one stays.
+                    (Suppressed::Manual(_), Suppressed::Manual(_)) if hidden => old.reason,
                     (Suppressed::Manual(_), _) => row.reason.clone(),
                     (_, Suppressed::Manual(_)) => old.reason.clone(),
                     _ => row.reason.clone(),

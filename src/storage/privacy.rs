@@ -219,10 +219,11 @@ impl Identity {
     }
 
     /// Whether raw bytes are about them: they hold one of their addresses
-    /// (case-insensitive), or their phone number when nothing else names them (a
-    /// household shares a number; see `names_order`).
+    /// (case-insensitive), or, for someone known by no address, their phone number (a
+    /// household shares a number; see `names_order`). Platform ids are not looked for in
+    /// bodies (an id is a number like any other there).
     pub fn in_bytes(&self, body: &[u8]) -> bool {
-        let phones = self.emails.is_empty() && self.platform_ids.is_empty();
+        let phones = self.emails.is_empty();
         !self.found(&body.to_ascii_lowercase(), phones).is_empty()
     }
 
@@ -528,15 +529,8 @@ impl Storage {
     ) -> Result<Erased, Error> {
         let store = fp.store.as_str();
         let id = &fp.identity;
-        let secret = if fp
-            .suppressions
-            .iter()
-            .any(|(k, _)| !k.starts_with("erased:"))
-        {
-            Some(self.store_key(store, ERASE_KEY)?)
-        } else {
-            None
-        };
+        let keys = id.contact_keys();
+        let secret = self.store_key(store, ERASE_KEY)?;
         let mut done = Erased::default();
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
@@ -589,6 +583,7 @@ impl Storage {
             let mut quarantine = tx.open_table(QUARANTINE)?;
             // What the writer committed while the search ran, about them too.
             let mut seqs: Vec<u64> = fp.events.iter().map(|(seq, _, _)| *seq).collect();
+            let mut orders = fp.order_ids.clone();
             for item in events.range(fp.seen_through.saturating_add(1)..)? {
                 let (k, v) = item?;
                 let h = records::EventRecord::decode_head(v.value())?;
@@ -599,7 +594,10 @@ impl Storage {
                     .get(k.value())?
                     .map(|b| codec::decode_body("event body", records::BODY_V1, b.value()))
                     .transpose()?;
-                if id.names_event(&fp.order_ids, &h, body.as_deref()) {
+                if id.names_event(&orders, &h, body.as_deref()) {
+                    if let ParsedRecord::Event(Event::Order { order, .. }) = &h.parsed {
+                        orders.insert(order.id.clone());
+                    }
                     seqs.push(k.value());
                 }
             }
@@ -615,45 +613,70 @@ impl Storage {
                 quarantine.remove(*seq)?;
                 done.events += 1;
             }
-            let ids: Vec<u64> = fp.touches.iter().map(|(i, _)| *i).collect();
-            done.touches_cancelled = super::touches::erase_in(&tx, &ids, id)?;
+            drop((events, bodies, quarantine));
+            // Rows kept by contact are read here, inside the transaction: an intake may
+            // have written one (a ticket, a recovery notice, an unsubscribe) while the
+            // search ran.
+            let mut touch_ids: Vec<u64> = fp.touches.iter().map(|(i, _)| *i).collect();
             let mut tickets = tx.open_table(TICKETS)?;
-            for (contact, ticket) in &fp.tickets {
-                if tickets
-                    .remove((store, contact.as_str(), ticket.as_str()))?
-                    .is_some()
-                {
+            for key in &keys {
+                let mut theirs = Vec::new();
+                for item in tickets.range((store, key.as_str(), "")..)? {
+                    let (k, _) = item?;
+                    let (s, contact, ticket) = k.value();
+                    if s != store || contact != key {
+                        break;
+                    }
+                    theirs.push(ticket.to_string());
+                }
+                for ticket in theirs {
+                    tickets.remove((store, key.as_str(), ticket.as_str()))?;
                     done.tickets += 1;
                 }
             }
+            drop(tickets);
             let mut notices = tx.open_table(RECOVERY_NOTICES)?;
-            for n in &fp.notices {
-                notices.remove(*n)?;
-            }
-            if let Some(secret) = &secret {
-                let mut rows = Vec::new();
-                let mut sup = tx.open_table(SUPPRESSIONS)?;
-                for (key, _) in fp
-                    .suppressions
-                    .iter()
-                    .filter(|(k, _)| !k.starts_with("erased:"))
-                {
-                    let old = sup
-                        .remove((store, key.as_str()))?
-                        .map(|v| v.value().to_vec());
-                    if let Some(bytes) = old {
-                        let mut row = super::plans::decode_suppression(&bytes)?;
-                        if let crate::engine::plan::Suppressed::Manual(note) = &mut row.reason {
-                            *note = id.scrub(note);
-                        }
-                        row.source = id.scrub(&row.source);
-                        rows.push((erased_key(secret, key), row));
-                    }
+            let touches = tx.open_table(TOUCHES)?;
+            let mut gone = Vec::new();
+            for item in notices.iter()? {
+                let (k, v) = item?;
+                let n = super::intake::decode_notice(v.value())?;
+                let of_store = touches
+                    .get(k.value())?
+                    .map(|t| super::touches::decode_record(t.value()))
+                    .transpose()?
+                    .is_some_and(|t| t.store == store);
+                if of_store && keys.contains(&n.contact) {
+                    gone.push(k.value());
                 }
-                drop(sup);
-                done.suppressions_hashed = rows.len();
-                super::plans::suppress_in(&tx, store, &rows)?;
             }
+            drop(touches);
+            for n in gone {
+                notices.remove(n)?;
+                touch_ids.push(n);
+            }
+            drop(notices);
+            touch_ids.sort_unstable();
+            touch_ids.dedup();
+            done.touches_cancelled = super::touches::erase_in(&tx, &touch_ids, id)?;
+            let mut rows = Vec::new();
+            let mut sup = tx.open_table(SUPPRESSIONS)?;
+            for key in &keys {
+                let old = sup
+                    .remove((store, key.as_str()))?
+                    .map(|v| v.value().to_vec());
+                if let Some(bytes) = old {
+                    let mut row = super::plans::decode_suppression(&bytes)?;
+                    if let crate::engine::plan::Suppressed::Manual(note) = &mut row.reason {
+                        *note = id.scrub(note);
+                    }
+                    row.source = id.scrub(&row.source);
+                    rows.push((erased_key(&secret, key), row));
+                }
+            }
+            drop(sup);
+            done.suppressions_hashed = rows.len();
+            super::plans::suppress_in(&tx, store, &rows)?;
             request_done(&tx, store, C_ERASED, now, processed)?;
         }
         tx.commit()?;
@@ -785,10 +808,14 @@ impl Storage {
     /// quarantine with `why`, and moves the processor's cursor past it, in one durable
     /// transaction. `quarantine replay` parses it again and, under a new sequence number,
     /// the processor tries it again.
-    pub fn set_aside(&self, seq: u64, why: &str) -> Result<(), Error> {
+    /// One whose body is gone (purged after `payload_retention_days`, or erased with the
+    /// person it named) could never be parsed again: it is passed over instead. Returns
+    /// whether it was kept.
+    pub fn set_aside(&self, seq: u64, why: &str) -> Result<bool, Error> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
-        {
+        let kept = tx.open_table(BODIES)?.get(seq)?.is_some();
+        if kept {
             let mut events = tx.open_table(EVENTS)?;
             let row = events.get(seq)?.map(|v| v.value().to_vec());
             let mut h = records::EventRecord::decode_head(&row.ok_or(Error::Purged(seq))?)?;
@@ -801,7 +828,7 @@ impl Storage {
         }
         set_processed(&tx, seq)?;
         tx.commit()?;
-        Ok(())
+        Ok(kept)
     }
 }
 
@@ -915,6 +942,14 @@ mod tests {
             Identity::parse("7003").unwrap().platform_ids,
             BTreeSet::from(["7003".to_string()])
         );
+        // Someone known by no address (a platform id and a phone): the phone finds their
+        // bodies; with an address, the phone alone does not (a household shares it).
+        let mut by_phone = Identity::parse("7003").unwrap();
+        by_phone.add_phone(Some("+15556251199"));
+        assert!(by_phone.in_bytes(br#"{"phone":"+15556251199"}"#));
+        let mut with_email = Identity::parse("jane@example.com").unwrap();
+        with_email.add_phone(Some("+15556251199"));
+        assert!(!with_email.in_bytes(br#"{"phone":"+15556251199"}"#));
         for bad in ["", "jane@", "+12", "a b"] {
             assert!(Identity::parse(bad).is_err(), "{bad:?}");
         }

@@ -91,7 +91,8 @@ fn every_answer(s: &TestServer, orders: &[&str]) -> String {
 fn a_data_request_is_exported_and_a_redact_leaves_nothing_an_api_or_the_compacted_file_holds() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut s = start(dir);
+    let clock = Arc::new(TestClock::at(Timestamp(T0 + 60_000)));
+    let mut s = TestServer::start_demo_with(dir, clock.clone(), "");
     let me = person(9001, EMAIL, Some(PHONE));
     post_order(&s, &order(9101, &me, T0, &[("KIT-POUR", 1, "54.00")]));
     let other = person(9002, OTHER, None);
@@ -105,6 +106,11 @@ fn a_data_request_is_exported_and_a_redact_leaves_nothing_an_api_or_the_compacte
             &[("KIT-POUR", 1, "54.00"), ("FLT-PAPER", 2, "8.00")],
         ),
     );
+    // 9103's first email went out (9101's plan gave way to it), then they took its offer.
+    clock.set(Timestamp(T0 + 25 * 60_000));
+    crate::cadence::wait_line(dir, "9103", "touch1");
+    let (code, body) = s.admin_post(&format!("/api/offer/accept?store={STORE}&order=9103"));
+    assert_eq!(code, 200, "{body}");
     // A support ticket and an unsubscribe, both kept by the customer's contact.
     let (code, body) = s.admin_post(&format!(
         "/api/customer/ticket-open?store={STORE}&contact={EMAIL}&ticket=T-77"
@@ -172,14 +178,18 @@ fn a_data_request_is_exported_and_a_redact_leaves_nothing_an_api_or_the_compacte
     );
     assert!(!raw.iter().any(|b| b.contains(OTHER)));
     // What they did and what they were sent is theirs too.
-    for key in ["offer_response", "conversion", "delivered_by_hand_at"] {
-        assert!(export["orders"][0].get(key).is_some(), "{key}: {export}");
-    }
-    assert!(export["messages_sent"].is_array(), "{export}");
-    assert!(
-        export["touches"][0].get("sent_through").is_some(),
+    assert_eq!(
+        export["orders"][1]["offer_response"]["accepted"], true,
         "{export}"
     );
+    assert_eq!(export["messages_sent"][0]["channel"], "email", "{export}");
+    let sent: Vec<&Value> = export["touches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| !t["sent_through"].is_null())
+        .collect();
+    assert_eq!(sent.len(), 1, "{export}");
     let st = s.store_status();
     assert_eq!(st["privacy"]["exported"], 1, "{st}");
     assert_eq!(
@@ -445,9 +455,24 @@ fn what_arrives_while_an_erase_looks_is_erased_too_and_a_later_unsubscribe_stays
         let late = order(9402, &me, T0, &[("FLT-PAPER", 1, "8.00")]);
         let bytes = serde_json::to_vec(&late).unwrap();
         assert_eq!(s.webhook("orders/paid", "ev-late", &bytes), 200);
+        // And the intakes write by contact meanwhile: a ticket, an unsubscribe by phone.
+        for path in [
+            format!("/api/customer/ticket-open?store={STORE}&contact={EMAIL}&ticket=T-LATE"),
+            format!(
+                "/api/customer/suppress?store={STORE}&contact=%2B15550009001&reason=unsubscribed"
+            ),
+        ] {
+            let (code, body) = s.admin_post(&path);
+            assert_eq!(code, 200, "{body}");
+        }
         let done = upsell_appliance::privacy::erase(&storage, &fp, now, None).unwrap();
         assert_eq!(done.events, 2, "the late order's delivery too: {done:?}");
+        assert_eq!(done.tickets, 1, "{done:?}");
+        assert_eq!(done.suppressions_hashed, 2, "email and phone: {done:?}");
     }
+    let snap = storage.snapshot().unwrap();
+    assert!(snap.store_tickets(STORE).unwrap().is_empty());
+    drop(snap);
     s.wait_processed();
     let (_, body) = s.admin_get(&format!("/api/customer/show?store={STORE}&contact={EMAIL}"));
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -471,9 +496,10 @@ fn what_arrives_while_an_erase_looks_is_erased_too_and_a_later_unsubscribe_stays
     );
     assert_eq!(
         keys.iter().filter(|k| k.starts_with("erased:")).count(),
-        1,
+        2,
         "{keys:?}"
     );
+    assert!(!keys.iter().any(|k| k.contains("5550009001")), "{keys:?}");
     let (_, body) = s.admin_get(&format!("/api/customer/show?store={STORE}&contact={EMAIL}"));
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["suppressed"]["reason"], "complained", "{v}");
