@@ -341,10 +341,14 @@ impl Wheel {
         }
         self.paused_until = None;
         let now = self.clock.now().0;
-        // The feed is taken after the snapshot: a key taken is never lost to a failed
-        // read (and one written meanwhile is in the snapshot or the next feed).
-        let snap = self.storage.snapshot()?;
+        // The feed is taken before the snapshot, so every key in it is in the snapshot
+        // too: one beyond the loaded range is found by the refill below, whatever time it
+        // covers. (Taken after, a key committed between the two was neither: the refill's
+        // snapshot lacked it and the feed dropped it as beyond the range, and it was never
+        // fired.) A key written after the snapshot is in the next feed, below the range
+        // then if the refill went past it. A failed read loses nothing: the wheel reloads.
         let feed = self.storage.take_new_timers();
+        let snap = self.storage.snapshot()?;
         for k in feed.keys {
             if k < self.loaded {
                 self.due.insert(k);
