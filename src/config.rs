@@ -410,15 +410,12 @@ fn intake(raw: RawIntake, key: &str, ways: &[&str]) -> Result<IntakeAuth, String
             }
         }
     }
-    if raw.path_secret.as_deref().is_some_and(|p| !long(p)) {
-        return Err(format!(
-            "{key}.path_secret must be 24 or more characters of a-z, A-Z, 0-9, '-' or '_' (e.g. `openssl rand -hex 16`)"
-        ));
-    }
-    if raw.secret.as_deref().is_some_and(|p| !long(p)) {
-        return Err(format!(
-            "{key}.secret must be 24 or more characters of a-z, A-Z, 0-9, '-' or '_' (e.g. `openssl rand -hex 16`)"
-        ));
+    for (name, value) in [("path_secret", &raw.path_secret), ("secret", &raw.secret)] {
+        if value.as_deref().is_some_and(|v| !long(v)) {
+            return Err(format!(
+                "{key}.{name} must be 24 or more characters of a-z, A-Z, 0-9, '-' or '_' (e.g. `openssl rand -hex 16`)"
+            ));
+        }
     }
     if let Some(i) = raw.hmac_secrets.iter().position(|s| s.len() < 24) {
         return Err(format!(

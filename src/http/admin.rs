@@ -722,8 +722,7 @@ pub fn quarantine_replay(
     store: Option<&str>,
 ) -> Result<serde_json::Value, crate::storage::Error> {
     let results = storage.replay_quarantined(store, |head, body| {
-        let shop = config.stores.iter().find(|s| s.id == head.store);
-        let shop = shop.map(|s| s.domain.as_str());
+        let shop = config.store(&head.store).map(|s| s.domain.as_str());
         crate::pipeline::record_of(crate::ingest::reparse(
             head.platform,
             &head.topic,

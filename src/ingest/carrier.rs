@@ -53,11 +53,7 @@ const SHAPE: &str = "send {\"order_id\", \"status\": \"shipped\"|\"delayed\"|\"d
 fn parse(body: &[u8]) -> Result<DeliveryEvent, String> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| format!("the body is not JSON ({e}); {SHAPE}"))?;
-    let text = |k: &str| match v.get(k) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
+    let text = |k: &str| super::wire::text(v.get(k));
     let order_id = text("order_id").ok_or_else(|| {
         format!("order_id is missing: the platform's order id (Shopify's numeric id, WooCommerce's or BigCommerce's order number); {SHAPE}")
     })?;

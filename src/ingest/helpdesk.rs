@@ -14,6 +14,7 @@
 
 use serde_json::Value;
 
+use super::wire::text;
 use crate::engine::Timestamp;
 
 /// One ticket as the help desk reports it now.
@@ -87,16 +88,6 @@ fn gorgias(t: &Value) -> Result<TicketUpdate, String> {
             "ticket.updated_datetime",
         ),
     )
-}
-
-/// A string or number as text; `None` for null, absent or blank (a template variable the
-/// ticket has no value for renders empty).
-fn text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 fn update(

@@ -89,22 +89,28 @@ fn verify_hmac(
     secrets: &[String],
 ) -> Result<(), VerifyError> {
     use base64::Engine as _;
-    use hmac::Mac as _;
     let sig = headers
         .get(header)
         .ok_or(VerifyError::MissingSignature(header))?;
     let sig = base64::engine::general_purpose::STANDARD
         .decode(sig.trim())
         .map_err(|_| VerifyError::MalformedSignature(header))?;
-    for secret in secrets {
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
-            .expect("HMAC accepts keys of any length");
-        mac.update(body);
-        if mac.verify_slice(&sig).is_ok() {
-            return Ok(());
-        }
+    if secrets
+        .iter()
+        .any(|s| signed_with(s.as_bytes(), body, &sig))
+    {
+        return Ok(());
     }
     Err(VerifyError::BadSignature)
+}
+
+/// Whether `sig` is the HMAC-SHA256 of `body` under `secret` (compared in constant time).
+fn signed_with(secret: &[u8], body: &[u8], sig: &[u8]) -> bool {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)
+        .expect("HMAC accepts keys of any length");
+    mac.update(body);
+    mac.verify_slice(sig).is_ok()
 }
 
 pub use crate::engine::constant_time_eq;
@@ -123,7 +129,6 @@ pub fn intake_authorised(
     body: &[u8],
 ) -> bool {
     use base64::Engine as _;
-    use hmac::Mac as _;
     let eq = |a: &str, b: &str| constant_time_eq(a.as_bytes(), b.as_bytes());
     // A URL with a secret segment is judged by it alone: a wrong one is a wrong URL.
     if let Some(given) = path_secret {
@@ -165,12 +170,10 @@ pub fn intake_authorised(
         .flatten();
     let b64 = base64::engine::general_purpose::STANDARD.decode(sig).ok();
     auth.hmac_secrets.iter().any(|secret| {
-        [&hex, &b64].into_iter().flatten().any(|given| {
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes())
-                .expect("HMAC accepts keys of any length");
-            mac.update(body);
-            mac.verify_slice(given).is_ok()
-        })
+        [&hex, &b64]
+            .into_iter()
+            .flatten()
+            .any(|given| signed_with(secret.expose().as_bytes(), body, given))
     })
 }
 

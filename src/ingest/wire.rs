@@ -115,6 +115,16 @@ pub fn split_tags(s: Option<&str>) -> Vec<String> {
 }
 
 /// Treats empty strings like absent ones.
+/// A JSON string or number as text; `None` for null, absent or blank (a template variable
+/// the sender has no value for renders empty).
+pub fn text(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 pub fn non_empty(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.trim().is_empty())
 }
