@@ -715,11 +715,9 @@ pub fn customer_show(
         .timed_tickets(store, Some(&key))?
         .into_iter()
         .map(|(_, t)| {
-            json!({"ticket": t.ticket.id, "open": t.ticket.open, "csat": t.ticket.csat,
-                "opened_at": t.opened_at.to_rfc3339(),
-                "closed_at": t.closed_at.map(|c| c.to_rfc3339()),
-                "needs_recovery": t.ticket.needs_recovery(),
-                "cleared_at": t.cleared_at.map(|c| c.to_rfc3339())})
+            let mut v = t.json();
+            v["needs_recovery"] = json!(t.ticket.needs_recovery());
+            v
         })
         .collect();
     let recovery = tickets.iter().any(|t| t["needs_recovery"] == true);
@@ -910,8 +908,9 @@ pub fn customer_export(
     now: Timestamp,
 ) -> Result<serde_json::Value, OpsError> {
     let id = identity(who)?;
-    let fp = storage.snapshot()?.footprint(store, &id)?;
-    let mut v = crate::privacy::export_json(storage, &fp, now)?;
+    let snap = storage.snapshot()?;
+    let fp = snap.footprint(store, &id)?;
+    let mut v = crate::privacy::export_json(&snap, &fp, now)?;
     if let Some(hint) = not_found_hint(who, &fp) {
         v["hint"] = json!(hint);
     }

@@ -11,15 +11,15 @@ use serde_json::{json, Value};
 use crate::engine::{PrivacyRequest, Timestamp};
 use crate::storage::privacy::{exports, Footprint, Identity};
 use crate::storage::records::EventHead;
-use crate::storage::{Error, Storage};
+use crate::storage::{Error, Snapshot, Storage};
 
 /// Everything held about the customer `fp` describes, as one JSON document: the customer
 /// records, their orders (with the thank-you page answer, the conversion an offer earned,
 /// a delivery told by hand) with plans and touches (how each went out, and what the
 /// customer did with it), the messages sent them, support tickets, suppression entries,
 /// and every raw request that named them as received.
-pub fn export_json(storage: &Storage, fp: &Footprint, now: Timestamp) -> Result<Value, Error> {
-    let snap = storage.snapshot()?;
+/// `snap` is the snapshot the footprint was taken from.
+pub fn export_json(snap: &Snapshot, fp: &Footprint, now: Timestamp) -> Result<Value, Error> {
     let mut touches = Vec::new();
     for (id, t) in &fp.touches {
         touches.push(json!({
@@ -47,17 +47,15 @@ pub fn export_json(storage: &Storage, fp: &Footprint, now: Timestamp) -> Result<
             messages.push(json!({"at": at.to_rfc3339(), "channel": channel.as_str()}));
         }
     }
-    let mut tickets = Vec::new();
-    for key in fp.identity.contact_keys() {
-        for (contact, t) in snap.timed_tickets(&fp.store, Some(&key))? {
-            tickets.push(json!({
-                "contact": contact, "ticket": t.ticket.id, "open": t.ticket.open,
-                "csat": t.ticket.csat, "opened_at": t.opened_at.to_rfc3339(),
-                "closed_at": t.closed_at.map(|c| c.to_rfc3339()),
-                "cleared_at": t.cleared_at.map(|c| c.to_rfc3339()),
-            }));
-        }
-    }
+    let tickets: Vec<Value> = fp
+        .tickets
+        .iter()
+        .map(|(contact, t)| {
+            let mut v = t.json();
+            v["contact"] = json!(contact);
+            v
+        })
+        .collect();
     let events: Vec<Value> = fp
         .events
         .iter()
@@ -198,10 +196,9 @@ pub fn apply(
             orders,
             request,
         } => {
-            let fp = storage
-                .snapshot()?
-                .footprint(store, &Identity::of(person, orders))?;
-            let doc = export_json(storage, &fp, now)?;
+            let snap = storage.snapshot()?;
+            let fp = snap.footprint(store, &Identity::of(person, orders))?;
+            let doc = export_json(&snap, &fp, now)?;
             // Named by the request, so applying it again writes the same file.
             // The platform's id, kept to what a file name can safely hold.
             let id: String = request

@@ -57,6 +57,25 @@ fn ticket_rows(
     Ok(out)
 }
 
+/// Brings a contact's touches that wait for a ticket (`ids`) forward to `now`, when none of
+/// their tickets holds them back any more (open, or poorly rated and not cleared). Returns
+/// how many came forward.
+fn resume_if_free(
+    tx: &redb::WriteTransaction,
+    tickets: &redb::Table<'_, (&'static str, &'static str, &'static str), &'static [u8]>,
+    store: &str,
+    contact: &str,
+    ids: &[u64],
+    now: Timestamp,
+    written: &mut Vec<super::touches::TimerKey>,
+) -> Result<usize, Error> {
+    let rows = ticket_rows(tickets, store, Some(contact))?;
+    if rows.iter().any(|(_, _, r)| r.open || r.needs_recovery()) {
+        return Ok(0);
+    }
+    super::touches::bring_forward_ticket_waits(tx, ids, now, written)
+}
+
 /// A ticket row of either stored version.
 fn decode_ticket(bytes: &[u8]) -> Result<TicketRow, Error> {
     #[derive(Deserialize)]
@@ -158,6 +177,14 @@ pub struct TimedTicket {
 }
 
 impl TimedTicket {
+    /// How `customer show` and an export tell it.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({"ticket": self.ticket.id, "open": self.ticket.open,
+            "csat": self.ticket.csat, "opened_at": self.opened_at.to_rfc3339(),
+            "closed_at": self.closed_at.map(|c| c.to_rfc3339()),
+            "cleared_at": self.cleared_at.map(|c| c.to_rfc3339())})
+    }
+
     /// The ticket as it stood at `t`, if it was opened by then.
     pub fn at(&self, t: Timestamp) -> Option<Ticket> {
         if self.opened_at > t {
@@ -386,16 +413,8 @@ impl Storage {
                 resume.sort_unstable();
                 resume.dedup();
                 for c in resume {
-                    let rows = ticket_rows(&t, store, Some(c))?;
-                    if !rows.iter().any(|(_, _, r)| r.open || r.needs_recovery()) {
-                        let ids = &found[c].2;
-                        out.resumed += super::touches::bring_forward_ticket_waits(
-                            &tx,
-                            ids,
-                            now,
-                            &mut written,
-                        )?;
-                    }
+                    out.resumed +=
+                        resume_if_free(&tx, &t, store, c, &found[c].2, now, &mut written)?;
                 }
             }
             for (ch, csat) in notices {
@@ -454,9 +473,8 @@ impl Storage {
                 )?;
                 cleared.push(id);
             }
-            let rows = ticket_rows(&t, store, Some(contact))?;
-            if !cleared.is_empty() && !rows.iter().any(|(_, _, r)| r.open || r.needs_recovery()) {
-                resumed = super::touches::bring_forward_ticket_waits(&tx, &ids, now, &mut written)?;
+            if !cleared.is_empty() {
+                resumed = resume_if_free(&tx, &t, store, contact, &ids, now, &mut written)?;
             }
         }
         tx.commit()?;

@@ -314,8 +314,8 @@ pub struct Footprint {
     pub orders: Vec<(String, OrderState)>,
     pub plans: Vec<PlanRecord>,
     pub touches: Vec<(u64, TouchRecord)>,
-    /// (contact key, ticket id).
-    pub tickets: Vec<(String, String)>,
+    /// (contact key, ticket).
+    pub tickets: Vec<(String, super::intake::TimedTicket)>,
     /// Touch ids of recovery notices about them.
     pub notices: Vec<u64>,
     /// (key as stored, entry): by their contact, or erased before (hashed).
@@ -494,7 +494,7 @@ impl Snapshot {
         let secret = self.erase_key(store)?;
         for key in &keys {
             for (_, t) in self.timed_tickets(store, Some(key))? {
-                fp.tickets.push((key.clone(), t.ticket.id));
+                fp.tickets.push((key.clone(), t));
             }
             if let Some(row) = self.suppression(store, key)? {
                 fp.suppressions.push((key.clone(), row));
@@ -643,7 +643,7 @@ impl Storage {
                 let n = super::intake::decode_notice(v.value())?;
                 let of_store = touches
                     .get(k.value())?
-                    .map(|t| super::touches::decode_record(t.value()))
+                    .map(|t| super::touches::decode(t.value()))
                     .transpose()?
                     .is_some_and(|t| t.store == store);
                 if of_store && keys.contains(&n.contact) {
@@ -706,7 +706,7 @@ impl Storage {
         // decoded from a snapshot, without holding the write lock the webhooks need, and
         // then only what came after it.
         let event_store = |b: &[u8]| Ok(records::EventRecord::decode_head(b)?.store);
-        let touch_store = |b: &[u8]| Ok(super::touches::decode_record(b)?.store);
+        let touch_store = |b: &[u8]| Ok(super::touches::decode(b)?.store);
         let (mut seqs, mut ids) = {
             let snap = self.snapshot()?;
             (

@@ -134,12 +134,8 @@ fn encode(r: &TouchRecord) -> Result<Vec<u8>, Error> {
     codec::encode(TOUCH_V1, r)
 }
 
-fn decode(b: &[u8]) -> Result<TouchRecord, Error> {
+pub(super) fn decode(b: &[u8]) -> Result<TouchRecord, Error> {
     codec::decode("touch record", TOUCH_V1, b)
-}
-
-pub(super) fn decode_record(b: &[u8]) -> Result<TouchRecord, Error> {
-    decode(b)
 }
 
 /// A touch's record from any handle on the touches table.
