@@ -117,6 +117,7 @@ pub struct Running {
     writer: JoinHandle<()>,
     responder: JoinHandle<()>,
     processor: JoinHandle<()>,
+    fetcher: JoinHandle<()>,
     scheduler: crate::pipeline::scheduler::Scheduler,
     jobs_thread: JoinHandle<()>,
 }
@@ -175,9 +176,28 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
     let responder = std::thread::Builder::new()
         .name("responder".into())
         .spawn(move || writer::respond(answers_rx))?;
+    // The stores' platform APIs: BigCommerce's orders are fetched after their webhooks,
+    // and the sync job reconciles every store with one.
+    let apis = crate::pipeline::sync::apis(&config);
+    let (fetch_tx, fetch_rx) = crossbeam_channel::bounded(QUEUE);
+    let fetcher = {
+        let (storage, config, apis, clock, stop) = (
+            storage.clone(),
+            config.clone(),
+            apis.clone(),
+            opts.clock.clone(),
+            stop.clone(),
+        );
+        std::thread::Builder::new()
+            .name("fetcher".into())
+            .spawn(move || {
+                crate::pipeline::sync::run_fetcher(storage, config, apis, fetch_rx, clock, stop)
+            })?
+    };
     let processor = {
         let (storage, stop) = (storage.clone(), stop.clone());
-        let settings = processor::Settings::service(config.clone(), opts.clock.clone());
+        let mut settings = processor::Settings::service(config.clone(), opts.clock.clone());
+        settings.fetch = Some(fetch_tx);
         std::thread::Builder::new()
             .name("processor".into())
             .spawn(move || processor::run(storage, settings, committed_rx, stop))?
@@ -228,16 +248,17 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
 
     let jobs = Arc::new(jobs::Status::default());
     let jobs_thread = {
-        let (storage, stop, config, clock, jobs) = (
+        let (storage, stop, config, clock, jobs, apis) = (
             storage.clone(),
             stop.clone(),
             config.clone(),
             opts.clock.clone(),
             jobs.clone(),
+            apis.clone(),
         );
         std::thread::Builder::new()
             .name("jobs".into())
-            .spawn(move || jobs::run(storage, config, clock, jobs, stop))?
+            .spawn(move || jobs::run(storage, config, clock, jobs, apis, stop))?
     };
 
     let public_ctx = Arc::new(PublicCtx {
@@ -257,6 +278,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         scheduler: scheduler_report.clone(),
         pauses,
         lift: Default::default(),
+        apis,
     });
     let workers = [
         Workers::start(
@@ -294,6 +316,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         writer,
         responder,
         processor,
+        fetcher,
         scheduler,
         jobs_thread,
     })
@@ -337,6 +360,9 @@ impl Running {
         }
         if self.processor.join().is_err() {
             panicked.push("processor".into());
+        }
+        if self.fetcher.join().is_err() {
+            panicked.push("fetcher".into());
         }
         if self.scheduler.join().is_err() {
             panicked.push("scheduler".into());

@@ -178,6 +178,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the store's [stores.api] credentials and register (or repair) the webhook
+    /// subscriptions the appliance needs at public_url
+    Connect {
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sync the store with its platform's API now: orders whose webhooks were lost, and
+    /// the webhook subscriptions' health (the `[jobs] sync` job does it hourly)
+    Sync {
+        #[arg(long, value_name = "ID")]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -470,6 +486,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Init => init(cli.config),
         Command::CheckConfig { json } => check_config(&load(&cli.config)?, json),
         Command::Status { store, json } => status(&load(&cli.config)?, store.as_deref(), json),
+        Command::Connect { store, json } => connect(&load(&cli.config)?, store, json),
+        Command::Sync { store, json } => sync(&load(&cli.config)?, store, json),
         Command::Quarantine { action } => quarantine(&load(&cli.config)?, action),
         Command::Import { what } => import(&load(&cli.config)?, what),
         Command::Affinity { action } => affinity(&load(&cli.config)?, action),
@@ -1111,6 +1129,20 @@ fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result
                 c.sent, c.retried, c.dead
             );
         }
+        if let Some(sync) = &s.sync {
+            println!(
+                "  platform API: last sync {}{}; {} order(s) found missing in all ({} fetched after thin webhooks){}",
+                sync.last_ok_at.as_deref().unwrap_or("never succeeded"),
+                sync.last_error.as_deref().map_or(String::new(), |e| format!(" (the last failed: {e})")),
+                sync.found_total,
+                s.fetched,
+                if sync.missing_subscriptions.is_empty() {
+                    String::new()
+                } else {
+                    format!("; MISSING webhook subscriptions: {}", sync.missing_subscriptions.join(", "))
+                }
+            );
+        }
         let p = &s.privacy;
         if p.erased + p.exported > 0 || !p.exports.is_empty() {
             println!(
@@ -1216,6 +1248,118 @@ fn quarantine(config: &Config, action: QuarantineAction) -> anyhow::Result<ExitC
             }
             println!("{released} of {} released ({source})", items.len());
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The store's platform API, or what to do about its missing `[stores.api]`.
+fn api_of(
+    config: &Config,
+    store: &config::StoreConfig,
+) -> anyhow::Result<crate::outbound::platform::Api> {
+    let agent = crate::outbound::agent(config.outbound.connect_timeout, config.outbound.timeout);
+    crate::outbound::platform::Api::of(store, agent).ok_or_else(|| {
+        anyhow!(
+            "store {} has no [stores.api]: add the {} API credentials to it (best in secrets_file; README \"Connect a store\")",
+            store.id,
+            crate::http::admin::platform_name(store.platform)
+        )
+    })
+}
+
+fn connect(config: &Config, store: Option<String>, as_json: bool) -> anyhow::Result<ExitCode> {
+    use crate::engine::Platform;
+    let cfg = config.pick_store(store.as_deref())?;
+    let api = api_of(config, cfg)?;
+    let platform = crate::http::admin::platform_name(cfg.platform);
+    if !config.public_url.starts_with("https://") {
+        eprintln!(
+            "warning: public_url = {} is not an https:// address; {platform} delivers webhooks only to a public HTTPS address (README \"Install on a VPS\": Caddy)",
+            config.public_url
+        );
+    }
+    let shop = api
+        .check()
+        .with_context(|| format!("store {}: checking the credentials", cfg.id))?;
+    let states =
+        crate::outbound::platform::reconcile_subscriptions(&api, cfg, &config.public_url, true)
+            .with_context(|| format!("store {}: registering the webhook subscriptions", cfg.id))?;
+    let address = crate::outbound::platform::webhook_address(&config.public_url, &cfg.id);
+    if as_json {
+        println!(
+            "{}",
+            json!({"store": cfg.id, "platform": cfg.platform.as_str(), "shop": shop,
+                   "address": address, "subscriptions": states})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "store {}: the {platform} credentials work (shop {shop:?})",
+        cfg.id
+    );
+    println!("webhook subscriptions to {address}:");
+    for s in &states {
+        let what = match s.action {
+            "ok" => "already there",
+            "created" => "created",
+            "repaired" => "repaired (it pointed elsewhere or was disabled)",
+            other => other,
+        };
+        println!(
+            "  {:<28} {what}{}",
+            s.topic,
+            s.id.as_deref()
+                .map_or(String::new(), |id| format!(" (id {id})"))
+        );
+    }
+    if cfg.platform == Platform::Shopify {
+        println!(
+            "the privacy topics (customers/data_request, customers/redact, shop/redact) are the app's compliance webhooks: set them to {address} in the app's configuration"
+        );
+    }
+    println!("the status page shows the subscriptions as of the next sync (`upsell-appliance sync --store {}`)", cfg.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sync(config: &Config, store: Option<String>, as_json: bool) -> anyhow::Result<ExitCode> {
+    let store = store_of(config, &store)?;
+    let cfg = config.pick_store(Some(&store))?;
+    api_of(config, cfg)?;
+    let path = format!("/api/sync?store={store}");
+    let (v, source) = service_or_file(
+        config,
+        || crate::admin_client::call_json_long(config, "POST", &path),
+        |s| {
+            let clock = crate::clock::SystemClock;
+            let apis = crate::pipeline::sync::apis(config);
+            let v = crate::ops::sync(s, config, &store, &apis, &clock).map_err(ops_err)?;
+            // Apply what it found now, as the service would have.
+            let settings = crate::pipeline::processor::Settings::service(
+                std::sync::Arc::new(config.clone()),
+                std::sync::Arc::new(clock),
+            );
+            crate::pipeline::processor::catch_up(s, &settings, &|| true)?;
+            Ok(v)
+        },
+    )?;
+    if as_json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let d = &v["synced"];
+    println!(
+        "store {store}: {} order(s) changed since {}; {} the appliance had not seen (their webhooks never came) and {} newer version(s) fed in, marked reconciled ({source})",
+        d["listed"],
+        v["since"].as_str().unwrap_or("the last sync"),
+        d["missed"],
+        d["updated"]
+    );
+    match d["missing_subscriptions"].as_array().filter(|m| !m.is_empty()) {
+        None => println!("webhook subscriptions: all there"),
+        Some(m) => println!(
+            "webhook subscriptions MISSING for {}: `upsell-appliance connect --store {store}` repairs them",
+            m.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

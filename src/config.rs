@@ -207,6 +207,9 @@ pub struct JobsConfig {
     pub purge: Cron,
     /// When a sample of the incremental affinity counts is compared with a recount.
     pub affinity_check: Cron,
+    /// When each store with `[stores.api]` is synced: orders the webhooks missed, the
+    /// catalog with prices and stock, the webhook subscriptions' health.
+    pub sync: Cron,
     pub payload_retention_days: u32,
 }
 
@@ -347,6 +350,39 @@ pub struct StoreConfig {
     pub helpdesk: Option<IntakeAuth>,
     /// `[stores.carrier]`: how a carrier's or 3PL's delivery webhook authenticates.
     pub carrier: Option<IntakeAuth>,
+    /// `[stores.api]`: the platform's admin API (connect, order fetches, sync); `None`:
+    /// webhooks only.
+    pub api: Option<ApiConfig>,
+}
+
+/// `[stores.api]`: how to call the store's platform.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Where the API is, without a trailing slash: `https://{domain}` (Shopify,
+    /// WooCommerce) or `https://api.bigcommerce.com/stores/{store_hash}`.
+    pub base_url: String,
+    pub auth: ApiAuth,
+    /// Shopify's Admin API version (`2026-10`).
+    pub version: String,
+}
+
+/// A platform's credentials.
+#[derive(Clone, Debug)]
+pub enum ApiAuth {
+    /// A Shopify app created in the admin before 2026: a static Admin API token (`shpat_`).
+    ShopifyToken(crate::outbound::Secret),
+    /// A Shopify Dev Dashboard app: the client credentials grant, tokens valid 24 h.
+    ShopifyClient {
+        client_id: String,
+        client_secret: crate::outbound::Secret,
+    },
+    /// WooCommerce REST API keys (basic auth over HTTPS).
+    WooCommerce {
+        consumer_key: crate::outbound::Secret,
+        consumer_secret: crate::outbound::Secret,
+    },
+    /// A BigCommerce API account's access token (`X-Auth-Token`).
+    BigCommerce(crate::outbound::Secret),
 }
 
 /// How one of a store's intakes (`/webhooks/{store}/engagement`, `/helpdesk`,
@@ -675,6 +711,7 @@ struct RawMeasurement {
 struct RawJobs {
     purge: Option<String>,
     affinity_check: Option<String>,
+    sync: Option<String>,
     payload_retention_days: Option<i64>,
 }
 
@@ -710,6 +747,140 @@ struct RawStore {
     engagement: Option<RawIntake>,
     helpdesk: Option<RawIntake>,
     carrier: Option<RawIntake>,
+    api: Option<RawApi>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    access_token: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    consumer_key: Option<String>,
+    consumer_secret: Option<String>,
+    store_hash: Option<String>,
+    base_url: Option<String>,
+    version: Option<String>,
+}
+
+/// The Shopify Admin API version asked for when `[stores.api] version` is not set.
+pub const SHOPIFY_API_VERSION: &str = "2026-10";
+
+/// A set, non-blank value, trimmed.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// Reads `[stores.api]` for a store of `platform` at `domain`.
+fn api(
+    raw: RawApi,
+    platform: Platform,
+    domain: &str,
+    shopify_client_id: Option<&str>,
+    webhook_secrets: &[String],
+    key: &str,
+) -> Result<ApiConfig, String> {
+    use crate::outbound::Secret;
+    let allowed: &[&str] = match platform {
+        Platform::Shopify => &[
+            "access_token",
+            "client_id",
+            "client_secret",
+            "base_url",
+            "version",
+        ],
+        Platform::WooCommerce => &["consumer_key", "consumer_secret", "base_url"],
+        Platform::BigCommerce => &["store_hash", "access_token", "base_url"],
+    };
+    for (name, value) in [
+        ("access_token", &raw.access_token),
+        ("client_id", &raw.client_id),
+        ("client_secret", &raw.client_secret),
+        ("consumer_key", &raw.consumer_key),
+        ("consumer_secret", &raw.consumer_secret),
+        ("store_hash", &raw.store_hash),
+        ("version", &raw.version),
+    ] {
+        if value.is_some() && !allowed.contains(&name) {
+            return Err(format!(
+                "{key}.{name} is not for a {} store; it takes {}",
+                platform.as_str(),
+                allowed.join(", ")
+            ));
+        }
+    }
+    let need = |name: &str, v: &Option<String>, hint: &str| -> Result<Secret, String> {
+        given(v)
+            .map(Secret::new)
+            .ok_or_else(|| format!("{key}.{name} is missing; {hint}"))
+    };
+    let (auth, default_base) = match platform {
+        Platform::Shopify => {
+            let auth = match (given(&raw.access_token), given(&raw.client_id).or(shopify_client_id)) {
+                (Some(_), _) if raw.client_secret.is_some() => {
+                    return Err(format!("{key} has both access_token and client_secret; give the static token (an app created in the admin before 2026) or the client credentials (a Dev Dashboard app), not both"))
+                }
+                (Some(token), _) => ApiAuth::ShopifyToken(Secret::new(token)),
+                (None, Some(id)) => ApiAuth::ShopifyClient {
+                    client_id: id.to_string(),
+                    client_secret: match given(&raw.client_secret) {
+                        Some(s) => Secret::new(s),
+                        None => Secret::new(webhook_secrets.first().cloned().unwrap_or_default()),
+                    },
+                },
+                (None, None) => return Err(format!("{key} needs access_token (the Admin API token of an app created in the admin before 2026, shpat_...) or client_id and client_secret (a Dev Dashboard app: Settings > Credentials; the secret defaults to the first of webhook_secrets, which is the same client secret)")),
+            };
+            (auth, format!("https://{domain}"))
+        }
+        Platform::WooCommerce => (
+            ApiAuth::WooCommerce {
+                consumer_key: need("consumer_key", &raw.consumer_key, "create a REST API key with Read/Write permission (WooCommerce > Settings > Advanced > REST API) and put its ck_... here")?,
+                consumer_secret: need("consumer_secret", &raw.consumer_secret, "put the same REST API key's cs_... here")?,
+            },
+            format!("https://{domain}"),
+        ),
+        Platform::BigCommerce => {
+            let hash = given(&raw.store_hash).ok_or_else(|| format!("{key}.store_hash is missing; it is the part after /stores/ in the API path of your API account (Settings > API > Store-level API accounts)"))?;
+            if !hash.bytes().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(format!("{key}.store_hash = {hash:?} must be letters and digits only, such as \"abc123def\""));
+            }
+            let token = need("access_token", &raw.access_token, "put the API account's access token here (scopes: Orders read-only, Products read-only, Information & settings read-only; Webhooks need Orders)")?;
+            (ApiAuth::BigCommerce(token), format!("https://api.bigcommerce.com/stores/{hash}"))
+        }
+    };
+    let base_url = match given(&raw.base_url) {
+        None => default_base,
+        Some(u) => {
+            let u = u.trim_end_matches('/');
+            let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                .iter()
+                .any(|p| {
+                    u.strip_prefix(p)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+                });
+            if !u.starts_with("https://") && !loopback {
+                return Err(format!("{key}.base_url = {u:?} must be an https:// URL (credentials never travel in the clear; plain http is only for a loopback test server)"));
+            }
+            u.to_string()
+        }
+    };
+    let version = given(&raw.version)
+        .unwrap_or(SHOPIFY_API_VERSION)
+        .to_string();
+    let v = version.as_bytes();
+    if !(v.len() == 7
+        && v[4] == b'-'
+        && v.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || c.is_ascii_digit()))
+    {
+        return Err(format!("{key}.version = {version:?} is not a Shopify API version such as \"{SHOPIFY_API_VERSION}\""));
+    }
+    Ok(ApiConfig {
+        base_url,
+        auth,
+        version,
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -1453,12 +1624,23 @@ fn merge(config: &mut toml::Table, secrets: toml::Table) -> Result<(), String> {
                 .filter_map(|s| s.as_table_mut())
                 .find(|s| s.get("id").and_then(|v| v.as_str()) == Some(id.as_str()))
                 .ok_or_else(|| format!("store {id:?} is not in the config"))?;
-            for (k, v) in item {
-                target.insert(k, v);
-            }
+            merge_tables(target, item);
         }
     }
     Ok(())
+}
+
+/// Puts `from`'s keys into `into`; a table both have is merged key by key (a store's
+/// `[stores.api]` may hold its store hash in the config and its token in the secrets file).
+fn merge_tables(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge_tables(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
 }
 
 fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, String> {
@@ -1610,6 +1792,7 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
             "jobs.affinity_check",
             j.affinity_check.as_deref().unwrap_or("43 2 * * *"),
         )?,
+        sync: Cron::parse("jobs.sync", j.sync.as_deref().unwrap_or("@hourly"))?,
         payload_retention_days: in_range(
             "jobs.payload_retention_days",
             j.payload_retention_days,
@@ -1767,7 +1950,22 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
             .carrier
             .map(|e| intake(e, &key("carrier"), &["hmac_secrets"]))
             .transpose()?;
+        let api = s
+            .api
+            .map(|a| {
+                let client_id = shopify_client_id.as_deref();
+                api(
+                    a,
+                    platform,
+                    &domain,
+                    client_id,
+                    &s.webhook_secrets,
+                    &key("api"),
+                )
+            })
+            .transpose()?;
         stores.push(StoreConfig {
+            api,
             projection,
             page,
             shopify_client_id,
@@ -2176,5 +2374,123 @@ transit_days = 6
         .unwrap_err()
         .to_string();
         assert!(err.contains("no such directory"), "{err}");
+    }
+
+    #[test]
+    fn platform_api_credentials_are_read_per_platform_and_merged_from_the_secrets_file() {
+        let store = |platform: &str, domain: &str, api: &str| {
+            format!("admin_token = \"0123456789abcdef0123\"\n[[stores]]\nid = \"s\"\nplatform = \"{platform}\"\ndomain = \"{domain}\"\nwebhook_secrets = [\"client-secret-1\"]\nshopify_client_id = \"cid\"\n[stores.api]\n{api}")
+        };
+        let ok = |text: String| {
+            let text = if text.contains("\"shopify\"") {
+                text
+            } else {
+                text.replace("shopify_client_id = \"cid\"\n", "")
+            };
+            parse(&text, Path::new("/"), Origin::Demo).unwrap().stores[0]
+                .api
+                .clone()
+                .unwrap()
+        };
+        let err = |text: String| {
+            parse(&text, Path::new("/"), Origin::Demo)
+                .unwrap_err()
+                .to_string()
+        };
+        // A Dev Dashboard app: the client id of the store, the secret its webhooks are signed with.
+        let a = ok(store("shopify", "s.myshopify.com", ""));
+        assert_eq!(a.base_url, "https://s.myshopify.com");
+        assert_eq!(a.version, SHOPIFY_API_VERSION);
+        match a.auth {
+            ApiAuth::ShopifyClient {
+                client_id,
+                client_secret,
+            } => {
+                assert_eq!(
+                    (client_id.as_str(), client_secret.expose()),
+                    ("cid", "client-secret-1")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let a = ok(store(
+            "shopify",
+            "s.myshopify.com",
+            "access_token = \"shpat_x\"\nversion = \"2026-07\"",
+        ));
+        assert!(matches!(a.auth, ApiAuth::ShopifyToken(_)));
+        assert_eq!(a.version, "2026-07");
+        assert!(!format!("{a:?}").contains("shpat_x"), "secrets never show");
+        let a = ok(store(
+            "bigcommerce",
+            "x.mybigcommerce.com",
+            "store_hash = \"abc123\"\naccess_token = \"t\"",
+        ));
+        assert_eq!(a.base_url, "https://api.bigcommerce.com/stores/abc123");
+        let a = ok(store("woocommerce", "shop.example.com", "consumer_key = \"ck_1\"\nconsumer_secret = \"cs_1\"\nbase_url = \"http://127.0.0.1:9/\""));
+        assert_eq!(a.base_url, "http://127.0.0.1:9");
+        for (platform, api, want) in [
+            (
+                "woocommerce",
+                "consumer_key = \"ck_1\"",
+                "stores[0].api.consumer_secret is missing",
+            ),
+            (
+                "woocommerce",
+                "access_token = \"x\"",
+                "stores[0].api.access_token is not for a woocommerce store",
+            ),
+            (
+                "bigcommerce",
+                "access_token = \"t\"",
+                "stores[0].api.store_hash is missing",
+            ),
+            (
+                "bigcommerce",
+                "store_hash = \"ab/c\"\naccess_token = \"t\"",
+                "letters and digits only",
+            ),
+            (
+                "shopify",
+                "access_token = \"a\"\nclient_secret = \"b\"",
+                "not both",
+            ),
+            (
+                "shopify",
+                "access_token = \"a\"\nbase_url = \"http://api.example.com\"",
+                "must be an https:// URL",
+            ),
+            (
+                "shopify",
+                "access_token = \"a\"\nversion = \"latest\"",
+                "not a Shopify API version",
+            ),
+        ] {
+            let e =
+                err(store(platform, "s.example.com", api)
+                    .replace("shopify_client_id = \"cid\"\n", ""));
+            assert!(e.contains(want), "{api}: {e}");
+        }
+        // The store hash in the config, the token in the secrets file: both are read.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("secrets.toml"),
+            "[[stores]]\nid = \"s\"\n[stores.api]\naccess_token = \"from-secrets\"\n",
+        )
+        .unwrap();
+        let text = format!(
+            "secrets_file = \"secrets.toml\"\n{}",
+            store(
+                "bigcommerce",
+                "x.mybigcommerce.com",
+                "store_hash = \"abc123\""
+            )
+            .replace("shopify_client_id = \"cid\"\n", "")
+        );
+        let c = parse(&text, dir.path(), Origin::Demo).unwrap();
+        match &c.stores[0].api.as_ref().unwrap().auth {
+            ApiAuth::BigCommerce(t) => assert_eq!(t.expose(), "from-secrets"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -1410,6 +1410,33 @@ fn parse_time_arg(text: &str) -> Result<Timestamp, OpsError> {
 
 /// `order delivered ORDER [--at TIME]`: a delivery told by hand (for stores without
 /// delivery events); the review request waits for one.
+/// Syncs the store with its platform's API now (`upsell-appliance sync`, `POST
+/// /api/sync`): what it found, and the store's sync as it now stands.
+pub fn sync(
+    storage: &Storage,
+    config: &Config,
+    store: &str,
+    apis: &crate::pipeline::sync::Apis,
+    clock: &dyn crate::clock::Clock,
+) -> Result<serde_json::Value, OpsError> {
+    let cfg = config
+        .store(store)
+        .ok_or_else(|| OpsError::Invalid(format!("no store {store:?} in the configuration")))?;
+    let api = apis.get(store).ok_or_else(|| {
+        OpsError::Invalid(format!(
+            "store {store} has no [stores.api]: add its API credentials (README \"Connect a store\")"
+        ))
+    })?;
+    let since = storage.sync_state(store)?.orders_through;
+    let synced = crate::pipeline::sync::sync_store(storage, config, cfg, api, clock)
+        .map_err(|e| OpsError::Invalid(format!("the sync of store {store} failed: {e}")))?;
+    Ok(serde_json::json!({
+        "since": since.map(Timestamp::to_rfc3339),
+        "synced": synced,
+        "sync": crate::storage::sync::SyncView::from(storage.sync_state(store)?),
+    }))
+}
+
 pub fn order_delivered(
     storage: &Storage,
     store: &crate::config::StoreConfig,

@@ -185,10 +185,16 @@ pub fn run(
     // Every order, grouped by customer in time order; a guest order is its own group.
     let mut ids = String::new();
     let mut index: Vec<(u64, i64, u32, u32)> = Vec::new();
-    snap.each_order(id, |customer, at, order| {
+    snap.each_order(id, |order, state| {
+        let Some(o) = &state.order else { return };
         let start = ids.len() as u32;
         ids.push_str(order);
-        index.push((customer.unwrap_or(GUEST), at, start, ids.len() as u32));
+        index.push((
+            state.customer.unwrap_or(GUEST),
+            o.created_at.0,
+            start,
+            ids.len() as u32,
+        ));
     })?;
     index.sort_unstable_by(|a, b| {
         (a.0, a.1)

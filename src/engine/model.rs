@@ -273,4 +273,27 @@ pub enum PrivacyRequest {
 pub enum Source {
     Webhook,
     Import,
+    /// Found by reconciliation: the platform's API lists it, its webhooks never came.
+    /// (Appended: the variants before it keep their stored numbers.)
+    Reconciled,
+    /// Fetched through the platform's API because a webhook said it changed (BigCommerce's
+    /// thin payloads).
+    Fetched,
+}
+
+impl Source {
+    /// Whether the platform itself told us about the order now, so it is planned and
+    /// learnt from (an import is history).
+    pub fn live(self) -> bool {
+        self != Source::Import
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Webhook => "webhook",
+            Source::Import => "import",
+            Source::Reconciled => "reconciled",
+            Source::Fetched => "fetched",
+        }
+    }
 }

@@ -35,6 +35,8 @@ pub struct AdminCtx {
     /// reads the period's orders, so the page (which reloads every 30 s) makes it at most
     /// every few minutes.
     pub lift: std::sync::Mutex<std::collections::HashMap<String, (Instant, String)>>,
+    /// The stores' platform APIs (`POST /api/sync`).
+    pub apis: crate::pipeline::sync::Apis,
 }
 
 pub fn handle(ctx: &AdminCtx, rq: Request) {
@@ -194,6 +196,15 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
                 crate::ops::settle_dead_letter(&ctx.storage, &store, &touch, retry, ctx.clock.now())
             })
         }
+        (Method::Post, "/api/sync") => pick(ctx, &query).and_then(|store| {
+            crate::ops::sync(
+                &ctx.storage,
+                &ctx.config,
+                &store,
+                &ctx.apis,
+                ctx.clock.as_ref(),
+            )
+        }),
         (Method::Post, "/api/pause" | "/api/resume") => pick(ctx, &query).and_then(|store| {
             let pause = path == "/api/pause";
             // Durable first, so a restart from here on keeps it; then the scheduler's flag,
@@ -524,6 +535,8 @@ const BEHIND: u64 = 10_000;
 const QUIET_MS: i64 = 3 * 86_400_000;
 /// Signature refusals are reported for this long after the last one.
 const REJECTED_MS: i64 = 86_400_000;
+/// Orders the sync found missing are reported for this long.
+const FOUND_MS: i64 = 7 * 86_400_000;
 
 /// What needs the operator's attention, worst first; empty when all is well.
 pub fn notices(
@@ -600,8 +613,12 @@ pub fn notices(
         match last_accepted {
             _ if last_rejected.is_some() => {}
             None => say("warn", format!(
-                "Store {id}: no webhook has arrived yet. In the {platform} admin, subscribe {}/webhooks/{id} to the order topics (README, \"Connect a store\").",
-                config.public_url
+                "Store {id}: no webhook has arrived yet. {}",
+                if cfg.api.is_some() {
+                    format!("`upsell-appliance connect --store {id}` subscribes {}/webhooks/{id} to the order topics.", config.public_url)
+                } else {
+                    format!("In the {platform} admin, subscribe {}/webhooks/{id} to the order topics, or give the store [stores.api] credentials and run `upsell-appliance connect --store {id}` (README, \"Connect a store\").", config.public_url)
+                }
             )),
             Some(at) if now.0 - at > QUIET_MS => say("warn", format!(
                 "Store {id}: the last webhook arrived {}. If the store has had orders since, {}",
@@ -613,6 +630,44 @@ pub fn notices(
                 }
             )),
             Some(_) => {}
+        }
+        if let Some(sync) = &st.sync {
+            if !sync.missing_subscriptions.is_empty() {
+                say("bad", format!(
+                    "Store {id}: {platform} holds no active webhook subscription to this appliance for {} (checked {}): {}. Until `upsell-appliance connect --store {id}` repairs it, those orders arrive only through the sync ({}).",
+                    sync.missing_subscriptions.join(", "),
+                    sync.subscriptions_checked_at.as_deref().and_then(millis_of).map_or("at the last sync".into(), |at| ago(now, at)),
+                    match cfg.platform {
+                        Platform::Shopify => "Shopify deletes a subscription after 8 failed retries over 4 hours",
+                        Platform::WooCommerce => "WooCommerce disables a webhook after 5 failed deliveries in a row",
+                        Platform::BigCommerce => "BigCommerce deactivates a webhook after about 48 hours of failed retries",
+                    },
+                    config.jobs.sync.as_str()
+                ));
+            }
+            if let (Some(at), Some(why)) = (
+                sync.last_error_at.as_deref().and_then(millis_of),
+                &sync.last_error,
+            ) {
+                say("warn", format!(
+                    "Store {id}: the last sync with {platform}'s API failed {}: {why}. Orders whose webhooks were lost are not found meanwhile; `upsell-appliance sync --store {id}` tries again.",
+                    ago(now, at)
+                ));
+            }
+            if let Some(at) = sync
+                .last_found_at
+                .as_deref()
+                .and_then(millis_of)
+                .filter(|at| now.0 - at <= FOUND_MS)
+            {
+                say("warn", format!(
+                    "Store {id}: the sync found {} order(s) whose webhooks never arrived ({}; {} in all); they were processed, marked reconciled. If it keeps happening, check that {} reaches this appliance and run `upsell-appliance connect --store {id}`.",
+                    sync.last_found,
+                    ago(now, at),
+                    sync.found_total,
+                    config.public_url
+                ));
+            }
         }
         if st.in_quarantine > 0 {
             say("warn", format!(

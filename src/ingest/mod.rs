@@ -204,6 +204,6 @@ pub fn reparse(
     match platform {
         Platform::Shopify => shopify::normalize(topic, body, shop),
         Platform::WooCommerce => woocommerce::normalize(topic, body),
-        Platform::BigCommerce => bigcommerce::normalize_body(body),
+        Platform::BigCommerce => bigcommerce::normalize_body(topic, body),
     }
 }

@@ -104,6 +104,32 @@ pub fn parse_gmt(field: &str, s: &str) -> Result<crate::engine::Timestamp, Strin
     parse_time(field, t)
 }
 
+/// A line of a platform that says only this much about it (WooCommerce, BigCommerce):
+/// ids of 0 mean none (a custom line), and it ships.
+pub fn plain_line(
+    id: String,
+    product_id: u64,
+    variant_id: u64,
+    sku: Option<String>,
+    quantity: u32,
+    unit_price: i64,
+    title: Option<String>,
+) -> crate::engine::LineItem {
+    crate::engine::LineItem {
+        id,
+        product_id: (product_id != 0).then(|| product_id.to_string()),
+        variant_id: (variant_id != 0).then(|| variant_id.to_string()),
+        sku: non_empty(sku),
+        quantity,
+        unit_price,
+        title: title.unwrap_or_default(),
+        variant_title: None,
+        vendor: None,
+        gift_card: false,
+        requires_shipping: true,
+    }
+}
+
 /// Splits a comma-separated tag string, trimming and dropping empties.
 pub fn split_tags(s: Option<&str>) -> Vec<String> {
     s.unwrap_or("")

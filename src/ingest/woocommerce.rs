@@ -180,19 +180,16 @@ fn parse_order(body: &[u8], deleted: bool) -> Result<Order, String> {
     let gone = matches!(status.as_deref(), Some("cancelled" | "failed" | "trash"));
     let mut lines = Vec::with_capacity(w.line_items.len());
     for (i, l) in w.line_items.into_iter().enumerate() {
-        lines.push(LineItem {
-            unit_price: money(&format!("line_items[{i}].price"), &l.price)?,
-            id: l.id.0,
-            product_id: (l.product_id != 0).then(|| l.product_id.to_string()),
-            variant_id: (l.variation_id != 0).then(|| l.variation_id.to_string()),
-            sku: non_empty(l.sku),
-            quantity: l.quantity,
-            title: l.name.unwrap_or_default(),
-            variant_title: None,
-            vendor: None,
-            gift_card: false,
-            requires_shipping: true,
-        });
+        let price = money(&format!("line_items[{i}].price"), &l.price)?;
+        lines.push(super::wire::plain_line(
+            l.id.0,
+            l.product_id,
+            l.variation_id,
+            l.sku,
+            l.quantity,
+            price,
+            l.name,
+        ));
     }
     let mut refunds = Vec::with_capacity(w.refunds.len());
     for (i, r) in w.refunds.iter().enumerate() {

@@ -5,6 +5,7 @@
 
 pub mod klaviyo;
 pub mod outbox;
+pub mod platform;
 pub mod postmark;
 pub mod templates;
 pub mod twilio;
@@ -251,18 +252,27 @@ impl Router {
 }
 
 /// A token bucket: at most `rate` requests a second to one provider account, in bursts of
-/// up to one second's worth; shared by every worker sending to it.
+/// up to `burst` (by default one second's worth); shared by every worker sending to it.
 pub struct RateLimit {
     rate: f64,
+    burst: f64,
     state: std::sync::Mutex<(f64, std::time::Instant)>,
 }
 
 impl RateLimit {
     pub fn new(rate: f64) -> RateLimit {
+        Self::with_burst(rate, rate)
+    }
+
+    /// A bucket that holds `burst` requests and refills at `rate` a second (Shopify's REST
+    /// leaky bucket: 40, leaking 2 a second).
+    pub fn with_burst(rate: f64, burst: f64) -> RateLimit {
         let rate = rate.max(0.01);
+        let burst = burst.max(1.0);
         RateLimit {
             rate,
-            state: std::sync::Mutex::new((rate.max(1.0), std::time::Instant::now())),
+            burst,
+            state: std::sync::Mutex::new((burst, std::time::Instant::now())),
         }
     }
 
@@ -272,8 +282,7 @@ impl RateLimit {
             let wait = {
                 let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 let now = std::time::Instant::now();
-                let burst = self.rate.max(1.0);
-                s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(burst);
+                s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.burst);
                 s.1 = now;
                 if s.0 >= 1.0 {
                     s.0 -= 1.0;

@@ -32,15 +32,19 @@ const DAY_MS: i64 = 86_400_000;
 pub enum Job {
     Purge,
     AffinityCheck,
+    /// Each store with `[stores.api]`: reconciliation and the subscriptions' health
+    /// (`pipeline::sync`; its outcome is kept in the database, per store).
+    Sync,
 }
 
 impl Job {
-    pub const ALL: [Job; 2] = [Job::Purge, Job::AffinityCheck];
+    pub const ALL: [Job; 3] = [Job::Purge, Job::AffinityCheck, Job::Sync];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Job::Purge => "purge",
             Job::AffinityCheck => "affinity_check",
+            Job::Sync => "sync",
         }
     }
 
@@ -48,6 +52,7 @@ impl Job {
         match self {
             Job::Purge => &config.jobs.purge,
             Job::AffinityCheck => &config.jobs.affinity_check,
+            Job::Sync => &config.jobs.sync,
         }
     }
 }
@@ -107,6 +112,8 @@ pub struct Jobs {
     storage: Arc<Storage>,
     config: Arc<Config>,
     status: Arc<Status>,
+    /// The stores' platform APIs (for the sync).
+    apis: super::sync::Apis,
     next: Vec<(Job, Option<Timestamp>)>,
 }
 
@@ -116,6 +123,7 @@ impl Jobs {
         storage: Arc<Storage>,
         config: Arc<Config>,
         status: Arc<Status>,
+        apis: super::sync::Apis,
         now: Timestamp,
     ) -> Jobs {
         let next = Job::ALL
@@ -126,6 +134,7 @@ impl Jobs {
             storage,
             config,
             status,
+            apis,
             next,
         }
     }
@@ -145,8 +154,9 @@ impl Jobs {
             if at.is_none_or(|at| now < at) {
                 continue;
             }
-            let done =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(job, now, stop)));
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run(job, now, clock, stop)
+            }));
             if done.is_err() {
                 log::error!(
                     "jobs: {} panicked; it runs again at its next slot",
@@ -159,8 +169,20 @@ impl Jobs {
         ran
     }
 
-    fn run(&self, job: Job, now: Timestamp, stop: &AtomicBool) {
+    fn run(&self, job: Job, now: Timestamp, clock: &dyn Clock, stop: &AtomicBool) {
         match job {
+            Job::Sync => {
+                for store in &self.config.stores {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Some(api) = self.apis.get(&store.id) {
+                        // The outcome and any error are kept for the status page.
+                        let _ =
+                            super::sync::sync_store(&self.storage, &self.config, store, api, clock);
+                    }
+                }
+            }
             Job::Purge => {
                 let outcome = purge(&self.storage, &self.config, now, stop);
                 match &outcome {
@@ -201,9 +223,10 @@ pub fn run(
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
     status: Arc<Status>,
+    apis: super::sync::Apis,
     stop: Arc<AtomicBool>,
 ) {
-    let mut jobs = Jobs::new(storage, config, status, clock.now());
+    let mut jobs = Jobs::new(storage, config, status, apis, clock.now());
     while !stop.load(Ordering::Relaxed) {
         jobs.tick(clock.as_ref(), &stop);
         std::thread::sleep(POLL);
@@ -312,14 +335,20 @@ mod tests {
     fn jobs_run_once_at_each_slot_as_the_clock_moves_and_do_not_make_up_missed_ones() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "data_dir = {:?}\nadmin_token = \"0123456789abcdef0123\"\n[jobs]\npurge = \"17 3 * * *\"\naffinity_check = \"43 2 * * *\"\n[[stores]]\nid = \"s\"\nplatform = \"shopify\"\ndomain = \"s.myshopify.com\"\nwebhook_secrets = [\"x\"]\n",
+            "data_dir = {:?}\nadmin_token = \"0123456789abcdef0123\"\n[jobs]\npurge = \"17 3 * * *\"\naffinity_check = \"43 2 * * *\"\nsync = \"0 0 1 1 *\"\n[[stores]]\nid = \"s\"\nplatform = \"shopify\"\ndomain = \"s.myshopify.com\"\nwebhook_secrets = [\"x\"]\n",
             dir.path().display()
         );
         let config = crate::config::parse(&text, dir.path(), crate::config::Origin::Demo).unwrap();
         let storage = Storage::open(dir.path(), &Default::default()).unwrap();
         let clock = TestClock::at(at("2026-11-22T00:00:00Z"));
         let status = Arc::new(Status::default());
-        let mut jobs = Jobs::new(storage, Arc::new(config), status.clone(), clock.now());
+        let mut jobs = Jobs::new(
+            storage,
+            Arc::new(config),
+            status.clone(),
+            Default::default(),
+            clock.now(),
+        );
         let stop = AtomicBool::new(false);
         let next = |jobs: &Jobs, job| jobs.next(job).unwrap().to_rfc3339();
         assert_eq!(next(&jobs, Job::Purge), "2026-11-22T03:17:00Z");

@@ -12,6 +12,7 @@ pub mod pause;
 pub mod planner;
 pub mod processor;
 pub mod scheduler;
+pub mod sync;
 pub mod writer;
 
 use crate::ingest::Parsed;

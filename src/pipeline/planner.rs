@@ -131,7 +131,7 @@ impl<'a> Pass<'a> {
         let Some(state) = self.snap.order(store, order_id)? else {
             return Ok(());
         };
-        let (Some(order), Some(Source::Webhook)) = (&state.order, state.source) else {
+        let (Some(order), Some(true)) = (&state.order, state.source.map(Source::live)) else {
             return Ok(()); // only a refund so far, or an imported order
         };
         let customer = match state.customer {

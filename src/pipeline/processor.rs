@@ -35,6 +35,8 @@ pub struct Settings {
     /// The privacy request that failed last and how many times in a row (see
     /// `PRIVACY_TRIES`).
     pub privacy_failures: Arc<std::sync::Mutex<(u64, u32)>>,
+    /// Where orders a webhook said changed (BigCommerce's notices) are sent to be fetched.
+    pub fetch: Option<crossbeam_channel::Sender<super::sync::FetchRequest>>,
 }
 
 impl Default for Settings {
@@ -43,6 +45,7 @@ impl Default for Settings {
             next_order_window_ms: 90 * 86_400_000,
             planning: None,
             privacy_failures: Arc::default(),
+            fetch: None,
         }
     }
 }
@@ -58,6 +61,7 @@ impl Settings {
             next_order_window_ms: config.affinity.window_ms(),
             planning: Some(Arc::new(Planning { config, clock })),
             privacy_failures: Arc::default(),
+            fetch: None,
         }
     }
 }
@@ -170,6 +174,14 @@ pub fn catch_up(
         }
         let (changes, computing) = batch.into_changes(last, settings)?;
         let writing = storage.apply_changes(&changes)?;
+        if let Some(fetch) = &settings.fetch {
+            for (_, head) in &events {
+                if let ParsedRecord::Event(Event::Notice(n)) = &head.parsed {
+                    // Full or gone: the fetcher finds it at its next start, the sync anyway.
+                    let _ = fetch.try_send((head.store.clone(), n.order_id.clone()));
+                }
+            }
+        }
         total.events += events.len();
         total.affinity += computing + writing;
         total.affinity_rows += changes.affinity.rows();
@@ -359,15 +371,14 @@ impl<'s> Batch<'s> {
         if let (Some(at), Some(c)) = (refund_at_customer, &customer) {
             self.refunds.push((store.to_string(), c.id, at));
         }
-        if head.source == Source::Webhook && matches!(event, Event::Order { .. } | Event::Refund(_))
-        {
+        if head.source.live() && matches!(event, Event::Order { .. } | Event::Refund(_)) {
             let entry = self.replan.entry(key.clone()).or_default();
             *entry = (*entry).max(refund_at);
         }
         if matches!(event, Event::Fulfillment(_) | Event::Delivery(_)) {
             self.reanchor.insert(key.clone());
         }
-        if let (Event::Order { order, .. }, Source::Webhook) = (event, head.source) {
+        if let (Event::Order { order, .. }, true) = (event, head.source.live()) {
             self.learn.push((store.to_string(), (**order).clone()));
         }
         if let Some(c) = customer {

@@ -14,6 +14,7 @@ pub mod pause;
 pub mod plans;
 pub mod privacy;
 pub mod records;
+pub mod sync;
 mod tables;
 pub mod touches;
 
@@ -27,7 +28,7 @@ use records::{EventHead, EventRecord};
 use tables::*;
 
 use crate::engine::history::{Customer, CustomerId, OrderState};
-use crate::engine::Timestamp;
+use crate::engine::{Source, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -156,6 +157,10 @@ pub struct NewEvent {
     store: String,
     dedupe_key: String,
     counter: &'static str,
+    quarantined: bool,
+    /// A platform delivery (not an order the platform's API returned): counted with the
+    /// webhooks and their last arrival.
+    webhook: bool,
     head: Vec<u8>,
     body: Vec<u8>,
 }
@@ -163,14 +168,21 @@ pub struct NewEvent {
 impl NewEvent {
     pub fn encode(rec: &EventRecord) -> Result<NewEvent, Error> {
         let (head, body) = rec.encode()?;
+        let quarantined = matches!(rec.head.parsed, records::ParsedRecord::Unparseable(_));
         Ok(NewEvent {
             store: rec.head.store.clone(),
             dedupe_key: rec.head.dedupe_key.clone(),
-            counter: match rec.head.parsed {
-                records::ParsedRecord::Event(_) | records::ParsedRecord::Privacy(_) => C_ACCEPTED,
-                records::ParsedRecord::Ignored => C_IGNORED,
-                records::ParsedRecord::Unparseable(_) => C_QUARANTINED,
+            counter: match (&rec.head.parsed, rec.head.source) {
+                (records::ParsedRecord::Unparseable(_), _) => C_QUARANTINED,
+                (_, Source::Reconciled) => C_RECONCILED,
+                (_, Source::Fetched) => C_FETCHED,
+                (records::ParsedRecord::Event(_) | records::ParsedRecord::Privacy(_), _) => {
+                    C_ACCEPTED
+                }
+                (records::ParsedRecord::Ignored, _) => C_IGNORED,
             },
+            quarantined,
+            webhook: matches!(rec.head.source, Source::Webhook),
             head,
             body,
         })
@@ -220,6 +232,15 @@ pub struct StoreStatus {
     pub touches: TouchFigures,
     #[serde(default)]
     pub privacy: privacy::PrivacyFigures,
+    /// Orders reconciliation fed in (their webhooks never came), and orders fetched after
+    /// a thin webhook (BigCommerce).
+    #[serde(default)]
+    pub reconciled: i64,
+    #[serde(default)]
+    pub fetched: i64,
+    /// The platform API sync, once one has run.
+    #[serde(default)]
+    pub sync: Option<sync::SyncView>,
 }
 
 /// A store's touches: pending by due day (UTC) and kind; sent by kind, deferred and
@@ -266,6 +287,10 @@ pub const C_DUPLICATE: &str = "webhooks.duplicate";
 pub const C_REJECTED: &str = "webhooks.rejected";
 pub const C_QUARANTINED: &str = "webhooks.quarantined";
 pub const C_IGNORED: &str = "webhooks.ignored";
+/// Orders reconciliation found that the webhooks had not brought (or a newer version of).
+pub const C_RECONCILED: &str = "api.reconciled";
+/// Orders fetched because a webhook said they changed (BigCommerce).
+pub const C_FETCHED: &str = "api.fetched";
 const C_LAST_WEBHOOK: &str = "webhooks.last_at_ms";
 const C_LAST_REJECTED: &str = "webhooks.last_rejected_at_ms";
 const C_ORDERS: &str = "orders";
@@ -474,20 +499,24 @@ impl Storage {
                 let seen = dedupe.get(key)?.map(|v| v.value());
                 let counter = if let Some(seq) = seen {
                     out.push(Committed::Duplicate(seq));
-                    C_DUPLICATE
+                    e.webhook.then_some(C_DUPLICATE)
                 } else {
                     ev.insert(next, e.head.as_slice())?;
                     bodies.insert(next, e.body.as_slice())?;
-                    if e.counter == C_QUARANTINED {
+                    if e.quarantined {
                         quarantine.insert(next, e.store.as_str())?;
                     }
                     dedupe.insert(key, next)?;
                     out.push(Committed::Stored(next));
                     next += 1;
-                    e.counter
+                    Some(e.counter)
                 };
-                add(&mut counters, &e.store, counter, 1)?;
-                counters.insert((e.store.as_str(), C_LAST_WEBHOOK), now.0)?;
+                if let Some(counter) = counter {
+                    add(&mut counters, &e.store, counter, 1)?;
+                }
+                if e.webhook {
+                    counters.insert((e.store.as_str(), C_LAST_WEBHOOK), now.0)?;
+                }
             }
             for (store, name, delta) in extra {
                 add(&mut counters, store, name, *delta)?;
@@ -877,6 +906,7 @@ impl Storage {
                 .or_default() += 1;
         }
         let paused = tx.open_table(PAUSED)?;
+        let syncs = tx.open_table(SYNC)?;
         let mut out = Vec::new();
         for &s in stores {
             let pause = pause::read(&paused, s)?;
@@ -907,6 +937,9 @@ impl Storage {
                     last_at: time(privacy::C_LAST_PRIVACY)?,
                     exports: privacy::exports(&self.exports_dir(), s),
                 },
+                reconciled: get(s, C_RECONCILED)?,
+                fetched: get(s, C_FETCHED)?,
+                sync: sync::read(&syncs, s)?.map(sync::SyncView::from),
             });
         }
         Ok(out)
@@ -1059,12 +1092,13 @@ impl Snapshot {
             .transpose()
     }
 
-    /// Calls `f(customer, created ms, id)` for every order of a store, in id order. Reads
+    /// Calls `f(id, state)` for every order record of a store (one that only a refund or a
+    /// notice made has no `order` yet), in id order. Reads
     /// each record once (a million take a few seconds).
     pub fn each_order(
         &self,
         store: &str,
-        mut f: impl FnMut(Option<CustomerId>, i64, &str),
+        mut f: impl FnMut(&str, &OrderState),
     ) -> Result<(), Error> {
         for item in self.orders.range((store, "")..)? {
             let (k, v) = item?;
@@ -1072,10 +1106,7 @@ impl Snapshot {
             if s != store {
                 break;
             }
-            let state = records::decode_order(v.value())?;
-            if let Some(o) = &state.order {
-                f(state.customer, o.created_at.0, id);
-            }
+            f(id, &records::decode_order(v.value())?);
         }
         Ok(())
     }

@@ -751,6 +751,7 @@ impl Storage {
             removed += retain(&mut tx.open_table(OPENS)?, |k, _| !gone(k))?;
             removed += retain(&mut tx.open_table(RECOVERY_NOTICES)?, |k, _| !gone(k))?;
             removed += retain(&mut tx.open_table(PAUSED)?, |k, _| k != store)?;
+            removed += retain(&mut tx.open_table(SYNC)?, |k, _| k != store)?;
             // Rows keyed by store first.
             macro_rules! by_store {
                 ($($t:ident),*) => {$(

@@ -54,6 +54,7 @@ macro_rules! each_table {
         $m!(PAUSED);
         $m!(CONVERSIONS);
         $m!(RECOVERY_NOTICES);
+        $m!(SYNC);
     };
 }
 pub(crate) use each_table;
@@ -179,6 +180,8 @@ pub const DELIVERIES: TableDefinition<(&str, &str), i64> = TableDefinition::new(
 /// Store id -> since when, and through what, its sending is paused (`storage::pause`):
 /// durable, so a restart (a crash, systemd) does not resume sending.
 pub const PAUSED: TableDefinition<&str, &[u8]> = TableDefinition::new("paused");
+/// Store id -> its sync with the platform's API (`storage::sync::SyncState`).
+pub const SYNC: TableDefinition<&str, &[u8]> = TableDefinition::new("sync");
 /// (store, id of the order that made the offer) -> its conversion
 /// (`engine::attribution::Conversion`): the later order that bought it, the engagements
 /// that earned it, and whether a refund or cancellation took it back. One per offer.

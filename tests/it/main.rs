@@ -19,6 +19,7 @@ mod live;
 mod offers;
 mod outbound;
 mod plans;
+mod platform;
 mod privacy;
 mod quarantine;
 mod replay;

@@ -1,0 +1,170 @@
+//! BigCommerce's API (`https://api.bigcommerce.com/stores/{hash}`, `X-Auth-Token`): the
+//! V2 Orders API for orders and their products, V3 for webhooks. An order's body is
+//! `{"order": <V2 order>, "products": [<V2 order products>]}`, which
+//! `ingest::bigcommerce` reads under the topic `store/order/fetched`.
+
+use super::{encode, id_of, Api, ApiError, ApiOrder, Subscription};
+use crate::config::StoreConfig;
+use crate::engine::Timestamp;
+
+pub const TOPICS: &[&str] = &[
+    "store/order/created",
+    "store/order/updated",
+    "store/order/statusUpdated",
+    "store/order/refund/created",
+];
+
+/// Items per page of a V2 list (the most it allows).
+const PAGE: usize = 250;
+
+pub fn check(api: &Api) -> Result<String, ApiError> {
+    let what = "GET v2/store";
+    let v = api.get_json(what, &api.url("/v2/store"))?;
+    v["name"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| api.malformed(what, "name is missing"))
+}
+
+pub fn subscriptions(api: &Api) -> Result<Vec<Subscription>, ApiError> {
+    let what = "GET v3/hooks";
+    let mut out = Vec::new();
+    for page in 1.. {
+        let v = api.get_json(what, &api.url(&format!("/v3/hooks?page={page}&limit=250")))?;
+        let list = v["data"]
+            .as_array()
+            .ok_or_else(|| api.malformed(what, "data is not a list"))?;
+        for h in list {
+            out.push(Subscription {
+                id: id_of(&h["id"]).ok_or_else(|| api.malformed(what, "a hook has no id"))?,
+                topic: h["scope"].as_str().unwrap_or_default().to_string(),
+                address: h["destination"].as_str().unwrap_or_default().to_string(),
+                active: h["is_active"].as_bool().unwrap_or(false),
+            });
+        }
+        let pages = v["meta"]["pagination"]["total_pages"].as_u64().unwrap_or(1);
+        if list.is_empty() || page >= pages {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The custom header every callback carries: the secret our intake checks.
+fn headers(store: &StoreConfig) -> serde_json::Value {
+    let secret = store.webhook_secrets.first().cloned().unwrap_or_default();
+    serde_json::json!({ store.webhook_secret_header.as_str(): secret })
+}
+
+pub fn subscribe(
+    api: &Api,
+    store: &StoreConfig,
+    topic: &str,
+    address: &str,
+) -> Result<String, ApiError> {
+    let what = format!("POST v3/hooks ({topic})");
+    let body = serde_json::json!({
+        "scope": topic, "destination": address, "is_active": true, "headers": headers(store),
+    });
+    let reply = api.call("POST", &what, &api.url("/v3/hooks"), Some(&body))?;
+    let v = api.json(&what, &reply)?;
+    id_of(&v["data"]["id"]).ok_or_else(|| api.malformed(&what, "data.id is missing"))
+}
+
+/// Points a hook here again and turns it back on (BigCommerce deactivates one after ~48 h
+/// of failed deliveries), with the store's current secret header.
+pub fn repoint(api: &Api, store: &StoreConfig, id: &str, address: &str) -> Result<(), ApiError> {
+    let what = format!("PUT v3/hooks/{id}");
+    let body =
+        serde_json::json!({"destination": address, "is_active": true, "headers": headers(store)});
+    api.call(
+        "PUT",
+        &what,
+        &api.url(&format!("/v3/hooks/{}", encode(id))),
+        Some(&body),
+    )?;
+    Ok(())
+}
+
+/// Orders modified at or after `since`; each with its products (one more call each).
+pub fn orders_since(api: &Api, since: Timestamp) -> Result<Vec<ApiOrder>, ApiError> {
+    let what = "GET v2/orders";
+    let after = chrono::DateTime::from_timestamp_millis(since.0)
+        .unwrap_or_default()
+        .to_rfc2822();
+    let mut out = Vec::new();
+    for page in 1.. {
+        let url = api.url(&format!(
+            "/v2/orders?min_date_modified={}&sort=date_modified:asc&limit={PAGE}&page={page}",
+            encode(&after)
+        ));
+        // 204 (an empty body) when there are no (more) orders.
+        let v = api.get_json(what, &url)?;
+        let list = match v {
+            serde_json::Value::Null => break,
+            serde_json::Value::Array(list) => list,
+            _ => return Err(api.malformed(what, "the answer is not a list")),
+        };
+        for o in &list {
+            out.push(with_products(api, o.clone())?);
+        }
+        if list.len() < PAGE {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+pub fn order(api: &Api, id: &str) -> Result<ApiOrder, ApiError> {
+    let what = format!("GET v2/orders/{id}");
+    let v = api.get_json(&what, &api.url(&format!("/v2/orders/{}", encode(id))))?;
+    with_products(api, v)
+}
+
+fn with_products(api: &Api, order: serde_json::Value) -> Result<ApiOrder, ApiError> {
+    let id =
+        id_of(&order["id"]).ok_or_else(|| api.malformed("GET v2/orders", "an order has no id"))?;
+    let what = format!("GET v2/orders/{id}/products");
+    let mut products = Vec::new();
+    for page in 1.. {
+        let url = api.url(&format!(
+            "/v2/orders/{}/products?limit={PAGE}&page={page}",
+            encode(&id)
+        ));
+        let list = match api.get_json(&what, &url)? {
+            serde_json::Value::Null => break,
+            serde_json::Value::Array(list) => list,
+            _ => return Err(api.malformed(&what, "the answer is not a list")),
+        };
+        let n = list.len();
+        products.extend(list);
+        if n < PAGE {
+            break;
+        }
+    }
+    // Refunds are their own resource; asked for only when the order says it has some.
+    let refunded = order["refunded_amount"]
+        .as_str()
+        .and_then(|a| a.trim().parse::<f64>().ok())
+        .is_some_and(|a| a > 0.0);
+    let refunds = if refunded {
+        let what = format!("GET v3/orders/{id}/payment_actions/refunds");
+        let url = api.url(&format!(
+            "/v3/orders/{}/payment_actions/refunds",
+            encode(&id)
+        ));
+        api.get_json(&what, &url)?["data"].clone()
+    } else {
+        serde_json::Value::Array(vec![])
+    };
+    let body = serde_json::json!({"order": order, "products": products, "refunds": refunds});
+    let bytes = serde_json::to_vec(&body).expect("JSON values serialize");
+    let updated_at = crate::ingest::bigcommerce::fetched_updated_at(&bytes)
+        .map_err(|why| api.malformed(&format!("GET v2/orders/{id}"), why))?;
+    Ok(ApiOrder {
+        id,
+        updated_at,
+        topic: crate::ingest::bigcommerce::FETCHED,
+        body: bytes,
+    })
+}

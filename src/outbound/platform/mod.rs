@@ -1,0 +1,629 @@
+//! The platforms' admin APIs (`[stores.api]`): checking credentials and registering the
+//! webhook subscriptions (`connect`), fetching BigCommerce's orders after their thin
+//! webhooks, and listing what changed since the last sync (orders the webhooks missed,
+//! the catalog). One [`Api`] per store, over the outbound module's ureq agent: timeouts,
+//! retries with backoff, `Retry-After`, a client-side leaky bucket per platform, and
+//! Shopify's short-lived tokens refreshed before they expire.
+//!
+//! Returns what the platform said in the shapes the rest of the appliance already reads:
+//! an order is the same JSON its webhook carries (BigCommerce: the order and its products
+//! side by side), so `ingest` normalizes it and the pipeline takes it like a webhook.
+
+pub mod bigcommerce;
+pub mod shopify;
+pub mod woocommerce;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{RateLimit, Secret};
+use crate::config::{ApiAuth, ApiConfig, StoreConfig};
+use crate::engine::{Platform, Timestamp};
+
+/// Attempts of one call before it fails (429, 5xx, no answer): the waits between them
+/// grow from [`Api::retry_base`] (1 s, 2 s, 4 s, 8 s), or what `Retry-After` says.
+const TRIES: u32 = 5;
+/// The longest wait a `Retry-After` or a quota reset may impose on one call.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// What of an error answer's body goes into the error.
+const ERROR_BODY: usize = 300;
+
+/// Why a platform call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{platform} refused the credentials ({status}): {body}; check [stores.api] of store {store} (and the app's access scopes)")]
+    Credentials {
+        platform: &'static str,
+        store: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{platform} answered {status} to {what}: {body}")]
+    Refused {
+        platform: &'static str,
+        what: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{platform} did not answer {what} after {TRIES} attempts: {reason}")]
+    Unavailable {
+        platform: &'static str,
+        what: String,
+        reason: String,
+    },
+    #[error("{platform}'s answer to {what} is not what its API documents: {why}")]
+    Malformed {
+        platform: &'static str,
+        what: String,
+        why: String,
+    },
+}
+
+impl ApiError {
+    /// A 404: the thing asked for does not exist (an order deleted, a code never made).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ApiError::Refused { status: 404, .. })
+    }
+}
+
+/// One answer: status, body and the headers pagination and quotas are read from.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A webhook subscription as the platform lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Subscription {
+    pub id: String,
+    pub topic: String,
+    pub address: String,
+    /// WooCommerce disables a webhook after 5 failed deliveries, BigCommerce deactivates
+    /// one after ~48 h of them.
+    pub active: bool,
+}
+
+/// An order as its platform's API returned it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiOrder {
+    pub id: String,
+    pub updated_at: Timestamp,
+    /// The topic its body reads as (`orders/updated`, `order.updated`,
+    /// `store/order/fetched`).
+    pub topic: &'static str,
+    /// The order's JSON as its webhook carries it (BigCommerce: `{order, products}`).
+    pub body: Vec<u8>,
+}
+
+/// A store's platform API.
+pub struct Api {
+    pub store: String,
+    pub platform: Platform,
+    config: ApiConfig,
+    agent: ureq::Agent,
+    limit: RateLimit,
+    /// Shopify client credentials: the current token and when to exchange it again.
+    token: Mutex<Option<(Secret, Instant)>>,
+    /// BigCommerce: no call before this (its quota ran out until then).
+    quota_reset: Mutex<Option<Instant>>,
+    /// The first wait between attempts (tests shorten it).
+    pub retry_base: Duration,
+}
+
+impl Api {
+    /// The store's API, when `[stores.api]` is configured.
+    pub fn of(store: &StoreConfig, agent: ureq::Agent) -> Option<Api> {
+        let config = store.api.clone()?;
+        // Shopify's REST bucket holds 40 calls and leaks 2 a second; BigCommerce's
+        // smallest plan allows 150 per 30 s; WooCommerce is the store's own server.
+        let limit = match store.platform {
+            Platform::Shopify => RateLimit::with_burst(2.0, 40.0),
+            Platform::BigCommerce => RateLimit::with_burst(5.0, 20.0),
+            Platform::WooCommerce => RateLimit::with_burst(5.0, 5.0),
+        };
+        Some(Api {
+            store: store.id.clone(),
+            platform: store.platform,
+            config,
+            agent,
+            limit,
+            token: Mutex::new(None),
+            quota_reset: Mutex::new(None),
+            retry_base: Duration::from_secs(1),
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self.platform {
+            Platform::Shopify => "Shopify",
+            Platform::WooCommerce => "WooCommerce",
+            Platform::BigCommerce => "BigCommerce",
+        }
+    }
+
+    /// `base_url` followed by `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.base_url)
+    }
+
+    /// GET `url` (absolute: a pagination link is one), retried as [`Api::call`] says.
+    pub fn get(&self, what: &str, url: &str) -> Result<Reply, ApiError> {
+        self.call("GET", what, url, None)
+    }
+
+    /// GET `url` and read its JSON body.
+    pub fn get_json(&self, what: &str, url: &str) -> Result<serde_json::Value, ApiError> {
+        let reply = self.get(what, url)?;
+        self.json(what, &reply)
+    }
+
+    /// The JSON of an answer's body (an empty body, BigCommerce's 204, is `null`).
+    pub fn json(&self, what: &str, reply: &Reply) -> Result<serde_json::Value, ApiError> {
+        if reply.body.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&reply.body).map_err(|e| self.malformed(what, e.to_string()))
+    }
+
+    pub fn malformed(&self, what: &str, why: impl Into<String>) -> ApiError {
+        ApiError::Malformed {
+            platform: self.name(),
+            what: what.to_string(),
+            why: why.into(),
+        }
+    }
+
+    /// One call with its retries: a 429, a 5xx, a 408 or no answer is tried again (after
+    /// `Retry-After` where given), a Shopify 401 once more with a fresh token; any other
+    /// 4xx is the platform's refusal.
+    pub fn call(
+        &self,
+        method: &str,
+        what: &str,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply, ApiError> {
+        let mut fresh_token = false;
+        let mut last = String::new();
+        for attempt in 0..TRIES {
+            if attempt > 0 {
+                let wait = self.retry_base * 2u32.pow(attempt - 1);
+                std::thread::sleep(wait.min(MAX_WAIT));
+            }
+            self.wait_for_quota();
+            self.limit.acquire();
+            let auth = self.authorization()?;
+            let reply = match self.send(method, url, &auth, body) {
+                Ok(r) => r,
+                Err(e) => {
+                    last = format!("no answer ({e})");
+                    continue;
+                }
+            };
+            self.note_quota(&reply);
+            match reply.status {
+                200..=299 => return Ok(reply),
+                401 if !fresh_token
+                    && matches!(self.config.auth, ApiAuth::ShopifyClient { .. }) =>
+                {
+                    // Revoked or expired early: exchange the credentials again, once.
+                    *lock(&self.token) = None;
+                    fresh_token = true;
+                    last = "401 with a token that was still valid".into();
+                }
+                401 | 403 => {
+                    return Err(ApiError::Credentials {
+                        platform: self.name(),
+                        store: self.store.clone(),
+                        status: reply.status,
+                        body: excerpt(&reply.body),
+                    })
+                }
+                408 | 429 | 500..=599 => {
+                    last = format!("{} {}", reply.status, excerpt(&reply.body));
+                    if let Some(after) = reply
+                        .header("retry-after")
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                    {
+                        std::thread::sleep(Duration::from_secs_f64(after.max(0.0)).min(MAX_WAIT));
+                    }
+                }
+                status => {
+                    return Err(ApiError::Refused {
+                        platform: self.name(),
+                        what: what.to_string(),
+                        status,
+                        body: excerpt(&reply.body),
+                    })
+                }
+            }
+        }
+        Err(ApiError::Unavailable {
+            platform: self.name(),
+            what: what.to_string(),
+            reason: last,
+        })
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        url: &str,
+        auth: &[(&'static str, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply, ureq::Error> {
+        let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialize"));
+        let result = match (method, bytes) {
+            ("GET", _) => {
+                let mut rq = self.agent.get(url).header("accept", "application/json");
+                for (k, v) in auth {
+                    rq = rq.header(*k, v);
+                }
+                rq.call()
+            }
+            (m, bytes) => {
+                let mut rq = match m {
+                    "POST" => self.agent.post(url),
+                    "PUT" => self.agent.put(url),
+                    other => unreachable!("no {other} calls"),
+                }
+                .header("accept", "application/json")
+                .header("content-type", "application/json");
+                for (k, v) in auth {
+                    rq = rq.header(*k, v);
+                }
+                rq.send(&bytes.unwrap_or_default()[..])
+            }
+        };
+        let mut resp = result?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_vec()?;
+        Ok(Reply {
+            status,
+            body,
+            headers,
+        })
+    }
+
+    /// The headers that authenticate a call (exchanging Shopify client credentials for a
+    /// token when there is none or it is about to expire).
+    fn authorization(&self) -> Result<Vec<(&'static str, String)>, ApiError> {
+        use base64::Engine as _;
+        Ok(match &self.config.auth {
+            ApiAuth::ShopifyToken(t) => vec![("x-shopify-access-token", t.expose().to_string())],
+            ApiAuth::ShopifyClient { .. } => {
+                vec![("x-shopify-access-token", self.token()?.expose().to_string())]
+            }
+            ApiAuth::WooCommerce {
+                consumer_key,
+                consumer_secret,
+            } => {
+                let pair = format!("{}:{}", consumer_key.expose(), consumer_secret.expose());
+                let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
+                vec![("authorization", format!("Basic {b64}"))]
+            }
+            ApiAuth::BigCommerce(t) => vec![("x-auth-token", t.expose().to_string())],
+        })
+    }
+
+    /// Shopify's client credentials grant: a token valid `expires_in` seconds (24 h),
+    /// exchanged again when a tenth of its life (at most 5 minutes) is left.
+    fn token(&self) -> Result<Secret, ApiError> {
+        let ApiAuth::ShopifyClient {
+            client_id,
+            client_secret,
+        } = &self.config.auth
+        else {
+            unreachable!("only client credentials have tokens")
+        };
+        let mut held = lock(&self.token);
+        if let Some((token, refresh_at)) = held.as_ref() {
+            if Instant::now() < *refresh_at {
+                return Ok(token.clone());
+            }
+        }
+        let what = "the client credentials grant";
+        let url = self.url("/admin/oauth/access_token");
+        let mut last = String::new();
+        for attempt in 0..TRIES {
+            if attempt > 0 {
+                std::thread::sleep((self.retry_base * 2u32.pow(attempt - 1)).min(MAX_WAIT));
+            }
+            let sent = self
+                .agent
+                .post(&url)
+                .header("accept", "application/json")
+                .send_form([
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client_id.as_str()),
+                    ("client_secret", client_secret.expose()),
+                ]);
+            let mut resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    last = format!("no answer ({e})");
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            let body = resp.body_mut().read_to_vec().unwrap_or_default();
+            match status {
+                200..=299 => {}
+                429 | 500..=599 => {
+                    last = format!("{status} {}", excerpt(&body));
+                    continue;
+                }
+                _ => {
+                    return Err(ApiError::Credentials {
+                        platform: "Shopify",
+                        store: self.store.clone(),
+                        status,
+                        body: excerpt(&body),
+                    })
+                }
+            }
+            #[derive(serde::Deserialize)]
+            struct Granted {
+                access_token: String,
+                expires_in: Option<u64>,
+            }
+            let g: Granted =
+                serde_json::from_slice(&body).map_err(|e| self.malformed(what, e.to_string()))?;
+            let life = Duration::from_secs(g.expires_in.unwrap_or(86_399));
+            let refresh_at = Instant::now() + life - (life / 10).min(Duration::from_secs(300));
+            let token = Secret::new(g.access_token);
+            *held = Some((token.clone(), refresh_at));
+            log::info!(
+                "store {}: Shopify access token exchanged, valid {life:?}",
+                self.store
+            );
+            return Ok(token);
+        }
+        Err(ApiError::Unavailable {
+            platform: "Shopify",
+            what: what.to_string(),
+            reason: last,
+        })
+    }
+
+    /// BigCommerce says how many calls are left in its window and when it resets: when
+    /// none are, the next call waits for the reset.
+    fn note_quota(&self, reply: &Reply) {
+        let left = reply
+            .header("x-rate-limit-requests-left")
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        let reset_ms = reply
+            .header("x-rate-limit-time-reset-ms")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(left), Some(ms)) = (left, reset_ms) {
+            if left <= 0 {
+                let wait = Duration::from_millis(ms).min(MAX_WAIT);
+                *lock(&self.quota_reset) = Some(Instant::now() + wait);
+            }
+        }
+    }
+
+    fn wait_for_quota(&self) {
+        let until = lock(&self.quota_reset).take();
+        if let Some(until) = until {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        }
+    }
+
+    /// Whether the credentials work: the shop's name as the platform knows it.
+    pub fn check(&self) -> Result<String, ApiError> {
+        match self.platform {
+            Platform::Shopify => shopify::check(self),
+            Platform::WooCommerce => woocommerce::check(self),
+            Platform::BigCommerce => bigcommerce::check(self),
+        }
+    }
+
+    /// The webhook subscriptions the platform holds for this app (or API key).
+    pub fn subscriptions(&self) -> Result<Vec<Subscription>, ApiError> {
+        match self.platform {
+            Platform::Shopify => shopify::subscriptions(self),
+            Platform::WooCommerce => woocommerce::subscriptions(self),
+            Platform::BigCommerce => bigcommerce::subscriptions(self),
+        }
+    }
+
+    /// Orders created or changed at or after `since`, oldest change first where the
+    /// platform sorts so.
+    pub fn orders_since(&self, since: Timestamp) -> Result<Vec<ApiOrder>, ApiError> {
+        match self.platform {
+            Platform::Shopify => shopify::orders_since(self, since),
+            Platform::WooCommerce => woocommerce::orders_since(self, since),
+            Platform::BigCommerce => bigcommerce::orders_since(self, since),
+        }
+    }
+
+    /// One order as it is now (BigCommerce's thin webhooks need it).
+    pub fn order(&self, id: &str) -> Result<ApiOrder, ApiError> {
+        match self.platform {
+            Platform::BigCommerce => bigcommerce::order(self, id),
+            Platform::Shopify => shopify::order(self, id),
+            Platform::WooCommerce => woocommerce::order(self, id),
+        }
+    }
+}
+
+/// The topics the appliance needs a platform to send, as that platform names them.
+pub fn topics(platform: Platform) -> &'static [&'static str] {
+    match platform {
+        Platform::Shopify => shopify::TOPICS,
+        Platform::WooCommerce => woocommerce::TOPICS,
+        Platform::BigCommerce => bigcommerce::TOPICS,
+    }
+}
+
+/// Where a store's platform webhooks go.
+pub fn webhook_address(public_url: &str, store: &str) -> String {
+    format!("{}/webhooks/{store}", public_url.trim_end_matches('/'))
+}
+
+/// What `connect` found and did for one topic.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TopicState {
+    pub topic: String,
+    /// `ok` (there, active, pointing here), `created`, `repaired` (pointed elsewhere or
+    /// was disabled), `missing` (only looked at, not changed).
+    pub action: &'static str,
+    pub id: Option<String>,
+}
+
+/// Each needed topic's subscription as the platform holds it: what is fine, what is
+/// missing, disabled or pointing elsewhere. `fix`: create and repair them.
+pub fn reconcile_subscriptions(
+    api: &Api,
+    store: &StoreConfig,
+    public_url: &str,
+    fix: bool,
+) -> Result<Vec<TopicState>, ApiError> {
+    let address = webhook_address(public_url, &store.id);
+    let held = api.subscriptions()?;
+    let mut out = Vec::new();
+    for topic in topics(api.platform) {
+        let same_topic: Vec<&Subscription> = held.iter().filter(|s| s.topic == *topic).collect();
+        let exact = same_topic.iter().find(|s| s.address == address);
+        let state = match exact {
+            Some(s) if s.active => TopicState {
+                topic: topic.to_string(),
+                action: "ok",
+                id: Some(s.id.clone()),
+            },
+            // Disabled, or pointing at this store's path on an old address: repair it.
+            found => {
+                let ours = found.copied().or_else(|| {
+                    let path = format!("/webhooks/{}", store.id);
+                    same_topic
+                        .iter()
+                        .copied()
+                        .find(|s| s.address.ends_with(&path))
+                });
+                let (action, id) = match (fix, ours) {
+                    (false, _) => ("missing", ours.map(|s| s.id.clone())),
+                    (true, Some(s)) => {
+                        repair(api, store, s, &address)?;
+                        ("repaired", Some(s.id.clone()))
+                    }
+                    (true, None) => ("created", Some(create(api, store, topic, &address)?)),
+                };
+                TopicState {
+                    topic: topic.to_string(),
+                    action,
+                    id,
+                }
+            }
+        };
+        out.push(state);
+    }
+    Ok(out)
+}
+
+fn create(api: &Api, store: &StoreConfig, topic: &str, address: &str) -> Result<String, ApiError> {
+    match api.platform {
+        Platform::Shopify => shopify::subscribe(api, topic, address),
+        Platform::WooCommerce => woocommerce::subscribe(api, store, topic, address),
+        Platform::BigCommerce => bigcommerce::subscribe(api, store, topic, address),
+    }
+}
+
+fn repair(api: &Api, store: &StoreConfig, s: &Subscription, address: &str) -> Result<(), ApiError> {
+    match api.platform {
+        Platform::Shopify => shopify::repoint(api, &s.id, address),
+        Platform::WooCommerce => woocommerce::repoint(api, store, &s.id, address),
+        Platform::BigCommerce => bigcommerce::repoint(api, store, &s.id, address),
+    }
+}
+
+/// The start of an error body, for messages.
+pub fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .trim()
+        .chars()
+        .take(ERROR_BODY)
+        .collect()
+}
+
+/// The URL of a `Link` header's `rel="next"` (Shopify's cursor pagination).
+pub fn next_link(link: Option<&str>) -> Option<String> {
+    link?.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    })
+}
+
+/// A query parameter's value, percent-encoded.
+pub fn encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An id field that may be a JSON number or a string.
+pub fn id_of(v: &serde_json::Value) -> Option<String> {
+    crate::ingest::wire::text(Some(v))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_link_finds_the_next_page_among_others() {
+        let link = r#"<https://s.myshopify.com/admin/api/2026-10/orders.json?limit=250&page_info=abc>; rel="previous", <https://s.myshopify.com/admin/api/2026-10/orders.json?limit=250&page_info=def>; rel="next""#;
+        assert_eq!(
+            next_link(Some(link)).as_deref(),
+            Some("https://s.myshopify.com/admin/api/2026-10/orders.json?limit=250&page_info=def")
+        );
+        assert_eq!(next_link(Some(r#"<https://x/a>; rel="previous""#)), None);
+        assert_eq!(next_link(None), None);
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(
+            encode("2026-11-20T10:00:00+00:00"),
+            "2026-11-20T10%3A00%3A00%2B00%3A00"
+        );
+    }
+}

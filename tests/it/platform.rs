@@ -1,0 +1,565 @@
+//! The platforms' APIs against fake servers on 127.0.0.1:0: Shopify's token exchange and
+//! refresh, `connect` registering and repairing subscriptions, BigCommerce orders fetched
+//! after their thin webhooks, and reconciliation of orders whose webhooks were lost.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use upsell_appliance::config::{self, Origin};
+use upsell_appliance::engine::Source;
+use upsell_appliance::outbound::platform::Api;
+
+use crate::cli::run;
+use crate::fixtures::*;
+use crate::support::*;
+
+/// One request as the fake saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub url: String,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Handler = dyn FnMut(&Seen) -> (u16, Vec<(String, String)>, String) + Send;
+
+/// A platform API: `handler` answers every request; every request is kept in `seen`.
+pub struct FakeApi {
+    pub url: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl FakeApi {
+    pub fn start(mut handler: Box<Handler>) -> FakeApi {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for mut rq in server.incoming_requests() {
+                let mut body = String::new();
+                std::io::Read::read_to_string(rq.as_reader(), &mut body).unwrap();
+                let s = Seen {
+                    method: rq.method().to_string(),
+                    url: rq.url().to_string(),
+                    body,
+                    headers: rq
+                        .headers()
+                        .iter()
+                        .map(|h| (h.field.to_string(), h.value.to_string()))
+                        .collect(),
+                };
+                log.lock().unwrap().push(s.clone());
+                let (status, headers, body) = handler(&s);
+                let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
+                for (k, v) in headers {
+                    resp.add_header(
+                        tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap(),
+                    );
+                }
+                let _ = rq.respond(resp);
+            }
+        });
+        FakeApi { url, seen }
+    }
+
+    fn count(&self, pred: impl Fn(&Seen) -> bool) -> usize {
+        self.seen.lock().unwrap().iter().filter(|s| pred(s)).count()
+    }
+}
+
+fn ok(body: Value) -> (u16, Vec<(String, String)>, String) {
+    (
+        200,
+        vec![("Content-Type".into(), "application/json".into())],
+        body.to_string(),
+    )
+}
+
+/// The test config with `[stores.api]` tables: `shopify_api` for the Shopify store, and
+/// the BigCommerce store's pointing at `bc_url` when given.
+fn config_with(dir: &Path, shopify_api: &str, bc_url: Option<&str>) -> config::Config {
+    let mut text = config_text_with(dir, "127.0.0.1:0", "127.0.0.1:0", shopify_api);
+    if let Some(url) = bc_url {
+        text = text.replace(
+            "webhook_secret_header = \"X-Upsell-Secret\"\n",
+            &format!("webhook_secret_header = \"X-Upsell-Secret\"\n[stores.api]\nstore_hash = \"abc123\"\naccess_token = \"bc-token\"\nbase_url = \"{url}\"\n"),
+        );
+    }
+    config::parse(&text, Path::new("/"), Origin::Demo).expect("test config is valid")
+}
+
+fn agent() -> ureq::Agent {
+    upsell_appliance::outbound::agent(Duration::from_secs(2), Duration::from_secs(5))
+}
+
+#[test]
+fn shopify_tokens_are_exchanged_then_refreshed_before_expiry_and_after_a_401() {
+    let tokens = Arc::new(Mutex::new(0u32));
+    let issued = tokens.clone();
+    let fake = FakeApi::start(Box::new(move |s| {
+        if s.url == "/admin/oauth/access_token" {
+            assert_eq!(s.method, "POST");
+            assert!(
+                s.body.contains("grant_type=client_credentials"),
+                "{}",
+                s.body
+            );
+            assert!(s.body.contains("client_id=app-client-id"), "{}", s.body);
+            assert!(
+                s.body.contains("client_secret=app-client-secret"),
+                "{}",
+                s.body
+            );
+            let mut n = issued.lock().unwrap();
+            *n += 1;
+            // Short-lived, so the test sees a refresh: a tenth of it before expiry.
+            return ok(
+                json!({"access_token": format!("shpat_tok{n}"), "scope": "read_orders", "expires_in": 2}),
+            );
+        }
+        match s.header("x-shopify-access-token") {
+            // The second token is revoked at once: the client exchanges again, once.
+            Some("shpat_tok2") => (
+                401,
+                vec![],
+                r#"{"errors":"[API] Invalid API key or access token"}"#.into(),
+            ),
+            Some(t) if t.starts_with("shpat_tok") => ok(json!({"shop": {"name": "Test Store"}})),
+            other => panic!("unexpected token {other:?}"),
+        }
+    }));
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[stores.api]\nclient_id = \"app-client-id\"\nclient_secret = \"app-client-secret\"\nbase_url = \"{}\"\n",
+        fake.url
+    );
+    let config = config_with(tmp.path(), &extra, None);
+    let api = Api::of(config.store(STORE).unwrap(), agent()).unwrap();
+    assert_eq!(api.check().unwrap(), "Test Store");
+    assert_eq!(api.check().unwrap(), "Test Store");
+    assert_eq!(
+        *tokens.lock().unwrap(),
+        1,
+        "one exchange while the token is fresh"
+    );
+    std::thread::sleep(Duration::from_millis(2_000));
+    // Expired: exchanged again (tok2), which the shop refuses, so once more (tok3).
+    assert_eq!(api.check().unwrap(), "Test Store");
+    assert_eq!(*tokens.lock().unwrap(), 3);
+    let calls: Vec<Option<String>> = fake
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.url.ends_with("/shop.json"))
+        .map(|s| s.header("x-shopify-access-token").map(str::to_string))
+        .collect();
+    assert_eq!(
+        calls,
+        ["shpat_tok1", "shpat_tok1", "shpat_tok2", "shpat_tok3"].map(|t| Some(t.to_string()))
+    );
+    assert!(fake.seen.lock().unwrap()[1]
+        .url
+        .starts_with("/admin/api/2026-10/"));
+
+    // Refused credentials are an error that says where to look, not a retry loop.
+    let bad = FakeApi::start(Box::new(|_| {
+        (400, vec![], r#"{"error":"invalid_client"}"#.into())
+    }));
+    let extra = format!(
+        "[stores.api]\nclient_id = \"x\"\nclient_secret = \"y\"\nbase_url = \"{}\"\n",
+        bad.url
+    );
+    let config = config_with(tmp.path(), &extra, None);
+    let e = Api::of(config.store(STORE).unwrap(), agent())
+        .unwrap()
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("refused the credentials (400)") && e.contains("[stores.api] of store main"),
+        "{e}"
+    );
+    assert_eq!(bad.count(|_| true), 1);
+
+    // An app made in the admin before 2026: its static token, no exchange.
+    let fixed = FakeApi::start(Box::new(|s| {
+        assert_eq!(s.header("x-shopify-access-token"), Some("shpat_static"));
+        ok(json!({"shop": {"name": "Old App Store"}}))
+    }));
+    let extra = format!(
+        "[stores.api]\naccess_token = \"shpat_static\"\nbase_url = \"{}\"\n",
+        fixed.url
+    );
+    let config = config_with(tmp.path(), &extra, None);
+    let api = Api::of(config.store(STORE).unwrap(), agent()).unwrap();
+    assert_eq!(api.check().unwrap(), "Old App Store");
+}
+
+/// A fake Shopify shop whose webhook subscriptions live in memory.
+fn fake_shop(hooks: Arc<Mutex<Vec<Value>>>, orders: Arc<Mutex<Vec<Value>>>) -> FakeApi {
+    FakeApi::start(Box::new(move |s| {
+        assert_eq!(s.header("x-shopify-access-token"), Some("shpat_test"));
+        let path = s.url.split('?').next().unwrap().to_string();
+        match (s.method.as_str(), path.as_str()) {
+            ("GET", "/admin/api/2026-10/shop.json") => ok(json!({"shop": {"name": "Test Store"}})),
+            ("GET", "/admin/api/2026-10/webhooks.json") => {
+                ok(json!({"webhooks": *hooks.lock().unwrap()}))
+            }
+            ("POST", "/admin/api/2026-10/webhooks.json") => {
+                let mut w: Value =
+                    serde_json::from_str::<Value>(&s.body).unwrap()["webhook"].clone();
+                let mut h = hooks.lock().unwrap();
+                w["id"] = json!(1000 + h.len());
+                h.push(w.clone());
+                (201, vec![], json!({"webhook": w}).to_string())
+            }
+            ("PUT", p) if p.starts_with("/admin/api/2026-10/webhooks/") => {
+                let w: Value = serde_json::from_str::<Value>(&s.body).unwrap()["webhook"].clone();
+                let mut h = hooks.lock().unwrap();
+                let found = h
+                    .iter_mut()
+                    .find(|x| {
+                        x["id"].as_u64().map(|i| i.to_string()).as_deref() == w["id"].as_str()
+                    })
+                    .unwrap();
+                found["address"] = w["address"].clone();
+                ok(json!({"webhook": found.clone()}))
+            }
+            ("GET", "/admin/api/2026-10/orders.json") => {
+                assert!(
+                    s.url.contains("status=any") && s.url.contains("updated_at_min="),
+                    "{}",
+                    s.url
+                );
+                ok(json!({"orders": *orders.lock().unwrap()}))
+            }
+            other => panic!("unexpected request {other:?}"),
+        }
+    }))
+}
+
+#[test]
+fn connect_registers_missing_subscriptions_repairs_a_moved_one_and_is_idempotent() {
+    let hooks = Arc::new(Mutex::new(vec![
+        // Pointing at this store's path on an address the appliance no longer has.
+        json!({"id": 7, "topic": "orders/paid", "address": "https://old-host.example.com/webhooks/main", "format": "json"}),
+        // Someone else's: left alone.
+        json!({"id": 8, "topic": "orders/create", "address": "https://other-app.example.com/hook", "format": "json"}),
+    ]));
+    let fake = fake_shop(hooks.clone(), Arc::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let text = config_text_with(
+        tmp.path(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &format!(
+            "[stores.api]\naccess_token = \"shpat_test\"\nbase_url = \"{}\"\n",
+            fake.url
+        ),
+    );
+    let path = tmp.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let cfg = path.to_str().unwrap();
+
+    let (code, out, err) = run(
+        &["connect", "--config", cfg, "--store", "main", "--json"],
+        tmp.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["shop"], "Test Store");
+    let actions: Vec<(String, String)> = v["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["topic"].as_str().unwrap().into(),
+                s["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(actions.len(), 8);
+    assert!(
+        actions.contains(&("orders/paid".into(), "repaired".into())),
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| a.1 == "created").count(),
+        7,
+        "{actions:?}"
+    );
+    let h = hooks.lock().unwrap().clone();
+    assert_eq!(h.len(), 9, "seven created, none twice");
+    assert_eq!(h[0]["address"], "https://upsell.example.com/webhooks/main");
+    assert_eq!(
+        h[1]["address"], "https://other-app.example.com/hook",
+        "another app's is untouched"
+    );
+    assert!(h[2..].iter().all(
+        |w| w["address"] == "https://upsell.example.com/webhooks/main" && w["format"] == "json"
+    ));
+
+    // Again: nothing to do.
+    let (code, out, err) = run(&["connect", "--config", cfg, "--store", "main"], tmp.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.matches("already there").count(), 8, "{out}");
+    assert!(out.contains("compliance webhooks"), "{out}");
+    assert_eq!(hooks.lock().unwrap().len(), 9);
+    assert_eq!(
+        fake.count(|s| s.method != "GET"),
+        8,
+        "the second run changed nothing"
+    );
+
+    // A store without [stores.api] is told what to add.
+    let (code, _, err) = run(&["connect", "--config", cfg, "--store", "woo"], tmp.path());
+    assert_ne!(code, 0);
+    assert!(err.contains("store woo has no [stores.api]"), "{err}");
+}
+
+#[test]
+fn a_bigcommerce_thin_webhook_becomes_the_full_order_after_a_fetch_that_fails_once() {
+    let failed = Arc::new(Mutex::new(false));
+    let f = failed.clone();
+    let fake = FakeApi::start(Box::new(move |s| {
+        assert_eq!(s.header("x-auth-token"), Some("bc-token"));
+        let path = s.url.split('?').next().unwrap();
+        match path {
+            "/v2/orders/250" => {
+                let mut failed = f.lock().unwrap();
+                if !*failed {
+                    *failed = true;
+                    return (503, vec![], "upstream timeout".into());
+                }
+                ok(
+                    json!({"id": 250, "date_created": "Fri, 20 Nov 2026 15:00:00 +0000",
+                    "date_modified": "Fri, 20 Nov 2026 15:00:30 +0000", "status_id": 11,
+                    "currency_code": "USD", "total_inc_tax": "79.0000", "subtotal_inc_tax": "69.0000",
+                    "customer_id": 42, "refunded_amount": "0.0000",
+                    "billing_address": {"email": "pat@example.com", "phone": "", "country_iso2": "US", "state": "Texas", "zip": "78701"}}),
+                )
+            }
+            "/v2/orders/250/products" => ok(json!([
+                {"id": 1, "order_id": 250, "product_id": 77, "variant_id": 0, "sku": "MUG", "name": "Mug", "quantity": 1, "price_inc_tax": "19.0000"},
+                {"id": 2, "order_id": 250, "product_id": 78, "variant_id": 5, "sku": "BEANS", "name": "Beans", "quantity": 2, "price_inc_tax": "25.0000"}
+            ])),
+            other => panic!("unexpected request {other}"),
+        }
+    }));
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_config(
+        config_with(tmp.path(), "", Some(&fake.url)),
+        tmp.path(),
+        Default::default(),
+    );
+    let body = json!({"store_id": "1025646", "producer": "stores/abc123", "scope": "store/order/created",
+        "data": {"type": "order", "id": 250}, "hash": "h-250", "created_at": 1_763_650_800});
+    let (status, _) = s.post(
+        &format!("/webhooks/{BC_STORE}"),
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Upsell-Secret", BC_SECRET),
+        ],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200);
+    let storage = &s.running().storage;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let state = loop {
+        let o = storage.order(BC_STORE, "250").unwrap();
+        if let Some(o) = o.filter(|o| o.order.is_some()) {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "the order was never fetched");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let order = state.order.unwrap();
+    assert_eq!((order.total, order.lines.len()), (7900, 2));
+    assert_eq!(order.contact_email(), Some("pat@example.com"));
+    assert_eq!(state.source, Some(Source::Fetched));
+    assert_eq!(state.fetch_requested, None, "the fetch is done");
+    assert!(state.customer.is_some());
+    assert_eq!(
+        fake.count(|s| s.url == "/v2/orders/250"),
+        2,
+        "failed once, then fetched"
+    );
+    let st = &s.status()["stores"][2];
+    assert_eq!(
+        (st["orders"].as_i64(), st["fetched"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(st["webhooks"]["accepted"], 1, "the fetch is not a webhook");
+
+    // The same notice again changes nothing and fetches nothing.
+    let (status, _) = s.post(
+        &format!("/webhooks/{BC_STORE}"),
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Upsell-Secret", BC_SECRET),
+        ],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200);
+    s.wait_processed();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(fake.count(|s| s.url == "/v2/orders/250"), 2);
+}
+
+fn paid(id: u64, email: &str) -> Value {
+    let spec = OrderSpec {
+        email: email.to_string(),
+        customer_id: Some(8_000_000_000 + id),
+        ..OrderSpec::three_lines(id)
+    };
+    serde_json::from_slice(&order_json(&spec)).unwrap()
+}
+
+#[test]
+fn reconciliation_feeds_orders_whose_webhooks_were_lost_once_even_when_the_webhooks_come_later() {
+    // The shop lists three orders the appliance never heard of, and holds only one of the
+    // subscriptions it needs (the rest were deleted after failed retries).
+    let orders = Arc::new(Mutex::new(vec![
+        paid(5001, "a@example.com"),
+        paid(5002, "b@example.com"),
+        paid(5003, "c@example.com"),
+    ]));
+    let hooks = Arc::new(Mutex::new(vec![
+        json!({"id": 1, "topic": "orders/paid", "address": "https://upsell.example.com/webhooks/main"}),
+    ]));
+    let fake = fake_shop(hooks.clone(), orders.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    // The job runs at its slot by the service's clock: every minute here, on a test clock.
+    let extra = format!(
+        "[stores.api]\naccess_token = \"shpat_test\"\nbase_url = \"{}\"\n",
+        fake.url
+    );
+    let text = config_text_with(tmp.path(), "127.0.0.1:0", "127.0.0.1:0", &extra).replace(
+        "max_body_kb = 256\n",
+        "max_body_kb = 256\n[jobs]\nsync = \"* * * * *\"\n",
+    );
+    let config = config::parse(&text, Path::new("/"), Origin::Demo).unwrap();
+    let now = upsell_appliance::engine::Timestamp(1_763_650_800_000 + 3_600_000); // 2026-11-20 16:00Z
+    let clock = Arc::new(upsell_appliance::clock::TestClock::at(now));
+    let s = TestServer::start_config(
+        config,
+        tmp.path(),
+        upsell_appliance::app::Options {
+            clock: clock.clone(),
+            ..Default::default()
+        },
+    );
+    let storage = s.running().storage.clone();
+    assert!(storage.order(STORE, "5001").unwrap().is_none());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while storage.sync_state(STORE).unwrap().last_ok_at.is_none() {
+        // A minute on: the job's next slot (the jobs thread may have started after a first
+        // advance, so its first slot comes a minute later).
+        clock.advance(60_000);
+        assert!(
+            Instant::now() < deadline,
+            "the sync job never ran: {:?}",
+            storage.sync_state(STORE).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    s.wait_processed();
+    let touches_of = |id: &str| {
+        storage
+            .snapshot()
+            .unwrap()
+            .touches_of(STORE, id)
+            .unwrap()
+            .len()
+    };
+    for id in ["5001", "5002", "5003"] {
+        let o = storage.order(STORE, id).unwrap().unwrap();
+        assert_eq!(o.source, Some(Source::Reconciled), "order {id}");
+        assert!(o.order.is_some());
+    }
+    let planned: Vec<usize> = ["5001", "5002", "5003"]
+        .iter()
+        .map(|id| touches_of(id))
+        .collect();
+    assert!(
+        planned.iter().all(|n| *n > 0),
+        "reconciled orders are planned like any other: {planned:?}"
+    );
+    let st = s.store_status();
+    assert_eq!(st["orders"], 3);
+    assert_eq!(st["reconciled"], 3);
+    assert_eq!(
+        st["webhooks"]["accepted"], 0,
+        "what the sync found is not a webhook"
+    );
+    assert_eq!(st["sync"]["last_found"], 3);
+    assert_eq!(
+        st["sync"]["missing_subscriptions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        7
+    );
+    let notices = s.status()["notices"].to_string();
+    assert!(
+        notices.contains("found 3 order(s) whose webhooks never arrived"),
+        "{notices}"
+    );
+    assert!(
+        notices
+            .contains("holds no active webhook subscription to this appliance for orders/create"),
+        "{notices}"
+    );
+
+    // The lost webhooks arrive after all: nothing is counted, planned or sent twice.
+    for id in [5001u64, 5002, 5003] {
+        let body = serde_json::to_vec(&orders.lock().unwrap()[(id - 5001) as usize]).unwrap();
+        assert_eq!(s.webhook("orders/paid", &format!("late-{id}"), &body), 200);
+    }
+    s.wait_processed();
+    let st = s.store_status();
+    assert_eq!(
+        (st["orders"].as_i64(), st["webhooks"]["accepted"].as_i64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(st["customers"], 3);
+    let again: Vec<usize> = ["5001", "5002", "5003"]
+        .iter()
+        .map(|id| touches_of(id))
+        .collect();
+    assert_eq!(again, planned);
+    assert_eq!(
+        storage.order(STORE, "5001").unwrap().unwrap().source,
+        Some(Source::Reconciled)
+    );
+
+    // The next sync lists them again (the overlap) and finds nothing new.
+    let (code, body) = s.admin_post(&format!("/api/sync?store={STORE}"));
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (
+            v["synced"]["listed"].as_u64(),
+            v["synced"]["missed"].as_u64()
+        ),
+        (Some(3), Some(0))
+    );
+    assert_eq!(s.store_status()["reconciled"], 3);
+    let lists = fake.count(|r| r.url.contains("/orders.json"));
+    assert!(lists >= 2, "{lists}");
+}
