@@ -147,13 +147,15 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
     let (writer_stop, writer_stop_rx) = crossbeam_channel::bounded(0);
     let rejections = Arc::new(Rejections::new(&config.store_ids()));
     let health = Arc::new(Health::default());
+    let commits = Arc::new(crate::metrics::Commits::default());
     let stop = Arc::new(AtomicBool::new(false));
 
     let writer = {
-        let (storage, rejections, health, clock) = (
+        let (storage, rejections, health, commits, clock) = (
             storage.clone(),
             rejections.clone(),
             health.clone(),
+            commits.clone(),
             opts.clock.clone(),
         );
         std::thread::Builder::new()
@@ -167,6 +169,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
                     writer_stop_rx,
                     rejections,
                     health,
+                    commits,
                     committed_tx,
                     answers_tx,
                     now,
@@ -273,6 +276,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         config: config.clone(),
         storage: storage.clone(),
         health,
+        commits,
         started: Instant::now(),
         clock: opts.clock.clone(),
         scheduler: scheduler_report.clone(),

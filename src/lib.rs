@@ -11,6 +11,7 @@ pub mod http;
 pub mod import;
 pub mod ingest;
 pub mod logging;
+pub mod metrics;
 pub mod ops;
 pub mod outbound;
 pub mod pipeline;

@@ -1,5 +1,5 @@
-//! The private admin listener (loopback by default): `/api/*` for the CLI and scripts,
-//! everything behind `Authorization: Bearer <admin_token>`.
+//! The private admin listener (loopback by default): `/api/*` for the CLI and scripts and
+//! `/metrics` for Prometheus, everything behind `Authorization: Bearer <admin_token>`.
 //!
 //! The contract for every admin endpoint: request bodies are read as streams straight from
 //! the socket (no `max_body_kb` cap: imports can be hundreds of MB) and large responses
@@ -25,6 +25,8 @@ pub struct AdminCtx {
     pub config: Arc<Config>,
     pub storage: Arc<Storage>,
     pub health: Arc<Health>,
+    /// The writer's group commits, for `/metrics`.
+    pub commits: Arc<crate::metrics::Commits>,
     pub started: Instant,
     pub clock: Arc<dyn Clock>,
     /// What the scheduler reports (start-up catch-up, rounds, its last error).
@@ -66,6 +68,7 @@ pub fn handle(ctx: &AdminCtx, rq: Request) {
         .map(str::to_string);
     let result = match (rq.method(), path.as_str()) {
         (Method::Get, "/api/status") => return status(ctx, rq),
+        (Method::Get, "/metrics") => return metrics(ctx, rq),
         (Method::Get, "/api/quarantine") => {
             quarantine_list(&ctx.storage, store.as_deref()).map_err(Into::into)
         }
@@ -726,6 +729,31 @@ fn status(ctx: &AdminCtx, rq: Request) {
             respond(rq, json(200, &v))
         }
         Err(e) => respond(rq, json(500, &json!({"error": e.to_string()}))),
+    }
+}
+
+/// `GET /metrics`: the stores' figures from one read snapshot, in Prometheus's format.
+fn metrics(ctx: &AdminCtx, rq: Request) {
+    let ids: Vec<&str> = ctx.config.stores.iter().map(|s| s.id.as_str()).collect();
+    let body = ctx
+        .storage
+        .status(&ids)
+        .map_err(|e| e.to_string())
+        .and_then(|stores| {
+            crate::metrics::render(
+                &ctx.config,
+                &stores,
+                &ctx.commits,
+                crate::metrics::resident_bytes(),
+            )
+            .map_err(|e| e.to_string())
+        });
+    match body {
+        Ok(body) => respond(
+            rq,
+            text(200, &body).with_header(header("Content-Type", crate::metrics::CONTENT_TYPE)),
+        ),
+        Err(e) => respond(rq, text(500, &format!("{e}\n"))),
     }
 }
 

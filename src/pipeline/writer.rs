@@ -5,11 +5,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::engine::Timestamp;
+use crate::metrics::Commits;
 use crate::storage::{Committed, NewEvent, Storage, C_REJECTED};
 
 /// The most deliveries one transaction takes.
@@ -99,6 +100,7 @@ pub fn run(
     stop: Receiver<()>,
     rejections: Arc<Rejections>,
     health: Arc<Health>,
+    commits: Arc<Commits>,
     committed: Sender<u64>,
     answers: Sender<Answers>,
     now: impl Fn() -> Timestamp,
@@ -134,6 +136,7 @@ pub fn run(
             &mut batch,
             &rejections,
             &health,
+            &commits,
             &committed,
             now(),
         );
@@ -160,9 +163,11 @@ fn commit(
     batch: &mut Vec<Job>,
     rejections: &Rejections,
     health: &Health,
+    commits: &Commits,
     committed: &Sender<u64>,
     now: Timestamp,
 ) -> Answers {
+    let requests = batch.len();
     let mut events = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
@@ -175,7 +180,9 @@ fn commit(
         }
     }
     let extra = rejections.take();
+    let started = Instant::now();
     let result = storage.commit_deliveries(&events, &extra, now);
+    commits.record(requests, started.elapsed());
     drop(events);
     let outcome = match result {
         Ok(committed_now) => {

@@ -16,6 +16,7 @@ mod hardening;
 mod intake;
 mod jobs;
 mod live;
+mod metrics;
 mod offers;
 mod outbound;
 mod plans;
