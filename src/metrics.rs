@@ -109,7 +109,7 @@ fn count(n: i64) -> u64 {
 }
 
 /// Every per-store family. A figure `StoreStatus` holds becomes a metric by one more entry
-/// here, e.g. `counter("upsell_reconciled_orders_total", "…", &[], |_, s| one(s.reconciled))`.
+/// here.
 const PER_STORE: &[PerStore] = &[
     counter(
         "upsell_webhooks_total",
@@ -157,6 +157,18 @@ const PER_STORE: &[PerStore] = &[
             let dead = &s.touches.dead;
             dead.iter().map(|(rule, n)| (vec![rule.clone()], *n)).collect()
         },
+    ),
+    counter(
+        "upsell_reconciled_orders_total",
+        "Orders (or newer versions of them) the platform sync found that the webhooks had not brought, fed in marked reconciled.",
+        &[],
+        |_, s| one(count(s.reconciled)),
+    ),
+    counter(
+        "upsell_fetched_orders_total",
+        "Orders fetched through the platform API after a thin webhook (BigCommerce).",
+        &[],
+        |_, s| one(count(s.fetched)),
     ),
 ];
 
@@ -230,7 +242,7 @@ fn vm_rss(status: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{ChannelCounts, TouchFigures, WebhookCounts};
+    use crate::storage::{ChannelCounts, WebhookCounts};
 
     fn config() -> Config {
         let text = "admin_token = \"0123456789abcdef0123\"\n\
@@ -242,17 +254,7 @@ mod tests {
     fn status(id: &str) -> StoreStatus {
         StoreStatus {
             id: id.into(),
-            mode: String::new(),
-            paused_since: None,
-            paused_by: None,
-            webhooks: WebhookCounts::default(),
-            orders: 0,
-            customers: 0,
-            last_webhook_at: None,
-            last_rejected_at: None,
-            in_quarantine: 0,
-            touches: TouchFigures::default(),
-            privacy: Default::default(),
+            ..StoreStatus::default()
         }
     }
 

@@ -562,4 +562,10 @@ fn reconciliation_feeds_orders_whose_webhooks_were_lost_once_even_when_the_webho
     assert_eq!(s.store_status()["reconciled"], 3);
     let lists = fake.count(|r| r.url.contains("/orders.json"));
     assert!(lists >= 2, "{lists}");
+    let (code, metrics) = s.admin_get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("upsell_reconciled_orders_total{store=\"main\"} 3"),
+        "{metrics}"
+    );
 }
