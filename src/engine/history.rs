@@ -132,6 +132,7 @@ pub fn apply(
             state.shipped_at = Some(state.shipped_at.map_or(f.at, |s| s.min(f.at)));
             Applied::Changed
         }
+        Event::Catalog(_) => Applied::Unchanged,
         Event::Notice(n) => {
             if state.fetch_requested.is_some_and(|t| t >= n.at) {
                 return Applied::Unchanged;

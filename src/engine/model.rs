@@ -228,11 +228,24 @@ pub enum Event {
     Fulfillment(Fulfillment),
     Delivery(DeliveryEvent),
     Notice(OrderNotice),
+    /// Appended: the variants before it keep their stored numbers.
+    Catalog(CatalogNotice),
+}
+
+/// A platform said a product or its stock changed (Shopify's `products/update`,
+/// `inventory_levels/update`): the catalog entry is refreshed through its API, which says
+/// how it is now (deliveries come out of order; the API does not).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CatalogNotice {
+    Product(String),
+    InventoryItem(String),
 }
 
 impl Event {
+    /// The order the event is about (`""` for a catalog notice, which is about none).
     pub fn order_id(&self) -> &str {
         match self {
+            Event::Catalog(_) => "",
             Event::Order { order, .. } => &order.id,
             Event::Refund(r) => &r.order_id,
             Event::Fulfillment(f) => &f.order_id,

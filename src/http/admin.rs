@@ -637,7 +637,7 @@ pub fn notices(
         if let Some(sync) = &st.sync {
             if !sync.missing_subscriptions.is_empty() {
                 say("bad", format!(
-                    "Store {id}: {platform} holds no active webhook subscription to this appliance for {} (checked {}): {}. Until `upsell-appliance connect --store {id}` repairs it, those orders arrive only through the sync ({}).",
+                    "Store {id}: {platform} holds no active webhook subscription to this appliance for {} (checked {}): {}. Until `upsell-appliance connect --store {id}` repairs it, what they would bring arrives only through the sync (`[jobs] sync` = {}).",
                     sync.missing_subscriptions.join(", "),
                     sync.subscriptions_checked_at.as_deref().and_then(millis_of).map_or("at the last sync".into(), |at| ago(now, at)),
                     match cfg.platform {

@@ -7,6 +7,7 @@ pub mod bigcommerce;
 pub mod carrier;
 pub mod engagement;
 pub mod helpdesk;
+pub mod products;
 pub mod shopify;
 pub mod twilio;
 pub(crate) mod wire;

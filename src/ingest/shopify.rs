@@ -97,6 +97,9 @@ pub fn normalize(topic: &str, body: &[u8], shop: Option<&str>) -> Parsed {
                 parse_fulfillment(body).map(Event::Fulfillment)
             }
             "fulfillment_events/create" => parse_delivery(body).map(Event::Delivery),
+            "products/create" | "products/update" | "inventory_levels/update" => {
+                parse_catalog(topic, body).map(Event::Catalog)
+            }
             "customers/data_request" | "customers/redact" | "shop/redact" => {
                 return match parse_privacy(topic, body, shop) {
                     Ok(r) => Parsed::Privacy(Box::new(r)),
@@ -438,6 +441,20 @@ struct WireFulfillmentEvent {
     estimated_delivery_at: Option<String>,
 }
 
+/// The product (`products/*`) or inventory item (`inventory_levels/update`) a catalog
+/// webhook is about; what it says of it is fetched through the API.
+fn parse_catalog(topic: &str, body: &[u8]) -> Result<CatalogNotice, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("{topic} JSON: {e}"))?;
+    let (field, make): (&str, fn(String) -> CatalogNotice) = match topic {
+        "inventory_levels/update" => ("inventory_item_id", CatalogNotice::InventoryItem),
+        _ => ("id", CatalogNotice::Product),
+    };
+    super::wire::text(v.get(field))
+        .map(make)
+        .ok_or_else(|| format!("{field} is missing"))
+}
+
 fn parse_delivery(body: &[u8]) -> Result<DeliveryEvent, String> {
     let w: WireFulfillmentEvent =
         serde_json::from_slice(body).map_err(|e| format!("fulfillment event JSON: {e}"))?;
@@ -469,6 +486,32 @@ fn parse_delivery(body: &[u8]) -> Result<DeliveryEvent, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catalog_webhooks_name_what_to_fetch() {
+        let p = normalize(
+            "products/update",
+            br#"{"id": 632910392, "title": "Kit"}"#,
+            None,
+        );
+        assert_eq!(
+            p,
+            Parsed::Event(Event::Catalog(CatalogNotice::Product("632910392".into())))
+        );
+        let body =
+            br#"{"inventory_item_id": 271878346596884015, "location_id": 1, "available": 0}"#;
+        let p = normalize("inventory_levels/update", body, None);
+        assert_eq!(
+            p,
+            Parsed::Event(Event::Catalog(CatalogNotice::InventoryItem(
+                "271878346596884015".into()
+            )))
+        );
+        assert!(matches!(
+            normalize("products/update", b"{}", None),
+            Parsed::Unparseable(_)
+        ));
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> Headers {
         Headers::from_pairs(pairs)

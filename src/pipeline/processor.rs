@@ -175,11 +175,15 @@ pub fn catch_up(
         let (changes, computing) = batch.into_changes(last, settings)?;
         let writing = storage.apply_changes(&changes)?;
         if let Some(fetch) = &settings.fetch {
+            use super::sync::Fetch;
             for (_, head) in &events {
-                if let ParsedRecord::Event(Event::Notice(n)) = &head.parsed {
-                    // Full or gone: the fetcher finds it at its next start, the sync anyway.
-                    let _ = fetch.try_send((head.store.clone(), n.order_id.clone()));
-                }
+                let what = match &head.parsed {
+                    ParsedRecord::Event(Event::Notice(n)) => Fetch::Order(n.order_id.clone()),
+                    ParsedRecord::Event(Event::Catalog(c)) => Fetch::Catalog(c.clone()),
+                    _ => continue,
+                };
+                // Full or gone: the fetcher finds orders at its next start, the sync anyway.
+                let _ = fetch.try_send((head.store.clone(), what));
             }
         }
         total.events += events.len();
@@ -327,8 +331,10 @@ impl<'s> Batch<'s> {
     }
 
     fn apply(&mut self, head: &EventHead) -> Result<(), Error> {
-        let ParsedRecord::Event(event) = &head.parsed else {
-            return Ok(());
+        let event = match &head.parsed {
+            ParsedRecord::Event(Event::Catalog(_)) => return Ok(()), // the fetcher's
+            ParsedRecord::Event(e) => e,
+            _ => return Ok(()),
         };
         let store = head.store.as_str();
         let key = (store.to_string(), event.order_id().to_string());

@@ -59,6 +59,8 @@ pub struct Synced {
     pub updated: usize,
     /// Topics the platform holds no active subscription to us for.
     pub missing_subscriptions: Vec<String>,
+    /// Catalog entries refreshed from the platform's products (prices, stock, ids).
+    pub catalog_variants: usize,
 }
 
 /// The records an order from the API is stored as: parsed like its webhook, marked with
@@ -116,6 +118,7 @@ pub fn sync_store(
                 );
             }
             state.missing_topics = s.missing_subscriptions.clone();
+            state.catalog_variants = s.catalog_variants as u64;
             state.subscriptions_at = Some(now);
             if !s.missing_subscriptions.is_empty() {
                 log::warn!(
@@ -189,11 +192,14 @@ fn reconcile(
         .count();
     let subscriptions = reconcile_subscriptions(api, store, &config.public_url, false)
         .map_err(|e| e.to_string())?;
+    let patches = api.products(store.currency).map_err(|e| e.to_string())?;
+    let catalog_variants = refresh_catalog(storage, config, &store.id, patches)?;
     Ok(Synced {
         store: store.id.clone(),
         listed: orders.len(),
         missed,
         updated,
+        catalog_variants,
         missing_subscriptions: subscriptions
             .into_iter()
             .filter(|t| t.action != "ok")
@@ -202,8 +208,54 @@ fn reconcile(
     })
 }
 
-/// An order a webhook said changed, to fetch: (store, order id).
-pub type FetchRequest = (String, String);
+/// Writes what the platform says of its products into the catalog: each variant under its
+/// SKU, else under the key its variant id was learnt for, else its variant id. Only the
+/// fields the platform knows change (cost, consumable days, upgrades, bundles, ratings stay
+/// as imported). When a product's variants now fold differently, affinity is rebuilt, as
+/// an import does. Returns how many entries were written.
+pub fn refresh_catalog(
+    storage: &Storage,
+    config: &Config,
+    store: &str,
+    patches: Vec<crate::import::CatalogPatch>,
+) -> Result<usize, String> {
+    let err = |e: crate::storage::Error| e.to_string();
+    let _applying = storage.apply_lock();
+    let snap = storage.snapshot().map_err(err)?;
+    let mut entries: Vec<crate::storage::affinity::CatalogPatchFn<'_>> = Vec::new();
+    for p in &patches {
+        let key = match (&p.sku, &p.variant_id) {
+            (Some(sku), _) => format!("sku:{sku}"),
+            (None, Some(id)) => snap
+                .catalog_key_of(store, &format!("variant:{id}"))
+                .map_err(err)?
+                .unwrap_or_else(|| format!("variant:{id}")),
+            // A simple product without a SKU: its order lines cannot name it either.
+            (None, None) => continue,
+        };
+        entries.push((key, Box::new(move |v: &mut _| p.apply(v))));
+    }
+    drop(snap);
+    let written = storage.upsert_catalog(store, &entries).map_err(err)?;
+    if written.keys_changed {
+        storage
+            .rebuild_affinity(store, config.affinity.window_ms())
+            .map_err(err)?;
+    }
+    Ok(entries.len())
+}
+
+/// What a webhook said changed without saying how.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Fetch {
+    /// An order (BigCommerce): fetched and fed in as an event marked `fetched`.
+    Order(String),
+    /// A product or its stock (Shopify): its catalog entries are refreshed.
+    Catalog(crate::engine::CatalogNotice),
+}
+
+/// Something to fetch for a store: (store, what).
+pub type FetchRequest = (String, Fetch);
 
 /// Waits between failed fetches of one order (after the API's own retries): 30 s, 2 min,
 /// 10 min, then hourly until it succeeds or the service stops (the next start and the
@@ -257,7 +309,7 @@ pub fn run_fetcher(
                     let failures = due.get(&r).map_or(0, |d| d.1);
                     let wait = FETCH_BACKOFF[failures.min(FETCH_BACKOFF.len() - 1)];
                     log::warn!(
-                        "store {}: fetching order {} failed ({e}); trying again in {wait:?}",
+                        "store {}: fetching {:?} failed ({e}); trying again in {wait:?}",
                         r.0,
                         r.1
                     );
@@ -282,7 +334,7 @@ fn waiting(
         }
         snap.each_order(&s.id, |id, state| {
             if state.fetch_requested.is_some() {
-                out.push((s.id.clone(), id.to_string()));
+                out.push((s.id.clone(), Fetch::Order(id.to_string())));
             }
         })?;
     }
@@ -290,16 +342,27 @@ fn waiting(
 }
 
 /// Fetches one order if its state still asks for it, and commits what the API says as an
-/// event marked `fetched` (keyed by the request, so a repeat of it is stored once).
+/// event marked `fetched` (keyed by the request, so a repeat of it is stored once); or
+/// refreshes the catalog entries of a product or inventory item.
 fn fetch(
     storage: &Storage,
     config: &Config,
     apis: &HashMap<String, Arc<Api>>,
-    (store, order): &FetchRequest,
+    (store, what): &FetchRequest,
     now: Timestamp,
 ) -> Result<(), String> {
     let (Some(cfg), Some(api)) = (config.store(store), apis.get(store)) else {
         return Ok(()); // no API for it: the status page says webhooks only
+    };
+    let order = match what {
+        Fetch::Order(id) => id,
+        Fetch::Catalog(notice) => {
+            let patches = api
+                .catalog_of(notice, cfg.currency)
+                .map_err(|e| e.to_string())?;
+            refresh_catalog(storage, config, store, patches)?;
+            return Ok(());
+        }
     };
     let state = storage.order(store, order).map_err(|e| e.to_string())?;
     let Some(requested) = state.and_then(|s| s.fetch_requested) else {

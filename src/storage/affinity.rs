@@ -55,7 +55,11 @@ impl Snapshot {
         Ok(None)
     }
 
-    fn catalog_key_of(&self, store: &str, id_key: &str) -> Result<Option<String>, Error> {
+    pub(crate) fn catalog_key_of(
+        &self,
+        store: &str,
+        id_key: &str,
+    ) -> Result<Option<String>, Error> {
         Ok(self
             .catalog_ids
             .get((store, id_key))?

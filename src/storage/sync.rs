@@ -29,6 +29,8 @@ pub struct SyncState {
     /// one after 5 failures): `connect` repairs them.
     pub missing_topics: Vec<String>,
     pub subscriptions_at: Option<Timestamp>,
+    /// Catalog entries the last sync refreshed from the platform's products.
+    pub catalog_variants: u64,
 }
 
 /// A store's sync as `/api/status` shows it (times in RFC 3339).
@@ -43,6 +45,7 @@ pub struct SyncView {
     pub found_total: u64,
     pub missing_subscriptions: Vec<String>,
     pub subscriptions_checked_at: Option<String>,
+    pub catalog_variants: u64,
 }
 
 impl From<SyncState> for SyncView {
@@ -58,6 +61,7 @@ impl From<SyncState> for SyncView {
             found_total: s.found_total,
             missing_subscriptions: s.missing_topics,
             subscriptions_checked_at: t(s.subscriptions_at),
+            catalog_variants: s.catalog_variants,
         }
     }
 }
@@ -106,7 +110,7 @@ mod tests {
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex,
-            "0101fd00d02f6d35030000000001fd00d02f6d350300000303010b6f72646572732f7061696400"
+            "0101fd00d02f6d35030000000001fd00d02f6d350300000303010b6f72646572732f706169640000"
         );
         let back: SyncState = codec::decode("sync state", SYNC_V1, &bytes).unwrap();
         assert_eq!(back, s);

@@ -211,6 +211,15 @@ fn shopify_tokens_are_exchanged_then_refreshed_before_expiry_and_after_a_401() {
 
 /// A fake Shopify shop whose webhook subscriptions live in memory.
 fn fake_shop(hooks: Arc<Mutex<Vec<Value>>>, orders: Arc<Mutex<Vec<Value>>>) -> FakeApi {
+    fake_shop_with(hooks, orders, Arc::default())
+}
+
+/// [`fake_shop`] with its products.
+fn fake_shop_with(
+    hooks: Arc<Mutex<Vec<Value>>>,
+    orders: Arc<Mutex<Vec<Value>>>,
+    products: Arc<Mutex<Vec<Value>>>,
+) -> FakeApi {
     FakeApi::start(Box::new(move |s| {
         assert_eq!(s.header("x-shopify-access-token"), Some("shpat_test"));
         let path = s.url.split('?').next().unwrap().to_string();
@@ -247,9 +256,49 @@ fn fake_shop(hooks: Arc<Mutex<Vec<Value>>>, orders: Arc<Mutex<Vec<Value>>>) -> F
                 );
                 ok(json!({"orders": *orders.lock().unwrap()}))
             }
+            ("GET", "/admin/api/2026-10/products.json") => {
+                ok(json!({"products": *products.lock().unwrap()}))
+            }
+            // Inventory items are the products' variants' (`inventory_item_id`), and their
+            // levels per location are the test's `levels`.
+            ("GET", p) if p.starts_with("/admin/api/2026-10/inventory_items/") => {
+                let id = p.rsplit('/').next().unwrap().trim_end_matches(".json");
+                let v = variant_of_item(&products.lock().unwrap(), id);
+                ok(
+                    json!({"inventory_item": {"id": v["inventory_item_id"], "sku": v["sku"], "tracked": true}}),
+                )
+            }
+            ("GET", "/admin/api/2026-10/inventory_levels.json") => {
+                let id = s.url.split("inventory_item_ids=").nth(1).unwrap();
+                let v = variant_of_item(&products.lock().unwrap(), id);
+                let levels: Vec<Value> = v["levels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| json!({"inventory_item_id": v["inventory_item_id"], "location_id": i + 1, "available": n}))
+                    .collect();
+                ok(json!({"inventory_levels": levels}))
+            }
             other => panic!("unexpected request {other:?}"),
         }
     }))
+}
+
+/// The variant whose inventory item is `id`.
+fn variant_of_item(products: &[Value], id: &str) -> Value {
+    products
+        .iter()
+        .flat_map(|p| p["variants"].as_array().unwrap().iter())
+        .find(|v| {
+            v["inventory_item_id"]
+                .as_u64()
+                .map(|i| i.to_string())
+                .as_deref()
+                == Some(id)
+        })
+        .expect("a known inventory item")
+        .clone()
 }
 
 #[test]
@@ -293,18 +342,18 @@ fn connect_registers_missing_subscriptions_repairs_a_moved_one_and_is_idempotent
             )
         })
         .collect();
-    assert_eq!(actions.len(), 8);
+    assert_eq!(actions.len(), 10);
     assert!(
         actions.contains(&("orders/paid".into(), "repaired".into())),
         "{actions:?}"
     );
     assert_eq!(
         actions.iter().filter(|a| a.1 == "created").count(),
-        7,
+        9,
         "{actions:?}"
     );
     let h = hooks.lock().unwrap().clone();
-    assert_eq!(h.len(), 9, "seven created, none twice");
+    assert_eq!(h.len(), 11, "nine created, none twice");
     assert_eq!(h[0]["address"], "https://upsell.example.com/webhooks/main");
     assert_eq!(
         h[1]["address"], "https://other-app.example.com/hook",
@@ -317,12 +366,12 @@ fn connect_registers_missing_subscriptions_repairs_a_moved_one_and_is_idempotent
     // Again: nothing to do.
     let (code, out, err) = run(&["connect", "--config", cfg, "--store", "main"], tmp.path());
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(out.matches("already there").count(), 8, "{out}");
+    assert_eq!(out.matches("already there").count(), 10, "{out}");
     assert!(out.contains("compliance webhooks"), "{out}");
-    assert_eq!(hooks.lock().unwrap().len(), 9);
+    assert_eq!(hooks.lock().unwrap().len(), 11);
     assert_eq!(
         fake.count(|s| s.method != "GET"),
-        8,
+        10,
         "the second run changed nothing"
     );
 
@@ -513,7 +562,7 @@ fn reconciliation_feeds_orders_whose_webhooks_were_lost_once_even_when_the_webho
             .as_array()
             .unwrap()
             .len(),
-        7
+        9
     );
     let notices = s.status()["notices"].to_string();
     assert!(
@@ -522,7 +571,7 @@ fn reconciliation_feeds_orders_whose_webhooks_were_lost_once_even_when_the_webho
     );
     assert!(
         notices
-            .contains("holds no active webhook subscription to this appliance for orders/create"),
+            .contains("holds no active webhook subscription to this appliance for products/update, inventory_levels/update, orders/create"),
         "{notices}"
     );
 
@@ -568,4 +617,94 @@ fn reconciliation_feeds_orders_whose_webhooks_were_lost_once_even_when_the_webho
         metrics.contains("upsell_reconciled_orders_total{store=\"main\"} 3"),
         "{metrics}"
     );
+}
+
+#[test]
+fn stock_synced_to_zero_makes_the_next_due_touch_skip_its_offer() {
+    use crate::cadence::{customer, order, post_order, reason, wait_state};
+    const T0: i64 = 1_795_186_800_000; // 2026-11-20T15:00:00Z
+    let products: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let fake = fake_shop_with(Arc::default(), Arc::default(), products.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(upsell_appliance::clock::TestClock::at(
+        upsell_appliance::engine::Timestamp(T0 + 60_000),
+    ));
+    let extra = format!(
+        "[stores.api]\naccess_token = \"shpat_test\"\nbase_url = \"{}\"\n",
+        fake.url
+    );
+    let s = TestServer::start_demo_with(tmp.path(), clock.clone(), &extra);
+    post_order(
+        &s,
+        &order(
+            9931,
+            &customer(8931, false),
+            T0,
+            &[("KIT-POUR", 1, "54.00")],
+        ),
+    );
+    let (_, plan) = s.explain("9931");
+    let sku = plan["offer"]["sku"]
+        .as_str()
+        .expect("an offer with a SKU")
+        .to_string();
+    let storage = s.running().storage.clone();
+    let key = format!("sku:{sku}");
+    let before = storage
+        .snapshot()
+        .unwrap()
+        .variant(STORE, &key)
+        .unwrap()
+        .unwrap();
+    assert!(before.inventory.is_none_or(|n| n > 10), "{before:?}");
+
+    // The shop sold out of the offered product: the sync brings its stock (and ids) in.
+    *products.lock().unwrap() = vec![json!({
+        "id": 4242, "title": before.title, "handle": before.handle, "status": "active",
+        "product_type": "Brewing", "vendor": "Acme", "tags": "",
+        "variants": [{"id": 4243, "sku": sku, "title": "Default Title", "price": "19.00",
+            "compare_at_price": null, "inventory_quantity": 0, "inventory_management": "shopify",
+            "inventory_item_id": 4244, "levels": [10, 20]}]
+    })];
+    let (code, body) = s.admin_post(&format!("/api/sync?store={STORE}"));
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["synced"]["catalog_variants"], 1);
+    let after = storage
+        .snapshot()
+        .unwrap()
+        .variant(STORE, &key)
+        .unwrap()
+        .unwrap();
+    assert_eq!((after.inventory, after.price), (Some(0), Some(1900)));
+    assert_eq!(after.variant_id.as_deref(), Some("4243"));
+    assert_eq!(
+        after.consumable_days, before.consumable_days,
+        "what only the store's catalog says stays"
+    );
+
+    // touch-1 carries the offer: at its due time it is skipped, not sent.
+    clock.set(upsell_appliance::engine::Timestamp(T0 + 20 * 60_000));
+    let t = wait_state(&s, "9931", "touch1", "skipped");
+    assert!(reason(&t).contains("down to 0 in stock"), "{t}");
+
+    // Restocked at two locations: Shopify's inventory_levels/update names only the item; the
+    // levels are fetched and added up.
+    let body = br#"{"inventory_item_id": 4244, "location_id": 2, "available": 20, "updated_at": "2026-11-20T15:30:00-05:00"}"#;
+    assert_eq!(s.webhook("inventory_levels/update", "inv-1", body), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = storage
+            .snapshot()
+            .unwrap()
+            .variant(STORE, &key)
+            .unwrap()
+            .unwrap();
+        if v.inventory == Some(30) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stock never refreshed: {v:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fake.count(|r| r.url.contains("inventory_levels.json")), 1);
 }

@@ -277,7 +277,11 @@ fn body_over_the_cap_is_413() {
 fn other_verified_topics_are_stored_and_ignored() {
     let s = TestServer::start();
     assert_eq!(
-        s.webhook("products/update", "p1", br#"{"id":1,"title":"Mug"}"#),
+        s.webhook(
+            "customers/update",
+            "p1",
+            br#"{"id":1,"email":"a@example.com"}"#
+        ),
         200
     );
     let st = s.store_status();

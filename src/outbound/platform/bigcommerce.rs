@@ -5,7 +5,8 @@
 
 use super::{encode, id_of, Api, ApiError, ApiOrder, Subscription};
 use crate::config::StoreConfig;
-use crate::engine::Timestamp;
+use crate::engine::{Currency, Timestamp};
+use crate::import::CatalogPatch;
 
 pub const TOPICS: &[&str] = &[
     "store/order/created",
@@ -109,6 +110,28 @@ pub fn orders_since(api: &Api, since: Timestamp) -> Result<Vec<ApiOrder>, ApiErr
             out.push(with_products(api, o.clone())?);
         }
         if list.len() < PAGE {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+pub fn products(api: &Api, currency: Currency) -> Result<Vec<CatalogPatch>, ApiError> {
+    let what = "GET v3/catalog/products";
+    let mut out = Vec::new();
+    for page in 1.. {
+        let url = api.url(&format!(
+            "/v3/catalog/products?include=variants,images&limit={PAGE}&page={page}"
+        ));
+        let v = api.get_json(what, &url)?;
+        let list = v["data"]
+            .as_array()
+            .ok_or_else(|| api.malformed(what, "data is not a list"))?;
+        for p in list {
+            out.extend(crate::ingest::products::bigcommerce(p, currency));
+        }
+        let pages = v["meta"]["pagination"]["total_pages"].as_u64().unwrap_or(1);
+        if list.is_empty() || page >= pages {
             break;
         }
     }

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use super::{RateLimit, Secret};
 use crate::config::{ApiAuth, ApiConfig, StoreConfig};
-use crate::engine::{Platform, Timestamp};
+use crate::engine::{Currency, Platform, Timestamp};
+use crate::import::CatalogPatch;
 
 /// Attempts of one call before it fails (429, 5xx, no answer): the waits between them
 /// grow from [`Api::retry_base`] (1 s, 2 s, 4 s, 8 s), or what `Retry-After` says.
@@ -455,6 +456,29 @@ impl Api {
             Platform::Shopify => shopify::orders_since(self, since),
             Platform::WooCommerce => woocommerce::orders_since(self, since),
             Platform::BigCommerce => bigcommerce::orders_since(self, since),
+        }
+    }
+
+    /// Every product the platform lists (published or not), as catalog patches: one per
+    /// variant, prices read in `currency` (the store's).
+    pub fn products(&self, currency: Currency) -> Result<Vec<CatalogPatch>, ApiError> {
+        match self.platform {
+            Platform::Shopify => shopify::products(self, currency),
+            Platform::WooCommerce => woocommerce::products(self, currency),
+            Platform::BigCommerce => bigcommerce::products(self, currency),
+        }
+    }
+
+    /// What a catalog webhook is about, as the platform says it is now (Shopify only; a
+    /// product gone meanwhile is nothing).
+    pub fn catalog_of(
+        &self,
+        notice: &crate::engine::CatalogNotice,
+        currency: Currency,
+    ) -> Result<Vec<CatalogPatch>, ApiError> {
+        match self.platform {
+            Platform::Shopify => shopify::catalog_of(self, notice, currency),
+            _ => Ok(Vec::new()),
         }
     }
 

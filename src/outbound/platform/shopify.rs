@@ -3,12 +3,15 @@
 //! code; lists page through the `Link` header's cursor.
 
 use super::{encode, id_of, next_link, Api, ApiError, ApiOrder, Subscription};
-use crate::engine::Timestamp;
+use crate::engine::{CatalogNotice, Currency, Timestamp};
+use crate::import::CatalogPatch;
 
 /// The topics the appliance acts on. The privacy topics (`customers/data_request`,
 /// `customers/redact`, `shop/redact`) are the app's compliance webhooks, set in its
 /// configuration, not through this API.
 pub const TOPICS: &[&str] = &[
+    "products/update",
+    "inventory_levels/update",
     "orders/create",
     "orders/paid",
     "orders/updated",
@@ -35,28 +38,41 @@ pub fn check(api: &Api) -> Result<String, ApiError> {
         .ok_or_else(|| api.malformed(what, "shop.name is missing"))
 }
 
-pub fn subscriptions(api: &Api) -> Result<Vec<Subscription>, ApiError> {
-    let what = "GET webhooks.json";
-    let mut url = Some(admin(api, "/webhooks.json?limit=250"));
+/// Every item of a list (`{field: [...]}`) through its cursor pages (the `Link` header).
+fn all(api: &Api, what: &str, path: &str, field: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+    let mut url = Some(admin(api, path));
     let mut out = Vec::new();
     while let Some(u) = url {
         let reply = api.get(what, &u)?;
-        let v = api.json(what, &reply)?;
-        let list = v["webhooks"]
-            .as_array()
-            .ok_or_else(|| api.malformed(what, "webhooks is not a list"))?;
-        for w in list {
-            out.push(Subscription {
-                id: id_of(&w["id"]).ok_or_else(|| api.malformed(what, "a webhook has no id"))?,
-                topic: w["topic"].as_str().unwrap_or_default().to_string(),
-                address: w["address"].as_str().unwrap_or_default().to_string(),
-                // Shopify deletes a failing subscription rather than disabling it.
-                active: true,
-            });
+        let mut v = api.json(what, &reply)?;
+        match v[field].take() {
+            serde_json::Value::Array(list) => out.extend(list),
+            _ => return Err(api.malformed(what, format!("{field} is not a list"))),
         }
         url = next_link(reply.header("link"));
     }
     Ok(out)
+}
+
+pub fn subscriptions(api: &Api) -> Result<Vec<Subscription>, ApiError> {
+    let what = "GET webhooks.json";
+    all(
+        api,
+        what,
+        &format!("/webhooks.json?limit={PAGE}"),
+        "webhooks",
+    )?
+    .iter()
+    .map(|w| {
+        Ok(Subscription {
+            id: id_of(&w["id"]).ok_or_else(|| api.malformed(what, "a webhook has no id"))?,
+            topic: w["topic"].as_str().unwrap_or_default().to_string(),
+            address: w["address"].as_str().unwrap_or_default().to_string(),
+            // Shopify deletes a failing subscription rather than disabling it.
+            active: true,
+        })
+    })
+    .collect()
 }
 
 pub fn subscribe(api: &Api, topic: &str, address: &str) -> Result<String, ApiError> {
@@ -83,26 +99,78 @@ pub fn repoint(api: &Api, id: &str, address: &str) -> Result<(), ApiError> {
 /// Every order (any status) updated at or after `since`, through the cursor pages.
 pub fn orders_since(api: &Api, since: Timestamp) -> Result<Vec<ApiOrder>, ApiError> {
     let what = "GET orders.json";
-    let mut url = Some(admin(
-        api,
-        &format!(
-            "/orders.json?status=any&limit={PAGE}&updated_at_min={}",
-            encode(&since.to_rfc3339())
-        ),
-    ));
-    let mut out = Vec::new();
-    while let Some(u) = url {
-        let reply = api.get(what, &u)?;
-        let v = api.json(what, &reply)?;
-        let list = v["orders"]
-            .as_array()
-            .ok_or_else(|| api.malformed(what, "orders is not a list"))?;
-        for o in list {
-            out.push(order_of(api, what, o)?);
+    let path = format!(
+        "/orders.json?status=any&limit={PAGE}&updated_at_min={}",
+        encode(&since.to_rfc3339())
+    );
+    all(api, what, &path, "orders")?
+        .iter()
+        .map(|o| order_of(api, what, o))
+        .collect()
+}
+
+pub fn products(api: &Api, currency: Currency) -> Result<Vec<CatalogPatch>, ApiError> {
+    let path = format!("/products.json?limit={PAGE}");
+    Ok(all(api, "GET products.json", &path, "products")?
+        .iter()
+        .flat_map(|p| crate::ingest::products::shopify(p, currency))
+        .collect())
+}
+
+pub fn catalog_of(
+    api: &Api,
+    notice: &CatalogNotice,
+    currency: Currency,
+) -> Result<Vec<CatalogPatch>, ApiError> {
+    match notice {
+        CatalogNotice::Product(id) => {
+            let what = format!("GET products/{id}.json");
+            match api.get_json(
+                &what,
+                &admin(api, &format!("/products/{}.json", encode(id))),
+            ) {
+                Ok(v) => Ok(crate::ingest::products::shopify(&v["product"], currency)),
+                Err(e) if e.is_not_found() => Ok(Vec::new()),
+                Err(e) => Err(e),
+            }
         }
-        url = next_link(reply.header("link"));
+        // An inventory item is its variant's stock: its SKU names the catalog entry, and
+        // its levels at every location add up to what can be sold.
+        CatalogNotice::InventoryItem(id) => {
+            let what = format!("GET inventory_items/{id}.json");
+            let item = match api.get_json(
+                &what,
+                &admin(api, &format!("/inventory_items/{}.json", encode(id))),
+            ) {
+                Ok(v) => v["inventory_item"].clone(),
+                Err(e) if e.is_not_found() => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            let Some(sku) = id_of(&item["sku"]) else {
+                return Ok(Vec::new()); // no SKU: the sync's product listing covers it
+            };
+            if item["tracked"] == false {
+                return Ok(Vec::new());
+            }
+            let what = "GET inventory_levels.json";
+            let url = admin(
+                api,
+                &format!("/inventory_levels.json?inventory_item_ids={}", encode(id)),
+            );
+            let levels = api.get_json(what, &url)?;
+            let available = levels["inventory_levels"]
+                .as_array()
+                .ok_or_else(|| api.malformed(what, "inventory_levels is not a list"))?
+                .iter()
+                .filter_map(|l| l["available"].as_i64())
+                .sum::<i64>();
+            Ok(vec![CatalogPatch {
+                sku: Some(sku),
+                inventory: Some(available),
+                ..CatalogPatch::default()
+            }])
+        }
     }
-    Ok(out)
 }
 
 pub fn order(api: &Api, id: &str) -> Result<ApiOrder, ApiError> {

@@ -4,7 +4,8 @@
 
 use super::{encode, id_of, Api, ApiError, ApiOrder, Subscription};
 use crate::config::StoreConfig;
-use crate::engine::Timestamp;
+use crate::engine::{Currency, Timestamp};
+use crate::import::CatalogPatch;
 
 pub const TOPICS: &[&str] = &[
     "order.created",
@@ -137,6 +138,25 @@ pub fn orders_since(api: &Api, since: Timestamp) -> Result<Vec<ApiOrder>, ApiErr
         .iter()
         .map(|o| order_of(api, what, o))
         .collect()
+}
+
+pub fn products(api: &Api, currency: Currency) -> Result<Vec<CatalogPatch>, ApiError> {
+    let mut out = Vec::new();
+    for p in all_pages(api, "GET products", "/products")? {
+        let variations = match (p["type"].as_str(), id_of(&p["id"])) {
+            (Some("variable"), Some(id)) => {
+                let path = format!("/products/{}/variations", encode(&id));
+                all_pages(api, "GET products/variations", &path)?
+            }
+            _ => Vec::new(),
+        };
+        out.extend(crate::ingest::products::woocommerce(
+            &p,
+            &variations,
+            currency,
+        ));
+    }
+    Ok(out)
 }
 
 pub fn order(api: &Api, id: &str) -> Result<ApiOrder, ApiError> {
