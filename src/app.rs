@@ -244,6 +244,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
             outbox,
             link_keys,
             pauses,
+            Arc::new(apis.clone()),
             scheduler_report,
             stop,
         )?

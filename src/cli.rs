@@ -1285,13 +1285,28 @@ fn connect(config: &Config, store: Option<String>, as_json: bool) -> anyhow::Res
         crate::outbound::platform::reconcile_subscriptions(&api, cfg, &config.public_url, true)
             .with_context(|| format!("store {}: registering the webhook subscriptions", cfg.id))?;
     let address = crate::outbound::platform::webhook_address(&config.public_url, &cfg.id);
+    // Each recipe's static discount code must exist in the store, or the offer's link
+    // leads to a checkout that refuses it.
+    let mut codes = Vec::new();
+    for (recipe, code) in &cfg.offers.discount_codes {
+        let exists = api
+            .code_exists(code)
+            .with_context(|| format!("store {}: looking up the discount code {code:?}", cfg.id))?;
+        codes.push(json!({"recipe": recipe.as_str(), "code": code, "exists": exists}));
+    }
+    let missing: Vec<&serde_json::Value> = codes.iter().filter(|c| c["exists"] == false).collect();
+    let exit = if missing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
     if as_json {
         println!(
             "{}",
             json!({"store": cfg.id, "platform": cfg.platform.as_str(), "shop": shop,
-                   "address": address, "subscriptions": states})
+                   "address": address, "subscriptions": states, "discount_codes": codes})
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit);
     }
     println!(
         "store {}: the {platform} credentials work (shop {shop:?})",
@@ -1317,8 +1332,20 @@ fn connect(config: &Config, store: Option<String>, as_json: bool) -> anyhow::Res
             "the privacy topics (customers/data_request, customers/redact, shop/redact) are the app's compliance webhooks: set them to {address} in the app's configuration"
         );
     }
+    for c in &codes {
+        println!(
+            "discount code {} ({}): {}",
+            c["code"].as_str().unwrap_or_default(),
+            c["recipe"].as_str().unwrap_or_default(),
+            if c["exists"] == true {
+                "exists"
+            } else {
+                "MISSING in the store: create it there, or take it out of [stores.offers] discount_codes"
+            }
+        );
+    }
     println!("the status page shows the subscriptions as of the next sync (`upsell-appliance sync --store {}`)", cfg.id);
-    Ok(ExitCode::SUCCESS)
+    Ok(exit)
 }
 
 fn sync(config: &Config, store: Option<String>, as_json: bool) -> anyhow::Result<ExitCode> {

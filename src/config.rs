@@ -1286,6 +1286,8 @@ struct RawOffers {
     #[serde(default)]
     discount_codes: std::collections::BTreeMap<String, String>,
     #[serde(default)]
+    unique_codes: std::collections::BTreeMap<String, i64>,
+    #[serde(default)]
     urgency: Vec<String>,
     stock_threshold: Option<i64>,
     price_window: Option<Vec<i64>>,
@@ -1380,6 +1382,22 @@ fn offers(
             return Err(format!("{key}.discount_codes.{} is empty", r.as_str()));
         }
         p.discount_codes.insert(r, code);
+    }
+    for (r, pct) in raw.unique_codes {
+        let r = recipe("unique_codes", &r)?;
+        if p.discount_codes.contains_key(&r) {
+            return Err(format!(
+                "{key}.unique_codes.{0} and {key}.discount_codes.{0} both give {0} offers a code; keep one",
+                r.as_str()
+            ));
+        }
+        if !(1..=90).contains(&pct) {
+            return Err(format!(
+                "{key}.unique_codes.{} = {pct} is the percentage off each offer's own code: 1 to 90",
+                r.as_str()
+            ));
+        }
+        p.unique_codes.insert(r, pct as u8);
     }
     for r in &raw.urgency {
         p.urgency.insert(recipe("urgency", r)?);
@@ -1964,6 +1982,14 @@ fn validate(raw: RawConfig, base: &Path, origin: Origin) -> Result<Config, Strin
                 )
             })
             .transpose()?;
+        if !offers.unique_codes.is_empty() {
+            if platform == Platform::BigCommerce {
+                return Err(format!("{} is for shopify and woocommerce stores (their APIs make single-use codes); give a bigcommerce store a static code in discount_codes", key("offers.unique_codes")));
+            }
+            if api.is_none() {
+                return Err(format!("{} needs [stores.api]: each offer's code is made through the platform's API (README \"Platform APIs\")", key("offers.unique_codes")));
+            }
+        }
         stores.push(StoreConfig {
             api,
             projection,
@@ -2491,6 +2517,41 @@ transit_days = 6
         match &c.stores[0].api.as_ref().unwrap().auth {
             ApiAuth::BigCommerce(t) => assert_eq!(t.expose(), "from-secrets"),
             other => panic!("{other:?}"),
+        }
+        // Offers' own codes: a percentage per recipe, through an API that makes them.
+        let with = |platform: &str, api: &str, offers: &str| {
+            let text = format!(
+                "{}\n[stores.offers]\n{offers}",
+                store(platform, "s.example.com", api).replace("shopify_client_id = \"cid\"\n", "")
+            );
+            parse(&text, Path::new("/"), Origin::Demo)
+                .map(|c| c.stores[0].offers.unique_codes.clone())
+        };
+        let shop = "access_token = \"a\"";
+        let ok = with("shopify", shop, "unique_codes = { welcome = 15 }").unwrap();
+        assert_eq!(ok.get(&crate::engine::plan::Recipe::Welcome), Some(&15));
+        for (platform, api, offers, want) in [
+            (
+                "shopify",
+                shop,
+                "unique_codes = { welcome = 95 }",
+                "1 to 90",
+            ),
+            (
+                "shopify",
+                shop,
+                "discount_codes = { welcome = \"W\" }\nunique_codes = { welcome = 10 }",
+                "keep one",
+            ),
+            (
+                "bigcommerce",
+                "store_hash = \"abc\"\naccess_token = \"t\"",
+                "unique_codes = { welcome = 10 }",
+                "give a bigcommerce store a static code",
+            ),
+        ] {
+            let e = with(platform, api, offers).unwrap_err().to_string();
+            assert!(e.contains(want), "{offers}: {e}");
         }
     }
 }

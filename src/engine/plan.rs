@@ -109,6 +109,9 @@ pub struct Policy {
     /// Orders below this value (minor units) are never messaged.
     pub min_order_value: i64,
     pub discount_codes: BTreeMap<Recipe, String>,
+    /// Recipes whose offers carry a code of their own, made through the platform's API
+    /// when the first message carrying it goes (`pipeline::codes`): the percentage off.
+    pub unique_codes: BTreeMap<Recipe, u8>,
     /// Recipes whose messages may carry urgency (none by default).
     pub urgency: BTreeSet<Recipe>,
     pub stock_threshold: i64,
@@ -141,6 +144,7 @@ impl Default for Policy {
             welcome_floor: 0,
             min_order_value: 0,
             discount_codes: BTreeMap::new(),
+            unique_codes: BTreeMap::new(),
             urgency: BTreeSet::new(),
             stock_threshold: 10,
             price_window: (25, 50, 40),

@@ -7,6 +7,7 @@
 //! Knows storage and the engine; never imports tiny_http (replies are closures the HTTP
 //! side hands over) or ureq.
 
+pub mod codes;
 pub mod jobs;
 pub mod pause;
 pub mod planner;

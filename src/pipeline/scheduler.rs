@@ -62,6 +62,8 @@ const BACKOFF: Duration = Duration::from_secs(1);
 /// The scheduler's own latency, in real time: a touch this late is not stale.
 const LATENCY: Duration = Duration::from_millis(1100);
 const WEEK: i64 = 7 * 86_400_000;
+/// How soon a touch whose offer's code the platform did not make is tried again.
+const CODE_RETRY_MS: i64 = 5 * 60_000;
 
 /// What a round did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -137,6 +139,7 @@ pub fn start(
     outbox: Outbox,
     link_keys: Arc<LinkKeys>,
     pauses: Arc<Pauses>,
+    apis: Arc<super::sync::Apis>,
     report: SharedReport,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Scheduler> {
@@ -186,6 +189,7 @@ pub fn start(
                     router: router.clone(),
                     link_keys: link_keys.clone(),
                     pauses: pauses.clone(),
+                    apis: apis.clone(),
                     started,
                     stop: stop.clone(),
                 };
@@ -558,6 +562,8 @@ struct Worker {
     router: Arc<Router>,
     link_keys: Arc<LinkKeys>,
     pauses: Arc<Pauses>,
+    /// The stores' platform APIs: offers' own discount codes are made through them.
+    apis: Arc<super::sync::Apis>,
     started: Timestamp,
     /// Set at shutdown: the round's touches not yet sent are put back, due at once.
     stop: Arc<AtomicBool>,
@@ -681,13 +687,40 @@ impl Worker {
             }
             match action {
                 Action::Send => {
-                    let offer = plan
+                    let mut offer = plan
                         .as_ref()
                         .and_then(|p| p.plan.offer.clone())
                         .filter(|_| t.carries_offer);
                     let (name, recipe) = plan.as_ref().map_or((String::new(), None), |p| {
                         (p.order_name.clone(), p.plan.recipe)
                     });
+                    if let (Some(o), Some(store)) = (offer.as_mut(), config.store(&t.store)) {
+                        let key = self.link_keys.get(&t.store).map_or(&[][..], Vec::as_slice);
+                        let api = self.apis.get(&t.store).map(|a| a.as_ref());
+                        match super::codes::for_offer(
+                            storage, &snap, store, api, key, &t.order, o, recipe, now,
+                        ) {
+                            Ok(Some(code)) => o.discount_code = Some(code),
+                            Ok(None) => {}
+                            // Not sent without the code it promises: tried again soon,
+                            // within the touch's grace (after it, skipped as stale).
+                            Err(why) => {
+                                round.deferred += 1;
+                                late.deferred += usize::from(was_late);
+                                settle.push((
+                                    (t.due_at.0, id),
+                                    Settle::Defer {
+                                        until: Timestamp(now.0 + CODE_RETRY_MS),
+                                        reason: format!(
+                                            "the offer's discount code could not be made: {why}"
+                                        ),
+                                        code: "discount_code",
+                                    },
+                                ));
+                                continue;
+                            }
+                        }
+                    }
                     messages.insert(id, (contact, name, recipe));
                     let image = match &offer {
                         Some(o) => snap
@@ -1199,6 +1232,7 @@ mod tests {
                 Arc::new(Templates::load(None).unwrap()),
             )),
             link_keys: Arc::new(LinkKeys::new()),
+            apis: Arc::default(),
             pauses: Arc::new(Pauses::load(&storage, &config.store_ids()).unwrap()),
             stop: Arc::new(AtomicBool::new(false)),
             config,
@@ -1238,6 +1272,7 @@ mod tests {
                 Arc::new(Templates::load(None).unwrap()),
             )),
             link_keys: Arc::new(LinkKeys::new()),
+            apis: Arc::default(),
             pauses: pauses.clone(),
             stop: Arc::new(AtomicBool::new(false)),
             config,

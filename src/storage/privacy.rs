@@ -759,6 +759,7 @@ impl Storage {
                 )*};
             }
             by_store!(
+                CODES,
                 DEDUPE,
                 ORDERS,
                 CUSTOMERS,

@@ -10,6 +10,15 @@ use super::{codec, Error, Storage};
 use crate::engine::Timestamp;
 
 const SYNC_V1: u8 = 1;
+const CODE_V1: u8 = 1;
+
+/// An offer's own discount code, once the platform has it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeRow {
+    pub code: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
 
 /// A store's sync as it stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +90,24 @@ impl Storage {
     pub fn sync_state(&self, store: &str) -> Result<SyncState, Error> {
         let tx = self.db.begin_read()?;
         Ok(read(&tx.open_table(SYNC)?, store)?.unwrap_or_default())
+    }
+
+    /// The code made for the offer of `order`, if one was.
+    pub fn discount_code(&self, store: &str, order: &str) -> Result<Option<CodeRow>, Error> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CODES)?;
+        t.get((store, order))?
+            .map(|v| codec::decode("discount code", CODE_V1, v.value()))
+            .transpose()
+    }
+
+    /// Records the code the platform now has for the offer of `order`, durably.
+    pub fn put_discount_code(&self, store: &str, order: &str, row: &CodeRow) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(CODES)?
+            .insert((store, order), codec::encode(CODE_V1, row)?.as_slice())?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Stores the store's sync, durably.

@@ -55,6 +55,7 @@ macro_rules! each_table {
         $m!(CONVERSIONS);
         $m!(RECOVERY_NOTICES);
         $m!(SYNC);
+        $m!(CODES);
     };
 }
 pub(crate) use each_table;
@@ -182,6 +183,9 @@ pub const DELIVERIES: TableDefinition<(&str, &str), i64> = TableDefinition::new(
 pub const PAUSED: TableDefinition<&str, &[u8]> = TableDefinition::new("paused");
 /// Store id -> its sync with the platform's API (`storage::sync::SyncState`).
 pub const SYNC: TableDefinition<&str, &[u8]> = TableDefinition::new("sync");
+/// (store, id of the order that made the offer) -> the offer's own discount code as made
+/// through the platform's API (`storage::sync::CodeRow`): one per offer.
+pub const CODES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("codes");
 /// (store, id of the order that made the offer) -> its conversion
 /// (`engine::attribution::Conversion`): the later order that bought it, the engagements
 /// that earned it, and whether a refund or cancellation took it back. One per offer.

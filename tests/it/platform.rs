@@ -220,6 +220,17 @@ fn fake_shop_with(
     orders: Arc<Mutex<Vec<Value>>>,
     products: Arc<Mutex<Vec<Value>>>,
 ) -> FakeApi {
+    fake_shop_full(hooks, orders, products, Arc::default())
+}
+
+/// [`fake_shop_with`] with its discount codes (price rules and their codes).
+fn fake_shop_full(
+    hooks: Arc<Mutex<Vec<Value>>>,
+    orders: Arc<Mutex<Vec<Value>>>,
+    products: Arc<Mutex<Vec<Value>>>,
+    codes: Arc<Mutex<Vec<String>>>,
+) -> FakeApi {
+    let rules: Arc<Mutex<Vec<Value>>> = Arc::default();
     FakeApi::start(Box::new(move |s| {
         assert_eq!(s.header("x-shopify-access-token"), Some("shpat_test"));
         let path = s.url.split('?').next().unwrap().to_string();
@@ -255,6 +266,39 @@ fn fake_shop_with(
                     s.url
                 );
                 ok(json!({"orders": *orders.lock().unwrap()}))
+            }
+            // Shopify answers a lookup of an existing code with a redirect to it.
+            ("POST", "/admin/api/2026-10/price_rules.json") => {
+                let mut r: Value =
+                    serde_json::from_str::<Value>(&s.body).unwrap()["price_rule"].clone();
+                let mut rules = rules.lock().unwrap();
+                r["id"] = json!(500 + rules.len());
+                rules.push(r.clone());
+                (201, vec![], json!({"price_rule": r}).to_string())
+            }
+            ("POST", p) if p.starts_with("/admin/api/2026-10/price_rules/") => {
+                let c: Value =
+                    serde_json::from_str::<Value>(&s.body).unwrap()["discount_code"].clone();
+                let code = c["code"].as_str().unwrap().to_string();
+                let mut codes = codes.lock().unwrap();
+                if codes.contains(&code) {
+                    return (
+                        422,
+                        vec![],
+                        r#"{"errors":{"code":["must be unique"]}}"#.into(),
+                    );
+                }
+                codes.push(code);
+                (201, vec![], json!({"discount_code": c}).to_string())
+            }
+            ("GET", "/admin/api/2026-10/discount_codes/lookup.json") => {
+                let code = s.url.split("code=").nth(1).unwrap().to_string();
+                if code == "THANKS10" || codes.lock().unwrap().contains(&code) {
+                    let to = "/admin/api/2026-10/price_rules/1/discount_codes/2.json";
+                    (303, vec![("Location".into(), to.into())], String::new())
+                } else {
+                    (404, vec![], r#"{"errors":"Not Found"}"#.into())
+                }
             }
             ("GET", "/admin/api/2026-10/products.json") => {
                 ok(json!({"products": *products.lock().unwrap()}))
@@ -707,4 +751,143 @@ fn stock_synced_to_zero_makes_the_next_due_touch_skip_its_offer() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(fake.count(|r| r.url.contains("inventory_levels.json")), 1);
+}
+
+#[test]
+fn connect_checks_that_each_recipes_static_discount_code_exists() {
+    let fake = fake_shop(Arc::default(), Arc::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let text = config_text_with(
+        tmp.path(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &format!(
+            "[stores.api]\naccess_token = \"shpat_test\"\nbase_url = \"{}\"\n",
+            fake.url
+        ),
+    )
+    .replace(
+        "holdout_percent = 0\n",
+        "holdout_percent = 0\ndiscount_codes = { welcome = \"THANKS10\", bundle = \"NO SUCH\" }\n",
+    );
+    let path = tmp.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let cfg = path.to_str().unwrap();
+    let (code, out, err) = run(&["connect", "--config", cfg, "--store", "main"], tmp.path());
+    assert_eq!(code, 1, "a missing code fails the command: {out}{err}");
+    assert!(
+        out.contains("discount code THANKS10 (welcome): exists"),
+        "{out}"
+    );
+    assert!(
+        out.contains("discount code NO SUCH (bundle): MISSING in the store"),
+        "{out}"
+    );
+    assert_eq!(
+        fake.count(|r| r.url.contains("code=NO%20SUCH")),
+        1,
+        "the code is URL-encoded"
+    );
+    let (code, out, _) = run(
+        &["connect", "--config", cfg, "--store", "main", "--json"],
+        tmp.path(),
+    );
+    assert_eq!(code, 1);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["discount_codes"][0],
+        json!({"recipe": "welcome", "code": "THANKS10", "exists": true})
+    );
+}
+
+#[test]
+fn each_offer_gets_one_code_of_its_own_even_when_a_crash_lost_our_record_of_it() {
+    use crate::cadence::{customer, order, post_order, wait_line};
+    use upsell_appliance::pipeline::codes::code_name;
+    const T0: i64 = 1_795_186_800_000; // 2026-11-20T15:00:00Z
+    const MIN: i64 = 60_000;
+    let codes: Arc<Mutex<Vec<String>>> = Arc::default();
+    let fake = fake_shop_full(
+        Arc::default(),
+        Arc::default(),
+        Arc::default(),
+        codes.clone(),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clock = Arc::new(upsell_appliance::clock::TestClock::at(
+        upsell_appliance::engine::Timestamp(T0 + MIN),
+    ));
+    let extra = format!(
+        "mode = \"live\"\n[stores.api]\naccess_token = \"shpat_test\"\nbase_url = \"{}\"\n",
+        fake.url
+    );
+    let text = config_text_with(dir, "127.0.0.1:0", "127.0.0.1:0", &extra).replace(
+        "holdout_percent = 0\n",
+        "holdout_percent = 0\nunique_codes = { welcome = 10, replenishment = 10, upgrade = 10, bundle = 10, cross_sell = 10 }\n",
+    );
+    let config = config::parse(&text, Path::new("/"), Origin::Demo).unwrap();
+    let options = || upsell_appliance::app::Options {
+        clock: clock.clone(),
+        ..Default::default()
+    };
+    let mut s = TestServer::start_config(config.clone(), dir, options());
+    import_demo(&s.running().storage, &config, STORE);
+    let key = s.running().storage.link_key(STORE).unwrap();
+    let (a, b) = (code_name(&key, "9941"), code_name(&key, "9942"));
+    // Order 9941's code was made before a crash kept the appliance from recording it.
+    codes.lock().unwrap().push(a.clone());
+    for (o, c) in [(9941, 8941), (9942, 8942)] {
+        post_order(
+            &s,
+            &order(o, &customer(c, false), T0, &[("KIT-POUR", 1, "54.00")]),
+        );
+    }
+    clock.set(upsell_appliance::engine::Timestamp(T0 + 20 * MIN));
+    let l1 = wait_line(dir, "9941", "touch1");
+    let l2 = wait_line(dir, "9942", "touch1");
+    assert_eq!(l1["offer"]["discount_code"], a.as_str(), "{l1}");
+    assert_eq!(l2["offer"]["discount_code"], b.as_str(), "{l2}");
+    let posts = |f: &FakeApi, part: &str| f.count(|r| r.method == "POST" && r.url.contains(part));
+    assert_eq!(
+        posts(&fake, "/price_rules.json"),
+        1,
+        "9942's only: 9941's code was found made"
+    );
+    assert_eq!(posts(&fake, "/discount_codes.json"), 1);
+    assert_eq!(*codes.lock().unwrap(), vec![a.clone(), b.clone()]);
+    let rule: Value = {
+        let seen = fake.seen.lock().unwrap();
+        let r = seen
+            .iter()
+            .find(|r| r.url.ends_with("/price_rules.json"))
+            .unwrap();
+        serde_json::from_str::<Value>(&r.body).unwrap()["price_rule"].clone()
+    };
+    assert_eq!(
+        (rule["value"].as_str(), rule["usage_limit"].as_u64()),
+        (Some("-10.0"), Some(1))
+    );
+    assert_eq!(rule["value_type"], "percentage");
+    assert_eq!(rule["title"], b.as_str());
+    assert_eq!(
+        rule["ends_at"], "2026-11-27T15:00:00Z",
+        "valid as long as the offer: 7 days"
+    );
+
+    // After a restart, touch-2 carries the same code, read from the record: no API call.
+    s.stop();
+    let calls = fake.count(|_| true);
+    let s = TestServer::start_config(config, dir, options());
+    clock.set(upsell_appliance::engine::Timestamp(T0 + 4 * 24 * 60 * MIN));
+    for (o, code) in [("9941", &a), ("9942", &b)] {
+        let l = wait_line(dir, o, "touch2");
+        assert_eq!(l["offer"]["discount_code"], code.as_str(), "{l}");
+    }
+    assert_eq!(
+        fake.count(|_| true),
+        calls,
+        "nothing asked of the shop again"
+    );
+    drop(s);
 }

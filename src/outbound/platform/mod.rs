@@ -482,6 +482,62 @@ impl Api {
         }
     }
 
+    /// Whether the store has a discount code of this name (a recipe's static code in
+    /// `discount_codes`, checked at `connect`).
+    pub fn code_exists(&self, code: &str) -> Result<bool, ApiError> {
+        let what = format!("the discount code {code:?}");
+        let q = encode(code);
+        let found = match self.platform {
+            // Shopify answers a lookup with a redirect to the code, or 404.
+            Platform::Shopify => {
+                let url = self.url(&format!(
+                    "/admin/api/{}/discount_codes/lookup.json?code={q}",
+                    self.config.version
+                ));
+                match self.get(&what, &url) {
+                    Ok(_) | Err(ApiError::Refused { status: 303, .. }) => true,
+                    Err(ApiError::Refused { status: 404, .. }) => false,
+                    Err(e) => return Err(e),
+                }
+            }
+            Platform::WooCommerce => {
+                let url = self.url(&format!("/wp-json/wc/v3/coupons?code={q}"));
+                let v = self.get_json(&what, &url)?;
+                v.as_array().is_some_and(|l| {
+                    l.iter().any(|c| {
+                        c["code"]
+                            .as_str()
+                            .is_some_and(|x| x.eq_ignore_ascii_case(code))
+                    })
+                })
+            }
+            Platform::BigCommerce => {
+                let v = self.get_json(&what, &self.url(&format!("/v2/coupons?code={q}")))?;
+                v.as_array().is_some_and(|l| !l.is_empty())
+            }
+        };
+        Ok(found)
+    }
+
+    /// Makes a single-use code: `percent` off the offered product (the whole order where
+    /// its ids are not known), valid until `expires_at`. A code that exists already (made
+    /// before a crash kept us from recording it) counts as made: the name is the offer's.
+    pub fn create_code(&self, c: &NewCode<'_>) -> Result<(), ApiError> {
+        match self.platform {
+            Platform::Shopify => {
+                if self.code_exists(c.code)? {
+                    return Ok(());
+                }
+                shopify::create_code(self, c)
+            }
+            Platform::WooCommerce => woocommerce::create_code(self, c),
+            Platform::BigCommerce => Err(self.malformed(
+                "a unique code",
+                "BigCommerce codes are not made through the API (config refuses unique_codes for it)",
+            )),
+        }
+    }
+
     /// One order as it is now (BigCommerce's thin webhooks need it).
     pub fn order(&self, id: &str) -> Result<ApiOrder, ApiError> {
         match self.platform {
@@ -490,6 +546,19 @@ impl Api {
             Platform::WooCommerce => woocommerce::order(self, id),
         }
     }
+}
+
+/// A single-use discount code to make.
+#[derive(Clone, Debug)]
+pub struct NewCode<'a> {
+    pub code: &'a str,
+    pub percent: u8,
+    pub starts_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub product_id: Option<&'a str>,
+    pub variant_id: Option<&'a str>,
+    /// What the platform's admin shows beside it.
+    pub note: String,
 }
 
 /// The topics the appliance needs a platform to send, as that platform names them.

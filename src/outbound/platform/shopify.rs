@@ -173,6 +173,46 @@ pub fn catalog_of(
     }
 }
 
+/// A price rule (the discount) and its one code, as the REST Admin API makes them.
+pub fn create_code(api: &Api, c: &super::NewCode<'_>) -> Result<(), ApiError> {
+    let what = format!("POST price_rules.json ({})", c.code);
+    let variant: Option<u64> = c.variant_id.and_then(|v| v.parse().ok());
+    let mut rule = serde_json::json!({
+        "title": c.code, "target_type": "line_item", "allocation_method": "across",
+        "value_type": "percentage", "value": format!("-{}.0", c.percent),
+        "customer_selection": "all", "once_per_customer": true, "usage_limit": 1,
+        "starts_at": c.starts_at.to_rfc3339(), "ends_at": c.expires_at.to_rfc3339(),
+        "target_selection": if variant.is_some() { "entitled" } else { "all" },
+    });
+    if let Some(v) = variant {
+        rule["entitled_variant_ids"] = serde_json::json!([v]);
+    }
+    let reply = api.call(
+        "POST",
+        &what,
+        &admin(api, "/price_rules.json"),
+        Some(&serde_json::json!({"price_rule": rule})),
+    )?;
+    let v = api.json(&what, &reply)?;
+    let id = id_of(&v["price_rule"]["id"])
+        .ok_or_else(|| api.malformed(&what, "price_rule.id is missing"))?;
+    let what = format!("POST price_rules/{id}/discount_codes.json");
+    let body = serde_json::json!({"discount_code": {"code": c.code}});
+    match api.call(
+        "POST",
+        &what,
+        &admin(api, &format!("/price_rules/{id}/discount_codes.json")),
+        Some(&body),
+    ) {
+        Ok(_) => Ok(()),
+        // "code must be unique": made already.
+        Err(ApiError::Refused {
+            status: 422, body, ..
+        }) if body.contains("unique") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn order(api: &Api, id: &str) -> Result<ApiOrder, ApiError> {
     let what = format!("GET orders/{id}.json");
     let v = api.get_json(&what, &admin(api, &format!("/orders/{}.json", encode(id))))?;

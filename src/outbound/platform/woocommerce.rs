@@ -159,6 +159,30 @@ pub fn products(api: &Api, currency: Currency) -> Result<Vec<CatalogPatch>, ApiE
     Ok(out)
 }
 
+/// A coupon: `percent` off, one use, until the offer ends.
+pub fn create_code(api: &Api, c: &super::NewCode<'_>) -> Result<(), ApiError> {
+    let what = format!("POST coupons ({})", c.code);
+    let expires = chrono::DateTime::from_timestamp_millis(c.expires_at.0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    let mut body = serde_json::json!({
+        "code": c.code, "discount_type": "percent", "amount": c.percent.to_string(),
+        "individual_use": true, "usage_limit": 1, "usage_limit_per_user": 1,
+        "date_expires_gmt": expires, "description": c.note,
+    });
+    if let Some(p) = c.product_id.and_then(|p| p.parse::<u64>().ok()) {
+        body["product_ids"] = serde_json::json!([p]);
+    }
+    match api.call("POST", &what, &rest(api, "/coupons"), Some(&body)) {
+        Ok(_) => Ok(()),
+        Err(ApiError::Refused {
+            status: 400, body, ..
+        }) if body.contains("woocommerce_rest_coupon_code_already_exists") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn order(api: &Api, id: &str) -> Result<ApiOrder, ApiError> {
     let what = format!("GET orders/{id}");
     let v = api.get_json(&what, &rest(api, &format!("/orders/{}", encode(id))))?;
