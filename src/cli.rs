@@ -723,7 +723,8 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
                 json!({"id": s.id, "mode": s.mode.as_str(), "platform": s.platform.as_str(), "domain": s.domain,
                 "webhook_url": format!("{}/webhooks/{}", config.public_url, s.id),
                 "secrets": s.webhook_secrets.len(), "currency": s.currency.as_str(),
-                "timezone": s.timezone.name(), "thank_you_page": thank_you_page(s)})
+                "timezone": s.timezone.name(), "thank_you_page": thank_you_page(s),
+                "platform_api": platform_api(s)})
             })
             .collect();
         println!(
@@ -734,6 +735,7 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
             "warnings": if config.stores.is_empty() { vec![config::NO_STORES] } else { vec![] },
             "jobs": {"purge": {"schedule": j.purge.as_str(), "next": next(&j.purge)},
                 "affinity_check": {"schedule": j.affinity_check.as_str(), "next": next(&j.affinity_check)},
+                "sync": {"schedule": j.sync.as_str(), "next": next(&j.sync)},
                 "payload_retention_days": j.payload_retention_days}})
         );
     } else {
@@ -764,18 +766,39 @@ fn check_config(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
                 }
             );
             println!("    thank-you page offer: {}", thank_you_page(s));
+            println!("    platform API: {}", platform_api(s));
         }
         let next = |c: &config::Cron| next(c).unwrap_or_else(|| "never".into());
         println!(
-            "  jobs (UTC): purge {:?} (next {}), affinity_check {:?} (next {}), raw payloads kept {} days",
+            "  jobs (UTC): purge {:?} (next {}), affinity_check {:?} (next {}), sync {:?} (next {}), raw payloads kept {} days",
             j.purge.as_str(),
             next(&j.purge),
             j.affinity_check.as_str(),
             next(&j.affinity_check),
+            j.sync.as_str(),
+            next(&j.sync),
             j.payload_retention_days
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the store's platform API is reached, or that it is not.
+fn platform_api(s: &config::StoreConfig) -> String {
+    use config::ApiAuth;
+    let Some(api) = &s.api else {
+        return "none (webhooks only; [stores.api] enables connect, the sync and BigCommerce's order fetches)".into();
+    };
+    let how = match &api.auth {
+        ApiAuth::ShopifyToken(_) => format!("Admin API {}, static access token", api.version),
+        ApiAuth::ShopifyClient { client_id, .. } => format!(
+            "Admin API {}, client credentials of {client_id} (24 h tokens)",
+            api.version
+        ),
+        ApiAuth::WooCommerce { .. } => "REST API v3, consumer key".into(),
+        ApiAuth::BigCommerce(_) => "V2/V3 API, access token".into(),
+    };
+    format!("{} ({how}); `connect` checks the credentials", api.base_url)
 }
 
 /// How the store's thank-you page gets its offer, or what is missing for it.
@@ -1131,11 +1154,12 @@ fn status(config: &Config, store: Option<&str>, as_json: bool) -> anyhow::Result
         }
         if let Some(sync) = &s.sync {
             println!(
-                "  platform API: last sync {}{}; {} order(s) found missing in all ({} fetched after thin webhooks){}",
+                "  platform API: last sync {}{}; {} order(s) found missing in all ({} fetched after thin webhooks); catalog: {} entries refreshed{}",
                 sync.last_ok_at.as_deref().unwrap_or("never succeeded"),
                 sync.last_error.as_deref().map_or(String::new(), |e| format!(" (the last failed: {e})")),
                 sync.found_total,
                 s.fetched,
+                sync.catalog_variants,
                 if sync.missing_subscriptions.is_empty() {
                     String::new()
                 } else {
@@ -1374,12 +1398,13 @@ fn sync(config: &Config, store: Option<String>, as_json: bool) -> anyhow::Result
         return Ok(ExitCode::SUCCESS);
     }
     let d = &v["synced"];
+    let since = match v["since"].as_str() {
+        Some(t) => format!("since {t}"),
+        None => "in the last 3 days (the first sync)".into(),
+    };
     println!(
-        "store {store}: {} order(s) changed since {}; {} the appliance had not seen (their webhooks never came) and {} newer version(s) fed in, marked reconciled ({source})",
-        d["listed"],
-        v["since"].as_str().unwrap_or("the last sync"),
-        d["missed"],
-        d["updated"]
+        "store {store}: {} order(s) changed {since}; {} the appliance had not seen (their webhooks never came) and {} newer version(s) fed in, marked reconciled; {} catalog entries refreshed ({source})",
+        d["listed"], d["missed"], d["updated"], d["catalog_variants"]
     );
     match d["missing_subscriptions"].as_array().filter(|m| !m.is_empty()) {
         None => println!("webhook subscriptions: all there"),
@@ -1707,6 +1732,13 @@ fn explain(
             _ => String::new(),
         }
     );
+    match v["source"].as_str() {
+        Some("reconciled") => {
+            println!("├─ arrived through the sync: its webhooks never came (reconciled)")
+        }
+        Some("fetched") => println!("├─ fetched through the platform's API after its webhook"),
+        _ => {}
+    }
     println!("├─ recipe: {}", v["recipe"].as_str().unwrap_or("none"));
     match v["offer"].as_object() {
         Some(o) => {

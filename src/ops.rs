@@ -806,8 +806,14 @@ pub fn explain(storage: &Storage, store: &str, order: &str) -> Result<serde_json
     let conversion = snap
         .conversion(store, &rec.order_id)?
         .map(|c| conversion_json(&c));
+    // How the order reached us: a webhook, the sync (`reconciled`), a fetch after a thin
+    // webhook (`fetched`).
+    let source = snap
+        .order(store, &rec.order_id)?
+        .and_then(|s| s.source)
+        .map(|s| s.as_str());
     Ok(json!({
-        "store": store, "order": rec.order_id, "name": rec.order_name,
+        "store": store, "order": rec.order_id, "name": rec.order_name, "source": source,
         "recipe": p.recipe.map(|r| r.as_str()), "offer": offer, "holdout": p.holdout,
         "offer_response": response, "conversion": conversion,
         "variants": variants, "touches": touches, "reasons": p.reasons,

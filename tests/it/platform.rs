@@ -593,6 +593,7 @@ fn reconciliation_feeds_orders_whose_webhooks_were_lost_once_even_when_the_webho
         planned.iter().all(|n| *n > 0),
         "reconciled orders are planned like any other: {planned:?}"
     );
+    assert_eq!(s.explain("5001").1["source"], "reconciled");
     let st = s.store_status();
     assert_eq!(st["orders"], 3);
     assert_eq!(st["reconciled"], 3);
