@@ -181,7 +181,7 @@ pub fn start(config: Config, opts: Options) -> anyhow::Result<Running> {
         .spawn(move || writer::respond(answers_rx))?;
     // The stores' platform APIs: BigCommerce's orders are fetched after their webhooks,
     // and the sync job reconciles every store with one.
-    let apis = crate::pipeline::sync::apis(&config);
+    let apis = crate::pipeline::sync::apis(&config, Some(stop.clone()));
     let (fetch_tx, fetch_rx) = crossbeam_channel::bounded(QUEUE);
     let fetcher = {
         let (storage, config, apis, clock, stop) = (

@@ -1382,7 +1382,7 @@ fn sync(config: &Config, store: Option<String>, as_json: bool) -> anyhow::Result
         || crate::admin_client::call_json_long(config, "POST", &path),
         |s| {
             let clock = crate::clock::SystemClock;
-            let apis = crate::pipeline::sync::apis(config);
+            let apis = crate::pipeline::sync::apis(config, None);
             let v = crate::ops::sync(s, config, &store, &apis, &clock).map_err(ops_err)?;
             // Apply what it found now, as the service would have.
             let settings = crate::pipeline::processor::Settings::service(

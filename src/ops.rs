@@ -1414,8 +1414,6 @@ fn parse_time_arg(text: &str) -> Result<Timestamp, OpsError> {
     })
 }
 
-/// `order delivered ORDER [--at TIME]`: a delivery told by hand (for stores without
-/// delivery events); the review request waits for one.
 /// Syncs the store with its platform's API now (`upsell-appliance sync`, `POST
 /// /api/sync`): what it found, and the store's sync as it now stands.
 pub fn sync(
@@ -1443,6 +1441,8 @@ pub fn sync(
     }))
 }
 
+/// `order delivered ORDER [--at TIME]`: a delivery told by hand (for stores without
+/// delivery events); the review request waits for one.
 pub fn order_delivered(
     storage: &Storage,
     store: &crate::config::StoreConfig,

@@ -186,21 +186,13 @@ fn apply_order(
     source: Source,
 ) -> Applied {
     let first = state.order.is_none();
-    // The platform's API answered for the order as it is now: a fetch asked for before is
-    // done, whether or not this version is news.
-    let fetched = matches!(source, Source::Fetched | Source::Reconciled)
-        && state.fetch_requested.take().is_some();
     if let Some(old) = &state.order {
         // An export row never replaces what the platform itself sent about the order.
         if order.updated_at < old.updated_at
             || old == order
             || (source == Source::Import && state.source.is_some_and(Source::live))
         {
-            return if fetched {
-                Applied::Changed
-            } else {
-                Applied::Unchanged
-            };
+            return Applied::Unchanged;
         }
     }
     state.order = Some(order.clone());

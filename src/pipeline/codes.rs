@@ -33,10 +33,29 @@ pub fn code_name(key: &[u8], order: &str) -> String {
     format!("UP-{tail}")
 }
 
+/// Why an offer's code is not there to show.
+#[derive(Debug)]
+pub struct CodeError {
+    /// The platform refused it (credentials, scopes, its own rules): trying again will not
+    /// help, so the message goes without the code. Otherwise it did not answer: the message
+    /// is tried again, like a provider that did not take it.
+    pub permanent: bool,
+    pub why: String,
+}
+
+impl From<crate::storage::Error> for CodeError {
+    fn from(e: crate::storage::Error) -> CodeError {
+        CodeError {
+            permanent: false,
+            why: e.to_string(),
+        }
+    }
+}
+
 /// The code a message carrying `offer` (of the order `order`, under `recipe`) shows:
 /// `None` when the recipe has no unique codes or the offer has ended. The first time, the
 /// code is made through the API (a live store; a dry run shows the code it would make and
-/// makes none) and recorded. An error means the platform did not make it now.
+/// makes none) and recorded.
 #[allow(clippy::too_many_arguments)]
 pub fn for_offer(
     storage: &Storage,
@@ -48,17 +67,15 @@ pub fn for_offer(
     offer: &Offer,
     recipe: Option<Recipe>,
     now: Timestamp,
-) -> Result<Option<String>, String> {
-    let err = |e: crate::storage::Error| e.to_string();
+) -> Result<Option<String>, CodeError> {
     let Some(&percent) = recipe.and_then(|r| store.offers.unique_codes.get(&r)) else {
         return Ok(None);
     };
-    if let Some(row) = storage.discount_code(&store.id, order).map_err(err)? {
+    if let Some(row) = storage.discount_code(&store.id, order)? {
         return Ok((now < row.expires_at).then_some(row.code));
     }
     let Some(placed) = snap
-        .order(&store.id, order)
-        .map_err(err)?
+        .order(&store.id, order)?
         .and_then(|s| s.order.map(|o| o.created_at))
     else {
         return Ok(None);
@@ -71,10 +88,12 @@ pub fn for_offer(
     if store.mode != Mode::Live {
         return Ok(Some(code));
     }
-    let api = api.ok_or("the store has no [stores.api] to make its code")?;
+    let api = api.ok_or_else(|| CodeError {
+        permanent: true,
+        why: "the store has no [stores.api] to make its code".into(),
+    })?;
     let product_id = snap
-        .variant_of_key(&store.id, &offer.product)
-        .map_err(err)?
+        .variant_of_key(&store.id, &offer.product)?
         .and_then(|v| v.product_id);
     api.create_code(&NewCode {
         code: &code,
@@ -85,15 +104,20 @@ pub fn for_offer(
         variant_id: offer.variant_id.as_deref(),
         note: format!("upsell-appliance: the offer of order {order}"),
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| CodeError {
+        permanent: !matches!(
+            e,
+            crate::outbound::platform::ApiError::Unavailable { .. }
+                | crate::outbound::platform::ApiError::Interrupted { .. }
+        ),
+        why: e.to_string(),
+    })?;
     let row = CodeRow {
         code: code.clone(),
         created_at: now,
         expires_at,
     };
-    storage
-        .put_discount_code(&store.id, order, &row)
-        .map_err(err)?;
+    storage.put_discount_code(&store.id, order, &row)?;
     Ok(Some(code))
 }
 

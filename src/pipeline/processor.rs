@@ -357,7 +357,18 @@ impl<'s> Batch<'s> {
         };
         let refunds_before = state.refunds.len();
         let had_customer = state.customer.is_some();
+        // A fetch answers the requests made up to when it was asked for (its key says when):
+        // a notice that came while it was under way asks again.
+        let fetched = head.source == Source::Fetched
+            && super::sync::fetched_for(&head.dedupe_key)
+                .is_some_and(|asked| state.fetch_requested.is_some_and(|r| r <= asked));
+        if fetched {
+            state.fetch_requested = None;
+        }
         if history::apply(&mut state, customer.as_mut(), event, head.source) == Applied::Unchanged {
+            if fetched {
+                self.orders.insert(key, state);
+            }
             return Ok(());
         }
         let refund_at = match event {

@@ -702,19 +702,29 @@ impl Worker {
                         ) {
                             Ok(Some(code)) => o.discount_code = Some(code),
                             Ok(None) => {}
-                            // Not sent without the code it promises: tried again soon,
-                            // within the touch's grace (after it, skipped as stale).
-                            Err(why) => {
+                            // Refused for good (credentials, scopes): sent without it,
+                            // and the log says why.
+                            Err(e) if e.permanent => log::warn!(
+                                "store {}: touch {id} goes without its offer's own discount code: {}",
+                                t.store,
+                                e.why
+                            ),
+                            // The platform did not answer: not sent without the code it
+                            // promises; tried again like a provider that did not take it,
+                            // so the touch's grace ends the tries (skipped as stale).
+                            Err(e) => {
                                 round.deferred += 1;
                                 late.deferred += usize::from(was_late);
                                 settle.push((
                                     (t.due_at.0, id),
-                                    Settle::Defer {
+                                    Settle::Retry {
                                         until: Timestamp(now.0 + CODE_RETRY_MS),
                                         reason: format!(
-                                            "the offer's discount code could not be made: {why}"
+                                            "the offer's discount code could not be made: {}",
+                                            e.why
                                         ),
-                                        code: "discount_code",
+                                        due: t.due_at,
+                                        via: store.platform.as_str(),
                                     },
                                 ));
                                 continue;

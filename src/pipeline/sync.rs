@@ -21,7 +21,6 @@ use crate::config::{Config, StoreConfig};
 use crate::engine::{Platform, Source, Timestamp};
 use crate::outbound::platform::{reconcile_subscriptions, Api, ApiOrder};
 use crate::storage::records::{EventHead, EventRecord};
-use crate::storage::sync::SyncState;
 use crate::storage::{Committed, NewEvent, Storage};
 
 /// How far back the first sync of a store looks: beyond Shopify's 4 hours and
@@ -37,13 +36,21 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// Each store's API, for the stores with `[stores.api]`.
 pub type Apis = HashMap<String, Arc<Api>>;
 
-/// The stores' APIs, over one agent with the `[outbound]` timeouts.
-pub fn apis(config: &Config) -> Apis {
+/// The stores' APIs, over one agent with the `[outbound]` timeouts; giving up at once
+/// when `stop` (the service's) is set.
+pub fn apis(config: &Config, stop: Option<Arc<AtomicBool>>) -> Apis {
     let agent = crate::outbound::agent(config.outbound.connect_timeout, config.outbound.timeout);
     config
         .stores
         .iter()
-        .filter_map(|s| Some((s.id.clone(), Arc::new(Api::of(s, agent.clone())?))))
+        .filter_map(|s| {
+            let api = Api::of(s, agent.clone())?;
+            let api = match &stop {
+                Some(stop) => api.stopping_with(stop.clone()),
+                None => api,
+            };
+            Some((s.id.clone(), Arc::new(api)))
+        })
         .collect()
 }
 
@@ -61,6 +68,10 @@ pub struct Synced {
     pub missing_subscriptions: Vec<String>,
     /// Catalog entries refreshed from the platform's products (prices, stock, ids).
     pub catalog_variants: usize,
+    /// Orders listed whose completion failed (BigCommerce: deleted meanwhile): passed over.
+    pub skipped: usize,
+    /// What failed after the orders were fed in (the subscriptions, the catalog).
+    pub problems: Vec<String>,
 }
 
 /// The records an order from the API is stored as: parsed like its webhook, marked with
@@ -88,8 +99,11 @@ pub fn record(
     }
 }
 
-/// Syncs one store: the orders changed since the last successful sync, then the webhook
-/// subscriptions. The outcome (or the error) is kept for the status page.
+/// Syncs one store: the orders changed since the last successful listing, then the
+/// webhook subscriptions, then the catalog. Each part's failure is its own: orders that
+/// were listed and fed in count even when the catalog then fails. The outcome (and what
+/// failed) is kept for the status page. `Err` when the orders could not be listed, or a
+/// sync of the store is already running.
 pub fn sync_store(
     storage: &Storage,
     config: &Config,
@@ -97,18 +111,52 @@ pub fn sync_store(
     api: &Api,
     clock: &dyn Clock,
 ) -> Result<Synced, String> {
+    let Ok(_one) = api.syncing.try_lock() else {
+        return Err(format!("a sync of store {} is already running", store.id));
+    };
     let started = clock.now();
     let mut state = storage.sync_state(&store.id).map_err(|e| e.to_string())?;
-    let result = reconcile(storage, config, store, api, &state, clock);
+    let since = state
+        .orders_through
+        .unwrap_or(Timestamp(started.0 - FIRST_LOOKBACK_MS));
+    let result = reconcile(storage, store, api, since, clock).map(|mut s| {
+        match reconcile_subscriptions(api, store, &config.public_url, false) {
+            Ok(topics) => {
+                s.missing_subscriptions = topics
+                    .into_iter()
+                    .filter(|t| t.action != "ok")
+                    .map(|t| t.topic)
+                    .collect();
+                state.missing_topics = s.missing_subscriptions.clone();
+                state.subscriptions_at = Some(clock.now());
+            }
+            Err(e) => s.problems.push(format!("the webhook subscriptions: {e}")),
+        }
+        match api
+            .products(store.currency)
+            .map_err(|e| e.to_string())
+            .and_then(|patches| refresh_catalog(storage, config, &store.id, patches))
+        {
+            Ok(n) => {
+                s.catalog_variants = n;
+                state.catalog_variants = n as u64;
+            }
+            Err(e) => s.problems.push(format!("the catalog: {e}")),
+        }
+        s
+    });
     let now = clock.now();
     match &result {
         Ok(s) => {
-            let since = state
-                .orders_through
-                .unwrap_or(Timestamp(started.0 - FIRST_LOOKBACK_MS));
             state.orders_through = Some(since.max(Timestamp(started.0 - OVERLAP_MS)));
-            state.last_ok_at = Some(now);
-            state.last_error = None;
+            if s.problems.is_empty() {
+                state.last_ok_at = Some(now);
+                state.last_error = None;
+            } else {
+                let why = s.problems.join("; ");
+                log::error!("store {}: sync partly failed: {why}", store.id);
+                state.last_error = Some((now, why));
+            }
             if s.missed > 0 {
                 state.last_found = Some((now, s.missed as u64));
                 state.found_total += s.missed as u64;
@@ -117,9 +165,6 @@ pub fn sync_store(
                     store.id, s.missed, s.updated
                 );
             }
-            state.missing_topics = s.missing_subscriptions.clone();
-            state.catalog_variants = s.catalog_variants as u64;
-            state.subscriptions_at = Some(now);
             if !s.missing_subscriptions.is_empty() {
                 log::warn!(
                     "store {}: {} holds no active webhook subscription for {}; run `upsell-appliance connect --store {}`",
@@ -138,74 +183,105 @@ pub fn sync_store(
     result
 }
 
+/// Events committed per transaction while feeding orders in (the writer waits for at most
+/// one such commit).
+const FEED_CHUNK: usize = 256;
+
+/// Lists the orders changed since `since` and feeds in those the appliance has not seen,
+/// or has an older version of. An order whose completion fails (deleted meanwhile) is
+/// passed over with a warning; the next sync lists it again if it still changed.
 fn reconcile(
     storage: &Storage,
-    config: &Config,
     store: &StoreConfig,
     api: &Api,
-    state: &SyncState,
+    since: Timestamp,
     clock: &dyn Clock,
 ) -> Result<Synced, String> {
-    let started = clock.now();
-    let since = state
-        .orders_through
-        .unwrap_or(Timestamp(started.0 - FIRST_LOOKBACK_MS));
-    let received = storage.last_seq().map_err(|e| e.to_string())?;
+    let err = |e: crate::storage::Error| e.to_string();
+    let received = storage.last_seq().map_err(err)?;
     let orders = api.orders_since(since).map_err(|e| e.to_string())?;
     // What was received before the listing is applied first, so that it counts as seen.
     let deadline = Instant::now() + SETTLE;
-    while storage.processed_seq().map_err(|e| e.to_string())? < received
-        && Instant::now() < deadline
-    {
+    while storage.processed_seq().map_err(err)? < received && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let snap = storage.snapshot().map_err(|e| e.to_string())?;
-    let now = clock.now();
-    let mut records = Vec::new();
-    let (mut missed, mut updated) = (Vec::new(), 0);
-    for o in &orders {
-        let known = snap
-            .order(&store.id, &o.id)
-            .map_err(|e| e.to_string())?
-            .and_then(|s| s.order.map(|k| k.updated_at));
-        match known {
-            Some(at) if at >= o.updated_at => continue,
-            Some(_) => updated += 1,
-            None => missed.push(records.len()),
-        }
-        let key = format!("api:{}:{}", o.id, o.updated_at.0);
-        records.push(record(store, o, Source::Reconciled, key, now));
-    }
-    drop(snap);
-    let events = records
-        .iter()
-        .map(NewEvent::encode)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let committed = storage
-        .commit_deliveries(&events, &[], now)
-        .map_err(|e| e.to_string())?;
-    // A version already stored (an earlier sync's overlap) is not found again.
-    let missed = missed
-        .iter()
-        .filter(|&&i| matches!(committed[i], Committed::Stored(_)))
-        .count();
-    let subscriptions = reconcile_subscriptions(api, store, &config.public_url, false)
-        .map_err(|e| e.to_string())?;
-    let patches = api.products(store.currency).map_err(|e| e.to_string())?;
-    let catalog_variants = refresh_catalog(storage, config, &store.id, patches)?;
-    Ok(Synced {
+    // Orders still waiting for the processor (it is behind: an import, a rebuild) are on
+    // their way, not missed.
+    let processed = storage.processed_seq().map_err(err)?;
+    let waiting: std::collections::HashSet<String> = storage
+        .event_heads_after(processed, 100_000)
+        .map_err(err)?
+        .into_iter()
+        .filter(|(_, h)| h.store == store.id)
+        .filter_map(|(_, h)| match h.parsed {
+            crate::storage::records::ParsedRecord::Event(e) => Some(e.order_id().to_string()),
+            _ => None,
+        })
+        .collect();
+    let snap = storage.snapshot().map_err(err)?;
+    let mut out = Synced {
         store: store.id.clone(),
         listed: orders.len(),
-        missed,
-        updated,
-        catalog_variants,
-        missing_subscriptions: subscriptions
-            .into_iter()
-            .filter(|t| t.action != "ok")
-            .map(|t| t.topic)
-            .collect(),
-    })
+        ..Synced::default()
+    };
+    let mut feed = Vec::new();
+    for o in orders {
+        let known = snap
+            .order(&store.id, &o.id)
+            .map_err(err)?
+            .and_then(|s| s.order.map(|k| k.updated_at));
+        let missed = match known {
+            Some(at) if at >= o.updated_at => continue,
+            _ if waiting.contains(&o.id) => continue,
+            Some(_) => false,
+            None => true,
+        };
+        feed.push((o, missed));
+    }
+    drop(snap);
+    for chunk in feed.chunks(FEED_CHUNK) {
+        let now = clock.now();
+        let mut events = Vec::with_capacity(chunk.len());
+        let mut kinds = Vec::with_capacity(chunk.len());
+        for (listed, missed) in chunk {
+            // BigCommerce's list leaves out products and refunds: fetched now.
+            let o = if listed.complete {
+                listed.clone()
+            } else {
+                match api.order(&listed.id) {
+                    Ok(o) => o,
+                    Err(crate::outbound::platform::ApiError::Interrupted { .. }) => {
+                        return Err("the service is stopping".into())
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "store {}: order {} listed but not fetched: {e}",
+                            store.id,
+                            listed.id
+                        );
+                        out.skipped += 1;
+                        continue;
+                    }
+                }
+            };
+            let key = format!("api:{}:{}", o.id, o.updated_at.0);
+            let rec = record(store, &o, Source::Reconciled, key, now);
+            events.push(NewEvent::encode(&rec).map_err(err)?);
+            kinds.push(*missed);
+        }
+        let committed = storage.commit_deliveries(&events, &[], now).map_err(err)?;
+        // A version already stored (an earlier sync's overlap) is not found again.
+        for (c, missed) in committed.iter().zip(kinds) {
+            if matches!(c, Committed::Stored(_)) {
+                if missed {
+                    out.missed += 1;
+                } else {
+                    out.updated += 1;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Writes what the platform says of its products into the catalog: each variant under its
@@ -245,6 +321,21 @@ pub fn refresh_catalog(
     Ok(entries.len())
 }
 
+/// The key of an order fetched for the request made at `requested`.
+fn fetched_key(order: &str, requested: Timestamp) -> String {
+    format!("fetched:{order}:{}", requested.0)
+}
+
+/// The request a fetched order's key answers (see [`fetched_key`]).
+pub fn fetched_for(key: &str) -> Option<Timestamp> {
+    key.strip_prefix("fetched:")?
+        .rsplit_once(':')?
+        .1
+        .parse()
+        .ok()
+        .map(Timestamp)
+}
+
 /// What a webhook said changed without saying how.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Fetch {
@@ -267,6 +358,9 @@ const FETCH_BACKOFF: [Duration; 4] = [
     Duration::from_secs(3600),
 ];
 
+/// Requests the fetcher holds at most (orders are always taken).
+const MAX_WAITING: usize = 10_000;
+
 /// Runs the fetcher until `stopping`: fetches every order whose state asks for it (the
 /// processor sends their ids; at start, every such order of the stores with an API).
 pub fn run_fetcher(
@@ -285,6 +379,9 @@ pub fn run_fetcher(
     }
     while !stopping.load(Ordering::Relaxed) {
         match requests.recv_timeout(Duration::from_millis(500)) {
+            // A flood of catalog notices beyond this waits for the sync, which refreshes
+            // the whole catalog anyway.
+            Ok(r) if due.len() >= MAX_WAITING && matches!(r.1, Fetch::Catalog(_)) => {}
             Ok(r) => {
                 due.entry(r).or_insert((Instant::now(), 0));
             }
@@ -303,6 +400,18 @@ pub fn run_fetcher(
             }
             match fetch(&storage, &config, &apis, &r, clock.now()) {
                 Ok(()) => {
+                    due.remove(&r);
+                }
+                // A catalog entry is refreshed by the next sync anyway: given up after the
+                // short waits (an order is tried until it is fetched).
+                Err(e)
+                    if matches!(r.1, Fetch::Catalog(_)) && due.get(&r).map_or(0, |d| d.1) >= 2 =>
+                {
+                    log::warn!(
+                        "store {}: refreshing {:?} failed ({e}); the next sync refreshes it",
+                        r.0,
+                        r.1
+                    );
                     due.remove(&r);
                 }
                 Err(e) => {
@@ -379,7 +488,7 @@ fn fetch(
         }
         Err(e) => return Err(e.to_string()),
     };
-    let key = format!("fetched:{order}:{}", requested.0);
+    let key = fetched_key(order, requested);
     let rec = record(cfg, &o, Source::Fetched, key, now);
     let event = NewEvent::encode(&rec).map_err(|e| e.to_string())?;
     storage

@@ -125,6 +125,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn golden_code_row() {
+        let row = CodeRow {
+            code: "UP-ABCDEFGHJK".into(),
+            created_at: Timestamp(1_764_000_000_000),
+            expires_at: Timestamp(1_764_604_800_000),
+        };
+        let bytes = codec::encode(CODE_V1, &row).unwrap();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "010d55502d41424344454647484a4bfd00d02f6d35030000fd00d848b535030000"
+        );
+        assert_eq!(
+            codec::decode::<CodeRow>("discount code", CODE_V1, &bytes).unwrap(),
+            row
+        );
+    }
+
+    #[test]
     fn golden_sync_state() {
         let s = SyncState {
             orders_through: Some(Timestamp(1_764_000_000_000)),

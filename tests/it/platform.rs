@@ -892,3 +892,106 @@ fn each_offer_gets_one_code_of_its_own_even_when_a_crash_lost_our_record_of_it()
     );
     drop(s);
 }
+
+/// A thin webhook's body for BigCommerce order `id`, made at `at` (seconds).
+fn thin(id: u64, hash: &str, at: i64) -> Vec<u8> {
+    json!({"store_id": "1025646", "producer": "stores/abc123", "scope": "store/order/updated",
+        "data": {"type": "order", "id": id}, "hash": hash, "created_at": at})
+    .to_string()
+    .into_bytes()
+}
+
+fn post_thin(s: &TestServer, body: &[u8]) {
+    let (status, _) = s.post(
+        &format!("/webhooks/{BC_STORE}"),
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Upsell-Secret", BC_SECRET),
+        ],
+        body,
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_fetch_answers_only_the_requests_made_before_it_was_asked_for() {
+    use upsell_appliance::outbound::platform::ApiOrder;
+    use upsell_appliance::pipeline::sync::record;
+    use upsell_appliance::storage::NewEvent;
+    // No API for the store: the fetches are committed by hand, in the order a race makes.
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_in(tmp.path(), Default::default());
+    let storage = s.running().storage.clone();
+    post_thin(&s, &thin(260, "h-1", 1_763_650_800));
+    s.wait_processed();
+    let requested = |storage: &upsell_appliance::storage::Storage| {
+        storage
+            .order(BC_STORE, "260")
+            .unwrap()
+            .unwrap()
+            .fetch_requested
+            .map(|t| t.0)
+    };
+    assert_eq!(requested(&storage), Some(1_763_650_800_000));
+    // A fetch for that request is under way when the order changes again.
+    post_thin(&s, &thin(260, "h-2", 1_763_650_900));
+    s.wait_processed();
+    let body = json!({"order": {"id": 260, "date_created": "Thu, 20 Nov 2025 15:00:00 +0000",
+        "date_modified": "Thu, 20 Nov 2025 15:00:30 +0000", "status_id": 11, "currency_code": "USD",
+        "total_inc_tax": "10.00", "customer_id": 0, "billing_address": {"email": "r@example.com"}},
+        "products": [], "refunds": []});
+    let fetched = || ApiOrder {
+        id: "260".into(),
+        updated_at: upsell_appliance::engine::Timestamp(1_763_650_830_000),
+        topic: upsell_appliance::ingest::bigcommerce::FETCHED,
+        body: body.to_string().into_bytes(),
+        complete: true,
+    };
+    let config = test_config(tmp.path());
+    let store = config.store(BC_STORE).unwrap();
+    let commit = |asked: i64| {
+        let key = format!("fetched:260:{asked}");
+        let now = upsell_appliance::engine::Timestamp(1_763_651_000_000);
+        let rec = record(store, &fetched(), Source::Fetched, key, now);
+        storage
+            .commit_deliveries(&[NewEvent::encode(&rec).unwrap()], &[], now)
+            .unwrap();
+    };
+    // The first fetch lands: the order is known, but the second request still stands.
+    commit(1_763_650_800_000);
+    s.wait_processed();
+    let o = storage.order(BC_STORE, "260").unwrap().unwrap();
+    assert!(o.order.is_some());
+    assert_eq!(o.fetch_requested.map(|t| t.0), Some(1_763_650_900_000));
+    // The fetch for the second request answers it, though the order did not change.
+    commit(1_763_650_900_000);
+    s.wait_processed();
+    assert_eq!(requested(&storage), None);
+}
+
+#[test]
+fn a_platform_that_keeps_failing_does_not_hold_up_a_stop() {
+    // Every fetch fails at once: the API waits 1, 2, 4 and 8 s between its attempts.
+    let fake = FakeApi::start(Box::new(|_| (503, vec![], "down for maintenance".into())));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_config(
+        config_with(tmp.path(), "", Some(&fake.url)),
+        tmp.path(),
+        Default::default(),
+    );
+    post_thin(&s, &thin(270, "h-270", 1_763_650_800));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.count(|_| true) < 2 {
+        assert!(Instant::now() < deadline, "never fetched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Between the second and the third attempt: stopping does not wait the 2 s out.
+    let t = Instant::now();
+    s.stop();
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(fake.count(|_| true) <= 3);
+}

@@ -27,28 +27,62 @@ pub fn check(api: &Api) -> Result<String, ApiError> {
         .ok_or_else(|| api.malformed(what, "name is missing"))
 }
 
-pub fn subscriptions(api: &Api) -> Result<Vec<Subscription>, ApiError> {
-    let what = "GET v3/hooks";
+/// Every item of a V3 list (`{data: [...], meta: {pagination: {total_pages}}}`);
+/// `path` has its query already.
+fn v3_pages(api: &Api, what: &str, path: &str) -> Result<Vec<serde_json::Value>, ApiError> {
     let mut out = Vec::new();
     for page in 1.. {
-        let v = api.get_json(what, &api.url(&format!("/v3/hooks?page={page}&limit=250")))?;
-        let list = v["data"]
-            .as_array()
-            .ok_or_else(|| api.malformed(what, "data is not a list"))?;
-        for h in list {
-            out.push(Subscription {
-                id: id_of(&h["id"]).ok_or_else(|| api.malformed(what, "a hook has no id"))?,
-                topic: h["scope"].as_str().unwrap_or_default().to_string(),
-                address: h["destination"].as_str().unwrap_or_default().to_string(),
-                active: h["is_active"].as_bool().unwrap_or(false),
-            });
-        }
+        api.next_page(what, page)?;
+        let mut v = api.get_json(what, &api.url(&format!("{path}&limit={PAGE}&page={page}")))?;
+        let n = match v["data"].take() {
+            serde_json::Value::Array(list) => {
+                let n = list.len();
+                out.extend(list);
+                n
+            }
+            _ => return Err(api.malformed(what, "data is not a list")),
+        };
         let pages = v["meta"]["pagination"]["total_pages"].as_u64().unwrap_or(1);
-        if list.is_empty() || page >= pages {
+        if n == 0 || page as u64 >= pages {
             break;
         }
     }
     Ok(out)
+}
+
+/// Every item of a V2 list (an array, or 204 with no body when there is nothing more).
+fn v2_pages(api: &Api, what: &str, path: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+    let mut out = Vec::new();
+    for page in 1.. {
+        api.next_page(what, page)?;
+        let list =
+            match api.get_json(what, &api.url(&format!("{path}&limit={PAGE}&page={page}")))? {
+                serde_json::Value::Null => break,
+                serde_json::Value::Array(list) => list,
+                _ => return Err(api.malformed(what, "the answer is not a list")),
+            };
+        let n = list.len();
+        out.extend(list);
+        if n < PAGE {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+pub fn subscriptions(api: &Api) -> Result<Vec<Subscription>, ApiError> {
+    let what = "GET v3/hooks";
+    v3_pages(api, what, "/v3/hooks?")?
+        .iter()
+        .map(|h| {
+            Ok(Subscription {
+                id: id_of(&h["id"]).ok_or_else(|| api.malformed(what, "a hook has no id"))?,
+                topic: h["scope"].as_str().unwrap_or_default().to_string(),
+                address: h["destination"].as_str().unwrap_or_default().to_string(),
+                active: h["is_active"].as_bool().unwrap_or(false),
+            })
+        })
+        .collect()
 }
 
 /// The custom header every callback carries: the secret our intake checks.
@@ -87,86 +121,43 @@ pub fn repoint(api: &Api, store: &StoreConfig, id: &str, address: &str) -> Resul
     Ok(())
 }
 
-/// Orders modified at or after `since`; each with its products (one more call each).
+/// Orders modified at or after `since`, as the list gives them: without their products
+/// (`complete` false), which `order` fetches for the ones the appliance needs. Paged in id
+/// order, which an order changing during the listing does not move.
 pub fn orders_since(api: &Api, since: Timestamp) -> Result<Vec<ApiOrder>, ApiError> {
     let what = "GET v2/orders";
     let after = chrono::DateTime::from_timestamp_millis(since.0)
         .unwrap_or_default()
         .to_rfc2822();
-    let mut out = Vec::new();
-    for page in 1.. {
-        let url = api.url(&format!(
-            "/v2/orders?min_date_modified={}&sort=date_modified:asc&limit={PAGE}&page={page}",
-            encode(&after)
-        ));
-        // 204 (an empty body) when there are no (more) orders.
-        let v = api.get_json(what, &url)?;
-        let list = match v {
-            serde_json::Value::Null => break,
-            serde_json::Value::Array(list) => list,
-            _ => return Err(api.malformed(what, "the answer is not a list")),
-        };
-        for o in &list {
-            out.push(with_products(api, o.clone())?);
-        }
-        if list.len() < PAGE {
-            break;
-        }
-    }
-    Ok(out)
+    let path = format!(
+        "/v2/orders?min_date_modified={}&sort=id:asc",
+        encode(&after)
+    );
+    v2_pages(api, what, &path)?
+        .into_iter()
+        .map(|o| complete(api, o, None))
+        .collect()
 }
 
 pub fn products(api: &Api, currency: Currency) -> Result<Vec<CatalogPatch>, ApiError> {
-    let what = "GET v3/catalog/products";
-    let mut out = Vec::new();
-    for page in 1.. {
-        let url = api.url(&format!(
-            "/v3/catalog/products?include=variants,images&limit={PAGE}&page={page}"
-        ));
-        let v = api.get_json(what, &url)?;
-        let list = v["data"]
-            .as_array()
-            .ok_or_else(|| api.malformed(what, "data is not a list"))?;
-        for p in list {
-            out.extend(crate::ingest::products::bigcommerce(p, currency));
-        }
-        let pages = v["meta"]["pagination"]["total_pages"].as_u64().unwrap_or(1);
-        if list.is_empty() || page >= pages {
-            break;
-        }
-    }
-    Ok(out)
+    let path = "/v3/catalog/products?include=variants,images";
+    Ok(v3_pages(api, "GET v3/catalog/products", path)?
+        .iter()
+        .flat_map(|p| crate::ingest::products::bigcommerce(p, currency))
+        .collect())
 }
 
 pub fn order(api: &Api, id: &str) -> Result<ApiOrder, ApiError> {
     let what = format!("GET v2/orders/{id}");
     let v = api.get_json(&what, &api.url(&format!("/v2/orders/{}", encode(id))))?;
-    with_products(api, v)
-}
-
-fn with_products(api: &Api, order: serde_json::Value) -> Result<ApiOrder, ApiError> {
-    let id =
-        id_of(&order["id"]).ok_or_else(|| api.malformed("GET v2/orders", "an order has no id"))?;
-    let what = format!("GET v2/orders/{id}/products");
-    let mut products = Vec::new();
-    for page in 1.. {
-        let url = api.url(&format!(
-            "/v2/orders/{}/products?limit={PAGE}&page={page}",
-            encode(&id)
-        ));
-        let list = match api.get_json(&what, &url)? {
-            serde_json::Value::Null => break,
-            serde_json::Value::Array(list) => list,
-            _ => return Err(api.malformed(&what, "the answer is not a list")),
-        };
-        let n = list.len();
-        products.extend(list);
-        if n < PAGE {
-            break;
-        }
-    }
+    let id = id_of(&v["id"]).ok_or_else(|| api.malformed(&what, "the order has no id"))?;
+    let products = v2_pages(
+        api,
+        &format!("GET v2/orders/{id}/products"),
+        &format!("/v2/orders/{}/products?", encode(&id)),
+    )?;
     // Refunds are their own resource; asked for only when the order says it has some.
-    let refunded = order["refunded_amount"]
+    let refunded = v["refunded_amount"]
         .as_str()
         .and_then(|a| a.trim().parse::<f64>().ok())
         .is_some_and(|a| a > 0.0);
@@ -180,6 +171,20 @@ fn with_products(api: &Api, order: serde_json::Value) -> Result<ApiOrder, ApiErr
     } else {
         serde_json::Value::Array(vec![])
     };
+    complete(api, v, Some((products, refunds)))
+}
+
+/// An order's record: `{order, products, refunds}`, complete when its products and
+/// refunds were fetched.
+fn complete(
+    api: &Api,
+    order: serde_json::Value,
+    parts: Option<(Vec<serde_json::Value>, serde_json::Value)>,
+) -> Result<ApiOrder, ApiError> {
+    let id =
+        id_of(&order["id"]).ok_or_else(|| api.malformed("GET v2/orders", "an order has no id"))?;
+    let is_complete = parts.is_some();
+    let (products, refunds) = parts.unwrap_or_default();
     let body = serde_json::json!({"order": order, "products": products, "refunds": refunds});
     let bytes = serde_json::to_vec(&body).expect("JSON values serialize");
     let updated_at = crate::ingest::bigcommerce::fetched_updated_at(&bytes)
@@ -189,5 +194,6 @@ fn with_products(api: &Api, order: serde_json::Value) -> Result<ApiOrder, ApiErr
         updated_at,
         topic: crate::ingest::bigcommerce::FETCHED,
         body: bytes,
+        complete: is_complete,
     })
 }

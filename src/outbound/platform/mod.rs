@@ -28,6 +28,8 @@ const TRIES: u32 = 5;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// What of an error answer's body goes into the error.
 const ERROR_BODY: usize = 300;
+/// The most pages one list may have (250 items each on Shopify and BigCommerce).
+const MAX_PAGES: usize = 2_000;
 
 /// Why a platform call failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,8 @@ pub enum ApiError {
         what: String,
         reason: String,
     },
+    #[error("{platform}: not asked, the service is stopping")]
+    Interrupted { platform: &'static str },
     #[error("{platform}'s answer to {what} is not what its API documents: {why}")]
     Malformed {
         platform: &'static str,
@@ -105,6 +109,9 @@ pub struct ApiOrder {
     pub topic: &'static str,
     /// The order's JSON as its webhook carries it (BigCommerce: `{order, products}`).
     pub body: Vec<u8>,
+    /// Everything about the order is in `body` (BigCommerce's list leaves out its products
+    /// and refunds: [`Api::order`] fetches them).
+    pub complete: bool,
 }
 
 /// A store's platform API.
@@ -120,6 +127,10 @@ pub struct Api {
     quota_reset: Mutex<Option<Instant>>,
     /// The first wait between attempts (tests shorten it).
     pub retry_base: Duration,
+    /// Set when the service stops: no new attempt, no more waiting.
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Held while the store syncs: one sync at a time (the job, the command).
+    pub syncing: Mutex<()>,
 }
 
 impl Api {
@@ -142,7 +153,15 @@ impl Api {
             token: Mutex::new(None),
             quota_reset: Mutex::new(None),
             retry_base: Duration::from_secs(1),
+            stop: None,
+            syncing: Mutex::new(()),
         })
+    }
+
+    /// The same API, giving up at once when `stop` is set (the service's).
+    pub fn stopping_with(mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Api {
+        self.stop = Some(stop);
+        self
     }
 
     fn name(&self) -> &'static str {
@@ -167,6 +186,18 @@ impl Api {
     pub fn get_json(&self, what: &str, url: &str) -> Result<serde_json::Value, ApiError> {
         let reply = self.get(what, url)?;
         self.json(what, &reply)
+    }
+
+    /// The next page of a cursor-paged list (Shopify's `Link: <...>; rel="next"`), which
+    /// must be under `base_url`: the credentials go with it.
+    pub fn next_url(&self, what: &str, reply: &Reply) -> Result<Option<String>, ApiError> {
+        match next_link(reply.header("link")) {
+            Some(u) if u.starts_with(&format!("{}/", self.config.base_url)) => Ok(Some(u)),
+            Some(u) => {
+                Err(self.malformed(what, format!("the next page {u:?} is not under base_url")))
+            }
+            None => Ok(None),
+        }
     }
 
     /// The JSON of an answer's body (an empty body, BigCommerce's 204, is `null`).
@@ -197,18 +228,27 @@ impl Api {
     ) -> Result<Reply, ApiError> {
         let mut fresh_token = false;
         let mut last = String::new();
+        // A POST that may have been carried out is not sent again (a second webhook
+        // subscription, a second price rule): only a 429, which says it was not, is retried.
+        let repeatable = method != "POST";
+        // The wait before the next attempt: the backoff, unless the platform said how long.
+        let mut wait = None;
         for attempt in 0..TRIES {
             if attempt > 0 {
-                let wait = self.retry_base * 2u32.pow(attempt - 1);
-                std::thread::sleep(wait.min(MAX_WAIT));
+                let backoff = self.retry_base * 2u32.pow(attempt - 1);
+                self.pause(wait.take().unwrap_or(backoff).min(MAX_WAIT))?;
             }
-            self.wait_for_quota();
+            self.stopping()?;
+            self.wait_for_quota()?;
             self.limit.acquire();
             let auth = self.authorization()?;
             let reply = match self.send(method, url, &auth, body) {
                 Ok(r) => r,
                 Err(e) => {
                     last = format!("no answer ({e})");
+                    if !repeatable {
+                        break;
+                    }
                     continue;
                 }
             };
@@ -233,12 +273,13 @@ impl Api {
                 }
                 408 | 429 | 500..=599 => {
                     last = format!("{} {}", reply.status, excerpt(&reply.body));
-                    if let Some(after) = reply
+                    if !repeatable && reply.status != 429 {
+                        break;
+                    }
+                    wait = reply
                         .header("retry-after")
                         .and_then(|v| v.trim().parse::<f64>().ok())
-                    {
-                        std::thread::sleep(Duration::from_secs_f64(after.max(0.0)).min(MAX_WAIT));
-                    }
+                        .map(|after| Duration::from_secs_f64(after.clamp(0.0, 3600.0)));
                 }
                 status => {
                     return Err(ApiError::Refused {
@@ -255,6 +296,45 @@ impl Api {
             what: what.to_string(),
             reason: last,
         })
+    }
+
+    /// An error when the service is stopping: what is in flight is not waited for (the
+    /// next start, or the next sync, does it again).
+    fn stopping(&self) -> Result<(), ApiError> {
+        match &self.stop {
+            Some(stop) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(ApiError::Interrupted {
+                    platform: self.name(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sleeps `d`, a tenth of a second at a time, while the service is not stopping.
+    fn pause(&self, d: Duration) -> Result<(), ApiError> {
+        let until = Instant::now() + d;
+        loop {
+            self.stopping()?;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
+
+    /// Checks a list's page: the service is not stopping, and the list is not endless (a
+    /// proxy or a platform that ignores the page asked for would repeat it for ever).
+    pub fn next_page(&self, what: &str, page: usize) -> Result<(), ApiError> {
+        self.stopping()?;
+        if page > MAX_PAGES {
+            return Err(self.malformed(
+                what,
+                format!("more than {MAX_PAGES} pages: the platform keeps answering with more"),
+            ));
+        }
+        Ok(())
     }
 
     fn send(
@@ -348,7 +428,7 @@ impl Api {
         let mut last = String::new();
         for attempt in 0..TRIES {
             if attempt > 0 {
-                std::thread::sleep((self.retry_base * 2u32.pow(attempt - 1)).min(MAX_WAIT));
+                self.pause((self.retry_base * 2u32.pow(attempt - 1)).min(MAX_WAIT))?;
             }
             let sent = self
                 .agent
@@ -416,18 +496,22 @@ impl Api {
         let reset_ms = reply
             .header("x-rate-limit-time-reset-ms")
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if let (Some(left), Some(ms)) = (left, reset_ms) {
-            if left <= 0 {
+        match (left, reset_ms) {
+            (Some(left), Some(ms)) if left <= 0 => {
                 let wait = Duration::from_millis(ms).min(MAX_WAIT);
                 *lock(&self.quota_reset) = Some(Instant::now() + wait);
             }
+            (Some(_), _) => *lock(&self.quota_reset) = None,
+            _ => {}
         }
     }
 
-    fn wait_for_quota(&self) {
-        let until = lock(&self.quota_reset).take();
-        if let Some(until) = until {
-            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    /// Waits until BigCommerce's quota window resets (every caller, not just the first).
+    fn wait_for_quota(&self) -> Result<(), ApiError> {
+        let until = *lock(&self.quota_reset);
+        match until {
+            Some(until) => self.pause(until.saturating_duration_since(Instant::now())),
+            None => Ok(()),
         }
     }
 
@@ -660,7 +744,7 @@ pub fn excerpt(body: &[u8]) -> String {
 }
 
 /// The URL of a `Link` header's `rel="next"` (Shopify's cursor pagination).
-pub fn next_link(link: Option<&str>) -> Option<String> {
+fn next_link(link: Option<&str>) -> Option<String> {
     link?.split(',').find_map(|part| {
         let (url, params) = part.split_once(';')?;
         params

@@ -2,7 +2,7 @@
 //! Orders come back in the shape their webhooks carry, so they are normalized by the same
 //! code; lists page through the `Link` header's cursor.
 
-use super::{encode, id_of, next_link, Api, ApiError, ApiOrder, Subscription};
+use super::{encode, id_of, Api, ApiError, ApiOrder, Subscription};
 use crate::engine::{CatalogNotice, Currency, Timestamp};
 use crate::import::CatalogPatch;
 
@@ -42,14 +42,17 @@ pub fn check(api: &Api) -> Result<String, ApiError> {
 fn all(api: &Api, what: &str, path: &str, field: &str) -> Result<Vec<serde_json::Value>, ApiError> {
     let mut url = Some(admin(api, path));
     let mut out = Vec::new();
+    let mut page = 0;
     while let Some(u) = url {
+        page += 1;
+        api.next_page(what, page)?;
         let reply = api.get(what, &u)?;
         let mut v = api.json(what, &reply)?;
         match v[field].take() {
             serde_json::Value::Array(list) => out.extend(list),
             _ => return Err(api.malformed(what, format!("{field} is not a list"))),
         }
-        url = next_link(reply.header("link"));
+        url = api.next_url(what, &reply)?;
     }
     Ok(out)
 }
@@ -232,5 +235,6 @@ fn order_of(api: &Api, what: &str, o: &serde_json::Value) -> Result<ApiOrder, Ap
         updated_at,
         topic: "orders/updated",
         body: serde_json::to_vec(o).expect("JSON values serialize"),
+        complete: true,
     })
 }

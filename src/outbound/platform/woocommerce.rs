@@ -49,6 +49,7 @@ fn all_pages(api: &Api, what: &str, path: &str) -> Result<Vec<serde_json::Value>
     let sep = if path.contains('?') { '&' } else { '?' };
     let mut out = Vec::new();
     for page in 1.. {
+        api.next_page(what, page)?;
         let reply = api.get(
             what,
             &rest(api, &format!("{path}{sep}per_page={PAGE}&page={page}")),
@@ -131,7 +132,7 @@ pub fn orders_since(api: &Api, since: Timestamp) -> Result<Vec<ApiOrder>, ApiErr
         .format("%Y-%m-%dT%H:%M:%S")
         .to_string();
     let path = format!(
-        "/orders?modified_after={}&dates_are_gmt=true",
+        "/orders?modified_after={}&dates_are_gmt=true&orderby=id&order=asc",
         encode(&after)
     );
     all_pages(api, what, &path)?
@@ -202,5 +203,6 @@ fn order_of(api: &Api, what: &str, o: &serde_json::Value) -> Result<ApiOrder, Ap
         updated_at,
         topic: "order.updated",
         body: serde_json::to_vec(o).expect("JSON values serialize"),
+        complete: true,
     })
 }
