@@ -269,6 +269,9 @@ fn a_poor_rating_notifies_the_store_signed_and_holds_marketing_until_cleared() {
     // The review waits for a delivery; the carrier reports one on day 5.
     let delivered = json!({"order_id": "9962", "status": "delivered", "occurred_at": Timestamp(T0 + 5 * DAY).to_rfc3339()});
     assert_eq!(post(&s, "delivery", Auth::Signed, &delivered).0, 200);
+    // Applied before ten days pass (the clock jumps them at once): a review decided in the
+    // very moment its delivery is applied waits one recheck of the delivery rule.
+    s.wait_processed();
     clock.set(Timestamp(T0 + 15 * DAY));
     assert_line_at(&wait_line(dir, "9962", "review"), T0 + 15 * DAY);
     assert_eq!(wait_seen(&fake, 1).len(), 1, "one notice");
