@@ -1282,20 +1282,15 @@ fn api_of(
     store: &config::StoreConfig,
 ) -> anyhow::Result<crate::outbound::platform::Api> {
     let agent = crate::outbound::agent(config.outbound.connect_timeout, config.outbound.timeout);
-    crate::outbound::platform::Api::of(store, agent).ok_or_else(|| {
-        anyhow!(
-            "store {} has no [stores.api]: add the {} API credentials to it (best in secrets_file; README \"Connect a store\")",
-            store.id,
-            crate::http::admin::platform_name(store.platform)
-        )
-    })
+    crate::outbound::platform::Api::of(store, agent)
+        .ok_or_else(|| anyhow!(crate::outbound::platform::no_api(store)))
 }
 
 fn connect(config: &Config, store: Option<String>, as_json: bool) -> anyhow::Result<ExitCode> {
     use crate::engine::Platform;
     let cfg = config.pick_store(store.as_deref())?;
     let api = api_of(config, cfg)?;
-    let platform = crate::http::admin::platform_name(cfg.platform);
+    let platform = cfg.platform.name();
     if !config.public_url.starts_with("https://") {
         eprintln!(
             "warning: public_url = {} is not an https:// address; {platform} delivers webhooks only to a public HTTPS address (README \"Install on a VPS\": Caddy)",

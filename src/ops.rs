@@ -1426,11 +1426,9 @@ pub fn sync(
     let cfg = config
         .store(store)
         .ok_or_else(|| OpsError::Invalid(format!("no store {store:?} in the configuration")))?;
-    let api = apis.get(store).ok_or_else(|| {
-        OpsError::Invalid(format!(
-            "store {store} has no [stores.api]: add its API credentials (README \"Connect a store\")"
-        ))
-    })?;
+    let api = apis
+        .get(store)
+        .ok_or_else(|| OpsError::Invalid(crate::outbound::platform::no_api(cfg)))?;
     let since = storage.sync_state(store)?.orders_through;
     let synced = crate::pipeline::sync::sync_store(storage, config, cfg, api, clock)
         .map_err(|e| OpsError::Invalid(format!("the sync of store {store} failed: {e}")))?;

@@ -42,3 +42,14 @@ pub fn percent_encode(s: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(
+            super::percent_encode("2026-11-20T10:00:00+00:00"),
+            "2026-11-20T10%3A00%3A00%2B00%3A00"
+        );
+    }
+}

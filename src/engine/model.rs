@@ -44,6 +44,15 @@ impl Platform {
             Platform::BigCommerce => "bigcommerce",
         }
     }
+
+    /// The platform's name as its users write it, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::Shopify => "Shopify",
+            Platform::WooCommerce => "WooCommerce",
+            Platform::BigCommerce => "BigCommerce",
+        }
+    }
 }
 
 /// What a customer said about marketing on one channel.

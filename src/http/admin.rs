@@ -569,7 +569,7 @@ pub fn notices(
     }
     for (cfg, st) in config.stores.iter().zip(stores) {
         let id = &cfg.id;
-        let platform = platform_name(cfg.platform);
+        let platform = cfg.platform.name();
         for f in &st.privacy.exports {
             say("info", format!(
                 "Store {id}: a privacy export is waiting in {} (written {}): send it to whoever asked (the platform's data request reaches the store's owner), then delete the file.",
@@ -691,14 +691,6 @@ pub fn notices(
         _ => 2,
     });
     out
-}
-
-pub fn platform_name(p: Platform) -> &'static str {
-    match p {
-        Platform::Shopify => "Shopify",
-        Platform::WooCommerce => "WooCommerce",
-        Platform::BigCommerce => "BigCommerce",
-    }
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time from the status.

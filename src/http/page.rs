@@ -12,7 +12,7 @@ use std::io::Cursor;
 use hmac::Mac as _;
 use tiny_http::{Request, Response};
 
-use super::admin::{self, ago, millis_of, platform_name, AdminCtx};
+use super::admin::{self, ago, millis_of, AdminCtx};
 use super::{header, headers_of, read_body, respond};
 
 const PAGE: &str = include_str!("../../assets/admin/page.html");
@@ -108,7 +108,7 @@ pub fn status(ctx: &AdminCtx, rq: Request) {
         main.push_str(&format!(
             "<section class=\"store\"><h2>{} <span class=\"platform\">{} &middot; {}</span></h2><dl class=\"figures\">",
             esc(&cfg.id),
-            platform_name(cfg.platform),
+            cfg.platform.name(),
             esc(&cfg.domain)
         ));
         for (name, value) in figures {

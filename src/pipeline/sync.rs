@@ -366,7 +366,7 @@ const MAX_WAITING: usize = 10_000;
 pub fn run_fetcher(
     storage: Arc<Storage>,
     config: Arc<Config>,
-    apis: HashMap<String, Arc<Api>>,
+    apis: Apis,
     requests: Receiver<FetchRequest>,
     clock: Arc<dyn Clock>,
     stopping: Arc<AtomicBool>,
@@ -433,7 +433,7 @@ pub fn run_fetcher(
 fn waiting(
     storage: &Storage,
     config: &Config,
-    apis: &HashMap<String, Arc<Api>>,
+    apis: &Apis,
 ) -> Result<Vec<FetchRequest>, crate::storage::Error> {
     let snap = storage.snapshot()?;
     let mut out = Vec::new();
@@ -456,7 +456,7 @@ fn waiting(
 fn fetch(
     storage: &Storage,
     config: &Config,
-    apis: &HashMap<String, Arc<Api>>,
+    apis: &Apis,
     (store, what): &FetchRequest,
     now: Timestamp,
 ) -> Result<(), String> {

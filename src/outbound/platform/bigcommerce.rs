@@ -3,9 +3,9 @@
 //! `{"order": <V2 order>, "products": [<V2 order products>]}`, which
 //! `ingest::bigcommerce` reads under the topic `store/order/fetched`.
 
-use super::{encode, id_of, Api, ApiError, ApiOrder, Subscription};
+use super::{id_of, Api, ApiError, ApiOrder, Subscription};
 use crate::config::StoreConfig;
-use crate::engine::{Currency, Timestamp};
+use crate::engine::{percent_encode, Currency, Timestamp};
 use crate::import::CatalogPatch;
 
 pub const TOPICS: &[&str] = &[
@@ -87,8 +87,7 @@ pub fn subscriptions(api: &Api) -> Result<Vec<Subscription>, ApiError> {
 
 /// The custom header every callback carries: the secret our intake checks.
 fn headers(store: &StoreConfig) -> serde_json::Value {
-    let secret = store.webhook_secrets.first().cloned().unwrap_or_default();
-    serde_json::json!({ store.webhook_secret_header.as_str(): secret })
+    serde_json::json!({ store.webhook_secret_header.as_str(): super::signing_secret(store) })
 }
 
 pub fn subscribe(
@@ -115,7 +114,7 @@ pub fn repoint(api: &Api, store: &StoreConfig, id: &str, address: &str) -> Resul
     api.call(
         "PUT",
         &what,
-        &api.url(&format!("/v3/hooks/{}", encode(id))),
+        &api.url(&format!("/v3/hooks/{}", percent_encode(id))),
         Some(&body),
     )?;
     Ok(())
@@ -131,7 +130,7 @@ pub fn orders_since(api: &Api, since: Timestamp) -> Result<Vec<ApiOrder>, ApiErr
         .to_rfc2822();
     let path = format!(
         "/v2/orders?min_date_modified={}&sort=id:asc",
-        encode(&after)
+        percent_encode(&after)
     );
     v2_pages(api, what, &path)?
         .into_iter()
@@ -149,12 +148,15 @@ pub fn products(api: &Api, currency: Currency) -> Result<Vec<CatalogPatch>, ApiE
 
 pub fn order(api: &Api, id: &str) -> Result<ApiOrder, ApiError> {
     let what = format!("GET v2/orders/{id}");
-    let v = api.get_json(&what, &api.url(&format!("/v2/orders/{}", encode(id))))?;
+    let v = api.get_json(
+        &what,
+        &api.url(&format!("/v2/orders/{}", percent_encode(id))),
+    )?;
     let id = id_of(&v["id"]).ok_or_else(|| api.malformed(&what, "the order has no id"))?;
     let products = v2_pages(
         api,
         &format!("GET v2/orders/{id}/products"),
-        &format!("/v2/orders/{}/products?", encode(&id)),
+        &format!("/v2/orders/{}/products?", percent_encode(&id)),
     )?;
     // Refunds are their own resource; asked for only when the order says it has some.
     let refunded = v["refunded_amount"]
@@ -165,7 +167,7 @@ pub fn order(api: &Api, id: &str) -> Result<ApiOrder, ApiError> {
         let what = format!("GET v3/orders/{id}/payment_actions/refunds");
         let url = api.url(&format!(
             "/v3/orders/{}/payment_actions/refunds",
-            encode(&id)
+            percent_encode(&id)
         ));
         api.get_json(&what, &url)?["data"].clone()
     } else {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::{RateLimit, Secret};
 use crate::config::{ApiAuth, ApiConfig, StoreConfig};
-use crate::engine::{Currency, Platform, Timestamp};
+use crate::engine::{percent_encode, Currency, Platform, Timestamp};
 use crate::import::CatalogPatch;
 
 /// Attempts of one call before it fails (429, 5xx, no answer): the waits between them
@@ -164,14 +164,6 @@ impl Api {
         self
     }
 
-    fn name(&self) -> &'static str {
-        match self.platform {
-            Platform::Shopify => "Shopify",
-            Platform::WooCommerce => "WooCommerce",
-            Platform::BigCommerce => "BigCommerce",
-        }
-    }
-
     /// `base_url` followed by `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.config.base_url)
@@ -210,7 +202,7 @@ impl Api {
 
     pub fn malformed(&self, what: &str, why: impl Into<String>) -> ApiError {
         ApiError::Malformed {
-            platform: self.name(),
+            platform: self.platform.name(),
             what: what.to_string(),
             why: why.into(),
         }
@@ -218,7 +210,9 @@ impl Api {
 
     /// One call with its retries: a 429, a 5xx, a 408 or no answer is tried again (after
     /// `Retry-After` where given), a Shopify 401 once more with a fresh token; any other
-    /// 4xx is the platform's refusal.
+    /// 4xx is the platform's refusal. A POST that may have been carried out is not sent
+    /// again (a second webhook subscription, a second price rule): only a 429, which says
+    /// it was not.
     pub fn call(
         &self,
         method: &str,
@@ -226,11 +220,24 @@ impl Api {
         url: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Reply, ApiError> {
+        let payload = body.map_or(Payload::None, Payload::Json);
+        self.attempts(method, what, url, payload, true, method != "POST")
+    }
+
+    /// The attempts of one request (see [`Api::call`]). `signed`: with the store's
+    /// credentials (the token exchange is not); `repeatable`: sent again after a 5xx or no
+    /// answer, not only after a 429.
+    fn attempts(
+        &self,
+        method: &str,
+        what: &str,
+        url: &str,
+        payload: Payload<'_>,
+        signed: bool,
+        repeatable: bool,
+    ) -> Result<Reply, ApiError> {
         let mut fresh_token = false;
         let mut last = String::new();
-        // A POST that may have been carried out is not sent again (a second webhook
-        // subscription, a second price rule): only a 429, which says it was not, is retried.
-        let repeatable = method != "POST";
         // The wait before the next attempt: the backoff, unless the platform said how long.
         let mut wait = None;
         for attempt in 0..TRIES {
@@ -241,8 +248,12 @@ impl Api {
             self.stopping()?;
             self.wait_for_quota()?;
             self.limit.acquire();
-            let auth = self.authorization()?;
-            let reply = match self.send(method, url, &auth, body) {
+            let auth = if signed {
+                self.authorization()?
+            } else {
+                Vec::new()
+            };
+            let reply = match self.send(method, url, &auth, &payload) {
                 Ok(r) => r,
                 Err(e) => {
                     last = format!("no answer ({e})");
@@ -255,7 +266,8 @@ impl Api {
             self.note_quota(&reply);
             match reply.status {
                 200..=299 => return Ok(reply),
-                401 if !fresh_token
+                401 if signed
+                    && !fresh_token
                     && matches!(self.config.auth, ApiAuth::ShopifyClient { .. }) =>
                 {
                     // Revoked or expired early: exchange the credentials again, once.
@@ -265,7 +277,7 @@ impl Api {
                 }
                 401 | 403 => {
                     return Err(ApiError::Credentials {
-                        platform: self.name(),
+                        platform: self.platform.name(),
                         store: self.store.clone(),
                         status: reply.status,
                         body: excerpt(&reply.body),
@@ -283,7 +295,7 @@ impl Api {
                 }
                 status => {
                     return Err(ApiError::Refused {
-                        platform: self.name(),
+                        platform: self.platform.name(),
                         what: what.to_string(),
                         status,
                         body: excerpt(&reply.body),
@@ -292,7 +304,7 @@ impl Api {
             }
         }
         Err(ApiError::Unavailable {
-            platform: self.name(),
+            platform: self.platform.name(),
             what: what.to_string(),
             reason: last,
         })
@@ -304,7 +316,7 @@ impl Api {
         match &self.stop {
             Some(stop) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
                 Err(ApiError::Interrupted {
-                    platform: self.name(),
+                    platform: self.platform.name(),
                 })
             }
             _ => Ok(()),
@@ -342,29 +354,30 @@ impl Api {
         method: &str,
         url: &str,
         auth: &[(&'static str, String)],
-        body: Option<&serde_json::Value>,
+        payload: &Payload<'_>,
     ) -> Result<Reply, ureq::Error> {
-        let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialize"));
-        let result = match (method, bytes) {
-            ("GET", _) => {
-                let mut rq = self.agent.get(url).header("accept", "application/json");
-                for (k, v) in auth {
-                    rq = rq.header(*k, v);
-                }
-                rq.call()
+        let result = if method == "GET" {
+            let mut rq = self.agent.get(url).header("accept", "application/json");
+            for (k, v) in auth {
+                rq = rq.header(*k, v);
             }
-            (m, bytes) => {
-                let mut rq = match m {
-                    "POST" => self.agent.post(url),
-                    "PUT" => self.agent.put(url),
-                    other => unreachable!("no {other} calls"),
-                }
-                .header("accept", "application/json")
-                .header("content-type", "application/json");
-                for (k, v) in auth {
-                    rq = rq.header(*k, v);
-                }
-                rq.send(&bytes.unwrap_or_default()[..])
+            rq.call()
+        } else {
+            let mut rq = match method {
+                "POST" => self.agent.post(url),
+                "PUT" => self.agent.put(url),
+                other => unreachable!("no {other} calls"),
+            }
+            .header("accept", "application/json");
+            for (k, v) in auth {
+                rq = rq.header(*k, v);
+            }
+            match payload {
+                Payload::Form(form) => rq.send_form(form.iter().copied()),
+                Payload::Json(v) => rq
+                    .header("content-type", "application/json")
+                    .send(&serde_json::to_vec(v).expect("JSON values serialize")[..]),
+                Payload::None => rq.send_empty(),
             }
         };
         let mut resp = result?;
@@ -424,67 +437,40 @@ impl Api {
             }
         }
         let what = "the client credentials grant";
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id.as_str()),
+            ("client_secret", client_secret.expose()),
+        ];
         let url = self.url("/admin/oauth/access_token");
-        let mut last = String::new();
-        for attempt in 0..TRIES {
-            if attempt > 0 {
-                self.pause((self.retry_base * 2u32.pow(attempt - 1)).min(MAX_WAIT))?;
-            }
-            let sent = self
-                .agent
-                .post(&url)
-                .header("accept", "application/json")
-                .send_form([
-                    ("grant_type", "client_credentials"),
-                    ("client_id", client_id.as_str()),
-                    ("client_secret", client_secret.expose()),
-                ]);
-            let mut resp = match sent {
-                Ok(r) => r,
-                Err(e) => {
-                    last = format!("no answer ({e})");
-                    continue;
-                }
-            };
-            let status = resp.status().as_u16();
-            let body = resp.body_mut().read_to_vec().unwrap_or_default();
-            match status {
-                200..=299 => {}
-                429 | 500..=599 => {
-                    last = format!("{status} {}", excerpt(&body));
-                    continue;
-                }
-                _ => {
-                    return Err(ApiError::Credentials {
-                        platform: "Shopify",
-                        store: self.store.clone(),
-                        status,
-                        body: excerpt(&body),
-                    })
-                }
-            }
-            #[derive(serde::Deserialize)]
-            struct Granted {
-                access_token: String,
-                expires_in: Option<u64>,
-            }
-            let g: Granted =
-                serde_json::from_slice(&body).map_err(|e| self.malformed(what, e.to_string()))?;
-            let life = Duration::from_secs(g.expires_in.unwrap_or(86_399));
-            let refresh_at = Instant::now() + life - (life / 10).min(Duration::from_secs(300));
-            let token = Secret::new(g.access_token);
-            *held = Some((token.clone(), refresh_at));
-            log::info!(
-                "store {}: Shopify access token exchanged, valid {life:?}",
-                self.store
-            );
-            return Ok(token);
+        let reply = self
+            .attempts("POST", what, &url, Payload::Form(&form), false, true)
+            .map_err(|e| match e {
+                // Any refusal of the grant is the credentials' (400 invalid_client).
+                ApiError::Refused { status, body, .. } => ApiError::Credentials {
+                    platform: self.platform.name(),
+                    store: self.store.clone(),
+                    status,
+                    body,
+                },
+                e => e,
+            })?;
+        #[derive(serde::Deserialize)]
+        struct Granted {
+            access_token: String,
+            expires_in: Option<u64>,
         }
-        Err(ApiError::Unavailable {
-            platform: "Shopify",
-            what: what.to_string(),
-            reason: last,
-        })
+        let g: Granted =
+            serde_json::from_slice(&reply.body).map_err(|e| self.malformed(what, e.to_string()))?;
+        let life = Duration::from_secs(g.expires_in.unwrap_or(86_399));
+        let refresh_at = Instant::now() + life - (life / 10).min(Duration::from_secs(300));
+        let token = Secret::new(g.access_token);
+        *held = Some((token.clone(), refresh_at));
+        log::info!(
+            "store {}: Shopify access token exchanged, valid {life:?}",
+            self.store
+        );
+        Ok(token)
     }
 
     /// BigCommerce says how many calls are left in its window and when it resets: when
@@ -570,7 +556,7 @@ impl Api {
     /// `discount_codes`, checked at `connect`).
     pub fn code_exists(&self, code: &str) -> Result<bool, ApiError> {
         let what = format!("the discount code {code:?}");
-        let q = encode(code);
+        let q = percent_encode(code);
         let found = match self.platform {
             // Shopify answers a lookup with a redirect to the code, or 404.
             Platform::Shopify => {
@@ -632,6 +618,14 @@ impl Api {
     }
 }
 
+/// What a request carries.
+enum Payload<'a> {
+    None,
+    Json(&'a serde_json::Value),
+    /// Form-encoded (Shopify's token exchange).
+    Form(&'a [(&'a str, &'a str)]),
+}
+
 /// A single-use discount code to make.
 #[derive(Clone, Debug)]
 pub struct NewCode<'a> {
@@ -652,6 +646,26 @@ pub fn topics(platform: Platform) -> &'static [&'static str] {
         Platform::WooCommerce => woocommerce::TOPICS,
         Platform::BigCommerce => bigcommerce::TOPICS,
     }
+}
+
+/// What to do about a store without `[stores.api]`, when something needs its platform.
+pub fn no_api(store: &StoreConfig) -> String {
+    format!(
+        "store {} has no [stores.api]: add the {} API credentials to it (best in secrets_file; README \"Connect a store\")",
+        store.id,
+        store.platform.name()
+    )
+}
+
+/// The secret a subscription made or repaired here is given (WooCommerce signs with it,
+/// BigCommerce sends it in the secret header): the first of `webhook_secrets`, the current
+/// one during a rotation.
+fn signing_secret(store: &StoreConfig) -> &str {
+    store
+        .webhook_secrets
+        .first()
+        .map(String::as_str)
+        .unwrap_or_default()
 }
 
 /// Where a store's platform webhooks go.
@@ -759,19 +773,6 @@ fn next_link(link: Option<&str>) -> Option<String> {
     })
 }
 
-/// A query parameter's value, percent-encoded.
-pub fn encode(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// An id field that may be a JSON number or a string.
 pub fn id_of(v: &serde_json::Value) -> Option<String> {
     crate::ingest::wire::text(Some(v))
@@ -794,13 +795,5 @@ mod tests {
         );
         assert_eq!(next_link(Some(r#"<https://x/a>; rel="previous""#)), None);
         assert_eq!(next_link(None), None);
-    }
-
-    #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(
-            encode("2026-11-20T10:00:00+00:00"),
-            "2026-11-20T10%3A00%3A00%2B00%3A00"
-        );
     }
 }

@@ -2,8 +2,8 @@
 //! Orders come back in the shape their webhooks carry, so they are normalized by the same
 //! code; lists page through the `Link` header's cursor.
 
-use super::{encode, id_of, Api, ApiError, ApiOrder, Subscription};
-use crate::engine::{CatalogNotice, Currency, Timestamp};
+use super::{id_of, Api, ApiError, ApiOrder, Subscription};
+use crate::engine::{percent_encode, CatalogNotice, Currency, Timestamp};
 use crate::import::CatalogPatch;
 
 /// The topics the appliance acts on. The privacy topics (`customers/data_request`,
@@ -104,7 +104,7 @@ pub fn orders_since(api: &Api, since: Timestamp) -> Result<Vec<ApiOrder>, ApiErr
     let what = "GET orders.json";
     let path = format!(
         "/orders.json?status=any&limit={PAGE}&updated_at_min={}",
-        encode(&since.to_rfc3339())
+        percent_encode(&since.to_rfc3339())
     );
     all(api, what, &path, "orders")?
         .iter()
@@ -130,7 +130,7 @@ pub fn catalog_of(
             let what = format!("GET products/{id}.json");
             match api.get_json(
                 &what,
-                &admin(api, &format!("/products/{}.json", encode(id))),
+                &admin(api, &format!("/products/{}.json", percent_encode(id))),
             ) {
                 Ok(v) => Ok(crate::ingest::products::shopify(&v["product"], currency)),
                 Err(e) if e.is_not_found() => Ok(Vec::new()),
@@ -143,7 +143,10 @@ pub fn catalog_of(
             let what = format!("GET inventory_items/{id}.json");
             let item = match api.get_json(
                 &what,
-                &admin(api, &format!("/inventory_items/{}.json", encode(id))),
+                &admin(
+                    api,
+                    &format!("/inventory_items/{}.json", percent_encode(id)),
+                ),
             ) {
                 Ok(v) => v["inventory_item"].clone(),
                 Err(e) if e.is_not_found() => return Ok(Vec::new()),
@@ -158,7 +161,10 @@ pub fn catalog_of(
             let what = "GET inventory_levels.json";
             let url = admin(
                 api,
-                &format!("/inventory_levels.json?inventory_item_ids={}", encode(id)),
+                &format!(
+                    "/inventory_levels.json?inventory_item_ids={}",
+                    percent_encode(id)
+                ),
             );
             let levels = api.get_json(what, &url)?;
             let available = levels["inventory_levels"]
@@ -218,7 +224,10 @@ pub fn create_code(api: &Api, c: &super::NewCode<'_>) -> Result<(), ApiError> {
 
 pub fn order(api: &Api, id: &str) -> Result<ApiOrder, ApiError> {
     let what = format!("GET orders/{id}.json");
-    let v = api.get_json(&what, &admin(api, &format!("/orders/{}.json", encode(id))))?;
+    let v = api.get_json(
+        &what,
+        &admin(api, &format!("/orders/{}.json", percent_encode(id))),
+    )?;
     order_of(api, &what, &v["order"])
 }
 

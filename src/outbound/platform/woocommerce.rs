@@ -2,9 +2,9 @@
 //! HTTPS). Orders come back in the shape their webhooks carry; lists page by number and
 //! say how many pages there are in `X-WP-TotalPages`.
 
-use super::{encode, id_of, Api, ApiError, ApiOrder, Subscription};
+use super::{id_of, Api, ApiError, ApiOrder, Subscription};
 use crate::config::StoreConfig;
-use crate::engine::{Currency, Timestamp};
+use crate::engine::{percent_encode, Currency, Timestamp};
 use crate::import::CatalogPatch;
 
 pub const TOPICS: &[&str] = &[
@@ -16,6 +16,14 @@ pub const TOPICS: &[&str] = &[
 
 /// Items per page (the most WooCommerce allows).
 const PAGE: usize = 100;
+
+/// A time as WooCommerce's `*_gmt` fields and filters write it: UTC without an offset.
+fn gmt(t: Timestamp) -> String {
+    chrono::DateTime::from_timestamp_millis(t.0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string()
+}
 
 fn rest(api: &Api, path: &str) -> String {
     api.url(&format!("/wp-json/wc/v3{path}"))
@@ -85,14 +93,6 @@ pub fn subscriptions(api: &Api) -> Result<Vec<Subscription>, ApiError> {
         .collect()
 }
 
-fn secret(store: &StoreConfig) -> &str {
-    store
-        .webhook_secrets
-        .first()
-        .map(String::as_str)
-        .unwrap_or_default()
-}
-
 pub fn subscribe(
     api: &Api,
     store: &StoreConfig,
@@ -102,7 +102,7 @@ pub fn subscribe(
     let what = format!("POST webhooks ({topic})");
     let body = serde_json::json!({
         "name": format!("upsell-appliance {topic}"), "topic": topic,
-        "delivery_url": address, "secret": secret(store), "status": "active",
+        "delivery_url": address, "secret": super::signing_secret(store), "status": "active",
     });
     let reply = api.call("POST", &what, &rest(api, "/webhooks"), Some(&body))?;
     let v = api.json(&what, &reply)?;
@@ -113,12 +113,11 @@ pub fn subscribe(
 /// failed deliveries), with the store's current secret.
 pub fn repoint(api: &Api, store: &StoreConfig, id: &str, address: &str) -> Result<(), ApiError> {
     let what = format!("PUT webhooks/{id}");
-    let body =
-        serde_json::json!({"delivery_url": address, "status": "active", "secret": secret(store)});
+    let body = serde_json::json!({"delivery_url": address, "status": "active", "secret": super::signing_secret(store)});
     api.call(
         "PUT",
         &what,
-        &rest(api, &format!("/webhooks/{}", encode(id))),
+        &rest(api, &format!("/webhooks/{}", percent_encode(id))),
         Some(&body),
     )?;
     Ok(())
@@ -127,13 +126,10 @@ pub fn repoint(api: &Api, store: &StoreConfig, id: &str, address: &str) -> Resul
 pub fn orders_since(api: &Api, since: Timestamp) -> Result<Vec<ApiOrder>, ApiError> {
     let what = "GET orders";
     // `modified_after` (WooCommerce 5.8+) read as GMT with `dates_are_gmt`.
-    let after = chrono::DateTime::from_timestamp_millis(since.0)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S")
-        .to_string();
+    let after = gmt(since);
     let path = format!(
         "/orders?modified_after={}&dates_are_gmt=true&orderby=id&order=asc",
-        encode(&after)
+        percent_encode(&after)
     );
     all_pages(api, what, &path)?
         .iter()
@@ -146,7 +142,7 @@ pub fn products(api: &Api, currency: Currency) -> Result<Vec<CatalogPatch>, ApiE
     for p in all_pages(api, "GET products", "/products")? {
         let variations = match (p["type"].as_str(), id_of(&p["id"])) {
             (Some("variable"), Some(id)) => {
-                let path = format!("/products/{}/variations", encode(&id));
+                let path = format!("/products/{}/variations", percent_encode(&id));
                 all_pages(api, "GET products/variations", &path)?
             }
             _ => Vec::new(),
@@ -163,10 +159,7 @@ pub fn products(api: &Api, currency: Currency) -> Result<Vec<CatalogPatch>, ApiE
 /// A coupon: `percent` off, one use, until the offer ends.
 pub fn create_code(api: &Api, c: &super::NewCode<'_>) -> Result<(), ApiError> {
     let what = format!("POST coupons ({})", c.code);
-    let expires = chrono::DateTime::from_timestamp_millis(c.expires_at.0)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S")
-        .to_string();
+    let expires = gmt(c.expires_at);
     let mut body = serde_json::json!({
         "code": c.code, "discount_type": "percent", "amount": c.percent.to_string(),
         "individual_use": true, "usage_limit": 1, "usage_limit_per_user": 1,
@@ -186,7 +179,10 @@ pub fn create_code(api: &Api, c: &super::NewCode<'_>) -> Result<(), ApiError> {
 
 pub fn order(api: &Api, id: &str) -> Result<ApiOrder, ApiError> {
     let what = format!("GET orders/{id}");
-    let v = api.get_json(&what, &rest(api, &format!("/orders/{}", encode(id))))?;
+    let v = api.get_json(
+        &what,
+        &rest(api, &format!("/orders/{}", percent_encode(id))),
+    )?;
     order_of(api, &what, &v)
 }
 
