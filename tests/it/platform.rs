@@ -209,27 +209,25 @@ fn shopify_tokens_are_exchanged_then_refreshed_before_expiry_and_after_a_401() {
     assert_eq!(api.check().unwrap(), "Old App Store");
 }
 
-/// A fake Shopify shop whose webhook subscriptions live in memory.
-fn fake_shop(hooks: Arc<Mutex<Vec<Value>>>, orders: Arc<Mutex<Vec<Value>>>) -> FakeApi {
-    fake_shop_with(hooks, orders, Arc::default())
-}
-
-/// [`fake_shop`] with its products.
-fn fake_shop_with(
-    hooks: Arc<Mutex<Vec<Value>>>,
-    orders: Arc<Mutex<Vec<Value>>>,
-    products: Arc<Mutex<Vec<Value>>>,
-) -> FakeApi {
-    fake_shop_full(hooks, orders, products, Arc::default())
-}
-
-/// [`fake_shop_with`] with its discount codes (price rules and their codes).
-fn fake_shop_full(
+/// What a fake Shopify shop holds, in memory: its webhook subscriptions, orders, products
+/// (their variants with an `inventory_item_id` and per-location `levels`) and discount
+/// codes. A test keeps clones of the parts it changes or reads.
+#[derive(Clone, Default)]
+struct Shop {
     hooks: Arc<Mutex<Vec<Value>>>,
     orders: Arc<Mutex<Vec<Value>>>,
     products: Arc<Mutex<Vec<Value>>>,
     codes: Arc<Mutex<Vec<String>>>,
-) -> FakeApi {
+}
+
+/// A fake Shopify Admin API over `shop`.
+fn fake_shop(shop: &Shop) -> FakeApi {
+    let Shop {
+        hooks,
+        orders,
+        products,
+        codes,
+    } = shop.clone();
     let rules: Arc<Mutex<Vec<Value>>> = Arc::default();
     FakeApi::start(Box::new(move |s| {
         assert_eq!(s.header("x-shopify-access-token"), Some("shpat_test"));
@@ -267,7 +265,6 @@ fn fake_shop_full(
                 );
                 ok(json!({"orders": *orders.lock().unwrap()}))
             }
-            // Shopify answers a lookup of an existing code with a redirect to it.
             ("POST", "/admin/api/2026-10/price_rules.json") => {
                 let mut r: Value =
                     serde_json::from_str::<Value>(&s.body).unwrap()["price_rule"].clone();
@@ -291,6 +288,7 @@ fn fake_shop_full(
                 codes.push(code);
                 (201, vec![], json!({"discount_code": c}).to_string())
             }
+            // Shopify answers a lookup of an existing code with a redirect to it.
             ("GET", "/admin/api/2026-10/discount_codes/lookup.json") => {
                 let code = s.url.split("code=").nth(1).unwrap().to_string();
                 if code == "THANKS10" || codes.lock().unwrap().contains(&code) {
@@ -353,7 +351,10 @@ fn connect_registers_missing_subscriptions_repairs_a_moved_one_and_is_idempotent
         // Someone else's: left alone.
         json!({"id": 8, "topic": "orders/create", "address": "https://other-app.example.com/hook", "format": "json"}),
     ]));
-    let fake = fake_shop(hooks.clone(), Arc::default());
+    let fake = fake_shop(&Shop {
+        hooks: hooks.clone(),
+        ..Shop::default()
+    });
     let tmp = tempfile::tempdir().unwrap();
     let text = config_text_with(
         tmp.path(),
@@ -535,7 +536,11 @@ fn reconciliation_feeds_orders_whose_webhooks_were_lost_once_even_when_the_webho
     let hooks = Arc::new(Mutex::new(vec![
         json!({"id": 1, "topic": "orders/paid", "address": "https://upsell.example.com/webhooks/main"}),
     ]));
-    let fake = fake_shop(hooks.clone(), orders.clone());
+    let fake = fake_shop(&Shop {
+        hooks: hooks.clone(),
+        orders: orders.clone(),
+        ..Shop::default()
+    });
     let tmp = tempfile::tempdir().unwrap();
     // The job runs at its slot by the service's clock: every minute here, on a test clock.
     let extra = format!(
@@ -669,7 +674,10 @@ fn stock_synced_to_zero_makes_the_next_due_touch_skip_its_offer() {
     use crate::cadence::{customer, order, post_order, reason, wait_state};
     const T0: i64 = 1_795_186_800_000; // 2026-11-20T15:00:00Z
     let products: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let fake = fake_shop_with(Arc::default(), Arc::default(), products.clone());
+    let fake = fake_shop(&Shop {
+        products: products.clone(),
+        ..Shop::default()
+    });
     let tmp = tempfile::tempdir().unwrap();
     let clock = Arc::new(upsell_appliance::clock::TestClock::at(
         upsell_appliance::engine::Timestamp(T0 + 60_000),
@@ -756,7 +764,7 @@ fn stock_synced_to_zero_makes_the_next_due_touch_skip_its_offer() {
 
 #[test]
 fn connect_checks_that_each_recipes_static_discount_code_exists() {
-    let fake = fake_shop(Arc::default(), Arc::default());
+    let fake = fake_shop(&Shop::default());
     let tmp = tempfile::tempdir().unwrap();
     let text = config_text_with(
         tmp.path(),
@@ -808,12 +816,10 @@ fn each_offer_gets_one_code_of_its_own_even_when_a_crash_lost_our_record_of_it()
     const T0: i64 = 1_795_186_800_000; // 2026-11-20T15:00:00Z
     const MIN: i64 = 60_000;
     let codes: Arc<Mutex<Vec<String>>> = Arc::default();
-    let fake = fake_shop_full(
-        Arc::default(),
-        Arc::default(),
-        Arc::default(),
-        codes.clone(),
-    );
+    let fake = fake_shop(&Shop {
+        codes: codes.clone(),
+        ..Shop::default()
+    });
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let clock = Arc::new(upsell_appliance::clock::TestClock::at(
